@@ -1,0 +1,31 @@
+# Two commands do everything on a fresh Debian 12 machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+export QT_QPA_PLATFORM := offscreen
+export PYTHONUNBUFFERED := 1
+DEMO_DIR ?= out/demo
+
+.PHONY: setup test lint format demo bench clean package install-plugin
+
+setup:
+	@bash scripts/setup.sh
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: setup
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m engine.demo --out $(DEMO_DIR)
+
+bench: setup
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf out build dist .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Shared pieces used by every pipeline stage."""

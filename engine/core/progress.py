@@ -1,0 +1,80 @@
+"""The one progress/cancel protocol shared by the CLIs, the Python API and the QGIS algorithms.
+
+Every long engine function takes ``progress: Progress | None``. It calls ``progress.report(fraction, message)``
+(fraction in [0, 1], or ``None`` when unknown) and calls :func:`check_cancel` at safe points, which raises
+:class:`Cancelled`. Adapters: :class:`TqdmProgress` for terminals, ``pmtl_qgis`` wraps ``QgsProcessingFeedback``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Protocol, runtime_checkable
+
+
+class Cancelled(RuntimeError):
+    """Raised inside the engine when the caller asked to stop; outputs in flight are discarded."""
+
+
+@runtime_checkable
+class Progress(Protocol):
+    def report(self, fraction: float | None, message: str = "") -> None:
+        """Tell the caller how far the job is (fraction in [0, 1] or None) and what it is doing."""
+
+    def is_canceled(self) -> bool:
+        """True once the caller wants the job to stop."""
+
+
+class NullProgress:
+    """Reports nowhere and never cancels."""
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        pass
+
+    def is_canceled(self) -> bool:
+        return False
+
+
+class TqdmProgress:
+    """Terminal progress bar for the ``python -m engine.<stage>`` CLIs."""
+
+    def __init__(self, description: str = "", total: int = 1000, disable: bool | None = None) -> None:
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, desc=description, file=sys.stderr, disable=disable, leave=True)
+        self._total = total
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        if fraction is not None:
+            target = int(round(max(0.0, min(1.0, fraction)) * self._total))
+            self._bar.update(target - self._bar.n)
+        if message:
+            self._bar.set_postfix_str(message, refresh=False)
+        self._bar.refresh()
+
+    def is_canceled(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class ScaledProgress:
+    """Maps a sub-task's [0, 1] onto [start, end] of a parent's progress (for multi-step jobs)."""
+
+    def __init__(self, parent: Progress | None, start: float, end: float) -> None:
+        self._parent = parent or NullProgress()
+        self._start = start
+        self._end = end
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        scaled = None if fraction is None else self._start + (self._end - self._start) * fraction
+        self._parent.report(scaled, message)
+
+    def is_canceled(self) -> bool:
+        return self._parent.is_canceled()
+
+
+def check_cancel(progress: Progress | None) -> None:
+    """Raise :class:`Cancelled` if the caller asked to stop."""
+    if progress is not None and progress.is_canceled():
+        raise Cancelled("cancelled by the caller")
