@@ -78,3 +78,26 @@ def check_cancel(progress: Progress | None) -> None:
     """Raise :class:`Cancelled` if the caller asked to stop."""
     if progress is not None and progress.is_canceled():
         raise Cancelled("cancelled by the caller")
+
+
+class JsonLinesProgress:
+    """Machine-readable progress on stdout (one JSON object a line) for a parent process such as QGIS.
+
+    Lines look like ``{"event": "progress", "progress": 0.42, "message": "epoch 3/10"}``; other events
+    (``metrics``, ``done``) are written with :meth:`emit`. Cancel is signalled by SIGINT/SIGTERM from the parent.
+    """
+
+    def __init__(self, stream=None) -> None:
+        self._stream = stream or sys.stdout
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        self.emit("progress", progress=fraction, message=message)
+
+    def emit(self, event: str, **fields: object) -> None:
+        import json
+
+        self._stream.write(json.dumps({"event": event, **fields}, default=str) + "\n")
+        self._stream.flush()
+
+    def is_canceled(self) -> bool:
+        return False

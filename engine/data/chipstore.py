@@ -1,0 +1,261 @@
+"""Write and read the chip dataset format of docs/ARCHITECTURE.md (numpy arrays + manifest.json; no GDAL needed).
+
+Why .npy: one contiguous (N, H, W, C) array per split opens with ``np.load(mmap_mode="r")`` in microseconds, a chip
+is one slice of the page cache (no decoding, no per-file open), DataLoader workers share the pages, and numpy is
+on every machine (the GPU machine has no GDAL).
+
+Crash safety: arrays are preallocated with ``np.lib.format.open_memmap`` inside ``OUT/.pmtl-partial/`` and moved into
+place on commit; ``manifest.json`` with ``"complete": true`` is written last, atomically. A folder holding
+``.pmtl-partial`` or an incomplete manifest is the leftover of an interrupted run and is cleared by the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.core.atomic import atomic_path
+from engine.core.classes import IGNORE_INDEX
+from engine.core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "pmtl-chips"
+VERSION = 1
+MANIFEST = "manifest.json"
+PARTIAL_DIR = ".pmtl-partial"
+ARRAY_NAMES = ("images", "masks", "eroded")
+RERUN = "chipping did not finish; rerun engine.chip"
+
+
+def _read_manifest_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _is_chip_output(folder: Path) -> tuple[bool, bool]:
+    """(is a pmtl chip folder, is complete) for an existing folder."""
+    manifest = _read_manifest_file(folder / MANIFEST) if (folder / MANIFEST).is_file() else None
+    ours = (folder / PARTIAL_DIR).exists() or (manifest is not None and manifest.get("format") == FORMAT)
+    complete = manifest is not None and manifest.get("format") == FORMAT and manifest.get("complete") is True
+    return ours, complete and not (folder / PARTIAL_DIR).exists()
+
+
+def _clear(folder: Path) -> None:
+    # the manifest goes first so a crash mid-way never leaves a complete-looking dataset
+    (folder / MANIFEST).unlink(missing_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def prepare_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Make ``out_dir`` an empty folder for a new chip dataset, or raise InputError.
+
+    Empty or missing: used. Leftover of an interrupted chipping run: cleared. Complete chip dataset: replaced only
+    with ``overwrite``. Anything else: refused even with ``overwrite`` (a chipper never deletes unrelated files).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: expected an output folder, found a file")
+    if not out.exists():
+        out.mkdir(parents=True)
+        return out
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return out
+    ours, complete = _is_chip_output(out)
+    if ours and not complete:
+        log.warning("%s: removing the partial output of an interrupted chipping run", out)
+        _clear(out)
+    elif ours and overwrite:
+        log.warning("%s: --overwrite: replacing the existing chip dataset", out)
+        _clear(out)
+    elif ours:
+        raise InputError(f"{out}: expected an empty output folder, found a chip dataset; pass --overwrite to replace it")
+    else:
+        raise InputError(
+            f"{out}: expected an empty output folder (or a chip dataset to --overwrite), found {entries[:8]}; "
+            "choose another folder or empty it yourself"
+        )
+    return out
+
+
+def _dump_manifest(manifest: Mapping[str, Any]) -> str:
+    """JSON text with one chip per line: readable, yet small for tens of thousands of chips."""
+    head = json.dumps({k: v for k, v in manifest.items() if k != "chips"}, indent=1)
+    chips = ",\n".join("  " + json.dumps(c) for c in manifest.get("chips", []))
+    return head[:-2] + ',\n "chips": [\n' + chips + "\n ]\n}\n"
+
+
+class ChipWriter:
+    """Preallocated per-split arrays in ``OUT/.pmtl-partial``; :meth:`commit` moves them and writes the manifest.
+
+    Use as a context manager: leaving it without commit (error, ``Cancelled``) removes everything it wrote.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        counts: Mapping[str, int],
+        chip_size: int,
+        bands: int,
+        dtype: str,
+        overwrite: bool = False,
+    ) -> None:
+        self.out = prepare_output_dir(out_dir, overwrite)
+        self.counts = {split: int(n) for split, n in counts.items() if n > 0}
+        self.chip_size = chip_size
+        self.partial = self.out / PARTIAL_DIR
+        self.partial.mkdir()
+        self._committed = False
+        self.arrays: dict[str, dict[str, np.ndarray]] = {}
+        for split, n in self.counts.items():
+            (self.partial / split).mkdir()
+            shape = (n, chip_size, chip_size)
+            self.arrays[split] = {
+                "images": np.lib.format.open_memmap(self.partial / split / "images.npy", "w+", np.dtype(dtype), (*shape, bands)),  # fmt: skip
+                "masks": np.lib.format.open_memmap(self.partial / split / "masks.npy", "w+", np.uint8, shape),
+                "eroded": np.lib.format.open_memmap(self.partial / split / "eroded.npy", "w+", np.uint8, shape),
+            }
+
+    def __enter__(self) -> ChipWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if not self._committed:
+            self.abort()
+
+    def put(self, split: str, index: int, image: np.ndarray, mask: np.ndarray, eroded: np.ndarray) -> None:
+        """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX)."""
+        arrays = self.arrays[split]
+        h, w = mask.shape
+        arrays["images"][index, :h, :w] = image
+        arrays["masks"][index, :h, :w] = mask
+        arrays["eroded"][index, :h, :w] = eroded
+        if h < self.chip_size or w < self.chip_size:
+            for name in ("masks", "eroded"):
+                arrays[name][index, h:, :] = IGNORE_INDEX
+                arrays[name][index, :, w:] = IGNORE_INDEX
+
+    def commit(self, manifest: Mapping[str, Any]) -> Path:
+        """Flush and move the arrays into ``OUT/{split}/``, then write ``manifest.json`` (complete) last."""
+        splits = dict(manifest.get("splits", {}))
+        if splits != self.counts:
+            raise ValueError(f"manifest splits {splits} do not match the arrays written {self.counts}")
+        for split, arrays in self.arrays.items():
+            for array in arrays.values():
+                array.flush()
+            os.replace(self.partial / split, self.out / split)
+        self.arrays.clear()
+        full = {"format": FORMAT, "version": VERSION, "complete": True, **manifest}
+        with atomic_path(self.out / MANIFEST) as tmp:
+            tmp.write_text(_dump_manifest(full), encoding="utf-8")
+        shutil.rmtree(self.partial)
+        self._committed = True
+        return self.out
+
+    def abort(self) -> None:
+        """Remove everything this writer created (the output folder is left empty)."""
+        self.arrays.clear()
+        shutil.rmtree(self.partial, ignore_errors=True)
+        for split in self.counts:
+            if not (self.out / MANIFEST).exists():
+                shutil.rmtree(self.out / split, ignore_errors=True)
+
+
+class ChipDataset:
+    """A complete chip dataset on disk: its manifest, memory-mapped arrays per split and boxes per chip."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any]) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.splits: dict[str, int] = {k: int(v) for k, v in manifest["splits"].items()}
+        self.bands: list[str] = list(manifest["bands"])
+        self.chip_size = int(manifest["chip_size"])
+        self.det_classes: list[str] = list(manifest["det_classes"])
+        self.seg_classes: list[str] = list(manifest["seg_classes"])
+        self.ignore_index = int(manifest["ignore_index"])
+        self.value_scaling: dict[str, Any] = dict(manifest["value_scaling"])
+        self.mean = np.asarray(manifest["mean"], np.float64)
+        self.std = np.asarray(manifest["std"], np.float64)
+        self._chips: dict[str, list[dict[str, Any]]] = {split: [{}] * n for split, n in self.splits.items()}
+        for chip in manifest["chips"]:
+            self._chips[chip["split"]][int(chip["index"])] = chip
+        self._maps: dict[tuple[str, str], np.ndarray] = {}
+
+    def _array(self, split: str, name: str) -> np.ndarray:
+        key = (split, name)
+        if key not in self._maps:
+            if split not in self.splits:
+                raise KeyError(f"{self.root}: no split {split!r}; splits are {sorted(self.splits)}")
+            self._maps[key] = np.load(self.root / split / f"{name}.npy", mmap_mode="r")
+        return self._maps[key]
+
+    def images(self, split: str) -> np.ndarray:
+        """(N, H, W, C) imagery of a split, native dtype, memory-mapped read-only."""
+        return self._array(split, "images")
+
+    def masks(self, split: str) -> np.ndarray:
+        """(N, H, W) uint8 class indices (IGNORE_INDEX = padding / undefined), memory-mapped."""
+        return self._array(split, "masks")
+
+    def eroded(self, split: str) -> np.ndarray:
+        """(N, H, W) uint8 class indices of the eroded label (IGNORE_INDEX = boundary), memory-mapped."""
+        return self._array(split, "eroded")
+
+    def chips(self, split: str) -> list[dict[str, Any]]:
+        """Manifest records of a split's chips, in array-row order."""
+        return self._chips[split]
+
+    def boxes(self, split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per chip of a split: float32 (K, 4) xyxy pixel boxes and int64 (K,) detection-class indices."""
+        out = []
+        for chip in self._chips[split]:
+            entries = chip.get("boxes", [])
+            boxes = np.array([e[:4] for e in entries], np.float32).reshape(-1, 4)
+            labels = np.array([self.det_classes.index(e[4]) for e in entries], np.int64)
+            out.append((boxes, labels))
+        return out
+
+
+def open_chip_dataset(root: str | os.PathLike[str]) -> ChipDataset:
+    """Open a chip dataset written by ``engine.chip``; InputError if it is missing, unfinished or inconsistent."""
+    root = Path(root)
+    path = root / MANIFEST
+    if not path.is_file():
+        hint = RERUN if (root / PARTIAL_DIR).exists() else "run engine.chip to make one"
+        raise InputError(f"{root}: expected a chip dataset with {MANIFEST}, found none; {hint}")
+    manifest = _read_manifest_file(path)
+    if manifest is None or manifest.get("format") != FORMAT:
+        found = "unreadable JSON" if manifest is None else f"format {manifest.get('format')!r}"
+        raise InputError(f"{path}: expected a {FORMAT!r} manifest, found {found}")
+    if manifest.get("complete") is not True:
+        raise InputError(f"{path}: expected a complete chip dataset, found one not marked complete; {RERUN}")
+    if manifest.get("version") != VERSION:
+        raise InputError(f"{path}: expected format version {VERSION}, found {manifest.get('version')!r}")
+    dataset = ChipDataset(root, manifest)
+    size, bands, dtype = dataset.chip_size, len(dataset.bands), str(dataset.value_scaling.get("dtype"))
+    for split, n in dataset.splits.items():
+        for name in ARRAY_NAMES:
+            file = root / split / f"{name}.npy"
+            if not file.is_file():
+                raise InputError(f"{file}: expected the {name} array of split {split!r}, found no such file; {RERUN}")
+            array = dataset._array(split, name)
+            shape = (n, size, size, bands) if name == "images" else (n, size, size)
+            want = dtype if name == "images" else "uint8"
+            if array.shape != shape or array.dtype.name != want:
+                raise InputError(f"{file}: expected {shape} {want} (from {MANIFEST}), found {array.shape} {array.dtype}")
+    return dataset

@@ -1,0 +1,127 @@
+"""ISPRS label colours ↔ class indices, and the boundary erosion the ``noBoundary`` files apply.
+
+Decoding goes through a 2**24-entry lookup table indexed by the packed RGB value, so a 6000² Potsdam label decodes
+in a fraction of a second. Off-palette colours (real Potsdam labels hold a few) are mapped to the nearest palette
+colour and counted; the counts are returned and logged with the file name, never silently zeroed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from engine.core.classes import BOUNDARY_COLOR, IGNORE_INDEX, PALETTE
+
+log = logging.getLogger(__name__)
+
+_UNKNOWN = 254
+"""Lookup-table marker for a colour that is not in the palette (never a class index or IGNORE_INDEX)."""
+
+_PALETTE = np.asarray(PALETTE, dtype=np.int64)
+
+
+@dataclass
+class DecodedLabel:
+    """A decoded label: class indices plus what had to be guessed."""
+
+    mask: np.ndarray
+    """(H, W) uint8 class index, IGNORE_INDEX where undefined."""
+    off_palette_pixels: int = 0
+    """Pixels whose colour was not in the palette (mapped to the nearest palette colour)."""
+    off_palette_colors: dict[tuple[int, int, int], int] = field(default_factory=dict)
+    """Each off-palette RGB colour found and its pixel count."""
+
+
+def pack_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Pack an (..., 3) uint8 RGB array into uint32 codes r | g << 8 | b << 16 (the lookup-table index)."""
+    rgb = np.asarray(rgb)
+    return rgb[..., 0].astype(np.uint32) | (rgb[..., 1].astype(np.uint32) << 8) | (rgb[..., 2].astype(np.uint32) << 16)
+
+
+def _unpack(code: int) -> tuple[int, int, int]:
+    return code & 0xFF, (code >> 8) & 0xFF, (code >> 16) & 0xFF
+
+
+@functools.lru_cache(maxsize=2)
+def _lookup_table(boundary_is_ignore: bool) -> np.ndarray:
+    table = np.full(1 << 24, _UNKNOWN, dtype=np.uint8)
+    for index, color in enumerate(PALETTE):
+        table[int(pack_rgb(np.asarray(color, np.uint8)))] = index
+    if boundary_is_ignore:
+        table[int(pack_rgb(np.asarray(BOUNDARY_COLOR, np.uint8)))] = IGNORE_INDEX
+    table.flags.writeable = False
+    return table
+
+
+def nearest_palette_index(colors: np.ndarray) -> np.ndarray:
+    """Index of the nearest palette colour (Euclidean RGB; ties go to the lower class index) of each (N, 3) colour."""
+    diff = np.asarray(colors, np.int64)[:, None, :] - _PALETTE[None, :, :]
+    return np.argmin((diff * diff).sum(axis=2), axis=1).astype(np.uint8)
+
+
+def decode_codes(codes: np.ndarray, *, boundary_is_ignore: bool, source: str = "label") -> DecodedLabel:
+    """Decode packed RGB codes (see :func:`pack_rgb`) to class indices.
+
+    Black is IGNORE_INDEX when ``boundary_is_ignore`` (eroded ``noBoundary`` labels); in a full label it is
+    off-palette like any other foreign colour. ``source`` names the file in the warning.
+    """
+    mask = _lookup_table(boundary_is_ignore)[codes]
+    unknown = mask == _UNKNOWN
+    if not unknown.any():
+        return DecodedLabel(mask)
+    foreign, counts = np.unique(codes[unknown], return_counts=True)
+    colors = np.array([_unpack(int(c)) for c in foreign], dtype=np.int64).reshape(-1, 3)
+    mask[unknown] = nearest_palette_index(colors)[np.searchsorted(foreign, codes[unknown])]
+    found = {tuple(int(v) for v in color): int(n) for color, n in zip(colors, counts)}
+    total = int(counts.sum())
+    worst = sorted(found.items(), key=lambda item: -item[1])[:5]
+    log.warning(
+        "%s: %d off-palette label pixels (%.4f%%, %d colours, most frequent %s) mapped to the nearest palette colour",
+        source,
+        total,
+        100.0 * total / mask.size,
+        len(found),
+        ", ".join(f"{c}×{n}" for c, n in worst),
+    )
+    return DecodedLabel(mask, total, found)
+
+
+def decode_rgb_label(rgb: np.ndarray, *, boundary_is_ignore: bool, source: str = "label") -> DecodedLabel:
+    """Decode an (H, W, 3) RGB palette label to an (H, W) uint8 class-index mask (see :func:`decode_codes`)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"{source}: expected an (H, W, 3) RGB label, found shape {rgb.shape}")
+    return decode_codes(pack_rgb(rgb), boundary_is_ignore=boundary_is_ignore, source=source)
+
+
+def encode_rgb_label(mask: np.ndarray) -> np.ndarray:
+    """(H, W) class indices → (H, W, 3) uint8 ISPRS colours; IGNORE_INDEX (and anything unknown) becomes black."""
+    colors = np.zeros((256, 3), np.uint8)
+    colors[: len(PALETTE)] = PALETTE
+    colors[IGNORE_INDEX] = BOUNDARY_COLOR
+    return colors[np.asarray(mask, np.uint8)]
+
+
+def disc(radius: int) -> np.ndarray:
+    """Boolean disc footprint of the given radius (2r+1 square)."""
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return (xx * xx + yy * yy) <= radius * radius
+
+
+def erode_mask(mask: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Mark class boundaries as IGNORE_INDEX like the ISPRS ``noBoundary`` labels (disc of ``radius`` px).
+
+    A pixel keeps its class only if every pixel within ``radius`` has the same value; tile borders are not
+    boundaries (the edge is replicated). For datasets that ship no eroded labels.
+    """
+    mask = np.asarray(mask, np.uint8)
+    if radius <= 0:
+        return mask.copy()
+    footprint = disc(radius)
+    low = ndimage.minimum_filter(mask, footprint=footprint, mode="nearest")
+    high = ndimage.maximum_filter(mask, footprint=footprint, mode="nearest")
+    return np.where(low == high, mask, np.uint8(IGNORE_INDEX)).astype(np.uint8)

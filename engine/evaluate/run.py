@@ -1,0 +1,81 @@
+"""Evaluate a network on chip datasets: detection mAP on the detection set, mIoU (eroded masks) on the segmentation set."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from engine.core.progress import Progress, check_cancel
+from engine.data.chipstore import open_chip_dataset
+from engine.data.datasets import make_eval_loader
+from engine.data.transforms import DeviceAugment
+from engine.evaluate.detection import DetectionMeter
+from engine.evaluate.segmentation import SegmentationMeter
+from engine.models.postprocess import postprocess_detections
+
+
+def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalar metrics under ``det_``/``seg_`` names (for logs and tables); nested ones kept under ``{prefix}``."""
+    flat: dict[str, Any] = {prefix: metrics}
+    for key, value in metrics.items():
+        if isinstance(value, int | float) and value is not None:
+            flat[f"{prefix}_{key}"] = float(value)
+    return flat
+
+
+@torch.no_grad()
+def evaluate_model(
+    net: nn.Module,
+    det_root: str | Path | None,
+    seg_root: str | Path | None,
+    split: str = "val",
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    score_thresh: float = 0.05,
+    nms_iou: float = 0.5,
+    max_chips: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …"""
+    device = torch.device(device)
+    was_training = net.training
+    net.eval()
+    results: dict[str, Any] = {}
+    jobs = [(task, root) for task, root in (("det", det_root), ("seg", seg_root)) if root is not None]
+    for job_index, (task, root) in enumerate(jobs):
+        manifest = open_chip_dataset(root).manifest
+        normalise = DeviceAugment.from_manifest(manifest).to(device).eval()
+        loader = make_eval_loader(root, split, task, batch_size)
+        limit = None if max_chips is None else max(1, -(-max_chips // batch_size))
+        total = len(loader) if limit is None else min(limit, len(loader))
+        if task == "det":
+            meter: Any = DetectionMeter(manifest["det_classes"])
+        else:
+            meter = SegmentationMeter(len(manifest["seg_classes"]), class_names=manifest["seg_classes"])
+        for index, batch in enumerate(itertools.islice(loader, total)):
+            check_cancel(progress)
+            images = normalise(batch["image"].to(device))
+            out = net(images)
+            if task == "det":
+                anchors = net.anchors_for(tuple(images.shape[-2:]), device=device)
+                detections = postprocess_detections(
+                    out["cls_logits"].float(),
+                    out["box_deltas"].float(),
+                    anchors,
+                    image_hw=tuple(images.shape[-2:]),
+                    score_threshold=score_thresh,
+                    iou_threshold=nms_iou,
+                )
+                for det, boxes, labels in zip(detections, batch["boxes"], batch["labels"]):
+                    meter.update(det["boxes"], det["scores"], det["labels"], boxes, labels)
+            else:
+                meter.update(out["seg_logits"].argmax(1).cpu(), batch["eroded"])
+            if progress is not None:
+                progress.report((job_index + (index + 1) / total) / len(jobs), f"evaluating {task}")
+        results |= _flatten(task, meter.compute())
+    net.train(was_training)
+    return results

@@ -1,0 +1,93 @@
+"""Which runs make up a table, and how each run's training config is derived from a preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+DIRECTIONS: dict[str, tuple[str, str]] = {
+    "p2v": ("potsdam", "vaihingen"),
+    "v2p": ("vaihingen", "potsdam"),
+}
+"""direction → (dataset used for detection, dataset used for segmentation), as in the paper's two tables."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a table: which run gives its detection numbers and which its segmentation numbers."""
+
+    label: str
+    det_run: str
+    seg_run: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    name: str
+    model: str
+    tasks: tuple[str, ...]
+    soft: bool = False
+    feature: str = "none"
+    teacher: bool = False
+
+    @property
+    def uses_kd(self) -> bool:
+        return self.soft or self.feature != "none"
+
+
+RUNS: tuple[RunSpec, ...] = (
+    RunSpec("teacher_det", "models/teacher_det.yaml", ("det",), teacher=True),
+    RunSpec("teacher_seg", "models/teacher_seg.yaml", ("seg",), teacher=True),
+    RunSpec("single_det", "models/student.yaml", ("det",)),
+    RunSpec("single_seg", "models/student.yaml", ("seg",)),
+    RunSpec("mtl", "models/student.yaml", ("det", "seg")),
+    RunSpec("mtl_soft", "models/student.yaml", ("det", "seg"), soft=True),
+    RunSpec("mtl_mse", "models/student.yaml", ("det", "seg"), feature="mse"),
+    RunSpec("mtl_pdf", "models/student.yaml", ("det", "seg"), feature="pdf"),
+    RunSpec("mtl_soft_mse", "models/student.yaml", ("det", "seg"), soft=True, feature="mse"),
+    RunSpec("mtl_soft_pdf", "models/student.yaml", ("det", "seg"), soft=True, feature="pdf"),
+)
+
+ROWS: tuple[Row, ...] = (
+    Row("Teacher (R50-PAFPN)", "teacher_det", "teacher_seg"),
+    Row("Single task", "single_det", "single_seg"),
+    Row("Partial MTL", "mtl", "mtl"),
+    Row("+ soft", "mtl_soft", "mtl_soft"),
+    Row("+ MSE", "mtl_mse", "mtl_mse"),
+    Row("+ PDF", "mtl_pdf", "mtl_pdf"),
+    Row("+ soft + MSE", "mtl_soft_mse", "mtl_soft_mse"),
+    Row("+ soft + PDF", "mtl_soft_pdf", "mtl_soft_pdf"),
+)
+
+
+def run_overrides(
+    spec: RunSpec, preset: dict[str, Any], det_chips: str, seg_chips: str, out_dir: str, seed: int, teachers: dict[str, str]
+) -> list[str]:
+    """``key=value`` overrides turning the defaults into this run's training config."""
+    overrides = {f"{k}": v for k, v in (preset.get("train") or {}).items()}
+    if spec.teacher:
+        overrides.update(preset.get("teacher") or {})
+    overrides.update(
+        {
+            "name": spec.name,
+            "model": spec.model,
+            "tasks": list(spec.tasks),
+            "data.det": det_chips if "det" in spec.tasks else None,
+            "data.seg": seg_chips if "seg" in spec.tasks else None,
+            "data.val_split": "val",
+            "kd.soft": spec.soft,
+            "kd.feature": spec.feature,
+            "runtime.seed": seed,
+            "runtime.out": out_dir,
+        }
+    )
+    if spec.uses_kd:
+        overrides["kd.det_teacher"] = teachers["det"]
+        overrides["kd.seg_teacher"] = teachers["seg"]
+    return [f"{k}={_yaml(v)}" for k, v in overrides.items()]
+
+
+def _yaml(value: Any) -> str:
+    import json
+
+    return json.dumps(value) if not isinstance(value, str) else value

@@ -1,0 +1,321 @@
+"""ONNX model metadata: build, validate (JSON Schema, versioned) and read it back, for pmtl and Deepness models.
+
+Kept free of torch and onnx so inference needs only numpy, GDAL, onnxruntime and jsonschema. Every top-level key is
+one ``metadata_props`` entry holding the key's JSON value (the convention Deepness reads too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.core.classes import IGNORE_INDEX, PALETTE
+from engine.core.errors import InputError
+
+SCHEMA_VERSION: int = 1
+SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
+SCHEMA_PATH: Path = Path(__file__).with_name("metadata.schema.json")
+FORMAT: str = "pmtl-onnx"
+
+DEEPNESS_KEYS: tuple[str, ...] = (
+    "model_type",
+    "class_names",
+    "resolution",
+    "tile_size",
+    "tiles_overlap",
+    "standardization_mean",
+    "standardization_std",
+    "seg_thresh",
+    "det_conf",
+    "det_iou_thresh",
+)
+"""Keys the Deepness QGIS plugin reads (its code reads ``tile_size``; its docs say ``tiles_size``)."""
+
+PMTL_REQUIRED_KEYS: tuple[str, ...] = ("schema_version", "format", "tasks", "input", "outputs", "gsd", "tile_size")
+
+# Graph output names of the full model (see the schema's description).
+SEG_LOGITS, DET_SCORES, DET_BOXES, SEG_PROBS = "seg_logits", "det_scores", "det_boxes", "seg_probs"
+INPUT_NAME = "images"
+
+
+@functools.cache
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) shipped beside this module."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def validate_metadata(meta: Mapping[str, Any], origin: str = "metadata") -> None:
+    """Raise InputError naming the offending key path when ``meta`` does not match the schema."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(dict(meta)), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"'{'/'.join(str(p) for p in e.absolute_path) or '(top level)'}': {e.message}" for e in errors[:8]]
+        raise InputError(
+            f"{origin}: model metadata does not match schema version {SCHEMA_VERSION} ({SCHEMA_PATH.name}): "
+            + "; ".join(lines)
+        )
+
+
+def build_metadata(
+    *,
+    tasks: Sequence[str],
+    bands: Sequence[str],
+    value_scaling: Mapping[str, Any],
+    mean: Sequence[float],
+    std: Sequence[float],
+    gsd: float,
+    tile_size: int,
+    overlap: int,
+    outputs: Mapping[str, Mapping[str, Any]],
+    seg_classes: Sequence[str] = (),
+    palette: Sequence[Sequence[int]] = (),
+    det_classes: Sequence[str] = (),
+    score_thresh: float = 0.3,
+    iou_thresh: float = 0.5,
+    ios_thresh: float = 0.6,
+    variances: Sequence[float] = (0.1, 0.2),
+    anchors: Mapping[str, Any] | None = None,
+    provenance: Mapping[str, Any] | None = None,
+    seg_thresh: float = 0.5,
+) -> dict[str, Any]:
+    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+    from engine import __version__
+
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "format": FORMAT,
+        "tasks": list(tasks),
+        "input": {
+            "name": INPUT_NAME,
+            "layout": "NCHW",
+            "bands": list(bands),
+            "value_scaling": {"dtype": value_scaling["dtype"], "max": float(value_scaling["max"])},
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in std],
+        },
+        "outputs": {k: dict(v) for k, v in outputs.items()},
+        "gsd": float(gsd),
+        "tile_size": int(tile_size),
+        "overlap": int(overlap),
+        "provenance": {
+            "engine_version": __version__,
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **dict(provenance or {}),
+        },
+        # Deepness keys
+        "model_type": "Segmentor" if "seg" in tasks else "Detector",
+        "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
+        "resolution": round(float(gsd) * 100.0, 6),
+        "tiles_overlap": int(round(100.0 * overlap / tile_size)),
+        "standardization_mean": [float(v) for v in mean],
+        "standardization_std": [float(v) for v in std],
+    }
+    if "seg" in tasks:
+        meta["seg"] = {
+            "classes": list(seg_classes),
+            "palette": [list(map(int, c)) for c in palette],
+            "ignore_index": IGNORE_INDEX,
+        }
+        meta["seg_thresh"] = float(seg_thresh)
+    if "det" in tasks:
+        meta["det"] = {
+            "classes": list(det_classes),
+            "score_thresh": float(score_thresh),
+            "iou_thresh": float(iou_thresh),
+            "ios_thresh": float(ios_thresh),
+            "decoding": {
+                "in_graph": True,
+                "box_format": "xyxy_px",
+                "variances": [float(v) for v in variances],
+                "anchors": dict(anchors or {}),
+            },
+        }
+        meta["det_conf"] = float(score_thresh)
+        meta["det_iou_thresh"] = float(iou_thresh)
+    validate_metadata(meta, "export")
+    return meta
+
+
+def to_props(meta: Mapping[str, Any]) -> dict[str, str]:
+    """One JSON string per top-level key, as stored in ONNX ``metadata_props``."""
+    return {key: json.dumps(value) for key, value in meta.items()}
+
+
+def from_props(props: Mapping[str, str]) -> dict[str, Any]:
+    """Decode ``metadata_props``; values that are not JSON stay strings (some exporters write bare text)."""
+    out: dict[str, Any] = {}
+    for key, text in props.items():
+        try:
+            out[key] = json.loads(text)
+        except (TypeError, ValueError):
+            out[key] = text
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What inference needs to know about a model, from pmtl metadata or Deepness defaults."""
+
+    source: str  # "pmtl" | "deepness"
+    input_name: str
+    channels: int
+    bands: tuple[str, ...] | None
+    value_dtype: str
+    value_max: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    gsd: float | None
+    tile_size: int
+    overlap: int
+    seg_output: str | None = None
+    seg_kind: str = "logits"
+    seg_classes: tuple[str, ...] = ()
+    palette: tuple[tuple[int, int, int], ...] = ()
+    det_scores_output: str | None = None
+    det_boxes_output: str | None = None
+    det_classes: tuple[str, ...] = ()
+    score_thresh: float = 0.3
+    iou_thresh: float = 0.5
+    ios_thresh: float = 0.6
+    notes: tuple[str, ...] = ()
+    """Defaults the reader had to assume (Deepness-only models); inference logs them."""
+    raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+
+def _output_of(meta: Mapping[str, Any], task: str, kinds: tuple[str, ...]) -> tuple[str | None, str]:
+    for name, spec in meta["outputs"].items():
+        if spec["task"] == task and spec["kind"] in kinds:
+            return name, spec["kind"]
+    return None, ""
+
+
+def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:
+    version = meta.get("schema_version")
+    if version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise InputError(
+            f"model '{origin}': metadata key 'schema_version' is {version!r}, this reader supports "
+            f"{list(SUPPORTED_SCHEMA_VERSIONS)}; re-export the model with this version of pmtl"
+        )
+    validate_metadata(meta, f"model '{origin}'")
+    missing = sorted(set(meta["outputs"]) - set(graph_outputs))
+    if missing:
+        raise InputError(f"model '{origin}': metadata names outputs {missing} the graph lacks (graph: {graph_outputs})")
+    inp, seg, det = meta["input"], meta.get("seg", {}), meta.get("det", {})
+    seg_output, seg_kind = _output_of(meta, "seg", ("logits", "probabilities"))
+    scores, _ = _output_of(meta, "det", ("sigmoid_scores",))
+    boxes, _ = _output_of(meta, "det", ("boxes_xyxy_px",))
+    return ModelInfo(
+        source="pmtl",
+        input_name=inp["name"],
+        channels=len(inp["bands"]),
+        bands=tuple(inp["bands"]),
+        value_dtype=inp["value_scaling"]["dtype"],
+        value_max=float(inp["value_scaling"]["max"]),
+        mean=tuple(inp["mean"]),
+        std=tuple(inp["std"]),
+        gsd=float(meta["gsd"]),
+        tile_size=int(meta["tile_size"]),
+        overlap=int(meta["overlap"]),
+        seg_output=seg_output,
+        seg_kind=seg_kind or "logits",
+        seg_classes=tuple(seg.get("classes", ())),
+        palette=tuple(tuple(c) for c in seg.get("palette", ())),
+        det_scores_output=scores if "det" in meta["tasks"] else None,
+        det_boxes_output=boxes if "det" in meta["tasks"] else None,
+        det_classes=tuple(det.get("classes", ())),
+        score_thresh=float(det.get("score_thresh", 0.3)),
+        iou_thresh=float(det.get("iou_thresh", 0.5)),
+        ios_thresh=float(det.get("ios_thresh", 0.6)),
+        raw=dict(meta),
+    )
+
+
+def _deepness_classes(meta: Mapping[str, Any], origin: str, n_out: int | None) -> tuple[str, ...]:
+    names = meta.get("class_names")
+    if isinstance(names, Mapping) and names:
+        try:
+            ordered = sorted(names.items(), key=lambda kv: int(kv[0]))
+        except ValueError as exc:
+            raise InputError(f"model '{origin}': metadata key 'class_names' needs integer ids, found {names}") from exc
+        return tuple(str(v) for _, v in ordered)
+    if isinstance(names, list) and names:
+        return tuple(str(v) for v in names)
+    return tuple(f"class_{i}" for i in range(max(n_out or 2, 2)))
+
+
+def _deepness_info(
+    meta: Mapping[str, Any], origin: str, input_name: str, input_shape: Sequence[Any], outputs: Sequence[tuple[str, Any]]
+) -> ModelInfo:
+    model_type = str(meta.get("model_type", "")).capitalize()
+    if model_type != "Segmentor":
+        raise InputError(
+            f"model '{origin}': Deepness metadata 'model_type' is {meta.get('model_type')!r}; only 'Segmentor' "
+            "models can run here (Deepness detectors use a different output format)"
+        )
+    notes: list[str] = []
+    channels = input_shape[1] if len(input_shape) == 4 and isinstance(input_shape[1], int) else 3
+    tile = meta.get("tile_size", meta.get("tiles_size"))
+    if tile is None:
+        tile = input_shape[2] if len(input_shape) == 4 and isinstance(input_shape[2], int) else 512
+        notes.append(f"no 'tile_size' in metadata: using {tile} px")
+    out_shape = outputs[0][1]
+    n_out = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+    classes = _deepness_classes(meta, origin, n_out)
+    mean = meta.get("standardization_mean", [0.0] * channels)
+    std = meta.get("standardization_std", [1.0] * channels)
+    if "standardization_mean" not in meta:
+        notes.append("no 'standardization_mean/std': input scaled to [0, 1] only (raw / 255)")
+    resolution = meta.get("resolution")
+    if resolution is None:
+        notes.append("no 'resolution': the raster's GSD is used as is (no resampling)")
+    overlap_pct = int(meta.get("tiles_overlap", 10))
+    palette = tuple(PALETTE[i % len(PALETTE)] for i in range(len(classes)))
+    notes.append(f"Deepness-only metadata: bands taken in raster order, uint8 scaling, classes {list(classes)}")
+    return ModelInfo(
+        source="deepness",
+        input_name=input_name,
+        channels=channels,
+        bands=None,
+        value_dtype="uint8",
+        value_max=255.0,
+        mean=tuple(float(v) for v in (mean if isinstance(mean, list) else [mean] * channels)),
+        std=tuple(float(v) for v in (std if isinstance(std, list) else [std] * channels)),
+        gsd=None if resolution is None else float(resolution) / 100.0,
+        tile_size=int(tile),
+        overlap=int(round(int(tile) * overlap_pct / 100.0)),
+        seg_output=outputs[0][0],
+        seg_kind="probabilities",
+        seg_classes=classes,
+        palette=palette,
+        notes=tuple(notes),
+        raw=dict(meta),
+    )
+
+
+def model_info(
+    props: Mapping[str, str],
+    origin: str,
+    input_name: str,
+    input_shape: Sequence[Any],
+    outputs: Sequence[tuple[str, Any]],
+) -> ModelInfo:
+    """Interpret a model's metadata: pmtl (schema-validated) or Deepness-only, else a clear InputError."""
+    meta = from_props(props)
+    if "schema_version" in meta or meta.get("format") == FORMAT:
+        if "schema_version" not in meta:
+            raise InputError(f"model '{origin}': pmtl metadata without the key 'schema_version'")
+        return _pmtl_info(meta, origin, [name for name, _ in outputs])
+    if "model_type" in meta:
+        return _deepness_info(meta, origin, input_name, input_shape, outputs)
+    found = sorted(meta) or "no metadata at all"
+    raise InputError(
+        f"model '{origin}': expected pmtl metadata (keys {list(PMTL_REQUIRED_KEYS)}) or Deepness metadata "
+        f"(at least 'model_type'), found {found}; export the model with `python -m engine.export`"
+    )

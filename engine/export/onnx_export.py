@@ -1,0 +1,238 @@
+"""Export a MultiTaskNet (or any module with the same output dict) to ONNX with decoding in the graph + metadata.
+
+Graph contract (also in metadata.schema.json): input ``images`` float32 (B, C, T, T), already scaled and
+standardised; outputs ``seg_logits`` (B, S, T, T), ``det_scores`` (B, A, D) sigmoid, ``det_boxes`` (B, A, 4) xyxy
+tile pixels (anchors baked in for the tile size T). Dynamic batch, fixed tile size (what Deepness expects too).
+The ``deepness`` variant has one output ``seg_probs`` (softmax), the single-output form Deepness can load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.core.atomic import atomic_path
+from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.errors import ConfigError, InputError
+from engine.export import metadata as md
+from engine.models.anchors import DEFAULT_VARIANCES, decode
+
+VARIANTS: tuple[str, ...] = ("full", "deepness")
+DEFAULT_OPSET: int = 18
+
+
+class ExportWrapper(nn.Module):
+    """Turns the training-time output dict into the graph outputs: sigmoid scores, decoded boxes, seg maps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: Sequence[str],
+        anchors: Tensor | None,
+        variances: tuple[float, float] = DEFAULT_VARIANCES,
+        variant: str = "full",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.seg = "seg" in tasks
+        self.det = "det" in tasks and variant == "full"
+        self.seg_probs = variant == "deepness"
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.register_buffer("anchors", anchors if anchors is not None else torch.zeros(0, 4), persistent=False)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        out = self.model(images)
+        results: list[Tensor] = []
+        if self.seg:
+            seg = out["seg_logits"]
+            results.append(torch.softmax(seg, dim=1) if self.seg_probs else seg)
+        if self.det:
+            results.append(torch.sigmoid(out["cls_logits"]))
+            results.append(decode(out["box_deltas"], self.anchors, self.variances))
+        return tuple(results)
+
+
+def output_specs(tasks: Sequence[str], variant: str, num_seg: int, num_det: int, tile: int) -> dict[str, dict]:
+    """The metadata ``outputs`` entry for a graph exported with these options (order = graph output order)."""
+    specs: dict[str, dict] = {}
+    if "seg" in tasks:
+        name, kind = (md.SEG_PROBS, "probabilities") if variant == "deepness" else (md.SEG_LOGITS, "logits")
+        specs[name] = {"task": "seg", "kind": kind, "shape": ["batch", num_seg, tile, tile]}
+    if "det" in tasks and variant == "full":
+        specs[md.DET_SCORES] = {"task": "det", "kind": "sigmoid_scores", "shape": ["batch", "anchors", num_det]}
+        specs[md.DET_BOXES] = {"task": "det", "kind": "boxes_xyxy_px", "shape": ["batch", "anchors", 4]}
+    return specs
+
+
+def _tasks_and_sizes(model: nn.Module, channels: int, tile: int) -> tuple[list[str], int, int, int]:
+    """Run the model once to see which heads it has and their sizes (works for any module with the contract)."""
+    with torch.no_grad():
+        out = model(torch.zeros(1, channels, tile, tile))
+    tasks = [t for t, key in (("det", "cls_logits"), ("seg", "seg_logits")) if key in out]
+    if not tasks:
+        raise ConfigError(f"export: the model output has neither 'cls_logits' nor 'seg_logits' (found {sorted(out)})")
+    num_det = out["cls_logits"].shape[-1] if "det" in tasks else 0
+    num_anchors = out["cls_logits"].shape[1] if "det" in tasks else 0
+    num_seg = out["seg_logits"].shape[1] if "seg" in tasks else 0
+    return tasks, num_seg, num_det, num_anchors
+
+
+def _anchor_params(model: nn.Module) -> dict[str, Any]:
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return {}
+    return {
+        "base_size": cfg.anchor_base_size,
+        "scales": list(cfg.anchor_scales),
+        "aspect_ratios": list(cfg.anchor_aspect_ratios),
+        "strides": list(cfg.strides),
+        "centre": "(x + 0.5) * stride",
+    }
+
+
+def _torch_export(wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool) -> None:
+    names = {"input_names": [md.INPUT_NAME], "output_names": outputs}
+    if dynamo:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        torch.onnx.export(
+            wrapper, (example,), str(path), dynamo=True, opset_version=opset, dynamic_shapes=({0: batch},), **names
+        )
+    else:
+        axes = {name: {0: "batch"} for name in [md.INPUT_NAME, *outputs]}
+        torch.onnx.export(
+            wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names
+        )
+
+
+def export_onnx(
+    model: nn.Module,
+    out_path: str | os.PathLike[str],
+    metadata: Mapping[str, Any],
+    tile_size: int,
+    *,
+    overlap: int | None = None,
+    variant: str = "full",
+    score_thresh: float = 0.3,
+    iou_thresh: float = 0.5,
+    ios_thresh: float = 0.6,
+    opset: int = DEFAULT_OPSET,
+    dynamo: bool = False,
+) -> dict[str, Any]:
+    """Write ``model`` as ONNX with validated metadata to ``out_path`` (atomically) and return that metadata.
+
+    ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
+    ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
+    ``det_classes`` and provenance (``name``, ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``,
+    ``checkpoint``, ``weights``). ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
+    """
+    if variant not in VARIANTS:
+        raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
+    if opset < 18:
+        raise ConfigError(f"export: parameter 'opset' must be >= 18, found {opset}")
+    missing = [k for k in ("bands", "value_scaling", "mean", "std", "gsd") if k not in metadata]
+    if missing:
+        raise InputError(f"export: model metadata lacks the keys {missing} (found {sorted(metadata)})")
+    tile = int(tile_size)
+    if tile < 16:
+        raise ConfigError(f"export: parameter 'tile_size' must be >= 16 px, found {tile}")
+    overlap = tile // 5 if overlap is None else int(overlap)
+    if not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"export: parameter 'overlap' must be within [0, {tile // 2}] px, found {overlap}")
+    channels = len(metadata["bands"])
+
+    model = model.eval().cpu()
+    tasks, num_seg, num_det, num_anchors = _tasks_and_sizes(model, channels, tile)
+    if variant == "deepness" and "seg" not in tasks:
+        raise ConfigError("export: variant 'deepness' needs a segmentation head; the model has none")
+    anchors = None
+    if "det" in tasks:
+        anchors = model.anchors_for((tile, tile), device="cpu").float()
+        if anchors.shape != (num_anchors, 4):
+            raise ConfigError(f"export: anchors_for gave {tuple(anchors.shape)}, cls_logits need ({num_anchors}, 4)")
+    cfg = getattr(model, "cfg", None)
+    variances = tuple(cfg.box_variances) if cfg is not None else DEFAULT_VARIANCES
+    wrapper = ExportWrapper(model, tasks, anchors, variances, variant).eval()
+    specs = output_specs(tasks, variant, num_seg, num_det, tile)
+    graph_tasks = sorted({s["task"] for s in specs.values()}, key=["det", "seg"].index)
+
+    provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights")
+    provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
+    if "model_config" not in provenance and cfg is not None:
+        provenance["model_config"] = cfg.to_dict()
+    meta = md.build_metadata(
+        tasks=graph_tasks,
+        bands=metadata["bands"],
+        value_scaling=metadata["value_scaling"],
+        mean=metadata["mean"],
+        std=metadata["std"],
+        gsd=metadata["gsd"],
+        tile_size=tile,
+        overlap=overlap,
+        outputs=specs,
+        seg_classes=metadata.get("seg_classes", SEG_CLASSES)[:num_seg] if "seg" in tasks else (),
+        palette=metadata.get("palette", PALETTE)[:num_seg] if "seg" in tasks else (),
+        det_classes=metadata.get("det_classes", DET_CLASSES)[:num_det] if "det" in graph_tasks else (),
+        score_thresh=score_thresh,
+        iou_thresh=iou_thresh,
+        ios_thresh=ios_thresh,
+        variances=variances,
+        anchors=_anchor_params(model),
+        provenance=provenance,
+    )
+
+    import onnx
+
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        with torch.no_grad():
+            _torch_export(wrapper, torch.zeros(2, channels, tile, tile), tmp, list(specs), opset, dynamo)
+        proto = onnx.load(str(tmp))
+        del proto.metadata_props[:]
+        for key, value in md.to_props(meta).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+    return meta
+
+
+def export_checkpoint(
+    ckpt_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    tile_size: int | None = None,
+    role: str = "student",
+    **options: Any,
+) -> dict[str, Any]:
+    """Export a training checkpoint (EMA weights when present) with the metadata training stored in it.
+
+    Checkpoint form (engine.train.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
+    state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, seg_classes, palette,
+    det_classes, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
+    """
+    from engine.models import build_model, load_model_config
+    from engine.train.checkpoint import inference_state, load_checkpoint
+
+    payload = load_checkpoint(ckpt_path)
+    cfg = dataclasses.replace(load_model_config(payload["model_config"]), pretrained=None)
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(inference_state(payload))
+    except RuntimeError as exc:
+        raise InputError(f"checkpoint '{ckpt_path}': weights do not fit its model_config: {exc}") from exc
+    meta = dict(payload.get("metadata") or {})
+    meta.update(
+        model_config=cfg.to_dict(),
+        role=role,
+        checkpoint=str(ckpt_path),
+        weights="ema" if payload.get("ema") else "model",
+    )
+    if tile_size is None:
+        tile_size = int(meta.get("chip_size", 320))
+    return export_onnx(model, out_path, meta, tile_size, **options)

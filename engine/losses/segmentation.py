@@ -1,0 +1,30 @@
+"""Supervised segmentation loss: softmax cross-entropy with ignored pixels (eroded boundaries, padding)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.core.classes import IGNORE_INDEX
+from engine.core.errors import InputError
+from engine.losses._checks import fp32, require_dims
+
+
+def segmentation_ce_loss(
+    seg_logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean cross-entropy over the labelled pixels of the batch, in float32.
+
+    ``seg_logits`` (B, C, H, W), ``mask`` (B, H, W) long with ``ignore_index`` (255) for unlabelled pixels. Unlike
+    ``F.cross_entropy(reduction="mean")``, an all-ignored batch gives 0 (not NaN), so a chip of pure boundary or
+    padding cannot poison a training step.
+    """
+    require_dims("seg_logits", seg_logits, 4, "(B, C, H, W)")
+    require_dims("mask", mask, 3, "(B, H, W)")
+    if seg_logits.shape[0] != mask.shape[0] or seg_logits.shape[2:] != mask.shape[1:]:
+        raise InputError(
+            f"loss inputs 'seg_logits'/'mask': expected (B, C, H, W) and (B, H, W) with equal B, H, W, "
+            f"found {tuple(seg_logits.shape)} and {tuple(mask.shape)}"
+        )
+    total = F.cross_entropy(fp32(seg_logits), mask.long(), ignore_index=ignore_index, reduction="sum")
+    return total / (mask != ignore_index).sum().clamp(min=1)

@@ -1,0 +1,135 @@
+"""The two ISPRS-like domains: sensor facts, default sizes, and the real ISPRS file layout of each (REFERENCE §3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+VAIHINGEN_TRAIN_AREAS: tuple[int, ...] = (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
+VAIHINGEN_VAL_AREAS: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)
+POTSDAM_TRAIN_TILES: tuple[str, ...] = tuple(
+    "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_7 6_8 6_9 6_10 6_11 6_12 7_7 7_8 7_9 7_10 7_11 "
+    "7_12".split()
+)
+POTSDAM_VAL_TILES: tuple[str, ...] = tuple(
+    "2_13 2_14 3_13 3_14 4_13 4_14 4_15 5_13 5_14 5_15 6_13 6_14 6_15 7_13".split()
+)
+
+EPSG = 32632
+"""UTM zone 32N: a real projected CRS in metres (ARCHITECTURE "Synthetic twin output")."""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a domain looks like to a user: sensor, band order, GSD, default size, and its ISPRS tile list."""
+
+    name: str
+    gsd: float
+    bands: tuple[str, ...]
+    sensor: str
+    style: str
+    blur_sigma_px: float
+    noise_dn: float
+    gain: dict[str, float]
+    default_tiles: int
+    default_tile_size_m: float
+    train_tiles: tuple[str, ...]
+    val_tiles: tuple[str, ...]
+    origin: tuple[float, float]
+
+    @property
+    def max_tiles(self) -> int:
+        return len(self.train_tiles) + len(self.val_tiles)
+
+
+DOMAINS: dict[str, DomainSpec] = {
+    "vaihingen": DomainSpec(
+        name="vaihingen",
+        gsd=0.09,
+        bands=("nir", "red", "green"),
+        sensor="Vaihingen-like colour-infrared true ortho photo (8-bit NIR-R-G, 9 cm)",
+        style="village",
+        blur_sigma_px=0.8,
+        noise_dn=1.6,
+        gain={"blue": 420.0, "green": 470.0, "red": 520.0, "nir": 430.0},
+        default_tiles=6,
+        default_tile_size_m=120.0,
+        train_tiles=tuple(f"top_mosaic_09cm_area{n}" for n in VAIHINGEN_TRAIN_AREAS),
+        val_tiles=tuple(f"top_mosaic_09cm_area{n}" for n in VAIHINGEN_VAL_AREAS),
+        origin=(496_000.0, 5_420_000.0),
+    ),
+    "potsdam": DomainSpec(
+        name="potsdam",
+        gsd=0.05,
+        bands=("red", "green", "blue"),
+        sensor="Potsdam-like true ortho photo (8-bit R-G-B, also IR-R-G and R-G-B-IR variants, 5 cm)",
+        style="city",
+        blur_sigma_px=0.65,
+        noise_dn=1.2,
+        gain={"blue": 640.0, "green": 600.0, "red": 560.0, "nir": 400.0},
+        default_tiles=6,
+        default_tile_size_m=80.0,
+        train_tiles=tuple(f"top_potsdam_{rc}" for rc in POTSDAM_TRAIN_TILES),
+        val_tiles=tuple(f"top_potsdam_{rc}" for rc in POTSDAM_VAL_TILES),
+        origin=(366_000.0, 5_808_000.0),
+    ),
+}
+
+LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
+    "vaihingen": ("top", "gts_for_participants", "gts_eroded_for_participants"),
+    "potsdam": ("2_Ortho_RGB", "3_Ortho_IRRG", "4_Ortho_RGBIR", "5_Labels_all", "5_Labels_all_noBoundary"),
+}
+"""Folders each layout owns under its root (what ``--overwrite`` clears)."""
+
+POTSDAM_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "RGB": ("2_Ortho_RGB", ("red", "green", "blue")),
+    "IRRG": ("3_Ortho_IRRG", ("nir", "red", "green")),
+    "RGBIR": ("4_Ortho_RGBIR", ("red", "green", "blue", "nir")),
+}
+"""Potsdam image variants: suffix -> (folder, band order)."""
+
+
+def select_tiles(spec: DomainSpec, count: int) -> list[tuple[str, str]]:
+    """The first ``count`` tiles of the standard split lists, train and val mixed in the real proportion.
+
+    Returns ``(tile_name, split)`` pairs; always at least one of each split when ``count >= 2``.
+    """
+    n_total = spec.max_tiles
+    n_train = round(count * len(spec.train_tiles) / n_total)
+    if count >= 2:
+        n_train = min(max(n_train, 1), count - 1)
+    n_train = min(n_train, len(spec.train_tiles))
+    n_val = count - n_train
+    if n_val > len(spec.val_tiles):
+        n_val = len(spec.val_tiles)
+        n_train = count - n_val
+    return [(t, "train") for t in spec.train_tiles[:n_train]] + [(t, "val") for t in spec.val_tiles[:n_val]]
+
+
+def tile_grid_index(spec: DomainSpec, tile: str) -> tuple[int, int]:
+    """(row, col) of a tile on the synthetic map, so every tile has its own, non-overlapping origin."""
+    if spec.name == "potsdam":
+        r, c = tile.rsplit("_", 2)[-2:]
+        return int(r), int(c)
+    area = int(tile.rsplit("area", 1)[1])
+    return (area - 1) // 6, (area - 1) % 6
+
+
+def image_paths(spec: DomainSpec, root: Path, tile: str) -> dict[str, Path]:
+    """Image files of one tile: variant name -> path (Vaihingen has one, Potsdam three)."""
+    if spec.name == "potsdam":
+        return {v: root / folder / f"{tile}_{v}.tif" for v, (folder, _) in POTSDAM_VARIANTS.items()}
+    return {"IRRG": root / "top" / f"{tile}.tif"}
+
+
+def label_paths(spec: DomainSpec, root: Path, tile: str) -> tuple[Path, Path]:
+    """(label, eroded label) files of one tile, named as in the ISPRS downloads."""
+    if spec.name == "potsdam":
+        return (
+            root / "5_Labels_all" / f"{tile}_label.tif",
+            root / "5_Labels_all_noBoundary" / f"{tile}_label_noBoundary.tif",
+        )
+    return (
+        root / "gts_for_participants" / f"{tile}.tif",
+        root / "gts_eroded_for_participants" / f"{tile}_noBoundary.tif",
+    )

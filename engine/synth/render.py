@@ -1,0 +1,122 @@
+"""From material/height/shade maps to sensor bands and ISPRS labels.
+
+Reflectance = material colour × object shading × material texture × cast-shadow factor; then a per-domain
+sensor model (gain per band, path-radiance offset, Gaussian optics blur, noise, 8-bit quantisation).
+Texture is what separates the look-alike materials (REFERENCE §4): foliage is clumpy at ~0.5 m, lawn smooth.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from engine.core.classes import BOUNDARY_COLOR, IGNORE_INDEX, PALETTE
+from engine.synth.canvas import Canvas, cast_shadows
+from engine.synth.domains import DomainSpec
+from engine.synth.layout import Sun
+from engine.synth.materials import BAND_INDEX, MATERIAL_CLASS, REFLECTANCE, SHADOW_FACTOR, M
+
+# texture amplitudes per material: (fine ~0.15 m, clumps ~0.6 m, patches ~6 m)
+_TEXTURE: dict[M, tuple[float, float, float]] = {
+    M.GRASS: (0.07, 0.05, 0.16),
+    M.MEADOW: (0.09, 0.08, 0.14),
+    M.SOIL: (0.07, 0.06, 0.14),
+    M.ASPHALT: (0.05, 0.02, 0.07),
+    M.PAVING: (0.05, 0.02, 0.06),
+    M.PAVING_RED: (0.06, 0.02, 0.06),
+    M.GRAVEL: (0.10, 0.04, 0.06),
+    M.ROOF_RED: (0.05, 0.03, 0.02),
+    M.ROOF_GREY: (0.04, 0.02, 0.04),
+    M.ROOF_DARK: (0.04, 0.02, 0.04),
+    M.ROOF_LIGHT: (0.03, 0.02, 0.03),
+    M.TREE: (0.10, 0.30, 0.06),
+}
+_AMP = np.zeros((len(M), 3), dtype=np.float32)
+for _m, _a in _TEXTURE.items():
+    _AMP[int(_m)] = _a
+_AMP[[int(m) for m in M if m not in _TEXTURE]] = (0.03, 0.0, 0.0)
+
+_OFFSET_DN = {"blue": 14.0, "green": 9.0, "red": 6.0, "nir": 4.0}
+"""Path radiance (haze) added by the atmosphere, in DN: strongest in blue."""
+
+_PALETTE = np.array(PALETTE, dtype=np.uint8)
+
+
+def smooth_noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, ~unit-variance noise correlated over ``cell_px`` pixels (bilinear upsampling of coarse noise)."""
+    h, w = shape
+    cell = max(float(cell_px), 1.0)
+    lh, lw = int(np.ceil(h / cell)) + 2, int(np.ceil(w / cell)) + 2
+    coarse = rng.standard_normal((lh, lw), dtype=np.float32)
+    if cell <= 1.0:
+        return coarse[:h, :w]
+    up = ndimage.zoom(coarse, cell, order=1, prefilter=False, grid_mode=False)[:h, :w]
+    # bilinear interpolation lowers the variance between grid nodes: rescale to ~unit variance
+    return up * np.float32(1.0 / 0.67)
+
+
+def reflectance(canvas: Canvas, sun: Sun, bands: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Per-band reflectance maps (float32) of a laid-out canvas, with textures and cast shadows."""
+    mat = canvas.mat
+    g = canvas.gsd
+    amp = _AMP[mat]  # (h, w, 3)
+    light = np.ones(mat.shape, dtype=np.float32)
+    for k, cell_m in enumerate((0.15, 0.6, 6.0)):
+        light += amp[..., k] * smooth_noise(mat.shape, cell_m / g, rng)
+    np.maximum(light, np.float32(0.15), out=light)
+    light *= canvas.shade
+    shadow = cast_shadows(canvas.height, g, sun.azimuth_deg, sun.elevation_deg).astype(np.float32)
+    shadow = ndimage.gaussian_filter(shadow, sigma=0.12 / g)  # penumbra
+    out: dict[str, np.ndarray] = {}
+    for band in bands:
+        b = BAND_INDEX[band]
+        refl = REFLECTANCE[:, b][mat]
+        refl *= light
+        refl *= 1.0 + shadow * np.float32(SHADOW_FACTOR[b] - 1.0)
+        out[band] = refl
+    return out
+
+
+def sensor(refl: dict[str, np.ndarray], spec: DomainSpec, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """8-bit digital numbers: gain (jittered per flight/tile), haze offset, optics blur, noise, quantisation."""
+    out: dict[str, np.ndarray] = {}
+    exposure = float(rng.uniform(0.9, 1.1))
+    for band, r in refl.items():
+        gain = spec.gain[band] * exposure * float(rng.uniform(0.96, 1.04))
+        dn = r * np.float32(gain) + np.float32(_OFFSET_DN[band])
+        dn = ndimage.gaussian_filter(dn, sigma=spec.blur_sigma_px, truncate=3.0)
+        dn += rng.standard_normal(dn.shape, dtype=np.float32) * np.float32(spec.noise_dn)
+        np.clip(dn, 0.0, 255.0, out=dn)
+        out[band] = np.rint(dn).astype(np.uint8)
+    return out
+
+
+def class_map(canvas: Canvas) -> np.ndarray:
+    """Class index per pixel (uint8, SEG_CLASSES order)."""
+    return MATERIAL_CLASS[canvas.mat]
+
+
+def _disc(radius: int) -> np.ndarray:
+    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return x * x + y * y <= radius * radius
+
+
+def erode_boundaries(label: np.ndarray, radius: int = 3) -> np.ndarray:
+    """Class map with pixels within ``radius`` px (disc) of a class boundary set to IGNORE_INDEX (ISPRS eroded GT).
+
+    A pixel is kept only if its whole disc neighbourhood has its class; tile borders are not boundaries.
+    """
+    disc = _disc(radius)
+    hi = ndimage.maximum_filter(label, footprint=disc, mode="nearest")
+    lo = ndimage.minimum_filter(label, footprint=disc, mode="nearest")
+    out = label.copy()
+    out[hi != lo] = IGNORE_INDEX
+    return out
+
+
+def label_rgb(label: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 ISPRS palette colours; IGNORE_INDEX becomes the black boundary colour."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(_PALETTE)] = _PALETTE
+    lut[IGNORE_INDEX] = BOUNDARY_COLOR
+    return lut[label]

@@ -1,0 +1,179 @@
+"""Training configs as data: YAML files in ``models/`` merged over defaults, validated with clear errors.
+
+A config is a nested dict. Every key must exist in :data:`DEFAULTS` (a typo is an error, not a silent no-op) and
+values must have the default's type (``None`` defaults accept a string or a number). ``key=value`` overrides on the
+command line use dotted paths (``optim.lr=0.005``) and YAML syntax for the value.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from engine.core.errors import ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "model": "models/student.yaml",
+    "tasks": ["det", "seg"],
+    "data": {
+        "det": None,
+        "seg": None,
+        "train_split": "train",
+        "val_split": "val",
+        "batch_size": 10,
+        "num_workers": 2,
+        "augment": True,
+        "max_val_chips": None,
+    },
+    "kd": {
+        "soft": False,
+        "feature": "none",
+        "det_teacher": None,
+        "seg_teacher": None,
+        "adapter_kernel": 3,
+        "soft_det_cls_weight": 5000.0,
+        "soft_det_box_weight": 1.0,
+        "soft_seg_weight": 1.0,
+        "temperature": 1.0,
+        "feature_weight": 5.0,
+        "pdf_cls_weight": 1.0,
+        "pdf_box_weight": 1.0,
+    },
+    "loss": {
+        "focal_alpha": 0.25,
+        "focal_gamma": 2.0,
+        "bl1_alpha": 0.5,
+        "bl1_gamma": 1.5,
+        "bl1_beta": 0.11,
+        "det_weight": 1.0,
+        "seg_weight": 1.0,
+    },
+    "optim": {
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0005,
+        "warmup_iters": 500,
+        "warmup_factor": 0.1,
+        "min_lr_ratio": 0.1,
+        "epochs": 70,
+        "iters_per_epoch": None,
+        "grad_clip": 10.0,
+    },
+    "ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0},
+    "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "select": "auto"},
+    "runtime": {
+        "device": "auto",
+        "amp": True,
+        "channels_last": True,
+        "seed": 0,
+        "out": "runs/run",
+        "tensorboard": False,
+        "log_every": 10,
+    },
+}
+
+KD_FEATURES = ("none", "mse", "pdf")
+TASKS = ("det", "seg")
+
+
+def _check(node: Any, default: Any, path: str) -> Any:
+    if isinstance(default, dict):
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping, found {type(node).__name__} ({node!r})")
+        merged = copy.deepcopy(default)
+        for key, value in node.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in default:
+                known = ", ".join(sorted(default))
+                raise ConfigError(f"config key '{sub}' is unknown; expected one of: {known}")
+            merged[key] = _check(value, default[key], sub)
+        return merged
+    if default is None or node is None:
+        return node
+    if isinstance(default, bool):
+        if not isinstance(node, bool):
+            raise ConfigError(f"config key '{path}': expected true/false, found {node!r}")
+        return node
+    if isinstance(default, float) and isinstance(node, int) and not isinstance(node, bool):
+        return float(node)
+    if isinstance(default, list):
+        if not isinstance(node, list):
+            raise ConfigError(f"config key '{path}': expected a list, found {node!r}")
+        return node
+    if not isinstance(node, type(default)) or isinstance(node, bool):
+        raise ConfigError(f"config key '{path}': expected {type(default).__name__}, found {node!r}")
+    return node
+
+
+def _semantic_checks(cfg: dict[str, Any]) -> None:
+    tasks = cfg["tasks"]
+    if not tasks or any(t not in TASKS for t in tasks) or len(set(tasks)) != len(tasks):
+        raise ConfigError(f"config key 'tasks': expected a non-empty subset of {list(TASKS)}, found {tasks!r}")
+    for task in tasks:
+        if not cfg["data"][task]:
+            raise ConfigError(f"config key 'data.{task}': task '{task}' is trained, so a chip dataset folder is needed")
+    if cfg["kd"]["feature"] not in KD_FEATURES:
+        raise ConfigError(f"config key 'kd.feature': expected one of {list(KD_FEATURES)}, found {cfg['kd']['feature']!r}")
+    uses_kd = cfg["kd"]["soft"] or cfg["kd"]["feature"] != "none"
+    if uses_kd:
+        if tasks != ["det", "seg"] and set(tasks) != set(TASKS):
+            raise ConfigError("config key 'kd': distillation fills the missing task, so tasks must be [det, seg]")
+        for key in ("det_teacher", "seg_teacher"):
+            if not cfg["kd"][key]:
+                raise ConfigError(f"config key 'kd.{key}': distillation is on, so a teacher checkpoint is needed")
+    if cfg["kd"]["adapter_kernel"] not in (1, 3):
+        raise ConfigError(f"config key 'kd.adapter_kernel': expected 1 or 3, found {cfg['kd']['adapter_kernel']!r}")
+    for key in ("lr", "momentum", "weight_decay", "min_lr_ratio", "warmup_factor"):
+        if cfg["optim"][key] < 0:
+            raise ConfigError(f"config key 'optim.{key}': expected a value >= 0, found {cfg['optim'][key]!r}")
+    if cfg["optim"]["epochs"] < 1:
+        raise ConfigError(f"config key 'optim.epochs': expected >= 1, found {cfg['optim']['epochs']!r}")
+    if cfg["data"]["batch_size"] < 1:
+        raise ConfigError(f"config key 'data.batch_size': expected >= 1, found {cfg['data']['batch_size']!r}")
+    if cfg["eval"]["select"] not in ("auto", "det", "seg", "mean"):
+        raise ConfigError(f"config key 'eval.select': expected auto|det|seg|mean, found {cfg['eval']['select']!r}")
+
+
+def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``raw`` over the defaults and check every key and type; raise ConfigError naming the key."""
+    cfg = _check(raw, DEFAULTS, "")
+    _semantic_checks(cfg)
+    return cfg
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` strings (value parsed as YAML) to a raw config dict."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}': expected key=value, e.g. optim.lr=0.005")
+        key, text = item.split("=", 1)
+        value = yaml.safe_load(text) if text != "" else None
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{part}' is not a mapping")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Read a YAML config (``None`` → defaults only), apply overrides and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}': expected a mapping at the top level, found {type(raw).__name__}")
+    return validate_config(apply_overrides(raw, overrides or []))

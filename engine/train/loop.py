@@ -1,0 +1,385 @@
+"""The training loop: teachers, single-task baselines, partial MTL and distilled students share it.
+
+One iteration takes one detection batch and one segmentation batch (whichever tasks are trained), back-propagates
+each pass's loss (the shared encoder accumulates both gradients) and makes ONE optimizer step (paper §2). Data
+order and augmentation are seeded by (seed, epoch), so a run resumed from its last checkpoint repeats exactly what
+the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from engine.core.atomic import write_json_atomic
+from engine.core.errors import ConfigError, PmtlError
+from engine.core.progress import Progress, check_cancel
+from engine.data import datasets as D
+from engine.data import transforms as T
+from engine.data.chipstore import open_chip_dataset
+from engine.evaluate.run import evaluate_model
+from engine.models import build_model, load_model_config
+from engine.models.adapters import FeatureAdapters
+from engine.train import objectives as O
+from engine.train.checkpoint import capture_rng, inference_state, load_checkpoint, restore_rng, save_checkpoint
+from engine.train.distributed import DistInfo, all_reduce_mean, init_distributed, pick_device
+from engine.train.schedule import ModelEMA, lr_factor
+
+
+class NonFiniteLoss(PmtlError, FloatingPointError):
+    """A loss term became NaN/inf; the run stops and the last good checkpoint stays."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norm layers and biases (REFERENCE §2)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                is_norm = isinstance(sub, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _load_teacher(path: str, student_channels: int, kernel: int, device: torch.device) -> O.Teacher:
+    payload = load_checkpoint(path)
+    net = build_model(load_model_config(payload["model_config"]))
+    net.load_state_dict(inference_state(payload))
+    net.eval().requires_grad_(False).to(device)
+    adapter = FeatureAdapters(student_channels, payload["model_config"].get("channels", 256), kernel_size=kernel)
+    return O.Teacher(net=net, adapter=adapter.to(device))
+
+
+def _loader(dataset, batch_size: int, workers: int, seed: int, info: DistInfo, collate, device) -> DataLoader:
+    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed) if info.enabled else None
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        drop_last=len(dataset) // max(1, info.world_size) >= batch_size,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def _epoch_batches(loader: DataLoader, seed: int, epoch: int, count: int) -> Iterator[dict[str, Any]]:
+    """``count`` batches, re-shuffling (with a seed fixed by epoch and cycle) when the loader runs out."""
+    cycle = 0
+    while True:
+        cycle_seed = seed * 1_000_003 + epoch * 1009 + cycle
+        loader.generator.manual_seed(cycle_seed)
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch * 1009 + cycle)
+        for batch in loader:
+            yield batch
+            count -= 1
+            if count == 0:
+                return
+        cycle += 1
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            raise NonFiniteLoss(f"loss term '{name}' is {value.item()} at step {step}; stopping (last good checkpoint kept)")
+
+
+def _select_score(metrics: dict[str, Any], select: str, tasks: list[str]) -> float:
+    if select == "auto":
+        select = "mean" if len(tasks) == 2 else tasks[0]
+    det, seg = metrics.get("det_map", 0.0), metrics.get("seg_miou", 0.0)
+    return {"det": det, "seg": seg, "mean": 0.5 * (det + seg)}[select]
+
+
+def _dataset_info(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Bands, classes and normalisation of the chip datasets (they must agree on bands)."""
+    info: dict[str, Any] = {}
+    for task in cfg["tasks"]:
+        manifest = open_chip_dataset(cfg["data"][task]).manifest
+        info[task] = manifest
+    bands = {task: len(m["bands"]) for task, m in info.items()}
+    if len(set(bands.values())) > 1:
+        raise ConfigError(
+            f"config keys 'data.det'/'data.seg': chip datasets have different band counts {bands}; "
+            "re-chip one of them with matching bands"
+        )
+    return info
+
+
+def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = False) -> TrainResult:
+    """Train one model as ``cfg`` says; returns where the checkpoints are and the best validation metrics."""
+    info = init_distributed()
+    device = pick_device(cfg["runtime"]["device"], info)
+    rt, optim_cfg, data_cfg = cfg["runtime"], cfg["optim"], cfg["data"]
+    seed = int(rt["seed"])
+    torch.manual_seed(seed + info.rank)
+    out_dir = Path(rt["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks: list[str] = list(cfg["tasks"])
+    manifests = _dataset_info(cfg)
+    first = manifests[tasks[0]]
+
+    model_cfg = dataclasses.replace(load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"]))
+    student = build_model(model_cfg).to(device)
+    use_cuda = device.type == "cuda"
+    if use_cuda and rt["channels_last"]:
+        student = student.to(memory_format=torch.channels_last)
+
+    kd = cfg["kd"]
+    uses_kd = kd["soft"] or kd["feature"] != "none"
+    teachers: dict[str, O.Teacher] = {}
+    if uses_kd:
+        teachers["det"] = _load_teacher(kd["det_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
+        teachers["seg"] = _load_teacher(kd["seg_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
+    adapters = nn.ModuleDict({task: t.adapter for task, t in teachers.items()})
+
+    trainable: list[nn.Module] = [student, adapters]
+    optimizer = torch.optim.SGD(
+        _param_groups(trainable, optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
+    )
+    ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
+    model: nn.Module = student
+    if info.enabled:
+        model = DistributedDataParallel(
+            student, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
+        )
+
+    geometric = T.GeometricAugment() if data_cfg["augment"] else None
+    datasets_train = {
+        "det": lambda: D.DetectionChips(data_cfg["det"], data_cfg["train_split"], train=True, augment=geometric),
+        "seg": lambda: D.SegmentationChips(data_cfg["seg"], data_cfg["train_split"], train=True, augment=geometric),
+    }
+    collates = {"det": D.collate_detection, "seg": D.collate_segmentation}
+    per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
+    loaders = {
+        task: _loader(datasets_train[task](), per_rank_batch, data_cfg["num_workers"], seed, info, collates[task], device)
+        for task in tasks
+    }
+    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task]).to(device) for task in tasks}
+    aug_generator = torch.Generator(device=device)
+    iters = optim_cfg["iters_per_epoch"] or max(len(loader) for loader in loaders.values())
+    total_steps = iters * optim_cfg["epochs"]
+
+    start_epoch, step, best_score, best_metrics = 0, 0, -math.inf, {}
+    history: list[dict[str, Any]] = []
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    if resume and last_path.is_file():
+        state = load_checkpoint(last_path, map_location=device)
+        student.load_state_dict(state["model"])
+        if state.get("adapters"):
+            adapters.load_state_dict(state["adapters"])
+        optimizer.load_state_dict(state["optimizer"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        restore_rng(state["rng"])
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        best_score, best_metrics = float(state["best"]["score"]), dict(state["best"]["metrics"])
+        history = list(state.get("history", []))
+    elif resume:
+        raise ConfigError(f"--resume: no checkpoint at '{last_path}' to resume from")
+
+    if info.is_main:
+        write_json_atomic(out_dir / "config.json", cfg)
+    amp = rt["amp"] and use_cuda
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    metrics_log = out_dir / "metrics.jsonl"
+    eval_net = ema.module if ema is not None else student
+    anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def anchors_for(images: torch.Tensor) -> torch.Tensor:
+        key = (int(images.shape[-2]), int(images.shape[-1]))
+        if key not in anchors_cache:
+            anchors_cache[key] = student.anchors_for(key, device=device)
+        return anchors_cache[key]
+
+    def prepare(task: str, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        batch = _to_device(batch, device)
+        images = device_aug[task](batch["image"], generator=aug_generator)
+        if use_cuda and rt["channels_last"]:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, batch
+
+    for epoch in range(start_epoch, optim_cfg["epochs"]):
+        student.train()
+        adapters.train()
+        streams = {task: _epoch_batches(loaders[task], seed, epoch, iters) for task in tasks}
+        for aug in device_aug.values():
+            aug.train(data_cfg["augment"])
+        aug_generator.manual_seed(seed * 7919 + epoch)
+        sums: dict[str, float] = {}
+        seen, t0 = 0, time.perf_counter()
+        for it in range(iters):
+            check_cancel(progress)
+            factor = lr_factor(step, total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"])
+            for group in optimizer.param_groups:
+                group["lr"] = optim_cfg["lr"] * factor
+            optimizer.zero_grad(set_to_none=True)
+            step_terms: dict[str, torch.Tensor] = {}
+            for index, task in enumerate(tasks):
+                images, batch = prepare(task, next(streams[task]))
+                sync = contextlib.nullcontext() if not info.enabled or index == len(tasks) - 1 else model.no_sync()
+                with sync, autocast():
+                    out = model(images)
+                    if task == "det":
+                        terms = O.detection_supervised(out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"])
+                        if uses_kd:
+                            terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
+                    else:
+                        terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
+                        if uses_kd:
+                            terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
+                    _check_finite(terms, step)
+                    loss = sum(terms.values())
+                loss.backward()
+                step_terms |= terms
+                seen += images.shape[0]
+            if optim_cfg["grad_clip"]:
+                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optim_cfg["grad_clip"])
+            optimizer.step()
+            if ema is not None:
+                ema.update(student)
+            step += 1
+            for name, value in step_terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+            if progress is not None and (it % rt["log_every"] == 0 or it == iters - 1):
+                rate = seen * info.world_size / max(1e-9, time.perf_counter() - t0)
+                parts = " ".join(f"{k}={v / (it + 1):.3f}" for k, v in sums.items())
+                progress.report((epoch * iters + it + 1) / total_steps, f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s")
+
+        train_time = time.perf_counter() - t0
+        metrics = evaluate_model(
+            eval_net,
+            det_root=data_cfg["det"] if "det" in tasks else None,
+            seg_root=data_cfg["seg"] if "seg" in tasks else None,
+            split=data_cfg["val_split"],
+            device=device,
+            batch_size=per_rank_batch,
+            score_thresh=cfg["eval"]["score_thresh"],
+            nms_iou=cfg["eval"]["nms_iou"],
+            max_chips=data_cfg["max_val_chips"],
+            progress=None,
+        )
+        row = {
+            "epoch": epoch + 1,
+            "step": step,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_img_per_s": seen * info.world_size / max(1e-9, train_time),
+            **{f"loss_{k}": v / iters for k, v in sums.items()},
+            **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        }
+        for key in [k for k in row if k.startswith("loss_")]:
+            row[key] = float(all_reduce_mean(torch.tensor(row[key], device=device), info))
+        history.append(row)
+        score = _select_score(metrics, cfg["eval"]["select"], tasks)
+        improved = score > best_score
+        if improved:
+            best_score, best_metrics = score, {k: v for k, v in row.items()}
+        if info.is_main:
+            with metrics_log.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
+            payload = {
+                "model_config": model_cfg.to_dict(),
+                "model": student.state_dict(),
+                "ema": ema.state_dict() if ema is not None else None,
+                "adapters": adapters.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": capture_rng(),
+                "epoch": epoch + 1,
+                "step": step,
+                "best": {"score": best_score, "metrics": best_metrics},
+                "history": history,
+                "config": cfg,
+                "metadata": checkpoint_metadata(cfg, manifests, row),
+            }
+            save_checkpoint(last_path, payload)
+            if improved:
+                save_checkpoint(best_path, payload)
+            if progress is not None and hasattr(progress, "emit"):
+                progress.emit("metrics", **row)
+
+    if info.is_main:
+        write_json_atomic(out_dir / "history.json", history)
+        with contextlib.suppress(Exception):
+            plot_curves(history, out_dir / "curves.png")
+    return TrainResult(out_dir, best_path, last_path, best_metrics, history)
+
+
+def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """What export needs to describe the model: classes, bands, scaling, normalisation, provenance, metrics."""
+    first = next(iter(manifests.values()))
+    return {
+        "name": cfg["name"],
+        "tasks": list(cfg["tasks"]),
+        "bands": first["bands"],
+        "value_scaling": first["value_scaling"],
+        "mean": first["mean"],
+        "std": first["std"],
+        "gsd": first["gsd"],
+        "chip_size": first["chip_size"],
+        "seg_classes": first["seg_classes"],
+        "palette": first["palette"],
+        "det_classes": first["det_classes"],
+        "datasets": {task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()},
+        "kd": {"soft": cfg["kd"]["soft"], "feature": cfg["kd"]["feature"], "det_teacher": cfg["kd"]["det_teacher"], "seg_teacher": cfg["kd"]["seg_teacher"]},
+        "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},
+    }
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and validation curves, one PNG per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from engine.core.atomic import atomic_path
+
+    epochs = [row["epoch"] for row in history]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({k for row in history for k in row if k.startswith("loss_")}):
+        ax_loss.plot(epochs, [row.get(key, float("nan")) for row in history], label=key[5:])
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_title("training losses")
+    ax_loss.legend(fontsize=7)
+    for key in ("det_map", "det_ap50", "seg_miou", "seg_oa"):
+        if any(key in row for row in history):
+            ax_val.plot(epochs, [row.get(key, float("nan")) for row in history], label=key)
+    ax_val.set_xlabel("epoch")
+    ax_val.set_title("validation (EMA weights)")
+    ax_val.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
