@@ -84,7 +84,7 @@ def prepare_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False)
         log.warning("%s: --overwrite: replacing the existing chip dataset", out)
         _clear(out)
     elif ours:
-        raise InputError(f"{out}: expected an empty output folder, found a chip dataset; pass --overwrite to replace it")
+        raise InputError(f"{out}: expected an empty output folder, found a chip dataset; pass --overwrite to replace")
     else:
         raise InputError(
             f"{out}: expected an empty output folder (or a chip dataset to --overwrite), found {entries[:8]}; "
@@ -125,10 +125,11 @@ class ChipWriter:
         for split, n in self.counts.items():
             (self.partial / split).mkdir()
             shape = (n, chip_size, chip_size)
+            folder = self.partial / split
             self.arrays[split] = {
-                "images": np.lib.format.open_memmap(self.partial / split / "images.npy", "w+", np.dtype(dtype), (*shape, bands)),  # fmt: skip
-                "masks": np.lib.format.open_memmap(self.partial / split / "masks.npy", "w+", np.uint8, shape),
-                "eroded": np.lib.format.open_memmap(self.partial / split / "eroded.npy", "w+", np.uint8, shape),
+                "images": np.lib.format.open_memmap(folder / "images.npy", "w+", np.dtype(dtype), (*shape, bands)),
+                "masks": np.lib.format.open_memmap(folder / "masks.npy", "w+", np.uint8, shape),
+                "eroded": np.lib.format.open_memmap(folder / "eroded.npy", "w+", np.uint8, shape),
             }
 
     def __enter__(self) -> ChipWriter:
@@ -257,5 +258,6 @@ def open_chip_dataset(root: str | os.PathLike[str]) -> ChipDataset:
             shape = (n, size, size, bands) if name == "images" else (n, size, size)
             want = dtype if name == "images" else "uint8"
             if array.shape != shape or array.dtype.name != want:
-                raise InputError(f"{file}: expected {shape} {want} (from {MANIFEST}), found {array.shape} {array.dtype}")
+                found = f"{array.shape} {array.dtype}"
+                raise InputError(f"{file}: expected {shape} {want} (from {MANIFEST}), found {found}")
     return dataset

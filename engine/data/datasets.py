@@ -6,7 +6,6 @@ their own read-only maps, so the page cache is shared and nothing large crosses 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,32 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
 
 from engine.core.errors import ConfigError, InputError
+from engine.data.chipstore import ChipDataset, open_chip_dataset
 from engine.data.transforms import GeometricAugment, Sample, normalization_from_manifest
-
-ARRAY_NAMES = ("images", "masks", "eroded")
-
-
-def _read_manifest(root: Path) -> dict[str, Any]:
-    """Load and check a chip dataset's manifest.
-
-    TODO(chipstore): switch to ``engine.data.chipstore.open_chip_dataset`` once it exists; this private reader
-    follows the documented format only as far as the datasets need it.
-    """
-    path = root / "manifest.json"
-    if not path.is_file():
-        raise InputError(f"{root}: expected a chip dataset with manifest.json (written by engine.chip), found none")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: expected a JSON chip manifest, could not read it: {exc}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != "pmtl-chips":
-        raise InputError(f"{path}: expected format 'pmtl-chips', found {manifest.get('format')!r}")
-    if manifest.get("complete") is not True:
-        raise InputError(f"{path}: chip dataset is not marked complete (chipping interrupted?); rerun engine.chip")
-    for key in ("bands", "det_classes", "chip_size", "splits", "chips", "value_scaling", "mean", "std"):
-        if key not in manifest:
-            raise InputError(f"{path}: expected key {key!r} in the chip manifest, it is missing")
-    return manifest
 
 
 class _ChipDataset(Dataset):
@@ -61,7 +36,8 @@ class _ChipDataset(Dataset):
         self.split = split
         self.train = train
         self.augment = augment
-        self.manifest = _read_manifest(self.root)
+        store = open_chip_dataset(self.root)  # validates manifest + every split's arrays; not kept (its maps pickle)
+        self.manifest = store.manifest
         splits = self.manifest["splits"]
         if split not in splits:
             raise InputError(f"{self.root / 'manifest.json'}: expected split {split!r}, found splits {sorted(splits)}")
@@ -74,10 +50,9 @@ class _ChipDataset(Dataset):
         self._maps: dict[str, np.ndarray] = {}
         self._generator: torch.Generator | None = None
         self._pid = -1
-        self._check_arrays()
-        self._load_targets()
+        self._load_targets(store)
 
-    def _load_targets(self) -> None:
+    def _load_targets(self, store: ChipDataset) -> None:
         """Per-task targets read from the manifest (detection boxes); masks come from the arrays."""
 
     def __len__(self) -> int:
@@ -90,23 +65,6 @@ class _ChipDataset(Dataset):
 
     def _path(self, name: str) -> Path:
         return self.root / self.split / f"{name}.npy"
-
-    def _check_arrays(self) -> None:
-        size, bands = int(self.manifest["chip_size"]), len(self.manifest["bands"])
-        dtype = str(self.manifest["value_scaling"].get("dtype", ""))
-        for name in self.arrays:
-            path = self._path(name)
-            if not path.is_file():
-                raise InputError(f"{path}: expected the {name} array of split {self.split!r}, file is missing")
-            array = np.load(path, mmap_mode="r")
-            shape = (self._length, size, size, bands) if name == "images" else (self._length, size, size)
-            want_dtype = dtype if name == "images" else "uint8"
-            if array.shape != shape or str(array.dtype) != want_dtype:
-                raise InputError(
-                    f"{path}: expected shape {shape} dtype {want_dtype} (from manifest.json), "
-                    f"found {array.shape} {array.dtype}"
-                )
-            del array
 
     def _own_process(self) -> None:
         """Forget maps and generator inherited from another process (fork), so each process opens its own."""
@@ -143,31 +101,19 @@ class DetectionChips(_ChipDataset):
     Geometric augmentation is applied only when ``train`` is true and ``augment`` is given.
     """
 
-    def _load_targets(self) -> None:
-        self.det_classes: tuple[str, ...] = tuple(self.manifest["det_classes"])
-        self._boxes, self._labels = self._index_boxes()
-
-    def _index_boxes(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        boxes = [np.zeros((0, 4), np.float32) for _ in range(self._length)]
-        labels = [np.zeros((0,), np.int64) for _ in range(self._length)]
+    def _load_targets(self, store: ChipDataset) -> None:
+        self.det_classes: tuple[str, ...] = tuple(store.det_classes)
         where = self.root / "manifest.json"
-        for chip in self.manifest["chips"]:
-            if chip.get("split") != self.split:
-                continue
-            index = int(chip["index"])
-            if not 0 <= index < self._length:
-                raise InputError(f"{where}: chip index {index} outside split {self.split!r} of {self._length} chips")
-            entries = chip.get("boxes", [])
-            unknown = {e[4] for e in entries if e[4] not in self.det_classes}
+        for chip in store.chips(self.split):
+            unknown = {entry[4] for entry in chip.get("boxes", [])} - set(self.det_classes)
             if unknown:
                 raise InputError(
-                    f"{where}: chip {index} of split {self.split!r} has boxes of classes {sorted(unknown)}, "
-                    f"expected one of det_classes {list(self.det_classes)}"
+                    f"{where}: chip {chip.get('index')} of split {self.split!r} has boxes of classes "
+                    f"{sorted(unknown)}, expected one of det_classes {list(self.det_classes)}"
                 )
-            if entries:
-                boxes[index] = np.array([e[:4] for e in entries], dtype=np.float32).reshape(-1, 4)
-                labels[index] = np.array([self.det_classes.index(e[4]) for e in entries], dtype=np.int64)
-        return boxes, labels
+        targets = store.boxes(self.split)
+        self._boxes = [boxes for boxes, _ in targets]
+        self._labels = [labels for _, labels in targets]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self._raw(index)
@@ -183,7 +129,7 @@ class DetectionChips(_ChipDataset):
 class SegmentationChips(_ChipDataset):
     """Segmentation items: ``{"image": (C,H,W), "mask": int64 (H,W), "eroded": int64 (H,W)}`` (255 = ignore)."""
 
-    arrays = ARRAY_NAMES
+    arrays = ("images", "masks", "eroded")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         sample = self._augmented(self._raw(index))

@@ -38,7 +38,9 @@ DEFAULT_BANDS = {"vaihingen": "IRRG", "potsdam": "RGB"}
 
 _V_TRAIN = (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
 _V_VAL = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)
-_P_TRAIN = "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_7 6_8 6_9 6_10 6_11 6_12 7_7 7_8 7_9 7_10 7_11 7_12"
+_P_TRAIN = (
+    "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_7 6_8 6_9 6_10 6_11 6_12 7_7 7_8 7_9 7_10 7_11 7_12"
+)
 _P_VAL = "2_13 2_14 3_13 3_14 4_13 4_14 4_15 5_13 5_14 5_15 6_13 6_14 6_15 7_13"
 STANDARD_SPLITS: dict[str, dict[str, str]] = {
     "vaihingen": {**{f"area{n}": "train" for n in _V_TRAIN}, **{f"area{n}": "val" for n in _V_VAL}},
@@ -122,7 +124,8 @@ def check_aligned(image: RasterInfo, label: RasterInfo) -> None:
         )
     if image.geotransform is not None and label.geotransform is not None:
         pixel = max(abs(image.geotransform[1]), abs(image.geotransform[5]), 1e-12)
-        origin_ok = all(math.isclose(a, b, abs_tol=0.01 * pixel) for a, b in zip(image.geotransform[::3], label.geotransform[::3]))  # fmt: skip
+        origins = zip(image.geotransform[::3], label.geotransform[::3])
+        origin_ok = all(math.isclose(a, b, abs_tol=0.01 * pixel) for a, b in origins)
         size_ok = all(
             math.isclose(image.geotransform[i], label.geotransform[i], rel_tol=1e-6, abs_tol=1e-9 * pixel)
             for i in (1, 2, 4, 5)

@@ -42,17 +42,31 @@ _OFFSET_DN = {"blue": 14.0, "green": 9.0, "red": 6.0, "nir": 4.0}
 _PALETTE = np.array(PALETTE, dtype=np.uint8)
 
 
+def _interp_matrix(n: int, cell: float, n_coarse: int) -> np.ndarray:
+    """(n, n_coarse) linear-interpolation weights from coarse nodes (spacing ``cell`` px) to pixel centres."""
+    x = (np.arange(n, dtype=np.float64) + 0.5) / cell
+    i0 = np.minimum(np.floor(x).astype(np.int64), n_coarse - 2)
+    f = (x - i0).astype(np.float32)
+    a = np.zeros((n, n_coarse), dtype=np.float32)
+    rows = np.arange(n)
+    a[rows, i0] = 1.0 - f
+    a[rows, i0 + 1] = f
+    return a
+
+
 def smooth_noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean, ~unit-variance noise correlated over ``cell_px`` pixels (bilinear upsampling of coarse noise)."""
+    """Zero-mean, ~unit-variance noise correlated over ``cell_px`` pixels (white noise below 2 px).
+
+    Bilinear upsampling of coarse noise, done as two small matrix products (much faster than ndimage.zoom).
+    """
     h, w = shape
-    cell = max(float(cell_px), 1.0)
-    lh, lw = int(np.ceil(h / cell)) + 2, int(np.ceil(w / cell)) + 2
+    if cell_px < 2.0:
+        return rng.standard_normal(shape, dtype=np.float32)
+    lh, lw = int(h / cell_px) + 2, int(w / cell_px) + 2
     coarse = rng.standard_normal((lh, lw), dtype=np.float32)
-    if cell <= 1.0:
-        return coarse[:h, :w]
-    up = ndimage.zoom(coarse, cell, order=1, prefilter=False, grid_mode=False)[:h, :w]
-    # bilinear interpolation lowers the variance between grid nodes: rescale to ~unit variance
-    return up * np.float32(1.0 / 0.67)
+    up = _interp_matrix(h, cell_px, lh) @ coarse @ _interp_matrix(w, cell_px, lw).T
+    # bilinear interpolation leaves 4/9 of the variance on average: rescale to ~unit variance
+    return up * np.float32(1.5)
 
 
 def reflectance(canvas: Canvas, sun: Sun, bands: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -96,22 +110,34 @@ def class_map(canvas: Canvas) -> np.ndarray:
     return MATERIAL_CLASS[canvas.mat]
 
 
-def _disc(radius: int) -> np.ndarray:
-    y, x = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return x * x + y * y <= radius * radius
-
-
 def erode_boundaries(label: np.ndarray, radius: int = 3) -> np.ndarray:
     """Class map with pixels within ``radius`` px (disc) of a class boundary set to IGNORE_INDEX (ISPRS eroded GT).
 
-    A pixel is kept only if its whole disc neighbourhood has its class; tile borders are not boundaries.
+    A pixel is kept only if its whole disc neighbourhood has its class (max == min over the disc); tile borders
+    are not boundaries. The disc is split into separable rectangles (one per half-width), so the filters run as
+    1-D van Herk passes instead of a 2-D footprint.
     """
-    disc = _disc(radius)
-    hi = ndimage.maximum_filter(label, footprint=disc, mode="nearest")
-    lo = ndimage.minimum_filter(label, footprint=disc, mode="nearest")
+    boundary = np.zeros(label.shape, dtype=bool)
+    for half_w, half_h in _disc_rectangles(radius):
+        hi, lo = label, label
+        for axis, half in ((1, half_w), (0, half_h)):
+            if half > 0:
+                hi = ndimage.maximum_filter1d(hi, 2 * half + 1, axis=axis, mode="nearest")
+                lo = ndimage.minimum_filter1d(lo, 2 * half + 1, axis=axis, mode="nearest")
+        boundary |= hi != lo
     out = label.copy()
-    out[hi != lo] = IGNORE_INDEX
+    out[boundary] = IGNORE_INDEX
     return out
+
+
+def _disc_rectangles(radius: int) -> list[tuple[int, int]]:
+    """Half-widths/heights of rectangles whose union is the digital disc x² + y² ≤ r² (one per distinct width)."""
+    widths = [int(np.floor(np.sqrt(radius * radius - y * y))) for y in range(radius + 1)]
+    rects = []
+    for y, half_w in enumerate(widths):
+        if y + 1 > radius or widths[y + 1] < half_w:
+            rects.append((half_w, y))
+    return rects
 
 
 def label_rgb(label: np.ndarray) -> np.ndarray:

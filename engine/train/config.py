@@ -98,8 +98,11 @@ def _check(node: Any, default: Any, path: str) -> Any:
         if not isinstance(node, bool):
             raise ConfigError(f"config key '{path}': expected true/false, found {node!r}")
         return node
-    if isinstance(default, float) and isinstance(node, int) and not isinstance(node, bool):
-        return float(node)
+    if isinstance(default, float) and isinstance(node, int | str) and not isinstance(node, bool):
+        try:
+            return float(node)  # YAML 1.1 reads "1e-3" as a string
+        except ValueError:
+            raise ConfigError(f"config key '{path}': expected a number, found {node!r}") from None
     if isinstance(default, list):
         if not isinstance(node, list):
             raise ConfigError(f"config key '{path}': expected a list, found {node!r}")

@@ -105,7 +105,8 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def call_engine(self, function: Callable[..., Any], feedback: QgsProcessingFeedback, **kwargs: Any) -> Any:
         """Call an engine function with the feedback as its progress; engine errors become Processing errors.
 
-        Keyword arguments the installed engine does not accept are dropped with a warning (older engines).
+        ``None`` values are left out (the engine's defaults apply). Options the installed engine does not accept
+        are dropped with a warning, so an older engine still runs.
         """
         progress_module = self.engine("engine.core.progress")
         errors = self.engine("engine.core.errors")
@@ -113,11 +114,13 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         call = {}
         for key, value in kwargs.items():
+            if value is None:
+                continue
             if takes_any or key in accepted:
                 call[key] = value
-            elif value is not None:
+            else:
                 feedback.pushWarning(f"This engine's {function.__name__}() has no option {key!r}: ignored.")
-        if takes_any or "progress" in accepted:
+        if "progress" in accepted:
             call["progress"] = FeedbackProgress(feedback)
         try:
             return function(**call)

@@ -20,30 +20,14 @@ from .base import PmtlAlgorithm, advanced, is_unset, with_help
 
 DOMAINS = ("vaihingen", "potsdam")
 
-IMAGE_PATTERNS = {
-    "vaihingen": ("top/top_mosaic_09cm_area*.tif", "top/", "gts_for_participants/"),
-    "potsdam": ("2_Ortho_RGB/top_potsdam_*_RGB.tif", "2_Ortho_RGB/", "5_Labels_all/"),
-}
-"""Where the images of each synthetic layout are, and how an image path maps to its label path (ARCHITECTURE)."""
-
-
 def sample_tile(root: Path, domain: str) -> tuple[Path, Path] | None:
     """(image, label) of one generated tile, preferring one outside the training split (for a detection demo)."""
-    pattern, image_dir, label_dir = IMAGE_PATTERNS[domain]
-    images = sorted(root.glob(pattern))
-    if not images:
-        return None
-    train: set[str] = set()
-    try:
-        from engine.data import isprs
+    from engine.data.isprs import find_isprs_tiles
 
-        train = {str(name) for name in getattr(isprs, "SPLITS", {}).get(domain, {}).get("train", ())}
-    except ImportError:
-        pass
-    held_out = [p for p in images if not any(p.stem.endswith(f"area{t}") or f"_{t}_" in p.name for t in train)]
-    image = (held_out or images)[-1]
-    relative = image.relative_to(root).as_posix().replace(image_dir, label_dir, 1).replace("_RGB.tif", "_label.tif")
-    return image, root / relative
+    tiles = find_isprs_tiles(domain, root)
+    held_out = [tile for tile in tiles if tile.split != "train"]
+    chosen = (held_out or tiles)[0] if tiles else None
+    return None if chosen is None else (Path(chosen.image), Path(chosen.label))
 
 
 class GenerateSynthetic(PmtlAlgorithm):

@@ -1,0 +1,225 @@
+"""Drawing pieces shared by the pictures: band choice, display scaling, class-mask overlay, boxes, legend, saving.
+
+Everything draws on a plain ``matplotlib.figure.Figure`` (Agg canvas, no pyplot), so the pictures can be made from
+worker threads, headless machines and QGIS without touching a global GUI backend.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import patheffects
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+from engine.core.atomic import atomic_path
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES
+from engine.core.errors import InputError
+
+MASK_ALPHA = 0.45
+"""Opacity of the class colours laid over the image: the scene stays readable under the labels."""
+
+STRETCH = (1.0, 99.0)
+"""Per-band percentile stretch for display only (like QGIS's cumulative count cut); metrics never see it."""
+
+_BAND_ALIASES = {"r": "red", "g": "green", "b": "blue", "ir": "nir", "nearinfrared": "nir", "near_infrared": "nir"}
+_FALLBACK_COLOURS = ((228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40))
+
+
+def display_bands(bands: Sequence[str]) -> tuple[list[int], str]:
+    """Which bands to show as red, green, blue, and a short description for the figure title.
+
+    R-G-B present: true colour. NIR, red and green present (Vaihingen IR-R-G): the classic colour-infrared false
+    colour, NIR→red, red→green, green→blue. Anything else: the first three bands in order (one band: grey).
+    """
+    names = [_BAND_ALIASES.get(str(b).strip().lower(), str(b).strip().lower()) for b in bands]
+    if not names:
+        raise InputError("chip manifest 'bands': expected at least one band name, found an empty list")
+    for wanted, text in (
+        (("red", "green", "blue"), "true colour"),
+        (("nir", "red", "green"), "false colour: NIR, red, green shown as R, G, B"),
+    ):
+        if all(w in names for w in wanted):
+            return [names.index(w) for w in wanted], text
+    picked = list(range(min(3, len(names))))
+    picked += [picked[-1]] * (3 - len(picked))
+    return picked, "bands " + ", ".join(str(bands[i]) for i in dict.fromkeys(picked)) + " shown as R, G, B"
+
+
+def band_label(bands: Sequence[str]) -> str:
+    """``NIR-R-G`` style short name of a band list."""
+    short = {"nir": "NIR", "red": "R", "green": "G", "blue": "B"}
+    return "-".join(short.get(_BAND_ALIASES.get(b.lower(), b.lower()), b) for b in bands)
+
+
+def to_display(images: Sequence[np.ndarray], manifest: Mapping[str, Any], stretch: tuple[float, float] | None = STRETCH) -> list[np.ndarray]:
+    """(H, W, C) raw chips → (H, W, 3) float RGB in [0, 1]: raw / value_scaling.max, then a shared percentile stretch.
+
+    The stretch limits are computed over all given images together, so chips in one picture keep comparable
+    colours. ``stretch=None`` shows the scaled values as they are.
+    """
+    picked, _ = display_bands(manifest["bands"])
+    scale = float(manifest.get("value_scaling", {}).get("max") or 0) or _dtype_max(images)
+    rgb = []
+    for image in images:
+        array = np.asarray(image)
+        if array.ndim != 3 or array.shape[-1] != len(manifest["bands"]):
+            raise InputError(
+                f"image to display: expected (H, W, {len(manifest['bands'])}) for bands {list(manifest['bands'])}, "
+                f"found shape {array.shape}"
+            )
+        rgb.append(array[..., picked].astype(np.float32) / scale)
+    if stretch is not None and rgb:
+        pixels = np.concatenate([r.reshape(-1, 3) for r in rgb])
+        low, high = np.percentile(pixels, stretch, axis=0)
+        span = np.where(high - low > 1e-6, high - low, 1.0)
+        low = np.where(high - low > 1e-6, low, 0.0)
+        rgb = [(r - low) / span for r in rgb]
+    return [np.clip(r, 0.0, 1.0) for r in rgb]
+
+
+def _dtype_max(images: Sequence[np.ndarray]) -> float:
+    dtype = np.asarray(images[0]).dtype if len(images) else np.dtype(np.uint8)
+    return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
+
+
+def palette_of(manifest: Mapping[str, Any]) -> np.ndarray:
+    """(n_seg_classes, 3) float palette in [0, 1]: the manifest's, else the ISPRS one."""
+    palette = np.asarray(manifest.get("palette") or PALETTE, dtype=np.float32) / 255.0
+    n = len(manifest.get("seg_classes") or SEG_CLASSES)
+    if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] < n:
+        raise InputError(f"chip manifest 'palette': expected {n} RGB triples, found {manifest.get('palette')!r}")
+    return palette[:n]
+
+
+def det_colours(manifest: Mapping[str, Any]) -> np.ndarray:
+    """(n_det_classes, 3) colours of detection classes: the palette colour of the segmentation class of that name."""
+    seg = list(manifest.get("seg_classes") or SEG_CLASSES)
+    palette = palette_of(manifest)
+    colours = []
+    for i, name in enumerate(manifest.get("det_classes") or DET_CLASSES):
+        colours.append(palette[seg.index(name)] if name in seg else np.asarray(_FALLBACK_COLOURS[i % 6]) / 255.0)
+    return np.asarray(colours, dtype=np.float32).reshape(-1, 3)
+
+
+def mask_rgba(mask: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_INDEX, alpha: float = MASK_ALPHA) -> np.ndarray:
+    """(H, W) class ids → (H, W, 4) RGBA overlay; ignore pixels fully transparent."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(f"class mask to display: expected (H, W) class ids, found shape {mask.shape}")
+    ignore = mask == ignore_index
+    valid = mask[~ignore]
+    if valid.size and (valid.min() < 0 or valid.max() >= len(palette)):
+        raise InputError(
+            f"class mask to display: expected ids 0..{len(palette) - 1} or {ignore_index} (ignore), "
+            f"found {int(valid.min())}..{int(valid.max())}"
+        )
+    rgba = np.zeros((*mask.shape, 4), np.float32)
+    ids = np.where(ignore, 0, mask).astype(np.int64)
+    rgba[..., :3] = palette[ids]
+    rgba[..., 3] = np.where(ignore, 0.0, alpha)
+    return rgba
+
+
+def _text_colour(rgb: np.ndarray) -> str:
+    return "black" if float(np.dot(rgb, [0.299, 0.587, 0.114])) > 0.55 else "white"
+
+
+def draw_boxes(
+    ax: Axes,
+    boxes: np.ndarray | None,
+    labels: np.ndarray | None,
+    class_names: Sequence[str],
+    colours: np.ndarray,
+    scores: np.ndarray | None = None,
+    fontsize: float = 6.5,
+) -> int:
+    """Draw xyxy pixel boxes (x1/y1 exclusive) with a dark halo and a class (+ score) tag; returns how many.
+
+    Labels of -1 (collate padding) are skipped.
+    """
+    if boxes is None or labels is None:
+        return 0
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if labels.shape[0] != boxes.shape[0]:
+        raise InputError(f"boxes to display: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+    halo = [patheffects.withStroke(linewidth=2.6, foreground="black")]
+    drawn = 0
+    for k, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, labels)):
+        if label < 0:
+            continue
+        if label >= len(class_names):
+            raise InputError(f"boxes to display: label {label} outside the {len(class_names)} detection classes")
+        colour = colours[label]
+        rect = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.3)
+        rect.set_path_effects(halo)
+        ax.add_patch(rect)
+        tag = class_names[label] if scores is None else f"{class_names[label]} {float(scores[k]):.2f}"
+        ax.text(
+            x0 - 0.5,
+            y0 - 0.5,
+            tag,
+            fontsize=fontsize,
+            color=_text_colour(colour),
+            va="bottom",
+            ha="left",
+            clip_on=True,
+            bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
+        )
+        drawn += 1
+    return drawn
+
+
+def show_chip(ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, palette: np.ndarray, ignore_index: int, title: str = "") -> None:
+    """Image, optional class overlay, no ticks, small title."""
+    ax.imshow(rgb, interpolation="nearest")
+    if mask is not None:
+        ax.imshow(mask_rgba(mask, palette, ignore_index), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("#888888")
+        spine.set_linewidth(0.6)
+    if title:
+        ax.set_title(title, fontsize=7.5, pad=3)
+
+
+def class_legend(fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] = (), bottom_inches: float = 0.08) -> None:
+    """Two one-row legends under the panels: mask colours (+ 'no label'), then box colours (+ ``extra`` handles)."""
+    palette = palette_of(manifest)
+    classes: list[Any] = [
+        Patch(facecolor=colour, edgecolor="#555555", linewidth=0.5, label=name.replace("_", " "))
+        for name, colour in zip(manifest.get("seg_classes") or SEG_CLASSES, palette)
+    ]
+    classes.append(Patch(facecolor="none", edgecolor="#555555", linewidth=0.5, hatch="////", label="no label"))
+    boxes: list[Any] = []
+    for name, colour in zip(manifest.get("det_classes") or DET_CLASSES, det_colours(manifest)):
+        line = Line2D([], [], color=colour, linewidth=2.0, label=f"{name} box")
+        line.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="black")])
+        boxes.append(line)
+    boxes.extend(extra)
+    common = {"loc": "lower center", "fontsize": 8.5, "frameon": False, "handlelength": 1.8, "columnspacing": 1.3}
+    height = fig.get_figheight()
+    for row, handles in enumerate((boxes, classes)):
+        legend = fig.legend(
+            handles=handles, ncol=len(handles), bbox_to_anchor=(0.5, (bottom_inches + 0.27 * row) / height), **common
+        )
+        if row == 0:
+            fig.add_artist(legend)
+
+
+def save_figure(fig: Figure, out_png: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write ``fig`` as PNG under a temporary name, then rename (no half-written picture on a crash)."""
+    out = Path(out_png)
+    if out.exists() and out.is_dir():
+        raise InputError(f"output picture {str(out)!r}: expected a file path, found a folder")
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, facecolor="white")
+    return out

@@ -1,0 +1,12 @@
+"""One Processing algorithm per module; ALGORITHMS lists them for the provider."""
+
+from .chip_tiles import ChipTiles
+from .detect_segment import DetectSegment
+from .evaluate import Evaluate
+from .export_onnx import ExportOnnx
+from .generate_synthetic import GenerateSynthetic
+from .train import Train
+
+ALGORITHMS = (GenerateSynthetic, ChipTiles, Train, ExportOnnx, DetectSegment, Evaluate)
+
+__all__ = ["ALGORITHMS", "ChipTiles", "DetectSegment", "Evaluate", "ExportOnnx", "GenerateSynthetic", "Train"]

@@ -1,0 +1,263 @@
+"""pmtl:detect_segment: raster + ONNX model [+ AOI] → class-map raster + detections (+ class polygons)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
+    QgsFeature,
+    QgsFeatureSink,
+    QgsField,
+    QgsFields,
+    QgsGeometry,
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBand,
+    QgsProcessingParameterExtent,
+    QgsProcessingParameterFeatureSink,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingUtils,
+    QgsVectorFileWriter,
+    QgsVectorLayer,
+    QgsWkbTypes,
+)
+from qgis.PyQt.QtCore import QVariant
+
+from ..styling import style_on_load
+from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .chip_tiles import raster_path
+
+
+def detection_fields() -> QgsFields:
+    """The detection layer's schema when the engine wrote no file (class, class_id, score)."""
+    fields = QgsFields()
+    fields.append(QgsField("class", QVariant.String))
+    fields.append(QgsField("class_id", QVariant.Int))
+    fields.append(QgsField("score", QVariant.Double))
+    return fields
+
+
+class DetectSegment(PmtlAlgorithm):
+    ALG_ID = "detect_segment"
+    DISPLAY_NAME = "Detect and segment"
+    GROUP_ID = "inference"
+    GROUP_NAME = "Inference"
+    REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal")
+    HELP = (
+        "Runs an ONNX model exported by pmtl over an orthophoto of any size, in overlapping tiles, and writes "
+        "(1) a class-map raster (ISPRS classes, same grid and CRS as the input, ISPRS colours) and (2) one layer "
+        "of detected objects (building, tree, car) as boxes with fields class, class_id and score, objects cut "
+        "by tile seams reported once. Optionally the class map as polygons and per-class probabilities.\n\n"
+        "Limit the work to an area with a polygon layer or an extent. 'Bands' maps input bands onto the model's "
+        "bands in order (e.g. bands 4,1,2 of an R-G-B-NIR ortho for a NIR-R-G model); 16-bit input is scaled as "
+        "the model says, nodata is not predicted, a different resolution is resampled. Uses the GPU when "
+        "onnxruntime has CUDA, else the CPU.\n\n"
+        "Example (qgis_process): qgis_process run pmtl:detect_segment -- INPUT=/data/ortho.tif "
+        "MODEL=/models/student.onnx OUTPUT_RASTER=/out/classes.tif OUTPUT_DETECTIONS=/out/detections.gpkg"
+    )
+
+    INPUT = "INPUT"
+    MODEL = "MODEL"
+    BANDS = "BANDS"
+    AOI = "AOI"
+    EXTENT = "EXTENT"
+    OVERLAP = "OVERLAP"
+    BATCH_SIZE = "BATCH_SIZE"
+    OUTPUT_RASTER = "OUTPUT_RASTER"
+    OUTPUT_DETECTIONS = "OUTPUT_DETECTIONS"
+    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
+    OUTPUT_PROBS = "OUTPUT_PROBS"
+    SUMMARY = "SUMMARY"
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(
+            with_help(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), "An orthophoto (GDAL file).")
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFile(self.MODEL, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)"),
+                "A model written by 'Export a checkpoint to ONNX'.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterBand(
+                    self.BANDS, self.tr("Bands (model order)"), None, self.INPUT, optional=True, allowMultiple=True
+                ),
+                "Input band numbers in the model's band order; empty: the first bands as they are.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFeatureSource(
+                    self.AOI, self.tr("Area of interest (polygons)"), [QgsProcessing.TypeVectorPolygon], optional=True
+                ),
+                "Only pixels inside these polygons are processed; outside is nodata.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterExtent(self.EXTENT, self.tr("Area of interest (extent)"), optional=True),
+                "A rectangle instead of polygons.",
+            )
+        )
+        number = QgsProcessingParameterNumber
+        self.addParameter(
+            advanced(
+                with_help(
+                    number(self.OVERLAP, self.tr("Tile overlap (px)"), number.Integer, None, True, 0),
+                    "Empty: the overlap the model recommends.",
+                )
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, None, True, 1),
+                    "Tiles per inference batch (empty: the engine's default).",
+                )
+            )
+        )
+        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Class map")))
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(
+                self.OUTPUT_DETECTIONS, self.tr("Detections"), QgsProcessing.TypeVectorPolygon
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFeatureSink(
+                self.OUTPUT_POLYGONS,
+                self.tr("Class polygons"),
+                QgsProcessing.TypeVectorPolygon,
+                optional=True,
+                createByDefault=False,
+            )
+        )
+        self.addParameter(
+            advanced(
+                QgsProcessingParameterRasterDestination(
+                    self.OUTPUT_PROBS, self.tr("Class probabilities"), optional=True, createByDefault=False
+                )
+            )
+        )
+        self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Run summary (JSON)")))
+
+    def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        if not is_unset(parameters, self.AOI) and not is_unset(parameters, self.EXTENT):
+            return "Give the area of interest as polygons or as an extent, not both."
+        return None
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        predict = self.engine("engine.predict")
+        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        input_path = raster_path(layer, "Input raster")
+        model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
+        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
+        out_probs = None if is_unset(parameters, self.OUTPUT_PROBS) else self.parameterAsOutputLayer(
+            parameters, self.OUTPUT_PROBS, context
+        )
+        want_polygons = not is_unset(parameters, self.OUTPUT_POLYGONS)
+        tmp_vector = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg")
+        tmp_polygons = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg") if want_polygons else None
+        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
+        summary = self.call_engine(
+            predict.predict_raster,
+            feedback,
+            model_path=model,
+            input_path=input_path,
+            out_raster=out_raster,
+            out_vector=tmp_vector,
+            aoi=self._aoi_file(parameters, context, layer.crs()),
+            bands=bands,
+            overlap=None if is_unset(parameters, self.OVERLAP) else self.parameterAsInt(parameters, self.OVERLAP, context),
+            batch_size=None
+            if is_unset(parameters, self.BATCH_SIZE)
+            else self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            out_probs=out_probs,
+            out_polygons=tmp_polygons,
+        )
+        results: dict[str, Any] = {self.OUTPUT_RASTER: out_raster}
+        style_on_load(context, out_raster, "class_raster")
+        results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs())
+        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections")
+        if tmp_polygons:
+            results[self.OUTPUT_POLYGONS] = self._copy_to_sink(parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs())
+            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons")
+        if out_probs:
+            results[self.OUTPUT_PROBS] = out_probs
+        text = json.dumps(summary if summary is not None else {}, default=str)
+        feedback.pushInfo(f"Summary: {text}")
+        results[self.SUMMARY] = text
+        return results
+
+    def _aoi_file(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, crs: QgsCoordinateReferenceSystem
+    ) -> str | None:
+        """The AOI (polygons or extent) as a GeoPackage in the raster's CRS, for the engine (GDAL) to read."""
+        geometries: list[QgsGeometry] = []
+        if not is_unset(parameters, self.AOI):
+            source = self.parameterAsSource(parameters, self.AOI, context)
+            transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
+            for feature in source.getFeatures():
+                geometry = QgsGeometry(feature.geometry())
+                if not geometry.isEmpty():
+                    geometry.transform(transform)
+                    geometries.append(geometry)
+            if not geometries:
+                raise QgsProcessingException("Area of interest (polygons): the layer has no polygon to process.")
+        elif not is_unset(parameters, self.EXTENT):
+            geometries.append(self.parameterAsExtentGeometry(parameters, self.EXTENT, context, crs))
+        else:
+            return None
+        path = QgsProcessingUtils.generateTempFilename("pmtl_aoi.gpkg")
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        writer = QgsVectorFileWriter.create(
+            path, QgsFields(), QgsWkbTypes.MultiPolygon, crs, context.transformContext(), options
+        )
+        for geometry in geometries:
+            feature = QgsFeature()
+            geometry.convertToMultiType()
+            feature.setGeometry(geometry)
+            writer.addFeature(feature)
+        del writer
+        return path
+
+    def _copy_to_sink(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        path: str,
+        name: str,
+        crs: QgsCoordinateReferenceSystem,
+    ) -> str:
+        """Copy the engine's GeoPackage layer into the Processing sink the user chose (file, memory, …)."""
+        source = QgsVectorLayer(path, "engine output", "ogr") if Path(path).exists() else None
+        fields = QgsFields()
+        for field in source.fields() if source is not None and source.isValid() else detection_fields():
+            if field.name().lower() != "fid":
+                fields.append(field)
+        wkb = source.wkbType() if source is not None and source.isValid() else QgsWkbTypes.Polygon
+        sink, dest_id = self.parameterAsSink(parameters, name, context, fields, wkb, crs)
+        if sink is None:
+            raise QgsProcessingException(self.invalidSinkError(parameters, name))
+        if source is not None and source.isValid():
+            for feature in source.getFeatures():
+                out = QgsFeature(fields)
+                out.setGeometry(feature.geometry())
+                out.setAttributes([feature[field.name()] for field in fields])
+                sink.addFeature(out, QgsFeatureSink.FastInsert)
+        return dest_id

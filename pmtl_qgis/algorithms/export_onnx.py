@@ -1,0 +1,114 @@
+"""pmtl:export_onnx: a training checkpoint → an ONNX model with pmtl (and Deepness-compatible) metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeedback,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterNumber,
+)
+
+from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .train import CHECKPOINT_FILTER
+
+VARIANTS = ("full", "deepness")
+
+
+class ExportOnnx(PmtlAlgorithm):
+    ALG_ID = "export_onnx"
+    DISPLAY_NAME = "Export a checkpoint to ONNX"
+    GROUP_ID = "model"
+    GROUP_NAME = "Model"
+    REQUIRED_MODULES = ("torch", "onnx")
+    HELP = (
+        "Exports the network of a training checkpoint (both heads, dynamic batch) to an ONNX file that "
+        "'Detect and segment' runs with onnxruntime, without PyTorch. The file carries versioned metadata: "
+        "classes and colours, input bands and value scaling, normalisation, ground sampling distance, tile size, "
+        "recommended overlap, detection thresholds and provenance (datasets, distillation, validation metrics); "
+        "also the keys the Deepness plugin reads.\n\n"
+        "Example (qgis_process): qgis_process run pmtl:export_onnx -- CHECKPOINT=/runs/student/best.pt "
+        "OUTPUT=/models/student.onnx"
+    )
+
+    CHECKPOINT = "CHECKPOINT"
+    TILE_SIZE = "TILE_SIZE"
+    OVERLAP = "OVERLAP"
+    SCORE_THRESHOLD = "SCORE_THRESHOLD"
+    VARIANT = "VARIANT"
+    OPSET = "OPSET"
+    OUTPUT = "OUTPUT"
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFile(self.CHECKPOINT, self.tr("Checkpoint"), fileFilter=CHECKPOINT_FILTER),
+                "best.pt or last.pt written by 'Train'.",
+            )
+        )
+        number = QgsProcessingParameterNumber
+        for name, label, kind, minimum, text in (
+            (self.TILE_SIZE, "Tile size (px)", number.Integer, 16, "Inference tile side (empty: the chip size)."),
+            (self.OVERLAP, "Recommended overlap (px)", number.Integer, 0, "Stored for inference (empty: engine)."),
+            (
+                self.SCORE_THRESHOLD,
+                "Detection score threshold",
+                number.Double,
+                0.0,
+                "Detections below it are dropped at inference (empty: the engine's default).",
+            ),
+        ):
+            self.addParameter(advanced(with_help(number(name, self.tr(label), kind, None, True, minimum), text)))
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterEnum(self.VARIANT, self.tr("Graph outputs"), list(VARIANTS), defaultValue=0),
+                    "full: class map + detections (pmtl); deepness: the segmentation output as the Deepness "
+                    "plugin expects it.",
+                )
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterNumber(
+                        self.OPSET, self.tr("ONNX opset"), QgsProcessingParameterNumber.Integer, None, True, 18
+                    ),
+                    "Empty: the engine's default (≥ 18).",
+                )
+            )
+        )
+        self.addParameter(
+            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)")
+        )
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        export = self.engine("engine.export")
+        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
+        out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        def optional(name: str, as_float: bool = False) -> int | float | None:
+            if is_unset(parameters, name):
+                return None
+            if as_float:
+                return self.parameterAsDouble(parameters, name, context)
+            return self.parameterAsInt(parameters, name, context)
+
+        self.call_engine(
+            export.export_checkpoint,
+            feedback,
+            ckpt_path=checkpoint,
+            out_path=out_path,
+            tile_size=optional(self.TILE_SIZE),
+            overlap=optional(self.OVERLAP),
+            score_thresh=optional(self.SCORE_THRESHOLD, as_float=True),
+            variant=VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)],
+            opset=optional(self.OPSET),
+        )
+        return {self.OUTPUT: str(out_path)}

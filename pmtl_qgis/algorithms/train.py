@@ -1,0 +1,296 @@
+"""pmtl:train: train a student / teacher / baseline in a child Python process, streaming progress and metrics."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..engine_process import ProcessResult, run_streaming
+from ..environment import activate, engine_root, install_message, subprocess_environment
+from .base import PmtlAlgorithm, advanced, is_unset, with_help
+
+MODELS = (
+    ("config", None),
+    ("student: ResNet18 + FPN", "models/student.yaml"),
+    ("detection teacher: ResNet50 + PAFPN", "models/teacher_det.yaml"),
+    ("segmentation teacher: ResNet50 + PAFPN", "models/teacher_seg.yaml"),
+)
+KD_VARIANTS = (
+    ("config", None),
+    ("none (partial multi-task learning)", (False, "none")),
+    ("soft", (True, "none")),
+    ("mse", (False, "mse")),
+    ("pdf", (False, "pdf")),
+    ("soft + mse", (True, "mse")),
+    ("soft + pdf", (True, "pdf")),
+)
+DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINT_FILTER = "PyTorch checkpoints (*.pt *.pth);;All files (*.*)"
+
+
+def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
+    """The ``python -m engine.train`` command line (JSON progress on stdout for the parent)."""
+    command = [str(python), "-u", "-m", "engine.train", "--json-progress"]
+    if config:
+        command += ["--config", config]
+    if resume:
+        command.append("--resume")
+    return command + overrides
+
+
+def error_lines(result: ProcessResult) -> str:
+    """The engine's own error lines if it printed some, else the last lines of its output."""
+    errors = [line for line in result.tail if line.startswith("error:") or "Error:" in line]
+    return "\n".join(errors[-5:] or result.tail[-15:])
+
+
+class Train(PmtlAlgorithm):
+    ALG_ID = "train"
+    DISPLAY_NAME = "Train a detection + segmentation network"
+    GROUP_ID = "model"
+    GROUP_NAME = "Model"
+    REQUIRED_MODULES = ("torch", "torchvision", "yaml")
+    HELP = (
+        "Trains one network for object detection (building, tree, car) and semantic segmentation (6 ISPRS "
+        "classes) from chip datasets labelled for ONE task each (partial multi-task learning), optionally "
+        "distilling the missing task from frozen teachers (soft = logit distillation; mse / pdf = feature "
+        "distillation, pdf weighted by teacher-student disagreement). Give a detection dataset, a segmentation "
+        "dataset or both; the tasks follow from what is given. Teachers are trained with the same tool (model = "
+        "detection / segmentation teacher, one dataset).\n\n"
+        "Training runs in a separate Python process (python -m engine.train): QGIS stays responsive, the log "
+        "shows losses and validation metrics per epoch, and Cancel stops it after the current step, keeping the "
+        "last checkpoint ('Resume' continues from it). Checkpoints: OUTPUT/best.pt (best on the validation "
+        "split, never the test split) and OUTPUT/last.pt.\n\n"
+        "Example (qgis_process): qgis_process run pmtl:train -- DET_DATA=/data/chips_potsdam "
+        "SEG_DATA=/data/chips_vaihingen KD=6 DET_TEACHER=/runs/tdet/best.pt SEG_TEACHER=/runs/tseg/best.pt "
+        "EPOCHS=70 OUTPUT=/runs/student"
+    )
+
+    CONFIG = "CONFIG"
+    MODEL = "MODEL"
+    DET_DATA = "DET_DATA"
+    SEG_DATA = "SEG_DATA"
+    KD = "KD"
+    DET_TEACHER = "DET_TEACHER"
+    SEG_TEACHER = "SEG_TEACHER"
+    EPOCHS = "EPOCHS"
+    BATCH_SIZE = "BATCH_SIZE"
+    LR = "LR"
+    ITERS = "ITERS_PER_EPOCH"
+    DEVICE = "DEVICE"
+    SEED = "SEED"
+    RESUME = "RESUME"
+    OVERRIDES = "OVERRIDES"
+    OUTPUT = "OUTPUT"
+    CHECKPOINT = "CHECKPOINT"
+    LAST_CHECKPOINT = "LAST_CHECKPOINT"
+    METRICS = "METRICS"
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        folder = QgsProcessingParameterFile.Folder
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFile(self.DET_DATA, self.tr("Detection chip dataset"), folder, optional=True),
+                "A chip dataset folder ('Chip tiles'); its boxes train the detection head.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFile(self.SEG_DATA, self.tr("Segmentation chip dataset"), folder, optional=True),
+                "A chip dataset folder; its class masks train the segmentation head.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterEnum(self.MODEL, self.tr("Network"), [m[0] for m in MODELS], defaultValue=1),
+                "'config' keeps the training config's choice.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterEnum(
+                    self.KD, self.tr("Knowledge distillation"), [k[0] for k in KD_VARIANTS], defaultValue=0
+                ),
+                "Needs both datasets and both teachers. The paper's best: soft + pdf.",
+            )
+        )
+        for name, label in ((self.DET_TEACHER, "Detection teacher checkpoint"), (self.SEG_TEACHER, "Segmentation teacher checkpoint")):
+            self.addParameter(
+                with_help(
+                    QgsProcessingParameterFile(name, self.tr(label), fileFilter=CHECKPOINT_FILTER, optional=True),
+                    "best.pt of a teacher trained with this tool (used only with distillation).",
+                )
+            )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterNumber(
+                    self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, None, True, 1
+                ),
+                "Empty: the config's value (70 by default, as in the paper).",
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterFile(
+                        self.CONFIG, self.tr("Training config (YAML)"), fileFilter="YAML (*.yaml *.yml)", optional=True
+                    ),
+                    "A config like those in models/; the parameters above override it.",
+                )
+            )
+        )
+        number = QgsProcessingParameterNumber
+        for name, label, kind, minimum, text in (
+            (self.BATCH_SIZE, "Batch size", number.Integer, 1, "Images per batch and task (empty: config)."),
+            (self.LR, "Learning rate", number.Double, 0.0, "Peak SGD learning rate (empty: config, 0.01)."),
+            (self.ITERS, "Iterations per epoch", number.Integer, 1, "Empty: one pass over the larger dataset."),
+            (self.SEED, "Random seed", number.Integer, 0, "Empty: config (0)."),
+        ):
+            self.addParameter(advanced(with_help(number(name, self.tr(label), kind, None, True, minimum), text)))
+        self.addParameter(
+            advanced(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from OUTPUT/last.pt"), False),
+                    "Continue a cancelled or interrupted run exactly where it stopped.",
+                )
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterString(self.OVERRIDES, self.tr("Config overrides"), optional=True),
+                    "Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1'.",
+                )
+            )
+        )
+        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Checkpoint folder")))
+        self.addOutput(QgsProcessingOutputFile(self.CHECKPOINT, self.tr("Best checkpoint (best.pt)")))
+        self.addOutput(QgsProcessingOutputFile(self.LAST_CHECKPOINT, self.tr("Last checkpoint (last.pt)")))
+        self.addOutput(QgsProcessingOutputString(self.METRICS, self.tr("Best validation metrics (JSON)")))
+
+    def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        if is_unset(parameters, self.DET_DATA) and is_unset(parameters, self.SEG_DATA) and is_unset(parameters, self.CONFIG):
+            return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
+        if KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1] not in (None, (False, "none")):
+            missing = [
+                label
+                for name, label in (
+                    (self.DET_DATA, "Detection chip dataset"),
+                    (self.SEG_DATA, "Segmentation chip dataset"),
+                    (self.DET_TEACHER, "Detection teacher checkpoint"),
+                    (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
+                )
+                if is_unset(parameters, name)
+            ]
+            if missing:
+                return f"Distillation needs both datasets and both teachers; missing: {', '.join(missing)}."
+        return None
+
+    def overrides(self, parameters: dict[str, Any], context: QgsProcessingContext, out_dir: Path) -> list[str]:
+        """Dotted ``key=value`` overrides of the engine's training config for the parameters the user set."""
+        root = engine_root() or Path.cwd()
+        items = [f"runtime.out={out_dir}"]
+        datasets = {}
+        for task, name in (("det", self.DET_DATA), ("seg", self.SEG_DATA)):
+            if not is_unset(parameters, name):
+                datasets[task] = self.existing_path(self.parameterAsFile(parameters, name, context), f"{task} dataset")
+                items.append(f"data.{task}={datasets[task].resolve()}")
+        if datasets:
+            items.append(f"tasks=[{','.join(datasets)}]")
+        model = MODELS[self.parameterAsEnum(parameters, self.MODEL, context)][1]
+        if model:
+            items.append(f"model={(root / model).resolve()}")
+        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
+        if kd is not None:
+            items += [f"kd.soft={'true' if kd[0] else 'false'}", f"kd.feature={kd[1]}"]
+        for task, name in (("det", self.DET_TEACHER), ("seg", self.SEG_TEACHER)):
+            if not is_unset(parameters, name):
+                path = self.existing_path(self.parameterAsFile(parameters, name, context), f"{task} teacher")
+                items.append(f"kd.{task}_teacher={path.resolve()}")
+        for name, key, as_float in (
+            (self.EPOCHS, "optim.epochs", False),
+            (self.BATCH_SIZE, "data.batch_size", False),
+            (self.LR, "optim.lr", True),
+            (self.ITERS, "optim.iters_per_epoch", False),
+            (self.SEED, "runtime.seed", False),
+        ):
+            if not is_unset(parameters, name):
+                value = (
+                    self.parameterAsDouble(parameters, name, context)
+                    if as_float
+                    else self.parameterAsInt(parameters, name, context)
+                )
+                items.append(f"{key}={value}")
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        if device != "auto":
+            items.append(f"runtime.device={device}")
+        extra = self.parameterAsString(parameters, self.OVERRIDES, context)
+        return items + (shlex.split(extra) if extra else [])
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        env = activate()
+        if env.problem:
+            raise QgsProcessingException(install_message(["torch"]))
+        out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context)).resolve()
+        config = None
+        if not is_unset(parameters, self.CONFIG):
+            config = str(self.existing_path(self.parameterAsFile(parameters, self.CONFIG, context), "Training config").resolve())
+        command = training_command(
+            env.python or Path(sys.executable),
+            config,
+            self.overrides(parameters, context, out_dir),
+            self.parameterAsBool(parameters, self.RESUME, context),
+        )
+        feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
+        result = run_streaming(command, feedback, env=subprocess_environment(env), cwd=engine_root())
+        return self._results(result, out_dir, feedback)
+
+    def _results(self, result: ProcessResult, out_dir: Path, feedback: QgsProcessingFeedback) -> dict[str, Any]:
+        if any("No module named" in line for line in result.tail):
+            missing = [line.split("No module named")[-1].strip(" '\"") for line in result.tail if "No module named" in line]
+            raise QgsProcessingException(install_message([missing[-1].split(".")[0]]))
+        best, last = out_dir / "best.pt", out_dir / "last.pt"
+        done = [e for e in result.events if e.get("event") == "done"]
+        if done and done[-1].get("best_checkpoint"):
+            best = Path(str(done[-1]["best_checkpoint"]))
+        if result.canceled:
+            if not last.exists():
+                raise QgsProcessingException("Training was cancelled before the first checkpoint was written.")
+            feedback.pushWarning(f"Training cancelled; the last checkpoint is kept: {last} (use 'Resume' to go on).")
+        elif result.returncode != 0:
+            raise QgsProcessingException(
+                f"Training failed (exit code {result.returncode}):\n{error_lines(result)}"
+            )
+        metrics = done[-1].get("metrics", {}) if done else {}
+        results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
+        if best.exists():
+            results[self.CHECKPOINT] = str(best)
+        elif last.exists():
+            results[self.CHECKPOINT] = str(last)
+        if last.exists():
+            results[self.LAST_CHECKPOINT] = str(last)
+        if self.CHECKPOINT not in results:
+            raise QgsProcessingException(f"Training ended but wrote no checkpoint in {out_dir}.")
+        return results

@@ -1,0 +1,189 @@
+"""Training: config validation, schedule, EMA, partial MTL + KD on CPU, exact resume after SIGKILL, NaN stop, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.core.errors import ConfigError
+from engine.train.config import load_config
+from engine.train.schedule import ModelEMA, lr_factor
+from tests.chipfixtures import write_chip_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "optim.epochs=2",
+    "optim.iters_per_epoch=3",
+    "optim.warmup_iters=2",
+    "ema.tau=2.0",
+    "runtime.log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("chips")
+    return {
+        "det": write_chip_dataset(base / "det", {"train": 4, "val": 2}, size=64, seed=1),
+        "seg": write_chip_dataset(base / "seg", {"train": 4, "val": 2}, size=64, seed=2),
+    }
+
+
+def _overrides(chips: dict[str, Path], out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.det={chips['det']}", f"data.seg={chips['seg']}", f"runtime.out={out}", *extra]
+
+
+def test_config_rejects_unknown_key_and_bad_type(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim\.lrr.*unknown"):
+        load_config(None, ["optim.lrr=0.1", "data.det=x", "data.seg=y"])
+    with pytest.raises(ConfigError, match=r"optim\.epochs.*expected int"):
+        load_config(None, ["optim.epochs=ten", "data.det=x", "data.seg=y"])
+    with pytest.raises(ConfigError, match=r"kd\.det_teacher"):
+        load_config(None, ["kd.soft=true", "data.det=x", "data.seg=y"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_lr_schedule_warmup_and_cosine_ends():
+    assert lr_factor(0, 100, 10, 0.1, 0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 100, 10, 0.1, 0.1) == pytest.approx(0.55)
+    assert lr_factor(10, 100, 10, 0.1, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1, 0.1) == pytest.approx(0.55)  # half-way down the cosine: (1 + 0.1) / 2
+    assert lr_factor(100, 100, 10, 0.1, 0.1) == pytest.approx(0.1)
+
+
+def test_ema_follows_the_ramped_decay():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = ModelEMA(model, decay=0.5, tau=1.0)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)
+    d = 0.5 * (1 - math.exp(-1))
+    assert ema.module.weight.item() == pytest.approx(1 - d)
+
+
+def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "engine.train", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def teachers(chips, tmp_path_factory) -> dict[str, Path]:
+    from engine.train.loop import train
+
+    out = tmp_path_factory.mktemp("teachers")
+    result = {}
+    for task in ("det", "seg"):
+        cfg = load_config(
+            None,
+            [
+                *TINY,
+                "optim.epochs=1",
+                f"model=models/teacher_{task}.yaml",
+                f"tasks=[{task}]",
+                f"data.{task}={chips[task]}",
+                f"runtime.out={out / task}",
+            ],
+        )
+        result[task] = train(cfg).best_checkpoint
+    return result
+
+
+@pytest.mark.parametrize("kd", [["kd.soft=true", "kd.feature=pdf"], ["kd.soft=false", "kd.feature=mse"]])
+def test_partial_mtl_with_kd_trains_and_writes_outputs(chips, teachers, tmp_path, kd):
+    from engine.train.loop import train
+
+    cfg = load_config(
+        None,
+        _overrides(chips, tmp_path, f"kd.det_teacher={teachers['det']}", f"kd.seg_teacher={teachers['seg']}", *kd),
+    )
+    result = train(cfg)
+    assert result.best_checkpoint.is_file() and result.last_checkpoint.is_file()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    terms = {k for k in rows[0] if k.startswith("loss_")}
+    assert {"loss_det_cls", "loss_det_box", "loss_seg_ce"} <= terms
+    assert any("kd_det" in t for t in terms) and any("kd_seg" in t for t in terms)
+    for row in rows:
+        assert 0.0 <= row["det_map"] <= 1.0 and 0.0 <= row["seg_miou"] <= 1.0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    saved = torch.load(result.last_checkpoint, weights_only=True)
+    assert saved["epoch"] == 2 and saved["ema"] is not None and saved["metadata"]["bands"] == ["nir", "red", "green"]
+
+
+def test_nan_loss_stops_with_named_term_and_keeps_last_checkpoint(chips, tmp_path):
+    from engine.train.loop import NonFiniteLoss, train
+
+    cfg = load_config(None, _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null"))
+    train(cfg)
+    before = (tmp_path / "last.pt").read_bytes()
+    bad = load_config(None, _overrides(chips, tmp_path, "optim.epochs=2", "tasks=[seg]", "data.det=null", "optim.lr=1e30"))
+    with pytest.raises(NonFiniteLoss, match=r"loss term 'seg_ce' is (nan|inf) at step"):
+        train(bad, resume=True)
+    assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(chips, tmp_path):
+    common = [*_overrides(chips, tmp_path / "x", "optim.epochs=3", "optim.iters_per_epoch=4"), "data.num_workers=1"]
+    full = _run_cli([*common, f"runtime.out={tmp_path / 'full'}"])
+    assert full.returncode == 0, full.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.train", "--json-progress", *common, f"runtime.out={out}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    killed_at = None
+    for line in proc.stdout:
+        event = json.loads(line) if line.startswith("{") else {}
+        if event.get("event") == "progress" and "epoch 2/3" in event.get("message", ""):
+            killed_at = event["message"]
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    resumed = _run_cli(["--resume", *common, f"runtime.out={out}"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in b] == [1, 2, 3]
+    for key in ("det_map", "seg_miou", "loss_det_cls", "loss_seg_ce"):
+        assert b[-1][key] == pytest.approx(a[-1][key], rel=1e-5, abs=1e-6), key
+    final_a = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
+    final_b = torch.load(out / "last.pt", weights_only=True)["model"]
+    for name, value in final_a.items():
+        assert torch.allclose(value.float(), final_b[name].float(), atol=1e-5), name
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(chips, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = [*_overrides(chips, tmp_path, "optim.epochs=1", "data.batch_size=4")]
+    started = time.time()
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "engine.train", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 3
+    assert time.time() - started < 600
