@@ -1,7 +1,7 @@
 """pmtl QGIS plugin: a Processing provider over the pmtl engine (see environment.py for how it finds torch)."""
 
 
-def classFactory(iface):  # noqa: N802  (QGIS plugin entry point)
+def classFactory(iface):
     """QGIS calls this with its interface object (None inside qgis_process)."""
     from .plugin import PmtlPlugin
 

@@ -132,6 +132,8 @@ def run_streaming(
             time.sleep(0.05)
     reader.join(timeout=5)
     result.returncode = process.wait()
+    if process.stdout is not None:
+        process.stdout.close()
     result.tail = list(tail)
     return result
 

@@ -103,7 +103,10 @@ def site_packages_of(python: Path) -> tuple[list[Path], str | None]:
         prefix / "lib64" / version / "site-packages",
         prefix / "Lib" / "site-packages",
     ]
-    found = [path for path in candidates if path.is_dir()]
+    found: list[Path] = []
+    for path in candidates:
+        if path.is_dir() and all(path.resolve() != seen.resolve() for seen in found):
+            found.append(path)  # lib64 is often a link to lib
     if found:
         return found, None
     others = sorted(p.parent.name for p in prefix.glob("lib*/python3*/site-packages"))

@@ -31,7 +31,7 @@ BOX_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 """Box outline colours, chosen to stand out on top of an ISPRS-coloured class map (whose colours they avoid)."""
 
-SCORE_LABEL = "\"class\" || ' ' || format_number(\"score\", 2)"
+SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
 """Label expression of a detection: class name and score with two decimals."""
 
 
@@ -51,7 +51,9 @@ def apply_class_palette(layer: QgsRasterLayer) -> None:
     layer.triggerRepaint()
 
 
-def _categorized(field: str, colours: dict[object, tuple[int, int, int]], outline_only: bool) -> QgsCategorizedSymbolRenderer:
+def _categorized(
+    field: str, colours: dict[object, tuple[int, int, int]], outline_only: bool
+) -> QgsCategorizedSymbolRenderer:
     categories = []
     for value, rgb in colours.items():
         colour = "{},{},{},255".format(*rgb)

@@ -144,8 +144,8 @@ def test_cls_bias_prior(student: torch.nn.Module) -> None:
 
 def test_anchor_layout_level0_by_hand() -> None:
     gen = AnchorGenerator()
-    a = gen.for_image((64, 48))  # level sizes 8x6, 4x3, 2x1, 1x1
-    assert a.shape == (6 * (48 + 12 + 2 + 1), 4)
+    a = gen.for_image((64, 48))  # level sizes 8x6, 4x3, 2x2, 1x1
+    assert a.shape == (6 * (48 + 12 + 4 + 1), 4)
     s, c = 24.0, 4.0  # level 0 base size; first centre (0.5 * 8)
     expected = [
         [c - s / 2, c - s / 2, c + s / 2, c + s / 2],  # (s, s)
@@ -316,6 +316,8 @@ def test_channels_last_bf16_autocast_finite() -> None:
         loss = out["cls_logits"].float().mean() + out["seg_logits"].float().mean() + out["box_deltas"].float().mean()
     loss.backward()
     assert out["seg_logits"].shape == (2, 6, 72, 56)
+    assert out["cls_logits"].dtype == torch.bfloat16  # autocast really ran the convs in bf16
+    assert out["features"][0].is_contiguous(memory_format=torch.channels_last)
     for key in ("cls_logits", "box_deltas", "seg_logits"):
         assert torch.isfinite(out[key].float()).all(), key
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)

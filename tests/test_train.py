@@ -79,7 +79,12 @@ def test_ema_follows_the_ramped_decay():
 def _run_cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "engine.train", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "engine.train", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -133,7 +138,9 @@ def test_nan_loss_stops_with_named_term_and_keeps_last_checkpoint(chips, tmp_pat
     cfg = load_config(None, _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null"))
     train(cfg)
     before = (tmp_path / "last.pt").read_bytes()
-    bad = load_config(None, _overrides(chips, tmp_path, "optim.epochs=2", "tasks=[seg]", "data.det=null", "optim.lr=1e30"))
+    bad = load_config(
+        None, _overrides(chips, tmp_path, "optim.epochs=2", "tasks=[seg]", "data.det=null", "optim.lr=1e30")
+    )
     with pytest.raises(NonFiniteLoss, match=r"loss term 'seg_ce' is (nan|inf) at step"):
         train(bad, resume=True)
     assert (tmp_path / "last.pt").read_bytes() == before
@@ -180,7 +187,8 @@ def test_torchrun_two_processes_gloo(chips, tmp_path):
     args = [*_overrides(chips, tmp_path, "optim.epochs=1", "data.batch_size=4")]
     started = time.time()
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "engine.train", *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "engine.train", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,9 +8,11 @@ on disk; boxes come from each chip's own mask; band statistics from the train ch
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,7 @@ class ChipSummary:
     chips_per_split: dict[str, int]
     boxes_per_class: dict[str, int]
     class_pixel_shares: dict[str, float]
-    """Share of each class among labelled (non-ignore) chip pixels, all splits."""
+    """Share of each class among the labelled (non-ignore) pixels of the chipped tiles, all splits."""
     off_palette_pixels: dict[str, int] = field(default_factory=dict)
     """Label file → pixels mapped to the nearest palette colour (files without any are not listed)."""
     value_scaling: dict[str, Any] = field(default_factory=dict)
@@ -67,30 +69,71 @@ class ChipSummary:
         return "\n".join(lines)
 
 
-class _BandStats:
-    """Per-band sum and sum of squares via one small float32 Gram matrix per chip (shifted for precision)."""
+_BLOCK_ROWS = 64
+"""Rows per block for per-tile class counts: bounded temporaries on 6000-px-wide Potsdam tiles."""
+STATS_SAMPLE = 250_000
+"""Pixels per tile for band statistics: all of a smaller tile, a regular grid (every k-th row and column) of a
+larger one — plenty for normalisation constants, and the exact pass cost as much as the rest of chipping."""
 
-    def __init__(self, bands: int, shift: float) -> None:
+
+class _TileStats:
+    """Per-band moments (float64 Gram matrix with a ones column) and class pixel counts, accumulated per tile.
+
+    A tile's pixels count once, so the statistics describe the area the chips cover without the double counting
+    of overlapping windows (and without padding).
+    """
+
+    def __init__(self, bands: int) -> None:
         self.bands = bands
-        self.shift = np.float32(shift)
         self.gram = np.zeros((bands + 1, bands + 1), np.float64)
+        self.class_px = np.zeros(256, np.int64)
 
-    def add(self, chip: np.ndarray) -> None:
-        h, w, c = chip.shape
-        work = np.empty((h, w, c + 1), np.float32)
-        np.subtract(chip, self.shift, out=work[:, :, :c], dtype=np.float32)
-        work[:, :, c] = 1.0
-        flat = work.reshape(-1, c + 1)
+    def add_image(self, image: np.ndarray) -> None:
+        height, width, bands = image.shape
+        step = max(1, int(math.sqrt(height * width / STATS_SAMPLE)))
+        sample = image[::step, ::step].reshape(-1, bands)
+        flat = np.empty((len(sample), bands + 1), np.float64)
+        flat[:, :bands] = sample
+        flat[:, bands] = 1.0
         self.gram += flat.T @ flat
+
+    def add_mask(self, mask: np.ndarray) -> None:
+        for y in range(0, mask.shape[0], _BLOCK_ROWS):
+            self.class_px += np.bincount(mask[y : y + _BLOCK_ROWS].ravel(), minlength=256)
 
     def mean_std(self, scale: float) -> tuple[list[float], list[float]]:
         n = self.gram[-1, -1]
         if n == 0:
             return [0.0] * self.bands, [1.0] * self.bands
-        centred = self.gram[-1, :-1] / n
-        var = np.maximum(np.diag(self.gram)[:-1] / n - centred**2, 0.0)
-        mean = (centred + float(self.shift)) / scale
-        return mean.tolist(), (np.sqrt(var) / scale).tolist()
+        mean = self.gram[-1, :-1] / n
+        var = np.maximum(np.diag(self.gram)[:-1] / n - mean**2, 0.0)
+        return (mean / scale).tolist(), (np.sqrt(var) / scale).tolist()
+
+    def class_shares(self) -> dict[str, float]:
+        labelled = self.class_px[: len(SEG_CLASSES)]
+        shares = labelled / max(int(labelled.sum()), 1)
+        return {name: round(float(s), 6) for name, s in zip(SEG_CLASSES, shares)}
+
+
+@dataclass
+class _LoadedTile:
+    image: np.ndarray
+    mask: np.ndarray
+    eroded: np.ndarray
+    off_palette: dict[str, int]
+
+
+def _load_tile(tile: TileSpec) -> _LoadedTile:
+    """Read a tile whole: imagery, decoded label, decoded (or computed) eroded label."""
+    image = read_image(tile.image)
+    label = read_label(tile.label, boundary_is_ignore=False)
+    off_palette = {str(tile.label): label.off_palette_pixels} if label.off_palette_pixels else {}
+    if tile.eroded is None:
+        return _LoadedTile(image, label.mask, erode_mask(label.mask), off_palette)
+    eroded = read_label(tile.eroded, boundary_is_ignore=True)
+    if eroded.off_palette_pixels:
+        off_palette[str(tile.eroded)] = eroded.off_palette_pixels
+    return _LoadedTile(image, label.mask, eroded.mask, off_palette)
 
 
 def _resolve_scaling(infos: Sequence[RasterInfo], scale_max: float | None) -> tuple[str, float]:
@@ -121,6 +164,27 @@ def _tile_record(tile: TileSpec, info: RasterInfo) -> dict[str, Any]:
     }
 
 
+def _check_tiles(
+    tiles: Sequence[TileSpec], size: int, stride: int, progress: Progress | None
+) -> tuple[list[RasterInfo], list[list[tuple[int, int, int, int]]]]:
+    """Header checks of every tile (before anything is written) and each tile's chip windows."""
+    if size < 1 or stride < 1:
+        raise ConfigError(f"size/stride: expected positive integers, found size={size}, stride={stride}")
+    if not tiles:
+        raise InputError("tiles: expected at least one tile to chip, found none")
+    names = [t.name for t in tiles]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"tiles: expected unique tile names, found duplicates {repeated}")
+    infos = []
+    for i, tile in enumerate(tiles):
+        check_cancel(progress)
+        infos.append(check_tile(tile))
+        if progress:
+            progress.report(0.02 * (i + 1) / len(tiles), f"checked {tile.name}")
+    return infos, [chip_windows(info.width, info.height, size, stride) for info in infos]
+
+
 def chip_tiles(
     tiles: Sequence[TileSpec],
     out_dir: str | os.PathLike[str],
@@ -139,94 +203,73 @@ def chip_tiles(
 
     ``band_names`` default to ``band1..bandN``. ``scale_max``: the raw value that maps to 1.0 (default: the
     dtype's maximum), recorded in ``value_scaling``. ``out_dir`` must be empty (or a chip dataset with
-    ``overwrite``). A tile without eroded label gets one from :func:`engine.data.labels.erode_mask`.
+    ``overwrite``). A tile without eroded label gets one from :func:`engine.data.labels.erode_mask`. Band mean/std
+    come from the pixels of the ``train`` tiles (all tiles when there is no ``train`` split; a regular subsample
+    of tiles over ``STATS_SAMPLE`` pixels).
     """
     start = time.perf_counter()
     params = BoxParams(connectivity, min_area)
-    if size < 1 or stride < 1:
-        raise ConfigError(f"size/stride: expected positive integers, found size={size}, stride={stride}")
-    if not tiles:
-        raise InputError(f"{out_dir}: expected at least one tile to chip, found none")
-    names = [t.name for t in tiles]
-    if len(set(names)) != len(names):
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"tiles: expected unique tile names, found duplicates {repeated}")
-    infos = []
-    for i, tile in enumerate(tiles):
-        check_cancel(progress)
-        infos.append(check_tile(tile))
-        if progress:
-            progress.report(0.02 * (i + 1) / len(tiles), f"checked {tile.name}")
+    infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
     bands = list(band_names) if band_names else [f"band{i + 1}" for i in range(infos[0].bands)]
     if len(bands) != infos[0].bands:
         raise ConfigError(f"band_names: expected {infos[0].bands} names for {infos[0].path}, found {bands}")
-    windows = [chip_windows(info.width, info.height, size, stride) for info in infos]
     counts: dict[str, int] = {}
     for tile, tile_windows in zip(tiles, windows):
         counts[tile.split] = counts.get(tile.split, 0) + len(tile_windows)
     stats_split = "train" if "train" in counts else None
     if stats_split is None:
-        log.warning("%s: no 'train' split; band mean/std are computed over all chips", out_dir)
+        log.warning("%s: no 'train' split; band mean/std are computed over all tiles", out_dir)
 
     total_px = sum(info.width * info.height for info in infos)
     done_px = 0
     next_index = dict.fromkeys(counts, 0)
-    class_px = np.zeros(256, np.int64)
     box_counts = np.zeros(len(DET_CLASSES), np.int64)
-    band_stats = _BandStats(len(bands), shift=float(np.ceil(scale / 2)))
+    stats = _TileStats(len(bands))
     off_palette: dict[str, int] = {}
     chips: list[dict[str, Any]] = []
-    with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite=overwrite) as writer:
-        for tile, info, tile_windows in zip(tiles, infos, windows):
-            check_cancel(progress)
-            if progress:
-                progress.report(0.02 + 0.97 * done_px / total_px, f"reading {tile.name}")
-            image = read_image(tile.image)
-            label = read_label(tile.label, boundary_is_ignore=False)
-            mask = label.mask
-            if tile.eroded is not None:
-                eroded_label = read_label(tile.eroded, boundary_is_ignore=True)
-                eroded = eroded_label.mask
-            else:
-                eroded_label, eroded = None, erode_mask(mask)
-            for path, decoded in ((tile.label, label), (tile.eroded, eroded_label)):
-                if decoded is not None and decoded.off_palette_pixels:
-                    off_palette[str(path)] = decoded.off_palette_pixels
-            if scale < np.iinfo(dtype).max:
-                above = int(np.count_nonzero(image > scale))
-                if above:
+    # the next tile is read in a background thread (GDAL releases the GIL) while this one is cut
+    with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(_load_tile, tiles[0])
+        try:
+            for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
+                check_cancel(progress)
+                if progress:
+                    progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
+                loaded = pending.result()
+                pending = pool.submit(_load_tile, tiles[i + 1]) if i + 1 < len(tiles) else None
+                off_palette.update(loaded.off_palette)
+                image, mask, eroded = loaded.image, loaded.mask, loaded.eroded
+                if scale < np.iinfo(dtype).max and (above := int(np.count_nonzero(image > scale))):
                     log.warning("%s: %d values above scale_max %g (they scale above 1.0)", tile.image, above, scale)
-            with_stats = stats_split is None or tile.split == stats_split
-            for k, (x, y, w, h) in enumerate(tile_windows):
-                if k % 64 == 0:
-                    check_cancel(progress)
-                index = next_index[tile.split]
-                next_index[tile.split] += 1
-                chip_mask = mask[y : y + h, x : x + w]
-                chip_image = image[y : y + h, x : x + w]
-                writer.put(tile.split, index, chip_image, chip_mask, eroded[y : y + h, x : x + w])
-                counts_here = np.bincount(chip_mask.ravel(), minlength=256)
-                class_px += counts_here
-                boxes, labels = boxes_from_mask(chip_mask, params, counts_here)
-                box_counts += np.bincount(labels, minlength=len(DET_CLASSES))
-                if with_stats:
-                    band_stats.add(chip_image)
-                chips.append({
-                    "split": tile.split, "index": index, "tile": tile.name, "window": [x, y, w, h],
-                    "boxes": [[*map(int, b), DET_CLASSES[c]] for b, c in zip(boxes, labels)],
-                })  # fmt: skip
-            done_px += info.width * info.height
-            del image, label, mask, eroded
+                if stats_split is None or tile.split == stats_split:
+                    stats.add_image(image)
+                stats.add_mask(mask)
+                for k, (x, y, w, h) in enumerate(tile_windows):
+                    if k % 64 == 63:
+                        check_cancel(progress)
+                    index = next_index[tile.split]
+                    next_index[tile.split] += 1
+                    chip_mask = mask[y : y + h, x : x + w]
+                    writer.put(tile.split, index, image[y : y + h, x : x + w], chip_mask, eroded[y : y + h, x : x + w])
+                    boxes, labels = boxes_from_mask(chip_mask, params)
+                    box_counts += np.bincount(labels, minlength=len(DET_CLASSES))
+                    chips.append({
+                        "split": tile.split, "index": index, "tile": tile.name, "window": [x, y, w, h],
+                        "boxes": [[*b, DET_CLASSES[c]] for b, c in zip(boxes.tolist(), labels.tolist())],
+                    })  # fmt: skip
+                done_px += info.width * info.height
+                del loaded, image, mask, eroded
+        finally:
+            if pending is not None:
+                pending.cancel()
         check_cancel(progress)
-        mean, std = band_stats.mean_std(scale)
-        labelled = class_px[: len(SEG_CLASSES)]
-        shares = labelled / max(int(labelled.sum()), 1)
+        mean, std = stats.mean_std(scale)
         summary = ChipSummary(
             out_dir=str(Path(out_dir)),
             chips_per_split=dict(counts),
             boxes_per_class={name: int(n) for name, n in zip(DET_CLASSES, box_counts)},
-            class_pixel_shares={name: round(float(s), 6) for name, s in zip(SEG_CLASSES, shares)},
+            class_pixel_shares=stats.class_shares(),
             off_palette_pixels=off_palette,
             value_scaling={"dtype": dtype, "max": scale},
             mean=mean,

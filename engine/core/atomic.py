@@ -16,7 +16,9 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str = "") -> Path:
     """A unique temporary path in the same directory as ``path`` (same filesystem, so rename is atomic)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".partial{suffix or target.suffix}", dir=target.parent)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=f".partial{suffix or target.suffix}", dir=target.parent
+    )
     os.close(handle)
     os.unlink(name)
     return Path(name)

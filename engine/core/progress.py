@@ -45,7 +45,7 @@ class TqdmProgress:
 
     def report(self, fraction: float | None, message: str = "") -> None:
         if fraction is not None:
-            target = int(round(max(0.0, min(1.0, fraction)) * self._total))
+            target = round(max(0.0, min(1.0, fraction)) * self._total)
             self._bar.update(target - self._bar.n)
         if message:
             self._bar.set_postfix_str(message, refresh=False)

@@ -5,8 +5,13 @@ computed on the mask they are given — a chip's mask when chipping — so a blo
 clipped to the chip, and a blob whose parts only connect outside the chip yields one box per part.
 
 Defaults: ``connectivity=8`` (diagonal neighbours join a blob, so thin diagonal structures stay one instance) and
-``min_area=DEFAULT_MIN_AREA`` px (slivers left by clipping at chip borders and label noise are dropped; a car
-is ~1,000 px at 9 cm and ~3,000 px at 5 cm).
+``min_area=16`` px (slivers left by clipping at chip borders and label noise are dropped; a car is ~1,000 px at
+9 cm and ~3,000 px at 5 cm).
+
+How: the mask is cut into horizontal runs of equal class (one vectorised pass for all classes at once), runs of
+the same class that touch in consecutive rows become graph edges, and ``scipy.sparse.csgraph`` finds the
+components. The result equals ``scipy.ndimage.label`` + ``find_objects`` per class (tests check it on random
+masks) at ~1/8 of the cost, which matters because boxes are computed for every chip of every tile.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
-from engine.core.classes import DET_CLASSES, SEG_CLASSES
+from engine.core.classes import DET_TO_SEG
 from engine.core.errors import ConfigError
 
 DEFAULT_CONNECTIVITY = 8
 DEFAULT_MIN_AREA = 16
 
-_STRUCTURES = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
+_DET_INDEX = np.full(256, -1, np.int64)
+_DET_INDEX[list(DET_TO_SEG)] = np.arange(len(DET_TO_SEG))
+"""Segmentation class index → detection class index (-1: not a detection class)."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class BoxParams:
     min_area: int = DEFAULT_MIN_AREA
 
     def __post_init__(self) -> None:
-        if self.connectivity not in _STRUCTURES:
+        if self.connectivity not in (4, 8):
             raise ConfigError(f"box connectivity: expected 4 or 8, found {self.connectivity!r}")
         if int(self.min_area) != self.min_area or self.min_area < 1:
             raise ConfigError(f"box min_area: expected an integer number of pixels >= 1, found {self.min_area!r}")
@@ -42,39 +50,61 @@ class BoxParams:
         return {"connectivity": int(self.connectivity), "min_area": int(self.min_area)}
 
 
-def boxes_from_mask(
-    mask: np.ndarray,
-    params: BoxParams | None = None,
-    class_counts: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Row, x0, x1 (exclusive) and detection class of every run of a detection class, in raster order."""
+    height, width = mask.shape
+    change = np.empty((height, width), bool)
+    change[:, 0] = True
+    np.not_equal(mask[:, 1:], mask[:, :-1], out=change[:, 1:])
+    starts = np.flatnonzero(change)
+    rows = starts // width
+    x0 = starts - rows * width
+    following = np.append(starts[1:], height * width)
+    x1 = np.minimum(following - rows * width, width)
+    det = _DET_INDEX[mask[rows, x0]]
+    keep = det >= 0
+    return rows[keep], x0[keep], x1[keep], det[keep]
+
+
+def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Boxes of the connected blobs of each detection class in an (H, W) class-index mask.
 
     Returns ``(boxes, labels)``: int32 (K, 4) ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive) and int64 (K,)
-    detection-class indices (into ``DET_CLASSES``), ordered by class then by the blob's first pixel in raster
-    order. ``class_counts`` (pixels per class index, e.g. a bincount of the mask) lets absent classes be skipped.
+    detection-class indices (into ``DET_CLASSES``), ordered by class, then by the blob's first pixel in raster
+    order. Blobs smaller than ``params.min_area`` pixels are dropped.
     """
     params = params or BoxParams()
-    structure = _STRUCTURES[params.connectivity]
-    all_boxes: list[np.ndarray] = []
-    all_labels: list[np.ndarray] = []
-    for det_index, name in enumerate(DET_CLASSES):
-        seg_index = SEG_CLASSES.index(name)
-        if class_counts is not None and (seg_index >= len(class_counts) or class_counts[seg_index] < params.min_area):
-            continue
-        components, count = ndimage.label(mask == seg_index, structure=structure)
-        if count == 0:
-            continue
-        areas = np.bincount(components.ravel(), minlength=count + 1)[1:]
-        slices = ndimage.find_objects(components)
-        keep = np.flatnonzero(areas >= params.min_area)
-        if keep.size == 0:
-            continue
-        boxes = np.array(
-            [(slices[k][1].start, slices[k][0].start, slices[k][1].stop, slices[k][0].stop) for k in keep],
-            dtype=np.int32,
-        )
-        all_boxes.append(boxes)
-        all_labels.append(np.full(len(boxes), det_index, dtype=np.int64))
-    if not all_boxes:
+    mask = np.asarray(mask).astype(np.uint8, copy=False)
+    rows, x0, x1, det = _runs(mask)
+    n = len(rows)
+    if n == 0:
         return np.zeros((0, 4), np.int32), np.zeros((0,), np.int64)
-    return np.concatenate(all_boxes), np.concatenate(all_labels)
+    # runs of row y-1 touching run [a, b) of row y: x1 > a - d and x0 < b + d (d = 1 lets diagonals touch)
+    touch = 1 if params.connectivity == 8 else 0
+    span = mask.shape[1] + 4  # row-major keys: row * span + x never collide across rows
+    key = rows * span
+    lo = np.searchsorted(key + x1, key - span + x0 - touch, side="right")
+    hi = np.searchsorted(key + x0, key - span + x1 + touch, side="left")
+    count = np.maximum(hi - lo, 0)
+    upper = np.repeat(np.arange(n), count)
+    lower = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count - lo, count)
+    same = det[upper] == det[lower]
+    graph = coo_matrix((np.ones(int(same.sum()), np.int8), (upper[same], lower[same])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    # components are numbered in order of their first run, i.e. of their first pixel in raster order
+    order = np.argsort(component, kind="stable")
+    first = np.flatnonzero(np.r_[True, component[order][1:] != component[order][:-1]])
+    area = np.add.reduceat((x1 - x0)[order], first)
+    boxes = np.stack(
+        [
+            np.minimum.reduceat(x0[order], first),
+            rows[order][first],
+            np.maximum.reduceat(x1[order], first),
+            np.maximum.reduceat(rows[order], first) + 1,
+        ],
+        axis=1,
+    )
+    labels = det[order][first]
+    keep = area >= params.min_area
+    ranked = np.argsort(labels[keep], kind="stable")
+    return boxes[keep][ranked].astype(np.int32), labels[keep][ranked].astype(np.int64)

@@ -196,10 +196,12 @@ def read_label(path: str | os.PathLike[str], *, boundary_is_ignore: bool) -> Dec
                 f"found values {sorted(np.unique(mask[bad]).tolist())[:10]}"
             )
         return DecodedLabel(mask)
-    # read R, G, B into the low three bytes of a zeroed uint32 per pixel: the packed code without arithmetic
-    packed = np.zeros((height, width, 4), np.uint8)
-    ds.ReadAsArray(buf_obj=packed[:, :, :3], interleave="pixel", band_list=[1, 2, 3])
+    # read R, G, B, B pixel-interleaved (GDAL's fast path) and clear the top byte: each pixel's little-endian
+    # uint32 is then the packed code r | g << 8 | b << 16, without per-band arithmetic
+    packed = np.empty((height, width, 4), np.uint8)
+    ds.ReadAsArray(buf_obj=packed, interleave="pixel", band_list=[1, 2, 3, 3])
     codes = packed.view("<u4")[:, :, 0]
+    np.bitwise_and(codes, 0xFFFFFF, out=codes)
     return decode_codes(codes, boundary_is_ignore=boundary_is_ignore, source=str(path))
 
 

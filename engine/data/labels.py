@@ -22,6 +22,7 @@ _UNKNOWN = 254
 """Lookup-table marker for a colour that is not in the palette (never a class index or IGNORE_INDEX)."""
 
 _PALETTE = np.asarray(PALETTE, dtype=np.int64)
+_CHUNK = 1 << 18
 
 
 @dataclass
@@ -69,7 +70,12 @@ def decode_codes(codes: np.ndarray, *, boundary_is_ignore: bool, source: str = "
     Black is IGNORE_INDEX when ``boundary_is_ignore`` (eroded ``noBoundary`` labels); in a full label it is
     off-palette like any other foreign colour. ``source`` names the file in the warning.
     """
-    mask = _lookup_table(boundary_is_ignore)[codes]
+    table = _lookup_table(boundary_is_ignore)
+    codes = np.ascontiguousarray(codes, np.uint32)
+    mask = np.empty(codes.shape, np.uint8)
+    flat_codes, flat_mask = codes.reshape(-1), mask.reshape(-1)
+    for i in range(0, flat_codes.size, _CHUNK):  # chunks keep numpy's index temporaries in cache
+        np.take(table, flat_codes[i : i + _CHUNK], out=flat_mask[i : i + _CHUNK])
     unknown = mask == _UNKNOWN
     if not unknown.any():
         return DecodedLabel(mask)

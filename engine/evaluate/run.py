@@ -1,4 +1,4 @@
-"""Evaluate a network on chip datasets: detection mAP on the detection set, mIoU (eroded masks) on the segmentation set."""
+"""Evaluate a network on chip datasets: detection mAP on the detection set, mIoU on the (eroded) segmentation set."""
 
 from __future__ import annotations
 

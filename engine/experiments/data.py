@@ -6,31 +6,26 @@ held out as ``val`` for choosing the best epoch, so no number in a table was sel
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
 from engine.core.errors import InputError
 
 
-def holdout_splits(tiles: list[Any], val_fraction: float = 0.2) -> list[Any]:
-    """Standard train → train/val (every k-th tile, at least one), standard val → test."""
-    train = [t for t in tiles if t.split == "train"]
+def holdout_splits(tiles: list[Any], val_fraction: float = 0.2) -> dict[str, str]:
+    """Tile name → split: standard train → train/val (every k-th tile, at least one), standard val → test."""
+    train = [t.name for t in tiles if t.split == "train"]
     if len(train) < 2:
         raise InputError(f"need at least 2 training tiles to hold one out for validation, found {len(train)}")
     step = max(2, round(1 / val_fraction))
-    held = {t.name for t in train[step - 1 :: step]} or {train[-1].name}
-    out = []
-    for tile in tiles:
-        split = "test" if tile.split == "val" else ("val" if tile.name in held else "train")
-        out.append(dataclasses.replace(tile, split=split))
-    return out
+    held = set(train[step - 1 :: step]) or {train[-1]}
+    return {t.name: "test" if t.split == "val" else ("val" if t.name in held else "train") for t in tiles}
 
 
 def prepare_chips(preset: dict[str, Any], data_dir: Path, roots: dict[str, Path | None]) -> dict[str, Path]:
     """Chip both datasets (generating the synthetic twin where no real root is given); reuse finished ones."""
     from engine import synth
-    from engine.chip import chip_tiles
+    from engine.chip import chip_dataset
     from engine.data.isprs import find_isprs_tiles
 
     chips_cfg = preset["chips"]
@@ -40,21 +35,15 @@ def prepare_chips(preset: dict[str, Any], data_dir: Path, roots: dict[str, Path 
         if root is None:
             root = data_dir / "synthetic" / dataset
             if not (root / ".complete").is_file():
-                params = preset["synthetic"][dataset]
-                synth.generate(dataset, root, seed=0, overwrite=True, **params)
+                synth.generate(dataset, root, seed=0, overwrite=True, **preset["synthetic"][dataset])
                 (root / ".complete").write_text("ok\n")
         chip_root = data_dir / "chips" / dataset
         out[dataset] = chip_root
         if (chip_root / "manifest.json").is_file():
             continue
         bands = chips_cfg.get("potsdam_bands", "RGB") if dataset == "potsdam" else None
-        tiles = find_isprs_tiles(dataset, root, **({"bands": bands} if bands else {}))
-        chip_tiles(
-            holdout_splits(tiles),
-            chip_root,
-            dataset=dataset,
-            size=chips_cfg["size"],
-            stride=chips_cfg["stride"],
-            overwrite=True,
+        splits = holdout_splits(find_isprs_tiles(dataset, root, bands))
+        chip_dataset(
+            dataset, root, chip_root, chips_cfg["size"], chips_cfg["stride"], bands=bands, splits=splits, overwrite=True
         )
     return out

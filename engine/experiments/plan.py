@@ -61,7 +61,13 @@ ROWS: tuple[Row, ...] = (
 
 
 def run_overrides(
-    spec: RunSpec, preset: dict[str, Any], det_chips: str, seg_chips: str, out_dir: str, seed: int, teachers: dict[str, str]
+    spec: RunSpec,
+    preset: dict[str, Any],
+    det_chips: str,
+    seg_chips: str,
+    out_dir: str,
+    seed: int,
+    teachers: dict[str, str],
 ) -> list[str]:
     """``key=value`` overrides turning the defaults into this run's training config."""
     overrides = {f"{k}": v for k, v in (preset.get("train") or {}).items()}

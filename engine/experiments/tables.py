@@ -69,7 +69,9 @@ def plot_tables(path: Path, tables: dict[str, list[dict[str, Any]]]) -> None:
     fig, axes = plt.subplots(len(tables), 2, figsize=(12, 3.6 * len(tables)), squeeze=False)
     for row_axes, (direction, table) in zip(axes, tables.items()):
         det_set, seg_set = DIRECTIONS[direction]
-        for ax, (key, title) in zip(row_axes, (("det_map", f"detection mAP ({det_set})"), ("seg_miou", f"segmentation mIoU ({seg_set})"))):
+        for ax, (key, title) in zip(
+            row_axes, (("det_map", f"detection mAP ({det_set})"), ("seg_miou", f"segmentation mIoU ({seg_set})"))
+        ):
             labels = [cells["label"] for cells in table]
             means = [cells[key][0] if cells[key] else 0.0 for cells in table]
             stds = [cells[key][1] if cells[key] else 0.0 for cells in table]

@@ -113,7 +113,7 @@ def build_metadata(
         "model_type": "Segmentor" if "seg" in tasks else "Detector",
         "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
         "resolution": round(float(gsd) * 100.0, 6),
-        "tiles_overlap": int(round(100.0 * overlap / tile_size)),
+        "tiles_overlap": round(100.0 * overlap / tile_size),
         "standardization_mean": [float(v) for v in mean],
         "standardization_std": [float(v) for v in std],
     }
@@ -251,7 +251,11 @@ def _deepness_classes(meta: Mapping[str, Any], origin: str, n_out: int | None) -
 
 
 def _deepness_info(
-    meta: Mapping[str, Any], origin: str, input_name: str, input_shape: Sequence[Any], outputs: Sequence[tuple[str, Any]]
+    meta: Mapping[str, Any],
+    origin: str,
+    input_name: str,
+    input_shape: Sequence[Any],
+    outputs: Sequence[tuple[str, Any]],
 ) -> ModelInfo:
     model_type = str(meta.get("model_type", "")).capitalize()
     if model_type != "Segmentor":
@@ -289,7 +293,7 @@ def _deepness_info(
         std=tuple(float(v) for v in (std if isinstance(std, list) else [std] * channels)),
         gsd=None if resolution is None else float(resolution) / 100.0,
         tile_size=int(tile),
-        overlap=int(round(int(tile) * overlap_pct / 100.0)),
+        overlap=round(int(tile) * overlap_pct / 100.0),
         seg_output=outputs[0][0],
         seg_kind="probabilities",
         seg_classes=classes,

@@ -96,7 +96,9 @@ def _anchor_params(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _torch_export(wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool) -> None:
+def _torch_export(
+    wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool
+) -> None:
     names = {"input_names": [md.INPUT_NAME], "output_names": outputs}
     if dynamo:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -105,9 +107,7 @@ def _torch_export(wrapper: nn.Module, example: Tensor, path: Path, outputs: list
         )
     else:
         axes = {name: {0: "batch"} for name in [md.INPUT_NAME, *outputs]}
-        torch.onnx.export(
-            wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names
-        )
+        torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
 
 
 def export_onnx(

@@ -38,7 +38,9 @@ class AnchorGenerator:
         """Anchors per location."""
         return len(self.scales) * len(self.aspect_ratios)
 
-    def cell_anchors(self, level: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+    def cell_anchors(
+        self, level: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+    ) -> Tensor:
         """(num_anchors, 4) xyxy shapes centred on 0 for ``level`` (base size ``base_size * 2**level``)."""
         size = self.base_size * 2.0**level
         rows = []

@@ -48,13 +48,15 @@ def _load_local_state(path_str: str) -> dict[str, Tensor]:
     path = Path(path_str)
     if not path.is_file():
         raise ConfigError(
-            f"model config key 'pretrained': expected a torchvision ResNet state-dict file, found no file at {path_str!r}"
+            f"model config key 'pretrained': expected a torchvision ResNet state-dict file, "
+            f"found no file at {path_str!r}"
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ConfigError(
-            f"model config key 'pretrained': expected a torch state dict in {path_str!r}, found an unreadable file: {exc}"
+            f"model config key 'pretrained': expected a torch state dict in {path_str!r}, "
+            f"found an unreadable file: {exc}"
         ) from exc
     if not isinstance(state, dict):
         raise ConfigError(f"model config key 'pretrained': expected a state dict in {path_str!r}, found {type(state)}")

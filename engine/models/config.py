@@ -101,7 +101,8 @@ def _check_tasks(origin: str, value: Any) -> tuple[str, ...]:
         value = [value]
     ok = isinstance(value, list | tuple) and len(value) > 0 and all(v in TASKS for v in value)
     if not ok or len(set(value)) != len(value):
-        raise ConfigError(f"{_where(origin, 'tasks')}: expected a non-empty list of distinct {list(TASKS)}, found {value!r}")
+        expected = f"a non-empty list of distinct {list(TASKS)}"
+        raise ConfigError(f"{_where(origin, 'tasks')}: expected {expected}, found {value!r}")
     return tuple(t for t in TASKS if t in value)
 
 
@@ -110,7 +111,8 @@ def _check_pretrained(origin: str, value: Any) -> str | None:
         return value
     if isinstance(value, str | os.PathLike) and str(value):
         return str(value)
-    raise ConfigError(f"{_where(origin, 'pretrained')}: expected null, 'imagenet' or a state-dict path, found {value!r}")
+    expected = "null, 'imagenet' or a state-dict path"
+    raise ConfigError(f"{_where(origin, 'pretrained')}: expected {expected}, found {value!r}")
 
 
 def _validate(data: Mapping[str, Any], origin: str) -> ModelConfig:

@@ -49,7 +49,9 @@ class OnnxModel:
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail / InvalidProtobuf / NoSuchFile types
-            raise InputError(f"model '{self.path}': expected a valid ONNX model, onnxruntime could not load it: {exc}")
+            raise InputError(
+                f"model '{self.path}': expected a valid ONNX model, onnxruntime could not load it: {exc}"
+            ) from exc
         self.provider = self.session.get_providers()[0]
         inputs = self.session.get_inputs()
         if len(inputs) != 1:

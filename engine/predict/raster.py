@@ -68,6 +68,8 @@ class Source:
     warped: bool
     all_valid: bool
     aoi: ogr.Geometry | None = None
+    _aoi_store: object = dataclasses.field(default=None, repr=False)
+    _aoi_layer: ogr.Layer | None = dataclasses.field(default=None, repr=False)
 
     @property
     def width(self) -> int:
@@ -106,16 +108,17 @@ class Source:
         return out, valid
 
     def _aoi_mask(self, x: int, y: int, size: int) -> np.ndarray:
+        if self._aoi_layer is None:
+            self._aoi_store = ogr.GetDriverByName("Memory").CreateDataSource("")
+            self._aoi_layer = self._aoi_store.CreateLayer("aoi", srs_of(self.wkt), ogr.wkbMultiPolygon)
+            feature = ogr.Feature(self._aoi_layer.GetLayerDefn())
+            feature.SetGeometry(self.aoi)
+            self._aoi_layer.CreateFeature(feature)
         gt = self.geotransform
         ox, oy = pixel_to_map(gt, x, y)
         mem = gdal.GetDriverByName("MEM").Create("", size, size, 1, gdal.GDT_Byte)
         mem.SetGeoTransform((ox, gt[1], gt[2], oy, gt[4], gt[5]))
-        layer_ds = ogr.GetDriverByName("Memory").CreateDataSource("")
-        layer = layer_ds.CreateLayer("aoi", srs_of(self.wkt), ogr.wkbMultiPolygon)
-        feature = ogr.Feature(layer.GetLayerDefn())
-        feature.SetGeometry(self.aoi)
-        layer.CreateFeature(feature)
-        gdal.RasterizeLayer(mem, [1], layer, burn_values=[1])
+        gdal.RasterizeLayer(mem, [1], self._aoi_layer, burn_values=[1])
         return mem.GetRasterBand(1).ReadAsArray() > 0
 
 
@@ -129,9 +132,7 @@ def _band_list(ds: gdal.Dataset, path: str, info: ModelInfo, bands: Sequence[int
                 f"inputs {list(info.bands or [])} (raster '{path}' has {count} bands)"
             )
         return bands
-    data_bands = [
-        b for b in range(1, count + 1) if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand
-    ]
+    data_bands = [b for b in range(1, count + 1) if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand]
     if len(data_bands) != info.channels:
         names = [gdal.GetColorInterpretationName(ds.GetRasterBand(b).GetColorInterpretation()) for b in data_bands]
         wanted = list(info.bands) if info.bands else f"{info.channels} bands"
@@ -212,7 +213,9 @@ def open_source(
         if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
             res = info.gsd
         work, warped = _warp(ds, utm.ExportToWkt(), res), True
-        notes.append(f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m")
+        notes.append(
+            f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
+        )
     elif info.gsd:
         gsd = _gsd_m(gt, srs)
         if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
@@ -267,7 +270,9 @@ def load_aoi(path: str | os.PathLike[str], source: Source) -> ogr.Geometry:
     if union.IsEmpty() or union.GetArea() <= 0:
         raise InputError(f"AOI '{path}': expected at least one non-empty polygon, found none")
     gt = source.geotransform
-    xs, ys = pixel_to_map(gt, np.array([0, source.width, source.width, 0]), np.array([0, 0, source.height, source.height]))
+    xs, ys = pixel_to_map(
+        gt, np.array([0, source.width, source.width, 0]), np.array([0, 0, source.height, source.height])
+    )
     ring = ogr.Geometry(ogr.wkbLinearRing)
     for px, py in zip([*xs, xs[0]], [*ys, ys[0]]):
         ring.AddPoint_2D(float(px), float(py))

@@ -105,6 +105,13 @@ class Canvas:
         inside = u * u + v * v <= 1.0
         return Footprint(rows, cols, inside, u, v)
 
+    def layer_at(self, x: float, y: float) -> int | None:
+        """Layer of the pixel containing point (x, y) in metres, None outside the tile (a cheap first test)."""
+        col, row = math.floor(x / self.gsd), math.floor(y / self.gsd)
+        if 0 <= row < self.h and 0 <= col < self.w:
+            return int(self.layer[row, col])
+        return None
+
     def touches(self, fp: Footprint, layers: tuple[Layer, ...]) -> bool:
         """True if any pixel inside ``fp`` belongs to one of ``layers`` (rejection test for new objects)."""
         region = self.layer[fp.window][fp.inside]

@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-VAIHINGEN_TRAIN_AREAS: tuple[int, ...] = (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
-VAIHINGEN_VAL_AREAS: tuple[int, ...] = (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)
-POTSDAM_TRAIN_TILES: tuple[str, ...] = tuple(
-    "2_10 2_11 2_12 3_10 3_11 3_12 4_10 4_11 4_12 5_10 5_11 5_12 6_7 6_8 6_9 6_10 6_11 6_12 7_7 7_8 7_9 7_10 7_11 "
-    "7_12".split()
-)
-POTSDAM_VAL_TILES: tuple[str, ...] = tuple(
-    "2_13 2_14 3_13 3_14 4_13 4_14 4_15 5_13 5_14 5_15 6_13 6_14 6_15 7_13".split()
-)
+from engine.data.isprs import BAND_NAMES, POTSDAM_BANDS, STANDARD_SPLITS
+
+
+def _split_tiles(dataset: str, prefix: str, split: str) -> tuple[str, ...]:
+    """Full tile names of one split of the standard ISPRS split (owned by the reader, engine.data.isprs)."""
+    return tuple(f"{prefix}{short}" for short, s in STANDARD_SPLITS[dataset].items() if s == split)
+
 
 EPSG = 32632
 """UTM zone 32N: a real projected CRS in metres (ARCHITECTURE "Synthetic twin output")."""
@@ -54,8 +52,8 @@ DOMAINS: dict[str, DomainSpec] = {
         gain={"blue": 420.0, "green": 470.0, "red": 520.0, "nir": 430.0},
         default_tiles=6,
         default_tile_size_m=120.0,
-        train_tiles=tuple(f"top_mosaic_09cm_area{n}" for n in VAIHINGEN_TRAIN_AREAS),
-        val_tiles=tuple(f"top_mosaic_09cm_area{n}" for n in VAIHINGEN_VAL_AREAS),
+        train_tiles=_split_tiles("vaihingen", "top_mosaic_09cm_", "train"),
+        val_tiles=_split_tiles("vaihingen", "top_mosaic_09cm_", "val"),
         origin=(496_000.0, 5_420_000.0),
     ),
     "potsdam": DomainSpec(
@@ -69,8 +67,8 @@ DOMAINS: dict[str, DomainSpec] = {
         gain={"blue": 640.0, "green": 600.0, "red": 560.0, "nir": 400.0},
         default_tiles=6,
         default_tile_size_m=80.0,
-        train_tiles=tuple(f"top_potsdam_{rc}" for rc in POTSDAM_TRAIN_TILES),
-        val_tiles=tuple(f"top_potsdam_{rc}" for rc in POTSDAM_VAL_TILES),
+        train_tiles=_split_tiles("potsdam", "top_potsdam_", "train"),
+        val_tiles=_split_tiles("potsdam", "top_potsdam_", "val"),
         origin=(366_000.0, 5_808_000.0),
     ),
 }
@@ -82,9 +80,7 @@ LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
 """Folders each layout owns under its root (what ``--overwrite`` clears)."""
 
 POTSDAM_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "RGB": ("2_Ortho_RGB", ("red", "green", "blue")),
-    "IRRG": ("3_Ortho_IRRG", ("nir", "red", "green")),
-    "RGBIR": ("4_Ortho_RGBIR", ("red", "green", "blue", "nir")),
+    variant: (folder, BAND_NAMES[("potsdam", variant)]) for variant, folder in POTSDAM_BANDS.items()
 }
 """Potsdam image variants: suffix -> (folder, band order)."""
 
@@ -92,12 +88,11 @@ POTSDAM_VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
 def select_tiles(spec: DomainSpec, count: int) -> list[tuple[str, str]]:
     """The first ``count`` tiles of the standard split lists, train and val mixed in the real proportion.
 
-    Returns ``(tile_name, split)`` pairs; always at least one of each split when ``count >= 2``.
+    Returns ``(tile_name, split)`` pairs: a single tile is a train tile; from two on, at least one of each split.
     """
-    n_total = spec.max_tiles
-    n_train = round(count * len(spec.train_tiles) / n_total)
+    n_train = max(round(count * len(spec.train_tiles) / spec.max_tiles), 1)
     if count >= 2:
-        n_train = min(max(n_train, 1), count - 1)
+        n_train = min(n_train, count - 1)
     n_train = min(n_train, len(spec.train_tiles))
     n_val = count - n_train
     if n_val > len(spec.val_tiles):

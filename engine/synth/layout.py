@@ -8,6 +8,7 @@ Objects are added until each class reaches its (jittered) target share, which ke
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from engine.synth.canvas import Canvas, Footprint, Layer
 from engine.synth.materials import CAR_PAINT_P, CAR_PAINTS, M
 
 IMP, BLD, LOW, TREE, CAR, CLU = range(len(SEG_CLASSES))
+MAX_CAR_SHARE = 0.024
+ROAD_PIECE_M = 20.0
 
 
 @dataclass(frozen=True)
@@ -56,21 +59,21 @@ STYLES: dict[str, Style] = {
         sidewalk=(1.4, 2.2),
         sidewalk_p=0.6,
         segment_p=0.7,
-        frontage=(8.5, 14.0),
-        depth=(8.0, 12.5),
+        frontage=(9.0, 15.0),
+        depth=(8.5, 14.0),
         setback=(2.5, 7.0),
-        gap=(3.0, 10.0),
+        gap=(2.5, 8.0),
         eave=(3.5, 6.5),
         roofs=((M.ROOF_RED, 0.62, 0.9), (M.ROOF_GREY, 0.16, 0.3), (M.ROOF_DARK, 0.14, 0.4), (M.ROOF_LIGHT, 0.08, 0.0)),
-        building_margin=1.5,
-        fill_size=(10.0, 24.0),
+        building_margin=1.0,
+        fill_size=(10.0, 26.0),
         crown=(1.6, 4.6),
         tree_top=(5.0, 14.0),
         street_tree_p=0.25,
-        car_gap=26.0,
+        car_gap=32.0,
         parked_p=0.5,
         parking_lot_p=0.25,
-        targets={BLD: 0.27, TREE: 0.19, IMP: 0.325, CLU: 0.03},
+        targets={BLD: 0.29, TREE: 0.19, IMP: 0.33, CLU: 0.04},
         elevation=(38.0, 58.0),
         meadow=6,
         soil_size=(4.0, 16.0),
@@ -85,7 +88,7 @@ STYLES: dict[str, Style] = {
         depth=(10.0, 16.0),
         setback=(0.0, 3.0),
         gap=(0.0, 12.0),
-        eave=(9.0, 20.0),
+        eave=(8.0, 17.0),
         roofs=((M.ROOF_GREY, 0.42, 0.0), (M.ROOF_DARK, 0.2, 0.0), (M.ROOF_LIGHT, 0.16, 0.0), (M.ROOF_RED, 0.22, 0.8)),
         building_margin=0.0,
         fill_size=(18.0, 45.0),
@@ -95,7 +98,7 @@ STYLES: dict[str, Style] = {
         car_gap=22.0,
         parked_p=0.65,
         parking_lot_p=0.5,
-        targets={BLD: 0.275, TREE: 0.17, IMP: 0.33, CLU: 0.035},
+        targets={BLD: 0.26, TREE: 0.17, IMP: 0.33, CLU: 0.05},
         elevation=(35.0, 55.0),
         meadow=3,
         soil_size=(6.0, 22.0),
@@ -209,26 +212,31 @@ class Scene:
                 asphalt = self.u(st.asphalt)
                 sidewalk = self.u(st.sidewalk) if self.rng.random() < st.sidewalk_p else 0.0
                 full = axis == 0  # roads along v run through; cross roads may stop at junctions
-                for a, b in zip(cross[:-1], cross[1:]):
+                for a, b in itertools.pairwise(cross):
                     if full or self.rng.random() < st.segment_p:
                         self.roads.append(Road(axis, pos, a, b, asphalt, sidewalk))
         self.roads = _merge_segments(self.roads)
         side_mat = M.PAVING_RED if self.rng.random() < 0.2 else M.PAVING
         for road in self.roads:  # all sidewalks first, so a crossing road's asphalt stays on top
             if road.sidewalk > 0:
-                fp = self._road_rect(road, 2 * road.edge, extend=road.sidewalk)
-                if fp is not None:
-                    self.cv.paint(fp, side_mat, Layer.ROAD, height=0.0, shade=self.u((0.92, 1.08)))
+                self._paint_road(road, 2 * road.edge, road.sidewalk, side_mat, self.u((0.92, 1.08)))
         for road in self.roads:
-            fp = self._road_rect(road, road.asphalt, extend=0.5 * road.asphalt)
-            if fp is not None:
-                self.cv.paint(fp, M.ASPHALT, Layer.ROAD, height=0.0, shade=self.u((0.9, 1.1)))
+            self._paint_road(road, road.asphalt, 0.5 * road.asphalt, M.ASPHALT, self.u((0.9, 1.1)))
 
-    def _road_rect(self, road: Road, width: float, extend: float) -> Footprint | None:
-        mid, length = 0.5 * (road.start + road.end), road.end - road.start + 2 * extend
-        if road.axis == 0:
-            return self.frect(road.pos, mid, width, length)
-        return self.frect(mid, road.pos, length, width)
+    def _paint_road(self, road: Road, width: float, extend: float, material: M, shade: float) -> None:
+        """Paint a road band in short pieces: a long diagonal road's bounding box would be the whole tile."""
+        start, end = road.start - extend, road.end + extend
+        n = max(1, math.ceil((end - start) / ROAD_PIECE_M))
+        step = (end - start) / n
+        for i in range(n):
+            mid = start + (i + 0.5) * step
+            length = step + 0.1  # pieces overlap a little, so no pixel falls between two of them
+            if road.axis == 0:
+                fp = self.frect(road.pos, mid, width, length)
+            else:
+                fp = self.frect(mid, road.pos, length, width)
+            if fp is not None:
+                self.cv.paint(fp, material, Layer.ROAD, height=0.0, shade=shade)
 
     def _road_point(self, road: Road, along: float, across: float) -> tuple[float, float]:
         """Frame (u, v) at ``along`` the road and ``across`` from its centre line."""
@@ -256,17 +264,20 @@ class Scene:
             du, dv = (depth, front) if road.axis == 0 else (front, depth)
             if self.house(u, v, du, dv, self.u((-0.06, 0.06))):
                 self.driveway(road, side, along, front, setback)
-        for _ in range(200):
+        c, s = math.cos(self.theta), math.sin(self.theta)
+        for k in range(400):
             if self.cv.share(BLD) >= target:
                 return
             x, y = self.random_point()
-            c, s = math.cos(self.theta), math.sin(self.theta)
             u, v = (x - self.cx) * c + (y - self.cy) * s, (y - self.cy) * c - (x - self.cx) * s
-            self.house(u, v, self.u(st.fill_size), self.u(st.fill_size), self.u((-0.05, 0.05)))
+            size = st.fill_size if k % 2 else st.frontage
+            self.house(u, v, self.u(size), self.u(size), self.u((-0.05, 0.05)))
 
     def house(self, u: float, v: float, du: float, dv: float, turn: float) -> bool:
         """Place one building (rejected where it touches a road or another building); True if placed."""
         st, cv = self.st, self.cv
+        if cv.layer_at(*self.to_img(u, v)) in (Layer.ROAD, Layer.BUILDING):
+            return False
         margin = st.building_margin
         probe = self.frect(u, v, du + 2 * margin + 1.0, dv + 2 * margin + 1.0, turn)
         if probe is None or cv.touches(probe, (Layer.ROAD,)):
@@ -355,7 +366,7 @@ class Scene:
         length, depth = self.u((14.0, 40.0)), rows * 11.0
         angle = self.theta + turn
         fp = self.cv.rect(x, y, length, depth, angle)
-        if fp is None or self.cv.touches(fp, (Layer.BUILDING,)):
+        if fp is None or self.cv.touches(fp, (Layer.BUILDING, Layer.ROAD, Layer.PAVED)):
             return
         free = self.cv.layer[fp.window] <= Layer.SOIL
         self.cv.paint(fp, M.ASPHALT, Layer.PAVED, height=0.0, shade=self.u((0.9, 1.1)), where=free)
@@ -364,7 +375,7 @@ class Scene:
         for r in range(rows):
             off = -0.5 * depth + 11.0 * r + 5.5
             for k in range(int(length / 2.6)):
-                if self.rng.random() > fill:
+                if self.rng.random() > fill or self.cv.share(CAR) > MAX_CAR_SHARE:
                     continue
                 along = -0.5 * length + 1.3 + 2.6 * k
                 for side in (-2.8, 2.8):
@@ -401,7 +412,7 @@ class Scene:
                 gap = st.car_gap * (0.35 if is_parked else 1.0)
                 s = road.start + self.rng.exponential(gap)
                 while s < road.end:
-                    if self.cv.share(CAR) > 0.025:
+                    if self.cv.share(CAR) > MAX_CAR_SHARE:
                         return
                     u, v = self._road_point(road, s, offset)
                     x, y = self.to_img(u, v)
@@ -441,10 +452,7 @@ class Scene:
             x0, y0 = self.random_point()
             for _ in range(int(self.rng.integers(1, 7))):
                 x, y = x0 + self.rng.normal(0, 5.0), y0 + self.rng.normal(0, 5.0)
-                col, row = int(x / self.cv.gsd), int(y / self.cv.gsd)
-                if not (0 <= row < self.cv.h and 0 <= col < self.cv.w):
-                    continue
-                if self.cv.layer[row, col] in (Layer.ROAD, Layer.BUILDING):
+                if self.cv.layer_at(x, y) not in (Layer.GROUND, Layer.SOIL, Layer.TREE):
                     continue
                 self.tree(x, y, self.u(st.crown))
 

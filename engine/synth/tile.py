@@ -15,7 +15,10 @@ from engine.synth.geotiff import write_geotiff
 from engine.synth.layout import layout_scene
 from engine.synth.render import class_map, erode_boundaries, label_rgb, reflectance, sensor
 
-ALL_BANDS: dict[str, tuple[str, ...]] = {"vaihingen": ("nir", "red", "green"), "potsdam": ("red", "green", "blue", "nir")}
+ALL_BANDS: dict[str, tuple[str, ...]] = {
+    "vaihingen": ("nir", "red", "green"),
+    "potsdam": ("red", "green", "blue", "nir"),
+}
 """Bands each domain renders (Potsdam needs NIR for its IRRG and RGBIR variants)."""
 
 

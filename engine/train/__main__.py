@@ -34,7 +34,11 @@ class _SignalCancel:
         if hasattr(self.inner, "emit"):
             self.inner.emit(event, **fields)
         elif event == "metrics":
-            print("metrics: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()), file=sys.stderr)
+            print(
+                "metrics: "
+                + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()),
+                file=sys.stderr,
+            )
 
     def is_canceled(self) -> bool:
         return self.cancelled
@@ -45,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (see models/); defaults apply to keys it leaves out")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
-    parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4"
+    )
     args = parser.parse_args(argv)
 
     from engine.train.loop import train
@@ -54,7 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         info = init_distributed()
-        inner = JsonLinesProgress() if args.json_progress else TqdmProgress(f"train {cfg['name']}", disable=not info.is_main)
+        inner = (
+            JsonLinesProgress()
+            if args.json_progress
+            else TqdmProgress(f"train {cfg['name']}", disable=not info.is_main)
+        )
         progress = _SignalCancel(inner)
         result = train(cfg, progress=progress, resume=args.resume)
     except Cancelled:

@@ -59,7 +59,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"checkpoint '{path}' could not be read as a torch checkpoint (weights only): {exc}") from exc
     if not isinstance(payload, dict) or "model" not in payload or "model_config" not in payload:
         found = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
-        raise InputError(f"checkpoint '{path}': expected a pmtl checkpoint with 'model' and 'model_config', found {found}")
+        raise InputError(
+            f"checkpoint '{path}': expected a pmtl checkpoint with 'model' and 'model_config', found {found}"
+        )
     return payload
 
 
@@ -69,7 +71,9 @@ def inference_state(payload: dict[str, Any]) -> dict[str, torch.Tensor]:
     return ema["module"] if ema else payload["model"]
 
 
-def model_from_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The trained network (EMA weights when kept) in eval mode, plus the checkpoint payload."""
     from engine.models import build_model, load_model_config
 

@@ -120,7 +120,9 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         if not cfg["data"][task]:
             raise ConfigError(f"config key 'data.{task}': task '{task}' is trained, so a chip dataset folder is needed")
     if cfg["kd"]["feature"] not in KD_FEATURES:
-        raise ConfigError(f"config key 'kd.feature': expected one of {list(KD_FEATURES)}, found {cfg['kd']['feature']!r}")
+        raise ConfigError(
+            f"config key 'kd.feature': expected one of {list(KD_FEATURES)}, found {cfg['kd']['feature']!r}"
+        )
     uses_kd = cfg["kd"]["soft"] or cfg["kd"]["feature"] != "none"
     if uses_kd:
         if tasks != ["det", "seg"] and set(tasks) != set(TASKS):

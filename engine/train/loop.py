@@ -113,7 +113,9 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
     for name, value in terms.items():
         if not torch.isfinite(value).all():
-            raise NonFiniteLoss(f"loss term '{name}' is {value.item()} at step {step}; stopping (last good checkpoint kept)")
+            raise NonFiniteLoss(
+                f"loss term '{name}' is {value.item()} at step {step}; stopping (last good checkpoint kept)"
+            )
 
 
 def _select_score(metrics: dict[str, Any], select: str, tasks: list[str]) -> float:
@@ -151,7 +153,9 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     manifests = _dataset_info(cfg)
     first = manifests[tasks[0]]
 
-    model_cfg = dataclasses.replace(load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"]))
+    model_cfg = dataclasses.replace(
+        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
+    )
     student = build_model(model_cfg).to(device)
     use_cuda = device.type == "cuda"
     if use_cuda and rt["channels_last"]:
@@ -184,7 +188,9 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     collates = {"det": D.collate_detection, "seg": D.collate_segmentation}
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
     loaders = {
-        task: _loader(datasets_train[task](), per_rank_batch, data_cfg["num_workers"], seed, info, collates[task], device)
+        task: _loader(
+            datasets_train[task](), per_rank_batch, data_cfg["num_workers"], seed, info, collates[task], device
+        )
         for task in tasks
     }
     device_aug = {task: T.DeviceAugment.from_manifest(manifests[task]).to(device) for task in tasks}
@@ -242,7 +248,9 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         seen, t0 = 0, time.perf_counter()
         for it in range(iters):
             check_cancel(progress)
-            factor = lr_factor(step, total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"])
+            factor = lr_factor(
+                step, total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"]
+            )
             for group in optimizer.param_groups:
                 group["lr"] = optim_cfg["lr"] * factor
             optimizer.zero_grad(set_to_none=True)
@@ -253,7 +261,9 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 with sync, autocast():
                     out = model(images)
                     if task == "det":
-                        terms = O.detection_supervised(out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"])
+                        terms = O.detection_supervised(
+                            out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"]
+                        )
                         if uses_kd:
                             terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
                     else:
@@ -266,7 +276,9 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 step_terms |= terms
                 seen += images.shape[0]
             if optim_cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optim_cfg["grad_clip"])
+                torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], optim_cfg["grad_clip"]
+                )
             optimizer.step()
             if ema is not None:
                 ema.update(student)
@@ -276,7 +288,10 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             if progress is not None and (it % rt["log_every"] == 0 or it == iters - 1):
                 rate = seen * info.world_size / max(1e-9, time.perf_counter() - t0)
                 parts = " ".join(f"{k}={v / (it + 1):.3f}" for k, v in sums.items())
-                progress.report((epoch * iters + it + 1) / total_steps, f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s")
+                progress.report(
+                    (epoch * iters + it + 1) / total_steps,
+                    f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
+                )
 
         train_time = time.perf_counter() - t0
         metrics = evaluate_model(
@@ -351,8 +366,15 @@ def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dic
         "seg_classes": first["seg_classes"],
         "palette": first["palette"],
         "det_classes": first["det_classes"],
-        "datasets": {task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()},
-        "kd": {"soft": cfg["kd"]["soft"], "feature": cfg["kd"]["feature"], "det_teacher": cfg["kd"]["det_teacher"], "seg_teacher": cfg["kd"]["seg_teacher"]},
+        "datasets": {
+            task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
+        },
+        "kd": {
+            "soft": cfg["kd"]["soft"],
+            "feature": cfg["kd"]["feature"],
+            "det_teacher": cfg["kd"]["det_teacher"],
+            "seg_teacher": cfg["kd"]["seg_teacher"],
+        },
         "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},
     }
 

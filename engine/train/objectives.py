@@ -59,7 +59,9 @@ def detection_supervised(
     return {"det_cls": weight * cls, "det_box": weight * box}
 
 
-def segmentation_supervised(out: dict[str, Any], mask: torch.Tensor, loss_cfg: dict[str, Any]) -> dict[str, torch.Tensor]:
+def segmentation_supervised(
+    out: dict[str, Any], mask: torch.Tensor, loss_cfg: dict[str, Any]
+) -> dict[str, torch.Tensor]:
     return {"seg_ce": loss_cfg["seg_weight"] * L.segmentation_ce_loss(out["seg_logits"].float(), mask)}
 
 
@@ -98,7 +100,9 @@ def distill_detection(
             alpha=loss_cfg["focal_alpha"],
             gamma=loss_cfg["focal_gamma"],
         )
-        terms.update({f"kd_det_soft_{k}": v for k, v in soft.items()} if isinstance(soft, dict) else {"kd_det_soft": soft})
+        terms.update(
+            {f"kd_det_soft_{k}": v for k, v in soft.items()} if isinstance(soft, dict) else {"kd_det_soft": soft}
+        )
     if kd_cfg["feature"] == "mse":
         adapted = teacher.adapter(out["features"])
         terms["kd_det_feat"] = L.feature_mse(adapted, t_out["features"], weight=kd_cfg["feature_weight"])

@@ -1,7 +1,8 @@
 """Preview of a chip dataset: the first picture a user sees after chipping (``make demo``).
 
-A grid of randomly chosen chips of one split, each shown as (false-)colour imagery with its class mask blended in
-the ISPRS palette and its detection boxes, so a user checks at a glance that labels sit on the right objects.
+Randomly chosen chips of one split, each as a pair of panels — the (false-)colour imagery with its detection boxes,
+and the same imagery with its class mask blended in the ISPRS palette — so a user checks at a glance that the
+labels sit on the right objects and what the imagery really looks like under them.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from matplotlib.figure import Figure
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import open_chip_dataset
 from engine.viz.render import (
-    MASK_ALPHA,
     band_label,
+    boxes_text,
     class_legend,
     det_colours,
     display_bands,
@@ -30,14 +31,14 @@ from engine.viz.render import (
     to_display,
 )
 
-PANEL_INCHES = 2.9
+PANEL_INCHES = 2.45
+PAIR_ALPHA = 0.55
+"""Mask opacity in the right panel of a pair: the left panel already shows the bare imagery."""
 
 
-def grid_shape(count: int) -> tuple[int, int]:
-    """(rows, cols) of a near-square grid holding ``count`` panels, wider than tall when it cannot be square."""
-    cols = math.ceil(math.sqrt(count))
-    rows = cols - 1 if cols * (cols - 1) >= count else cols
-    return max(rows, 1), max(cols, 1)
+def pairs_per_row(count: int) -> int:
+    """Chips per grid row when each chip takes two panels side by side (figure about 4:3 landscape)."""
+    return max(1, min(count, round(math.sqrt(0.65 * count))))
 
 
 def format_gsd(gsd: Any) -> str:
@@ -45,7 +46,7 @@ def format_gsd(gsd: Any) -> str:
     try:
         metres = float(gsd)
     except (TypeError, ValueError):
-        return "? GSD"
+        return "?"
     return f"{metres * 100:.3g} cm" if metres < 1 else f"{metres:.3g} m"
 
 
@@ -61,10 +62,72 @@ def dataset_heading(manifest: Mapping[str, Any]) -> str:
 
 
 def _chip_title(chip: Mapping[str, Any], index: int, n_boxes: int) -> str:
-    window = chip.get("window") or ["?"] * 4
-    x, y, w, h = (list(window) + ["?"] * 4)[:4]
-    boxes = f"{n_boxes} box" + ("" if n_boxes == 1 else "es")
-    return f"{chip.get('tile', '?')}  #{index}\nx {x}, y {y}, {w}×{h} px · {boxes}"
+    x, y, w, h = (list(chip.get("window") or []) + ["?"] * 4)[:4]
+    return f"{chip.get('tile', '?')}  #{index} · {boxes_text(n_boxes)}\nwindow x {x}, y {y}, {w}×{h} px"
+
+
+def pick_chips(total: int, count: int, seed: int) -> list[int]:
+    """``min(count, total)`` distinct random chip rows, sorted (the same for the same seed)."""
+    return np.sort(np.random.default_rng(seed).choice(total, size=min(count, total), replace=False)).tolist()
+
+
+def preview_figure(chip_root: str | os.PathLike[str], split: str = "train", count: int = 12, seed: int = 0) -> Figure:
+    """The figure of :func:`preview_chips`, not saved (tests and notebooks inspect or embed it)."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"preview_chips: 'count' must be a positive integer, found {count!r}")
+    dataset = open_chip_dataset(chip_root)
+    if dataset.splits.get(split, 0) < 1:
+        raise InputError(
+            f"{Path(chip_root) / 'manifest.json'}: expected chips in split {split!r}, found splits {dataset.splits}"
+        )
+    manifest = dataset.manifest
+    total = dataset.splits[split]
+    picks = pick_chips(total, count, seed)
+    rgb = to_display([np.asarray(dataset.images(split)[i]) for i in picks], manifest)
+    masks, boxes, chips = dataset.masks(split), dataset.boxes(split), dataset.chips(split)
+    palette, colours = palette_of(manifest), det_colours(manifest)
+
+    per_row = pairs_per_row(len(picks))
+    rows = math.ceil(len(picks) / per_row)
+    top, bottom, side = 1.0, 0.75, 0.15  # inches: heading, legend, margins
+    fig = Figure(figsize=(per_row * (2 * PANEL_INCHES + 0.25) + 2 * side, rows * (PANEL_INCHES + 0.42) + top + bottom))
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    outer = fig.add_gridspec(
+        rows,
+        per_row,
+        left=side / width,
+        right=1 - side / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=0.07,
+        hspace=0.32,
+    )
+    for slot, (index, image) in enumerate(zip(picks, rgb)):
+        inner = outer[slot // per_row, slot % per_row].subgridspec(1, 2, wspace=0.03)
+        left, right = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
+        show_chip(left, image, None, palette, dataset.ignore_index)
+        drawn = draw_boxes(left, *boxes[index], dataset.det_classes, colours)
+        show_chip(right, image, np.asarray(masks[index]), palette, dataset.ignore_index, alpha=PAIR_ALPHA)
+        a, b = left.get_position(), right.get_position()
+        fig.text(
+            (a.x0 + b.x1) / 2,
+            a.y1 + 0.04 / height,
+            _chip_title(chips[index], index, drawn),
+            ha="center",
+            va="bottom",
+            fontsize=7.5,
+        )
+    n_boxes = sum(len(labels) for _, labels in boxes)
+    fig.suptitle(
+        f"{dataset_heading(manifest)}\n"
+        f"split '{split}': {len(picks)} of {total} chips shown (seed {seed}), {n_boxes} boxes in the split · "
+        "each chip: imagery + detection boxes | class mask",
+        fontsize=10.5,
+        y=1 - 0.12 / height,
+        va="top",
+    )
+    class_legend(fig, manifest)
+    return fig
 
 
 def preview_chips(
@@ -74,52 +137,10 @@ def preview_chips(
     count: int = 12,
     seed: int = 0,
 ) -> Path:
-    """Write a PNG grid of ``count`` random chips of ``split`` (masks blended, boxes drawn); returns its path."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigError(f"preview_chips: 'count' must be a positive integer, found {count!r}")
-    dataset = open_chip_dataset(chip_root)
-    if split not in dataset.splits or dataset.splits[split] < 1:
-        raise InputError(
-            f"{Path(chip_root) / 'manifest.json'}: expected chips in split {split!r}, "
-            f"found splits {dict(dataset.splits)}"
-        )
-    manifest = dataset.manifest
-    total = dataset.splits[split]
-    rng = np.random.default_rng(seed)
-    picks = np.sort(rng.choice(total, size=min(count, total), replace=False)).tolist()
-    rgb = to_display([np.asarray(dataset.images(split)[i]) for i in picks], manifest)
-    masks = dataset.masks(split)
-    boxes = dataset.boxes(split)
-    chips = dataset.chips(split)
-    palette, colours = palette_of(manifest), det_colours(manifest)
+    """Write a PNG of ``count`` random chips of ``split`` and return its path (written atomically).
 
-    rows, cols = grid_shape(len(picks))
-    top, bottom = 0.95, 0.75  # inches for the heading and the legend
-    fig = Figure(figsize=(cols * PANEL_INCHES + 0.3, rows * (PANEL_INCHES + 0.25) + top + bottom))
-    fig.subplots_adjust(
-        left=0.15 / fig.get_figwidth(),
-        right=1 - 0.15 / fig.get_figwidth(),
-        top=1 - top / fig.get_figheight(),
-        bottom=bottom / fig.get_figheight(),
-        wspace=0.04,
-        hspace=0.28,
-    )
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, index, image in zip(axes, picks, rgb):
-        chip_boxes, chip_labels = boxes[index]
-        show_chip(ax, image, np.asarray(masks[index]), palette, dataset.ignore_index, "")
-        drawn = draw_boxes(ax, chip_boxes, chip_labels, dataset.det_classes, colours)
-        ax.set_title(_chip_title(chips[index], index, drawn), fontsize=7.5, pad=3)
-    for ax in axes[len(picks) :]:
-        ax.set_axis_off()
-    n_boxes = sum(len(b[1]) for b in boxes)
-    fig.suptitle(
-        f"{dataset_heading(manifest)}\n"
-        f"split '{split}': {len(picks)} of {total} chips shown (seed {seed}) · {n_boxes} boxes in the split · "
-        f"class colours blended at {MASK_ALPHA:.0%}",
-        fontsize=10.5,
-        y=1 - 0.12 / fig.get_figheight(),
-        va="top",
-    )
-    class_legend(fig, manifest)
-    return save_figure(fig, out_png)
+    Each chip is a pair of panels: the imagery (false colour for NIR-R-G, true colour when R, G, B exist) with its
+    detection boxes, and the imagery with its class mask blended in the ISPRS palette (unlabelled pixels clear),
+    titled by source tile and window; the heading names dataset, GSD and bands, a legend explains the colours.
+    """
+    return save_figure(preview_figure(chip_root, split, count, seed), out_png)

@@ -16,7 +16,16 @@ from matplotlib.figure import Figure
 from engine.core.classes import IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
 from engine.viz.chips import dataset_heading
-from engine.viz.render import class_legend, det_colours, draw_boxes, palette_of, save_figure, show_chip, to_display
+from engine.viz.render import (
+    boxes_text,
+    class_legend,
+    det_colours,
+    draw_boxes,
+    palette_of,
+    save_figure,
+    show_chip,
+    to_display,
+)
 
 PANEL_INCHES = 2.6
 COLUMNS = ("image", "ground truth", "prediction")
@@ -54,7 +63,7 @@ def _count(labels: Any) -> int:
     return 0 if labels is None else int((np.asarray(labels).reshape(-1) >= 0).sum())
 
 
-def plot_predictions(
+def predictions_figure(
     images: Sequence[np.ndarray],
     gt_masks: Sequence[np.ndarray | None] | None,
     pred_masks: Sequence[np.ndarray | None] | None,
@@ -64,18 +73,11 @@ def plot_predictions(
     pred_scores: Sequence[np.ndarray | None] | None,
     pred_labels: Sequence[np.ndarray | None] | None,
     manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    out_png: str | os.PathLike[str],
     score_min: float = 0.3,
     titles: Sequence[str] | None = None,
     heading: str | None = None,
-) -> Path:
-    """Write a PNG with one row per image: image | GT mask + boxes | predicted mask + boxes (score ≥ ``score_min``).
-
-    ``images`` are (H, W, C) raw chips as stored (scaled for display by the manifest's ``value_scaling``); masks
-    (H, W) class ids with ``ignore_index`` transparent; boxes (K, 4) xyxy pixels, labels (K,) detection-class ids
-    (-1 = padding, skipped). Any per-sample argument may be None (task not available) as a whole or per entry.
-    ``manifest`` is the chip manifest of the samples, or one per sample when they come from several datasets.
-    """
+) -> Figure:
+    """The figure of :func:`plot_predictions`, not saved (tests and notebooks inspect or embed it)."""
     count = len(images)
     if count == 0:
         raise InputError("plot_predictions: 'images' is empty, expected at least one chip")
@@ -89,7 +91,9 @@ def plot_predictions(
     row_titles = _per_sample("titles", titles, count) if titles is not None else [f"#{i}" for i in range(count)]
     rgb = _display_all(images, manifests)
 
-    top, bottom, left = 0.85, 0.75, 0.35
+    lines = [heading] if heading else []
+    lines += list(dict.fromkeys(dataset_heading(m) for m in manifests))
+    top, bottom, left = 0.45 + 0.2 * len(lines), 0.75, 0.35
     fig = Figure(figsize=(3 * PANEL_INCHES + left + 0.15, count * (PANEL_INCHES + 0.3) + top + bottom))
     width, height = fig.get_figwidth(), fig.get_figheight()
     fig.subplots_adjust(
@@ -116,15 +120,53 @@ def plot_predictions(
         shown = draw_boxes(axes[i, 2], boxes, labels, names, colours, scores)
         axes[i, 0].set_ylabel(str(row_titles[i]), fontsize=8)
         gt_text = "no mask" if gt_m[i] is None else "mask"
-        gt_text += f" + {_count(gt_l[i])} boxes" if gt_b[i] is not None else ""
+        gt_text += f" + {boxes_text(_count(gt_l[i]))}" if gt_b[i] is not None else ""
         pred_text = "no mask" if pr_m[i] is None else "mask"
         if pr_b[i] is not None:
-            pred_text += f" + {shown} of {total} boxes ≥ {score_min:.2f}"
+            pred_text += f" + {boxes_text(shown)} ≥ {score_min:.2f} (of {total})"
         for col, text in enumerate(("", gt_text, pred_text)):
             label = COLUMNS[col] if i == 0 else ""
             axes[i, col].set_title(f"{label}\n{text}" if label else text, fontsize=7.5, pad=3)
-    lines = [heading] if heading else []
-    lines += list(dict.fromkeys(dataset_heading(m) for m in manifests))
     fig.suptitle("\n".join(lines), fontsize=10, y=1 - 0.1 / height, va="top")
     class_legend(fig, manifests[0])
+    return fig
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    gt_masks: Sequence[np.ndarray | None] | None,
+    pred_masks: Sequence[np.ndarray | None] | None,
+    gt_boxes: Sequence[np.ndarray | None] | None,
+    gt_labels: Sequence[np.ndarray | None] | None,
+    pred_boxes: Sequence[np.ndarray | None] | None,
+    pred_scores: Sequence[np.ndarray | None] | None,
+    pred_labels: Sequence[np.ndarray | None] | None,
+    manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    out_png: str | os.PathLike[str],
+    score_min: float = 0.3,
+    titles: Sequence[str] | None = None,
+    heading: str | None = None,
+) -> Path:
+    """Write a PNG with one row per image: image | GT mask + boxes | predicted mask + boxes (score ≥ ``score_min``).
+
+    ``images`` are (H, W, C) raw chips as stored (scaled for display by the manifest's ``value_scaling``); masks
+    (H, W) class ids with ``ignore_index`` transparent; boxes (K, 4) xyxy pixels, labels (K,) detection-class ids
+    (-1 = padding, skipped). Any per-sample argument may be None (task not available) as a whole or per entry.
+    ``manifest`` is the chip manifest of the samples, or one per sample when they come from several datasets;
+    ``titles`` label the rows, ``heading`` tops the figure. Written atomically.
+    """
+    fig = predictions_figure(
+        images,
+        gt_masks,
+        pred_masks,
+        gt_boxes,
+        gt_labels,
+        pred_boxes,
+        pred_scores,
+        pred_labels,
+        manifest,
+        score_min=score_min,
+        titles=titles,
+        heading=heading,
+    )
     return save_figure(fig, out_png)

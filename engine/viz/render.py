@@ -26,7 +26,7 @@ MASK_ALPHA = 0.45
 """Opacity of the class colours laid over the image: the scene stays readable under the labels."""
 
 STRETCH = (1.0, 99.0)
-"""Per-band percentile stretch for display only (like QGIS's cumulative count cut); metrics never see it."""
+"""Percentile stretch for display only, one pair of limits for all three bands so colour balance is kept."""
 
 _BAND_ALIASES = {"r": "red", "g": "green", "b": "blue", "ir": "nir", "nearinfrared": "nir", "near_infrared": "nir"}
 _FALLBACK_COLOURS = ((228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40))
@@ -58,11 +58,14 @@ def band_label(bands: Sequence[str]) -> str:
     return "-".join(short.get(_BAND_ALIASES.get(b.lower(), b.lower()), b) for b in bands)
 
 
-def to_display(images: Sequence[np.ndarray], manifest: Mapping[str, Any], stretch: tuple[float, float] | None = STRETCH) -> list[np.ndarray]:
-    """(H, W, C) raw chips → (H, W, 3) float RGB in [0, 1]: raw / value_scaling.max, then a shared percentile stretch.
+def to_display(
+    images: Sequence[np.ndarray], manifest: Mapping[str, Any], stretch: tuple[float, float] | None = STRETCH
+) -> list[np.ndarray]:
+    """(H, W, C) raw chips → (H, W, 3) float RGB in [0, 1]: raw / value_scaling.max, then a linear stretch.
 
-    The stretch limits are computed over all given images together, so chips in one picture keep comparable
-    colours. ``stretch=None`` shows the scaled values as they are.
+    The stretch limits are percentiles over all given images and all shown bands together: dark (e.g. 12-bit in
+    uint16) imagery becomes visible, chips in one picture stay comparable, and hues are not shifted (a per-band
+    stretch turns grey roofs green). ``stretch=None`` shows the scaled values as they are.
     """
     picked, _ = display_bands(manifest["bands"])
     scale = float(manifest.get("value_scaling", {}).get("max") or 0) or _dtype_max(images)
@@ -76,11 +79,9 @@ def to_display(images: Sequence[np.ndarray], manifest: Mapping[str, Any], stretc
             )
         rgb.append(array[..., picked].astype(np.float32) / scale)
     if stretch is not None and rgb:
-        pixels = np.concatenate([r.reshape(-1, 3) for r in rgb])
-        low, high = np.percentile(pixels, stretch, axis=0)
-        span = np.where(high - low > 1e-6, high - low, 1.0)
-        low = np.where(high - low > 1e-6, low, 0.0)
-        rgb = [(r - low) / span for r in rgb]
+        low, high = np.percentile(np.concatenate([r.reshape(-1) for r in rgb]), stretch)
+        if high - low > 1e-6:
+            rgb = [(r - low) / (high - low) for r in rgb]
     return [np.clip(r, 0.0, 1.0) for r in rgb]
 
 
@@ -108,7 +109,9 @@ def det_colours(manifest: Mapping[str, Any]) -> np.ndarray:
     return np.asarray(colours, dtype=np.float32).reshape(-1, 3)
 
 
-def mask_rgba(mask: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_INDEX, alpha: float = MASK_ALPHA) -> np.ndarray:
+def mask_rgba(
+    mask: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_INDEX, alpha: float = MASK_ALPHA
+) -> np.ndarray:
     """(H, W) class ids → (H, W, 4) RGBA overlay; ignore pixels fully transparent."""
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -127,8 +130,22 @@ def mask_rgba(mask: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_
     return rgba
 
 
+def boxes_text(count: int) -> str:
+    """'1 box', '3 boxes'."""
+    return f"{count} box" + ("" if count == 1 else "es")
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(np.dot(rgb, [0.299, 0.587, 0.114]))
+
+
 def _text_colour(rgb: np.ndarray) -> str:
-    return "black" if float(np.dot(rgb, [0.299, 0.587, 0.114])) > 0.55 else "white"
+    return "black" if _luminance(rgb) > 0.55 else "white"
+
+
+def _halo(rgb: np.ndarray, width: float) -> list[Any]:
+    """Outline that makes a line of colour ``rgb`` stand out: white around dark colours (ISPRS blue), else black."""
+    return [patheffects.withStroke(linewidth=width, foreground="white" if _luminance(rgb) < 0.3 else "black")]
 
 
 def draw_boxes(
@@ -150,7 +167,7 @@ def draw_boxes(
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if labels.shape[0] != boxes.shape[0]:
         raise InputError(f"boxes to display: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
-    halo = [patheffects.withStroke(linewidth=2.6, foreground="black")]
+    top_margin = 0.05 * abs(ax.get_ylim()[0] - ax.get_ylim()[1])  # a tag needs about this much room above a box
     drawn = 0
     for k, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, labels)):
         if label < 0:
@@ -159,16 +176,17 @@ def draw_boxes(
             raise InputError(f"boxes to display: label {label} outside the {len(class_names)} detection classes")
         colour = colours[label]
         rect = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.3)
-        rect.set_path_effects(halo)
+        rect.set_path_effects(_halo(colour, 2.6))
         ax.add_patch(rect)
         tag = class_names[label] if scores is None else f"{class_names[label]} {float(scores[k]):.2f}"
+        inside = y0 < top_margin  # no room above the box: put the tag just inside its top edge
         ax.text(
             x0 - 0.5,
             y0 - 0.5,
             tag,
             fontsize=fontsize,
             color=_text_colour(colour),
-            va="bottom",
+            va="top" if inside else "bottom",
             ha="left",
             clip_on=True,
             bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.8, "alpha": 0.85},
@@ -177,11 +195,19 @@ def draw_boxes(
     return drawn
 
 
-def show_chip(ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, palette: np.ndarray, ignore_index: int, title: str = "") -> None:
+def show_chip(
+    ax: Axes,
+    rgb: np.ndarray,
+    mask: np.ndarray | None,
+    palette: np.ndarray,
+    ignore_index: int,
+    title: str = "",
+    alpha: float = MASK_ALPHA,
+) -> None:
     """Image, optional class overlay, no ticks, small title."""
     ax.imshow(rgb, interpolation="nearest")
     if mask is not None:
-        ax.imshow(mask_rgba(mask, palette, ignore_index), interpolation="nearest")
+        ax.imshow(mask_rgba(mask, palette, ignore_index, alpha), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -191,7 +217,9 @@ def show_chip(ax: Axes, rgb: np.ndarray, mask: np.ndarray | None, palette: np.nd
         ax.set_title(title, fontsize=7.5, pad=3)
 
 
-def class_legend(fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] = (), bottom_inches: float = 0.08) -> None:
+def class_legend(
+    fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] = (), bottom_inches: float = 0.08
+) -> None:
     """Two one-row legends under the panels: mask colours (+ 'no label'), then box colours (+ ``extra`` handles)."""
     palette = palette_of(manifest)
     classes: list[Any] = [
@@ -202,7 +230,7 @@ def class_legend(fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] 
     boxes: list[Any] = []
     for name, colour in zip(manifest.get("det_classes") or DET_CLASSES, det_colours(manifest)):
         line = Line2D([], [], color=colour, linewidth=2.0, label=f"{name} box")
-        line.set_path_effects([patheffects.withStroke(linewidth=3.5, foreground="black")])
+        line.set_path_effects(_halo(colour, 3.5))
         boxes.append(line)
     boxes.extend(extra)
     common = {"loc": "lower center", "fontsize": 8.5, "frameon": False, "handlelength": 1.8, "columnspacing": 1.3}

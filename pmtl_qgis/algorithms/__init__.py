@@ -5,8 +5,9 @@ from .detect_segment import DetectSegment
 from .evaluate import Evaluate
 from .export_onnx import ExportOnnx
 from .generate_synthetic import GenerateSynthetic
+from .render_map import RenderMap
 from .train import Train
 
-ALGORITHMS = (GenerateSynthetic, ChipTiles, Train, ExportOnnx, DetectSegment, Evaluate)
+ALGORITHMS = (GenerateSynthetic, ChipTiles, Train, ExportOnnx, DetectSegment, Evaluate, RenderMap)
 
-__all__ = ["ALGORITHMS", "ChipTiles", "DetectSegment", "Evaluate", "ExportOnnx", "GenerateSynthetic", "Train"]
+__all__ = ["ALGORITHMS", "ChipTiles", "DetectSegment", "Evaluate", "ExportOnnx", "GenerateSynthetic", "RenderMap", "Train"]

@@ -105,7 +105,7 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def call_engine(self, function: Callable[..., Any], feedback: QgsProcessingFeedback, **kwargs: Any) -> Any:
         """Call an engine function with the feedback as its progress; engine errors become Processing errors.
 
-        ``None`` values are left out (the engine's defaults apply). Options the installed engine does not accept
+        ``None`` values of optional arguments are left out (the engine's defaults apply). Options the installed engine does not accept
         are dropped with a warning, so an older engine still runs.
         """
         progress_module = self.engine("engine.core.progress")
@@ -114,7 +114,8 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
         call = {}
         for key, value in kwargs.items():
-            if value is None:
+            required = key in accepted and accepted[key].default is inspect.Parameter.empty
+            if value is None and not required:
                 continue
             if takes_any or key in accepted:
                 call[key] = value
@@ -130,6 +131,16 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(str(exc)) from exc
         except ModuleNotFoundError as exc:
             raise QgsProcessingException(install_message([(exc.name or "?").split(".")[0]])) from exc
+
+    def optional_number(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, integer: bool = False
+    ) -> float | int | None:
+        """An optional Number parameter's value, or None when it was left empty (the engine's default applies)."""
+        if is_unset(parameters, name):
+            return None
+        if integer:
+            return self.parameterAsInt(parameters, name, context)
+        return self.parameterAsDouble(parameters, name, context)
 
     @staticmethod
     def existing_path(value: str, what: str) -> Path:

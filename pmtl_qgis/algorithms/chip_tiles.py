@@ -88,31 +88,41 @@ class ChipTiles(PmtlAlgorithm):
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterEnum(self.DATASET, self.tr("Dataset layout"), options=list(DATASETS), defaultValue=0),
+                QgsProcessingParameterEnum(
+                    self.DATASET, self.tr("Dataset layout"), options=list(DATASETS), defaultValue=0
+                ),
                 "Layout of the dataset folder (ignored for raster layers).",
             )
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Image raster (instead of a folder)"), optional=True),
+                QgsProcessingParameterRasterLayer(
+                    self.INPUT, self.tr("Image raster (instead of a folder)"), optional=True
+                ),
                 "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
             )
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterRasterLayer(self.LABEL, self.tr("Label raster (ISPRS RGB colours)"), optional=True),
+                QgsProcessingParameterRasterLayer(
+                    self.LABEL, self.tr("Label raster (ISPRS RGB colours)"), optional=True
+                ),
                 "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
             )
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterRasterLayer(self.ERODED, self.tr("Eroded label raster (noBoundary)"), optional=True),
+                QgsProcessingParameterRasterLayer(
+                    self.ERODED, self.tr("Eroded label raster (noBoundary)"), optional=True
+                ),
                 "Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
             )
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterEnum(self.SPLIT, self.tr("Split for the raster layers"), list(SPLITS), defaultValue=0),
+                QgsProcessingParameterEnum(
+                    self.SPLIT, self.tr("Split for the raster layers"), list(SPLITS), defaultValue=0
+                ),
                 "Which split the chips of the raster layers belong to.",
             )
         )
@@ -159,7 +169,12 @@ class ChipTiles(PmtlAlgorithm):
             advanced(
                 with_help(
                     QgsProcessingParameterNumber(
-                        self.MIN_AREA, self.tr("Minimum box area (px)"), QgsProcessingParameterNumber.Integer, None, True, 0
+                        self.MIN_AREA,
+                        self.tr("Minimum box area (px)"),
+                        QgsProcessingParameterNumber.Integer,
+                        None,
+                        True,
+                        0,
                     ),
                     "Blobs smaller than this give no box (empty: the engine's default).",
                 )
@@ -200,9 +215,19 @@ class ChipTiles(PmtlAlgorithm):
             )
         )
         self.addParameter(
-            advanced(QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite a non-empty folder"), False))
+            advanced(
+                with_help(
+                    QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite an existing chip dataset"), False),
+                    "Without it, an output folder that already has files is refused.",
+                )
+            )
         )
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Chip dataset folder")))
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Chip dataset folder")),
+                "Written with manifest.json last: an interrupted run never looks complete.",
+            )
+        )
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         folder = not is_unset(parameters, self.INPUT_FOLDER)
@@ -230,10 +255,8 @@ class ChipTiles(PmtlAlgorithm):
         }
         if not is_unset(parameters, self.CONNECTIVITY):
             options["connectivity"] = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
-        if not is_unset(parameters, self.MIN_AREA):
-            options["min_area"] = self.parameterAsInt(parameters, self.MIN_AREA, context)
-        if not is_unset(parameters, self.VALUE_MAX):
-            options["scale_max"] = self.parameterAsDouble(parameters, self.VALUE_MAX, context)
+        options["min_area"] = self.optional_number(parameters, self.MIN_AREA, context, integer=True)
+        options["scale_max"] = self.optional_number(parameters, self.VALUE_MAX, context)
         if not is_unset(parameters, self.INPUT_FOLDER):
             dataset = DATASETS[self.parameterAsEnum(parameters, self.DATASET, context)]
             if dataset == "potsdam" and not is_unset(parameters, self.POTSDAM):
@@ -242,12 +265,16 @@ class ChipTiles(PmtlAlgorithm):
                 options["splits"] = self.existing_path(
                     self.parameterAsFile(parameters, self.SPLITS_FILE, context), "Split override"
                 )
-            root = self.existing_path(self.parameterAsFile(parameters, self.INPUT_FOLDER, context), "ISPRS dataset folder")
+            root = self.existing_path(
+                self.parameterAsFile(parameters, self.INPUT_FOLDER, context), "ISPRS dataset folder"
+            )
             self.call_engine(chip.chip_dataset, feedback, dataset=dataset, root=root, **options)
         else:
             tile = self._tile_spec(parameters, context)
             feedback.pushInfo(f"Chipping {tile.image} with labels {tile.label} into split '{tile.split}'")
-            names = [n.strip() for n in self.parameterAsString(parameters, self.BAND_NAMES, context).split(",") if n.strip()]
+            names = [
+                n.strip() for n in self.parameterAsString(parameters, self.BAND_NAMES, context).split(",") if n.strip()
+            ]
             self.call_engine(chip.chip_tiles, feedback, tiles=[tile], band_names=names or None, **options)
         return {self.OUTPUT: str(out_dir)}
 

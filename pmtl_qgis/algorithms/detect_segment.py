@@ -20,6 +20,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputString,
     QgsProcessingParameterBand,
+    QgsProcessingParameterEnum,
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
@@ -37,6 +38,8 @@ from qgis.PyQt.QtCore import QVariant
 from ..styling import style_on_load
 from .base import PmtlAlgorithm, advanced, is_unset, with_help
 from .chip_tiles import raster_path
+
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def detection_fields() -> QgsFields:
@@ -74,6 +77,9 @@ class DetectSegment(PmtlAlgorithm):
     EXTENT = "EXTENT"
     OVERLAP = "OVERLAP"
     BATCH_SIZE = "BATCH_SIZE"
+    SCORE_THRESHOLD = "SCORE_THRESHOLD"
+    VALUE_MAX = "VALUE_MAX"
+    DEVICE = "DEVICE"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     OUTPUT_DETECTIONS = "OUTPUT_DETECTIONS"
     OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
@@ -82,7 +88,9 @@ class DetectSegment(PmtlAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         self.addParameter(
-            with_help(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), "An orthophoto (GDAL file).")
+            with_help(
+                QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), "An orthophoto (GDAL file)."
+            )
         )
         self.addParameter(
             with_help(
@@ -129,25 +137,65 @@ class DetectSegment(PmtlAlgorithm):
                 )
             )
         )
-        self.addParameter(QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Class map")))
         self.addParameter(
-            QgsProcessingParameterFeatureSink(
-                self.OUTPUT_DETECTIONS, self.tr("Detections"), QgsProcessing.TypeVectorPolygon
-            )
-        )
-        self.addParameter(
-            QgsProcessingParameterFeatureSink(
-                self.OUTPUT_POLYGONS,
-                self.tr("Class polygons"),
-                QgsProcessing.TypeVectorPolygon,
-                optional=True,
-                createByDefault=False,
+            advanced(
+                with_help(
+                    number(
+                        self.SCORE_THRESHOLD, self.tr("Detection score threshold"), number.Double, None, True, 0.0, 1.0
+                    ),
+                    "Boxes scoring below it are dropped (empty: the threshold stored in the model).",
+                )
             )
         )
         self.addParameter(
             advanced(
-                QgsProcessingParameterRasterDestination(
-                    self.OUTPUT_PROBS, self.tr("Class probabilities"), optional=True, createByDefault=False
+                with_help(
+                    number(self.VALUE_MAX, self.tr("Input value maximum"), number.Double, None, True, 1.0),
+                    "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained).",
+                )
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
+                    "auto: CUDA when onnxruntime has it, else the CPU (the log says which ran).",
+                )
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Class map")),
+                "GeoTIFF, uint8 class index per pixel with the ISPRS colour table; nodata outside the data / AOI.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFeatureSink(
+                    self.OUTPUT_DETECTIONS, self.tr("Detections"), QgsProcessing.TypeVectorPolygon
+                ),
+                "One box polygon per object with fields class, class_id, score, in the raster's CRS.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFeatureSink(
+                    self.OUTPUT_POLYGONS,
+                    self.tr("Class polygons"),
+                    QgsProcessing.TypeVectorPolygon,
+                    optional=True,
+                    createByDefault=False,
+                ),
+                "The class map as polygons (GDAL polygonize); not written unless asked for.",
+            )
+        )
+        self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterRasterDestination(
+                        self.OUTPUT_PROBS, self.tr("Class probabilities"), optional=True, createByDefault=False
+                    ),
+                    "One band per class with the blended softmax probability.",
                 )
             )
         )
@@ -165,13 +213,21 @@ class DetectSegment(PmtlAlgorithm):
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         input_path = raster_path(layer, "Input raster")
         model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
-        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
-        out_probs = None if is_unset(parameters, self.OUTPUT_PROBS) else self.parameterAsOutputLayer(
-            parameters, self.OUTPUT_PROBS, context
-        )
-        want_polygons = not is_unset(parameters, self.OUTPUT_POLYGONS)
-        tmp_vector = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg")
-        tmp_polygons = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg") if want_polygons else None
+        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        info = self.call_engine(self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device).info
+        segments, detects = info.seg_output is not None, info.det_scores_output is not None
+        if not segments:
+            feedback.pushWarning("The model has no segmentation head: no class map, probabilities or polygons.")
+        if not detects:
+            feedback.pushWarning("The model has no detection head: the detections layer stays empty.")
+        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) if segments else None
+        out_probs = None
+        if segments and not is_unset(parameters, self.OUTPUT_PROBS):
+            out_probs = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBS, context)
+        tmp_vector = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg") if detects else None
+        tmp_polygons = None
+        if segments and not is_unset(parameters, self.OUTPUT_POLYGONS):
+            tmp_polygons = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg")
         bands = self.parameterAsInts(parameters, self.BANDS, context) or None
         summary = self.call_engine(
             predict.predict_raster,
@@ -182,23 +238,30 @@ class DetectSegment(PmtlAlgorithm):
             out_vector=tmp_vector,
             aoi=self._aoi_file(parameters, context, layer.crs()),
             bands=bands,
-            overlap=None if is_unset(parameters, self.OVERLAP) else self.parameterAsInt(parameters, self.OVERLAP, context),
-            batch_size=None
-            if is_unset(parameters, self.BATCH_SIZE)
-            else self.parameterAsInt(parameters, self.BATCH_SIZE, context),
+            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
+            batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
             out_probs=out_probs,
             out_polygons=tmp_polygons,
+            device=device,
+            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
+            value_max=self.optional_number(parameters, self.VALUE_MAX, context),
         )
-        results: dict[str, Any] = {self.OUTPUT_RASTER: out_raster}
-        style_on_load(context, out_raster, "class_raster")
-        results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs())
+        results: dict[str, Any] = {}
+        if out_raster:
+            results[self.OUTPUT_RASTER] = out_raster
+            style_on_load(context, out_raster, "class_raster")
+        results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
+            parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
+        )
         style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections")
         if tmp_polygons:
-            results[self.OUTPUT_POLYGONS] = self._copy_to_sink(parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs())
+            results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
+                parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
+            )
             style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons")
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
-        text = json.dumps(summary if summary is not None else {}, default=str)
+        text = json.dumps(summary.as_dict() if hasattr(summary, "as_dict") else summary, default=str)
         feedback.pushInfo(f"Summary: {text}")
         results[self.SUMMARY] = text
         return results
@@ -240,12 +303,12 @@ class DetectSegment(PmtlAlgorithm):
         self,
         parameters: dict[str, Any],
         context: QgsProcessingContext,
-        path: str,
+        path: str | None,
         name: str,
         crs: QgsCoordinateReferenceSystem,
     ) -> str:
         """Copy the engine's GeoPackage layer into the Processing sink the user chose (file, memory, …)."""
-        source = QgsVectorLayer(path, "engine output", "ogr") if Path(path).exists() else None
+        source = QgsVectorLayer(path, "engine output", "ogr") if path and Path(path).exists() else None
         fields = QgsFields()
         for field in source.fields() if source is not None and source.isValid() else detection_fields():
             if field.name().lower() != "fid":

@@ -80,10 +80,22 @@ class Evaluate(PmtlAlgorithm):
             )
         )
         self.addParameter(
-            advanced(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+            advanced(
+                with_help(
+                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
+                    "auto: the GPU when PyTorch sees one, else the CPU.",
+                )
+            )
         )
         number = QgsProcessingParameterNumber
-        self.addParameter(advanced(number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 8, False, 1)))
+        self.addParameter(
+            advanced(
+                with_help(
+                    number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 8, False, 1),
+                    "Chips per forward pass.",
+                )
+            )
+        )
         self.addParameter(
             advanced(
                 with_help(
@@ -93,7 +105,12 @@ class Evaluate(PmtlAlgorithm):
             )
         )
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Report (JSON)"), fileFilter="JSON (*.json)")
+            with_help(
+                QgsProcessingParameterFileDestination(
+                    self.OUTPUT, self.tr("Report (JSON)"), fileFilter="JSON (*.json)"
+                ),
+                "Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy.",
+            )
         )
         for name, _, description in NUMBERS:
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(description)))
@@ -127,7 +144,7 @@ class Evaluate(PmtlAlgorithm):
             split=self.parameterAsString(parameters, self.SPLIT, context),
             device=device,
             batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            max_chips=None if is_unset(parameters, self.MAX_CHIPS) else self.parameterAsInt(parameters, self.MAX_CHIPS, context),
+            max_chips=self.optional_number(parameters, self.MAX_CHIPS, context, integer=True),
         )
         out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
         report.write_report(out_path, metrics)

@@ -14,7 +14,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import PmtlAlgorithm, advanced, with_help
 from .train import CHECKPOINT_FILTER
 
 VARIANTS = ("full", "deepness")
@@ -84,7 +84,12 @@ class ExportOnnx(PmtlAlgorithm):
             )
         )
         self.addParameter(
-            QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)")
+            with_help(
+                QgsProcessingParameterFileDestination(
+                    self.OUTPUT, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)"
+                ),
+                "The .onnx file for 'Detect and segment' (or the Deepness plugin).",
+            )
         )
 
     def processAlgorithm(
@@ -93,22 +98,15 @@ class ExportOnnx(PmtlAlgorithm):
         export = self.engine("engine.export")
         checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
         out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        def optional(name: str, as_float: bool = False) -> int | float | None:
-            if is_unset(parameters, name):
-                return None
-            if as_float:
-                return self.parameterAsDouble(parameters, name, context)
-            return self.parameterAsInt(parameters, name, context)
-
         self.call_engine(
             export.export_checkpoint,
             feedback,
             ckpt_path=checkpoint,
             out_path=out_path,
-            tile_size=optional(self.TILE_SIZE),
-            overlap=optional(self.OVERLAP),
-            score_thresh=optional(self.SCORE_THRESHOLD, as_float=True),
+            tile_size=self.optional_number(parameters, self.TILE_SIZE, context, integer=True),
+            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
+            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
             variant=VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)],
-            opset=optional(self.OPSET),
+            opset=self.optional_number(parameters, self.OPSET, context, integer=True),
         )
         return {self.OUTPUT: str(out_path)}

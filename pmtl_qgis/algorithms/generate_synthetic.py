@@ -16,9 +16,10 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import PmtlAlgorithm, advanced, with_help
 
 DOMAINS = ("vaihingen", "potsdam")
+
 
 def sample_tile(root: Path, domain: str) -> tuple[Path, Path] | None:
     """(image, label) of one generated tile, preferring one outside the training split (for a detection demo)."""
@@ -91,7 +92,7 @@ class GenerateSynthetic(PmtlAlgorithm):
                         QgsProcessingParameterNumber.Double,
                         None,
                         True,
-                        5.0,
+                        3.0,
                     ),
                     "Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes).",
                 )
@@ -105,7 +106,12 @@ class GenerateSynthetic(PmtlAlgorithm):
                 )
             )
         )
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Output dataset folder")))
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Output dataset folder")),
+                "Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …).",
+            )
+        )
         self.addOutput(QgsProcessingOutputRasterLayer(self.IMAGE, self.tr("Sample image tile (held out)")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.LABEL, self.tr("Label of the sample tile")))
         self.addOutput(QgsProcessingOutputString(self.DATASET, self.tr("Dataset kind (vaihingen|potsdam)")))
@@ -116,16 +122,14 @@ class GenerateSynthetic(PmtlAlgorithm):
         synth = self.engine("engine.synth")
         domain = DOMAINS[self.parameterAsEnum(parameters, self.DOMAIN, context)]
         out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context))
-        tiles = None if is_unset(parameters, self.TILES) else self.parameterAsInt(parameters, self.TILES, context)
-        size = None if is_unset(parameters, self.TILE_SIZE_M) else self.parameterAsDouble(parameters, self.TILE_SIZE_M, context)
         self.call_engine(
             synth.generate,
             feedback,
             domain=domain,
             out_dir=out_dir,
             seed=self.parameterAsInt(parameters, self.SEED, context),
-            tiles=tiles,
-            tile_size_m=size,
+            tiles=self.optional_number(parameters, self.TILES, context, integer=True),
+            tile_size_m=self.optional_number(parameters, self.TILE_SIZE_M, context),
             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
         )
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.DATASET: domain}

@@ -131,7 +131,10 @@ class Train(PmtlAlgorithm):
                 "Needs both datasets and both teachers. The paper's best: soft + pdf.",
             )
         )
-        for name, label in ((self.DET_TEACHER, "Detection teacher checkpoint"), (self.SEG_TEACHER, "Segmentation teacher checkpoint")):
+        for name, label in (
+            (self.DET_TEACHER, "Detection teacher checkpoint"),
+            (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
+        ):
             self.addParameter(
                 with_help(
                     QgsProcessingParameterFile(name, self.tr(label), fileFilter=CHECKPOINT_FILTER, optional=True),
@@ -165,7 +168,12 @@ class Train(PmtlAlgorithm):
         ):
             self.addParameter(advanced(with_help(number(name, self.tr(label), kind, None, True, minimum), text)))
         self.addParameter(
-            advanced(QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0))
+            advanced(
+                with_help(
+                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
+                    "auto: CUDA when PyTorch sees a GPU, else the CPU.",
+                )
+            )
         )
         self.addParameter(
             advanced(
@@ -183,13 +191,22 @@ class Train(PmtlAlgorithm):
                 )
             )
         )
-        self.addParameter(QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Checkpoint folder")))
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Checkpoint folder")),
+                "Receives best.pt, last.pt, the effective config, metrics per epoch and training curves.",
+            )
+        )
         self.addOutput(QgsProcessingOutputFile(self.CHECKPOINT, self.tr("Best checkpoint (best.pt)")))
         self.addOutput(QgsProcessingOutputFile(self.LAST_CHECKPOINT, self.tr("Last checkpoint (last.pt)")))
         self.addOutput(QgsProcessingOutputString(self.METRICS, self.tr("Best validation metrics (JSON)")))
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if is_unset(parameters, self.DET_DATA) and is_unset(parameters, self.SEG_DATA) and is_unset(parameters, self.CONFIG):
+        if (
+            is_unset(parameters, self.DET_DATA)
+            and is_unset(parameters, self.SEG_DATA)
+            and is_unset(parameters, self.CONFIG)
+        ):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
         if KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1] not in (None, (False, "none")):
             missing = [
@@ -227,19 +244,15 @@ class Train(PmtlAlgorithm):
             if not is_unset(parameters, name):
                 path = self.existing_path(self.parameterAsFile(parameters, name, context), f"{task} teacher")
                 items.append(f"kd.{task}_teacher={path.resolve()}")
-        for name, key, as_float in (
-            (self.EPOCHS, "optim.epochs", False),
-            (self.BATCH_SIZE, "data.batch_size", False),
-            (self.LR, "optim.lr", True),
-            (self.ITERS, "optim.iters_per_epoch", False),
-            (self.SEED, "runtime.seed", False),
+        for name, key, integer in (
+            (self.EPOCHS, "optim.epochs", True),
+            (self.BATCH_SIZE, "data.batch_size", True),
+            (self.LR, "optim.lr", False),
+            (self.ITERS, "optim.iters_per_epoch", True),
+            (self.SEED, "runtime.seed", True),
         ):
-            if not is_unset(parameters, name):
-                value = (
-                    self.parameterAsDouble(parameters, name, context)
-                    if as_float
-                    else self.parameterAsInt(parameters, name, context)
-                )
+            value = self.optional_number(parameters, name, context, integer=integer)
+            if value is not None:
                 items.append(f"{key}={value}")
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         if device != "auto":
@@ -256,11 +269,16 @@ class Train(PmtlAlgorithm):
         out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context)).resolve()
         config = None
         if not is_unset(parameters, self.CONFIG):
-            config = str(self.existing_path(self.parameterAsFile(parameters, self.CONFIG, context), "Training config").resolve())
+            config = str(
+                self.existing_path(self.parameterAsFile(parameters, self.CONFIG, context), "Training config").resolve()
+            )
+        overrides = self.overrides(parameters, context, out_dir)
+        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads.
+        self.call_engine(self.engine("engine.train.config").load_config, feedback, path=config, overrides=overrides)
         command = training_command(
             env.python or Path(sys.executable),
             config,
-            self.overrides(parameters, context, out_dir),
+            overrides,
             self.parameterAsBool(parameters, self.RESUME, context),
         )
         feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
@@ -269,7 +287,9 @@ class Train(PmtlAlgorithm):
 
     def _results(self, result: ProcessResult, out_dir: Path, feedback: QgsProcessingFeedback) -> dict[str, Any]:
         if any("No module named" in line for line in result.tail):
-            missing = [line.split("No module named")[-1].strip(" '\"") for line in result.tail if "No module named" in line]
+            missing = [
+                line.split("No module named")[-1].strip(" '\"") for line in result.tail if "No module named" in line
+            ]
             raise QgsProcessingException(install_message([missing[-1].split(".")[0]]))
         best, last = out_dir / "best.pt", out_dir / "last.pt"
         done = [e for e in result.events if e.get("event") == "done"]
@@ -280,9 +300,7 @@ class Train(PmtlAlgorithm):
                 raise QgsProcessingException("Training was cancelled before the first checkpoint was written.")
             feedback.pushWarning(f"Training cancelled; the last checkpoint is kept: {last} (use 'Resume' to go on).")
         elif result.returncode != 0:
-            raise QgsProcessingException(
-                f"Training failed (exit code {result.returncode}):\n{error_lines(result)}"
-            )
+            raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{error_lines(result)}")
         metrics = done[-1].get("metrics", {}) if done else {}
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
         if best.exists():

@@ -1,0 +1,179 @@
+"""Georeferenced outputs: class-map / probability GeoTIFFs (windowed writes), detections and polygons GeoPackages.
+
+All are created at temporary paths by the caller (engine.core.atomic) and renamed only when the run succeeded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from osgeo import gdal, ogr, osr
+
+from engine.core.errors import InputError
+from engine.predict.detections import Detections
+from engine.predict.raster import Source, pixel_to_map, srs_of
+
+gdal.UseExceptions()
+ogr.UseExceptions()
+
+NODATA: int = 255
+PROB_SCALE: float = 250.0
+"""Probabilities are stored as uint8 p·250 (255 = nodata); band scale 1/250 gives p back in QGIS."""
+
+_TIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+
+
+def check_writable(path: str | os.PathLike[str] | None, parameter: str) -> None:
+    """Fail before any work when an output cannot be created (missing/blocked folder)."""
+    if path is None:
+        return
+    parent = Path(path).absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{parameter} '{path}': cannot create its folder '{parent}': {exc}") from exc
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"{parameter} '{path}': expected a writable folder '{parent}', it is not writable")
+    if Path(path).is_dir():
+        raise InputError(f"{parameter} '{path}': expected a file path, found a folder")
+
+
+def _create(path: Path, like: Source, bands: int, grid_ds: gdal.Dataset | None = None) -> gdal.Dataset:
+    grid = grid_ds or like.ds
+    out = gdal.GetDriverByName("GTiff").Create(
+        str(path), grid.RasterXSize, grid.RasterYSize, bands, gdal.GDT_Byte, _TIFF_OPTIONS
+    )
+    out.SetGeoTransform(grid.GetGeoTransform())
+    out.SetProjection(grid.GetProjection())
+    for b in range(1, bands + 1):
+        out.GetRasterBand(b).SetNoDataValue(NODATA)
+    return out
+
+
+def style_class_map(band: gdal.Band, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> None:
+    """ISPRS colour table + class names on a class-id band (index 255 = nodata, transparent)."""
+    table = gdal.ColorTable()
+    for i, colour in enumerate(palette):
+        table.SetColorEntry(i, (*(int(c) for c in colour[:3]), 255))
+    table.SetColorEntry(NODATA, (0, 0, 0, 0))
+    band.SetRasterColorTable(table)
+    band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+    band.SetDescription("class_id")
+    # class names as a TIFF-native metadata item: category names would need a .aux.xml sidecar, which would not
+    # follow the temp-name → final-name rename
+    band.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
+
+
+def create_class_map(path: Path, src: Source, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> gdal.Dataset:
+    out = _create(path, src, 1)
+    style_class_map(out.GetRasterBand(1), classes, palette)
+    return out
+
+
+def create_probabilities(path: Path, src: Source, classes: Sequence[str]) -> gdal.Dataset:
+    out = _create(path, src, len(classes))
+    for b, name in enumerate(classes, start=1):
+        band = out.GetRasterBand(b)
+        band.SetDescription(f"p_{name}")
+        band.SetScale(1.0 / PROB_SCALE)
+        band.SetOffset(0.0)
+    return out
+
+
+def softmax(values: np.ndarray) -> np.ndarray:
+    """Softmax over axis 0 (classes), in place-friendly float32."""
+    shifted = values - values.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+def warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) -> None:
+    """Re-grid a working-grid output onto the input raster's exact grid (CRS, geotransform, size)."""
+    work = gdal.Open(str(work_path))
+    target = src.input_ds
+    out = gdal.GetDriverByName("GTiff").Create(
+        str(out_path), target.RasterXSize, target.RasterYSize, work.RasterCount, gdal.GDT_Byte, _TIFF_OPTIONS
+    )
+    out.SetGeoTransform(target.GetGeoTransform())  # the exact input grid, not one re-derived from bounds
+    out.SetProjection(target.GetProjection())
+    for b in range(1, work.RasterCount + 1):
+        source_band, band = work.GetRasterBand(b), out.GetRasterBand(b)
+        band.SetNoDataValue(NODATA)
+        band.Fill(NODATA)
+        if source_band.GetRasterColorTable() is not None:
+            band.SetRasterColorTable(source_band.GetRasterColorTable())
+            band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
+        band.SetMetadata(source_band.GetMetadata())
+        band.SetDescription(source_band.GetDescription())
+        if source_band.GetScale() not in (None, 1.0):
+            band.SetScale(source_band.GetScale())
+    gdal.Warp(out, work, resampleAlg=resample, srcNodata=NODATA, dstNodata=NODATA, multithread=False)
+    out.FlushCache()
+    out = None
+    work = None
+
+
+def write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source) -> None:
+    """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS."""
+    gt = src.geotransform
+    work_srs = srs_of(src.wkt)
+    out_srs = srs_of(src.input_ds.GetProjection())
+    transform = None
+    if src.warped and work_srs is not None and out_srs is not None:
+        transform = osr.CoordinateTransformation(work_srs, out_srs)
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = vds.CreateLayer("detections", out_srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+    layer.CreateField(ogr.FieldDefn("score", ogr.OFTReal))
+    defn = layer.GetLayerDefn()
+    layer.StartTransaction()
+    for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
+        px = np.array([box[0], box[2], box[2], box[0], box[0]], np.float64)
+        py = np.array([box[1], box[1], box[3], box[3], box[1]], np.float64)
+        mx, my = pixel_to_map(gt, px, py)
+        ring = ogr.Geometry(ogr.wkbLinearRing)
+        for x, y in zip(mx, my):
+            ring.AddPoint_2D(float(x), float(y))
+        polygon = ogr.Geometry(ogr.wkbPolygon)
+        polygon.AddGeometry(ring)
+        if transform is not None:
+            polygon.Transform(transform)
+        feature = ogr.Feature(defn)
+        feature.SetField("class", classes[int(label)] if int(label) < len(classes) else f"class_{int(label)}")
+        feature.SetField("class_id", int(label))
+        feature.SetField("score", float(score))
+        feature.SetGeometry(polygon)
+        layer.CreateFeature(feature)
+    layer.CommitTransaction()
+    vds.FlushCache()
+    vds = None
+
+
+def polygonize(class_map: Path, path: Path, classes: Sequence[str]) -> int:
+    """Polygons of the class map (GDAL polygonize, nodata excluded) with fields class_id and class; returns count."""
+    ds = gdal.Open(str(class_map))
+    band = ds.GetRasterBand(1)
+    vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = vds.CreateLayer("segments", srs_of(ds.GetProjection()), ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
+    layer.StartTransaction()
+    gdal.Polygonize(band, band.GetMaskBand(), layer, 0, [], callback=None)
+    layer.CommitTransaction()
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    layer.StartTransaction()
+    count = 0
+    for feature in layer:
+        cid = feature.GetFieldAsInteger("class_id")
+        feature.SetField("class", classes[cid] if cid < len(classes) else f"class_{cid}")
+        layer.SetFeature(feature)
+        count += 1
+    layer.CommitTransaction()
+    vds = None
+    ds = None
+    return count
