@@ -138,7 +138,8 @@ def installed_plugin_env(tmp: Path, python: Path | None) -> dict[str, str]:
     profile = data_home / "QGIS" / "QGIS3" / "profiles" / "default"
     zip_path = package_plugin.build_zip(tmp / "dist" / "pmtl_qgis.zip")
     package_plugin.install(zip_path, profile, python, enable=False)
-    env = {k: v for k, v in os.environ.items() if k not in ("PMTL_PYTHON", "PYTHONPATH", "QGIS_PLUGINPATH")}
+    # A clean QGIS: no custom config path (pytest-qgis sets one), no plugin path, no Python path from outside.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QGIS_") and k not in ("PMTL_PYTHON", "PYTHONPATH")}
     env.update(QT_QPA_PLATFORM="offscreen", XDG_DATA_HOME=str(data_home), XDG_RUNTIME_DIR=str(tmp))
     enabled = qgis_process(["plugins", "enable", "pmtl_qgis"], env)
     assert enabled.returncode == 0, enabled.stdout + enabled.stderr

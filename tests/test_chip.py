@@ -16,7 +16,7 @@ from engine.chip.__main__ import main as chip_main
 from engine.core.classes import IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Cancelled
-from engine.data.boxes import BoxParams, boxes_from_mask
+from engine.data.boxes import BoxParams, boxes_from_mask, boxes_from_masks
 from engine.data.chipstore import MANIFEST, PARTIAL_DIR, open_chip_dataset
 from engine.data.isprs import TileSpec, read_image, read_label
 from engine.data.labels import encode_rgb_label, erode_mask
@@ -100,6 +100,19 @@ def test_boxes_equal_ndimage_label_on_random_masks(connectivity: int) -> None:
         boxes, labels = boxes_from_mask(view, BoxParams(connectivity, min_area))
         got = [[*b, c] for b, c in zip(boxes.tolist(), labels.tolist())]
         assert got == _ndimage_boxes(np.ascontiguousarray(view), connectivity, min_area), trial
+
+
+def test_boxes_of_a_batch_equal_boxes_of_each_mask() -> None:
+    rng = np.random.default_rng(7)
+    masks = rng.choice([0, BLD, TREE, CAR], size=(5, 6, 7)).astype(np.uint8)
+    masks[0, -1, :] = masks[1, 0, :] = BLD  # touching rows of consecutive masks must not join
+    masks[3] = LVEG  # a mask without any blob
+    batch = boxes_from_masks(masks, BoxParams(8, 1))
+    assert len(batch) == 5 and batch[3][0].shape == (0, 4)
+    for mask, (boxes, labels) in zip(masks, batch):
+        single = boxes_from_mask(mask, BoxParams(8, 1))
+        assert boxes.tolist() == single[0].tolist() and labels.tolist() == single[1].tolist()
+    assert batch[0][0][:, 3].max() == 6 and batch[1][0][batch[1][1] == 0][:, 1].min() == 0  # both full rows boxed
 
 
 def test_blob_cut_by_a_chip_border_gives_clipped_boxes_per_chip() -> None:
@@ -254,8 +267,10 @@ class CancelAfter:
 def test_interrupted_chipping_leaves_no_complete_dataset_and_a_rerun_works(vaihingen, tmp_path: Path) -> None:
     root, _ = vaihingen
     out = tmp_path / "out"
+    cancel = CancelAfter(6)  # polls: 3 tile checks, tile 1, its batch, tile 2, its batch → cancelled there
     with pytest.raises(Cancelled):
-        chip_dataset("vaihingen", root, out, size=16, stride=16, progress=CancelAfter(4))  # after the 1st tile
+        chip_dataset("vaihingen", root, out, size=16, stride=16, progress=cancel)
+    assert cancel.fractions[-1] > 0.02  # mid-way: tile 1's chips were written
     assert not (out / MANIFEST).exists() and list(out.iterdir()) == []
     with pytest.raises(InputError, match=r"expected a chip dataset with manifest\.json"):
         open_chip_dataset(out)

@@ -78,41 +78,21 @@ def _expected_miou(seg_root: Path) -> float:
     return float(np.mean(valid == IMPERVIOUS)) / len(present)
 
 
-def test_cli_end_to_end_report_table_and_picture(setup, tmp_path):
+def test_cli_end_to_end_report_table_and_picture(setup, tmp_path, capsys):
     out, png = tmp_path / "report.json", tmp_path / "samples.png"
-    command = [
-        sys.executable,
-        "-m",
-        "engine.evaluate",
-        "--checkpoint",
-        str(setup["known"]),
-        "--det-chips",
-        str(setup["det"]),
-        "--seg-chips",
-        str(setup["seg"]),
-        "--batch-size",
-        "2",
-        "--samples",
-        "1",
-        "--out",
-        str(out),
-        "--png",
-        str(png),
-        "--device",
-        "cpu",
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    assert "detection: mAP" in done.stdout and "segmentation: mIoU" in done.stdout
+    args = ["--checkpoint", str(setup["known"]), "--det-chips", str(setup["det"]), "--seg-chips", str(setup["seg"])]
+    args += ["--batch-size", "2", "--samples", "1", "--out", str(out), "--png", str(png), "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "detection: mAP" in printed and "segmentation: mIoU" in printed
     report = json.loads(out.read_text())
     for key in ("det_map", "det_ap50", "seg_miou", "seg_oa"):
         assert 0.0 <= report[key] <= 1.0
     assert report["det_map"] == 0.0  # no detection at all
     per_class = report["det"]["per_class"]
-    for c, name in enumerate(DET_CLASSES):
+    for name in DET_CLASSES:
         assert per_class[name]["num_pred"] == 0
         assert per_class[name]["num_gt"] == sum(o[4] == name for i in range(VAL) for o in chip_objects(i))
-        assert c == DET_CLASSES.index(name)
     assert report["seg_miou"] == pytest.approx(_expected_miou(setup["seg"]), abs=1e-9)
     assert report["inputs"]["split"] == "val" and report["inputs"]["model_config"]["channels"] == 32
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -140,6 +120,21 @@ def test_spread_indices_cover_the_split_evenly():
     assert spread_indices(10, 4) == [0, 3, 6, 9]
     assert spread_indices(2, 5) == [0, 1]
     assert spread_indices(0, 3) == []
+
+
+def test_module_entry_point_exits_2_on_bad_input(setup, tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "engine.evaluate",
+        "--checkpoint",
+        str(setup["known"]),
+        "--out",
+        str(tmp_path / "r"),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "error: give at least one chip dataset" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -79,7 +79,7 @@ def test_onnxruntime_matches_torch(exported):
     np.testing.assert_allclose(seg, out["seg_logits"].numpy(), atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(scores, torch.sigmoid(out["cls_logits"]).numpy(), atol=1e-4)
     np.testing.assert_allclose(boxes, decode(out["box_deltas"], anchors).numpy(), atol=1e-3, rtol=1e-5)
-    assert float(seg.std()) > 1.0 and 0.05 < float(scores.mean()) < 0.95  # outputs are far from constant
+    assert float(seg.std()) > 0.3 and 0.05 < float(scores.mean()) < 0.95  # outputs are far from constant
 
     # identical detections after post-processing: torch's postprocess vs inference's numpy path on ORT outputs
     reference = postprocess_detections(out["cls_logits"], out["box_deltas"], anchors, (TILE, TILE), 0.6, 0.5)

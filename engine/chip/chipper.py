@@ -12,7 +12,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,13 +23,14 @@ from engine.chip.windows import chip_windows
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress, check_cancel
-from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_mask
+from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ChipWriter
 from engine.data.isprs import BAND_NAMES, RasterInfo, TileSpec, check_tile, find_isprs_tiles, read_image, read_label
 from engine.data.isprs import resolve_bands as _resolve_bands
 from engine.data.labels import erode_mask
 
 log = logging.getLogger(__name__)
+Window = tuple[int, int, int, int]
 
 
 @dataclass
@@ -69,6 +70,8 @@ class ChipSummary:
         return "\n".join(lines)
 
 
+_BATCH = 64
+"""Chips whose boxes are found in one graph (and between two cancel checks)."""
 _BLOCK_ROWS = 64
 """Rows per block for per-tile class counts: bounded temporaries on 6000-px-wide Potsdam tiles."""
 STATS_SAMPLE = 250_000
@@ -166,7 +169,7 @@ def _tile_record(tile: TileSpec, info: RasterInfo) -> dict[str, Any]:
 
 def _check_tiles(
     tiles: Sequence[TileSpec], size: int, stride: int, progress: Progress | None
-) -> tuple[list[RasterInfo], list[list[tuple[int, int, int, int]]]]:
+) -> tuple[list[RasterInfo], list[list[Window]]]:
     """Header checks of every tile (before anything is written) and each tile's chip windows."""
     if size < 1 or stride < 1:
         raise ConfigError(f"size/stride: expected positive integers, found size={size}, stride={stride}")
@@ -183,6 +186,43 @@ def _check_tiles(
         if progress:
             progress.report(0.02 * (i + 1) / len(tiles), f"checked {tile.name}")
     return infos, [chip_windows(info.width, info.height, size, stride) for info in infos]
+
+
+class _Cutter:
+    """Cuts loaded tiles into the writer's arrays; collects chip records, box counts and statistics."""
+
+    def __init__(self, writer: ChipWriter, params: BoxParams, stats_split: str | None, scale: float) -> None:
+        self.writer = writer
+        self.params = params
+        self.stats_split = stats_split
+        self.scale = scale
+        self.stats = _TileStats(writer.bands)
+        self.next_index = dict.fromkeys(writer.counts, 0)
+        self.box_counts = np.zeros(len(DET_CLASSES), np.int64)
+        self.off_palette: dict[str, int] = {}
+        self.chips: list[dict[str, Any]] = []
+
+    def cut(self, tile: TileSpec, loaded: _LoadedTile, windows: Sequence[Window], progress: Progress | None) -> None:
+        image, mask, eroded = loaded.image, loaded.mask, loaded.eroded
+        self.off_palette.update(loaded.off_palette)
+        if self.scale < np.iinfo(image.dtype).max and (above := int(np.count_nonzero(image > self.scale))):
+            log.warning("%s: %d values above scale_max %g (they scale above 1.0)", tile.image, above, self.scale)
+        if self.stats_split in (None, tile.split):
+            self.stats.add_image(image)
+        self.stats.add_mask(mask)
+        for first in range(0, len(windows), _BATCH):
+            check_cancel(progress)
+            batch = windows[first : first + _BATCH]
+            chip_masks = np.stack([mask[y : y + h, x : x + w] for x, y, w, h in batch])
+            found = boxes_from_masks(chip_masks, self.params)
+            for (x, y, w, h), chip_mask, (boxes, labels) in zip(batch, chip_masks, found):
+                index = self.next_index[tile.split]
+                self.next_index[tile.split] += 1
+                self.writer.put(tile.split, index, image[y : y + h, x : x + w], chip_mask, eroded[y : y + h, x : x + w])
+                self.box_counts += np.bincount(labels, minlength=len(DET_CLASSES))
+                named = [[*b, DET_CLASSES[c]] for b, c in zip(boxes.tolist(), labels.tolist())]
+                record = {"split": tile.split, "index": index, "tile": tile.name, "window": [x, y, w, h]}
+                self.chips.append({**record, "boxes": named})
 
 
 def chip_tiles(
@@ -220,17 +260,12 @@ def chip_tiles(
     stats_split = "train" if "train" in counts else None
     if stats_split is None:
         log.warning("%s: no 'train' split; band mean/std are computed over all tiles", out_dir)
-
     total_px = sum(info.width * info.height for info in infos)
     done_px = 0
-    next_index = dict.fromkeys(counts, 0)
-    box_counts = np.zeros(len(DET_CLASSES), np.int64)
-    stats = _TileStats(len(bands))
-    off_palette: dict[str, int] = {}
-    chips: list[dict[str, Any]] = []
     # the next tile is read in a background thread (GDAL releases the GIL) while this one is cut
     with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_load_tile, tiles[0])
+        cutter = _Cutter(writer, params, stats_split, scale)
+        pending: Future[_LoadedTile] | None = pool.submit(_load_tile, tiles[0])
         try:
             for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
                 check_cancel(progress)
@@ -238,39 +273,20 @@ def chip_tiles(
                     progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
                 loaded = pending.result()
                 pending = pool.submit(_load_tile, tiles[i + 1]) if i + 1 < len(tiles) else None
-                off_palette.update(loaded.off_palette)
-                image, mask, eroded = loaded.image, loaded.mask, loaded.eroded
-                if scale < np.iinfo(dtype).max and (above := int(np.count_nonzero(image > scale))):
-                    log.warning("%s: %d values above scale_max %g (they scale above 1.0)", tile.image, above, scale)
-                if stats_split is None or tile.split == stats_split:
-                    stats.add_image(image)
-                stats.add_mask(mask)
-                for k, (x, y, w, h) in enumerate(tile_windows):
-                    if k % 64 == 63:
-                        check_cancel(progress)
-                    index = next_index[tile.split]
-                    next_index[tile.split] += 1
-                    chip_mask = mask[y : y + h, x : x + w]
-                    writer.put(tile.split, index, image[y : y + h, x : x + w], chip_mask, eroded[y : y + h, x : x + w])
-                    boxes, labels = boxes_from_mask(chip_mask, params)
-                    box_counts += np.bincount(labels, minlength=len(DET_CLASSES))
-                    chips.append({
-                        "split": tile.split, "index": index, "tile": tile.name, "window": [x, y, w, h],
-                        "boxes": [[*b, DET_CLASSES[c]] for b, c in zip(boxes.tolist(), labels.tolist())],
-                    })  # fmt: skip
+                cutter.cut(tile, loaded, tile_windows, progress)
                 done_px += info.width * info.height
-                del loaded, image, mask, eroded
+                del loaded
         finally:
             if pending is not None:
                 pending.cancel()
         check_cancel(progress)
-        mean, std = stats.mean_std(scale)
+        mean, std = cutter.stats.mean_std(scale)
         summary = ChipSummary(
             out_dir=str(Path(out_dir)),
             chips_per_split=dict(counts),
-            boxes_per_class={name: int(n) for name, n in zip(DET_CLASSES, box_counts)},
-            class_pixel_shares=stats.class_shares(),
-            off_palette_pixels=off_palette,
+            boxes_per_class={name: int(n) for name, n in zip(DET_CLASSES, cutter.box_counts)},
+            class_pixel_shares=cutter.stats.class_shares(),
+            off_palette_pixels=cutter.off_palette,
             value_scaling={"dtype": dtype, "max": scale},
             mean=mean,
             std=std,
@@ -298,7 +314,7 @@ def chip_tiles(
                 "class_pixel_shares": summary.class_pixel_shares,
                 "off_palette_pixels": summary.off_palette_pixels,
             },
-            "chips": chips,
+            "chips": cutter.chips,
         }
         writer.commit(manifest)
     summary.seconds = time.perf_counter() - start

@@ -16,6 +16,7 @@ masks) at ~1/8 of the cost, which matters because boxes are computed for every c
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,32 +67,36 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     return rows[keep], x0[keep], x1[keep], det[keep]
 
 
-def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the connected blobs of each detection class in an (H, W) class-index mask.
+def boxes_from_masks(masks: np.ndarray, params: BoxParams | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Boxes of the connected blobs of each detection class in each of N (H, W) class-index masks.
 
-    Returns ``(boxes, labels)``: int32 (K, 4) ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive) and int64 (K,)
-    detection-class indices (into ``DET_CLASSES``), ordered by class, then by the blob's first pixel in raster
-    order. Blobs smaller than ``params.min_area`` pixels are dropped.
+    Per mask: int32 (K, 4) ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive) and int64 (K,) detection-class indices
+    (into ``DET_CLASSES``), ordered by class, then by the blob's first pixel in raster order. Blobs smaller than
+    ``params.min_area`` pixels are dropped. All masks go through one graph, so many chips cost little more than one.
     """
     params = params or BoxParams()
-    mask = np.asarray(mask).astype(np.uint8, copy=False)
-    rows, x0, x1, det = _runs(mask)
+    masks = np.asarray(masks).astype(np.uint8, copy=False)
+    count, height, width = masks.shape
+    rows, x0, x1, det = _runs(masks.reshape(count * height, width))
+    chip = rows // height
+    rows = rows - chip * height
     n = len(rows)
     if n == 0:
-        return np.zeros((0, 4), np.int32), np.zeros((0,), np.int64)
-    # runs of row y-1 touching run [a, b) of row y: x1 > a - d and x0 < b + d (d = 1 lets diagonals touch)
+        return [(np.zeros((0, 4), np.int32), np.zeros((0,), np.int64)) for _ in range(count)]
+    # runs of row y-1 touching run [a, b) of row y: x1 > a - d and x0 < b + d (d = 1 lets diagonals touch);
+    # keys row * span + x never collide across rows, and an empty row between masks keeps them apart
     touch = 1 if params.connectivity == 8 else 0
-    span = mask.shape[1] + 4  # row-major keys: row * span + x never collide across rows
-    key = rows * span
+    span = width + 4
+    key = (chip * (height + 1) + rows) * span
     lo = np.searchsorted(key + x1, key - span + x0 - touch, side="right")
     hi = np.searchsorted(key + x0, key - span + x1 + touch, side="left")
-    count = np.maximum(hi - lo, 0)
-    upper = np.repeat(np.arange(n), count)
-    lower = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count - lo, count)
+    pairs = np.maximum(hi - lo, 0)
+    upper = np.repeat(np.arange(n), pairs)
+    lower = np.arange(int(pairs.sum())) - np.repeat(np.cumsum(pairs) - pairs - lo, pairs)
     same = det[upper] == det[lower]
     graph = coo_matrix((np.ones(int(same.sum()), np.int8), (upper[same], lower[same])), shape=(n, n))
     _, component = connected_components(graph, directed=False)
-    # components are numbered in order of their first run, i.e. of their first pixel in raster order
+    # components are numbered in order of their first run, i.e. by mask, then first pixel in raster order
     order = np.argsort(component, kind="stable")
     first = np.flatnonzero(np.r_[True, component[order][1:] != component[order][:-1]])
     area = np.add.reduceat((x1 - x0)[order], first)
@@ -103,8 +108,15 @@ def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[
             np.maximum.reduceat(rows[order], first) + 1,
         ],
         axis=1,
-    )
-    labels = det[order][first]
-    keep = area >= params.min_area
-    ranked = np.argsort(labels[keep], kind="stable")
-    return boxes[keep][ranked].astype(np.int32), labels[keep][ranked].astype(np.int64)
+    ).astype(np.int32)
+    owner, labels = chip[order][first], det[order][first]
+    keep = np.flatnonzero(area >= params.min_area)
+    keep = keep[np.lexsort((keep, labels[keep], owner[keep]))]  # by mask, class, first pixel
+    owner, boxes, labels = owner[keep], boxes[keep], labels[keep].astype(np.int64)
+    bounds = np.searchsorted(owner, np.arange(count + 1))
+    return [(boxes[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
+
+
+def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of one (H, W) class-index mask; see :func:`boxes_from_masks`."""
+    return boxes_from_masks(np.asarray(mask)[None], params)[0]

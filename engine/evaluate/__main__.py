@@ -86,22 +86,10 @@ def write_samples_png(
     heading: str,
 ) -> Path:
     """A few chips of each chip set, ground truth next to the network's prediction."""
-    from engine.viz import plot_predictions
-    from engine.viz.samples import predict_samples
+    from engine.viz.samples import plot_samples, predict_samples
 
     parts = [predict_samples(net, root, split, count, device, label=f"{task} set · ") for task, root in roots.items()]
-    keys = ("manifest", "titles", "images", "gt_masks", "gt_boxes", "gt_labels")
-    keys += ("pred_masks", "pred_boxes", "pred_scores", "pred_labels")
-    rows: dict[str, list[Any]] = {key: [] for key in keys}
-    for part in parts:
-        rows["manifest"] += [part.manifest] * len(part)
-        for key in rows:
-            if key != "manifest":
-                rows[key] += getattr(part, key)
-    if not rows["images"]:
-        raise InputError(f"split {split!r}: no chips to draw in {[str(r) for r in roots.values()]}")
-    titles = rows.pop("titles")
-    return plot_predictions(**rows, out_png=out_png, titles=titles, heading=heading)
+    return plot_samples(parts, out_png, heading)
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -329,7 +329,7 @@ class Scene:
         if setback < 1.0 or self.rng.random() < 0.2:
             return
         width = self.u((2.8, 4.5))
-        pos = along + side * self.u((0.0, 0.5)) * (front - width) * (1 if self.rng.random() < 0.5 else -1)
+        pos = along + self.u((-0.5, 0.5)) * (front - width)
         across = side * (road.edge + 0.5 * setback)
         u, v = self._road_point(road, pos, across)
         du, dv = (setback, width) if road.axis == 0 else (width, setback)

@@ -7,7 +7,9 @@ predictions from the heads the network has, normalised and decoded exactly as ev
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +20,7 @@ from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import open_chip_dataset
 from engine.data.transforms import DeviceAugment
 from engine.models.postprocess import postprocess_detections
+from engine.viz.predictions import plot_predictions
 
 
 @dataclass
@@ -106,3 +109,17 @@ def predict_samples(
         samples.pred_scores.append(None if det is None else det["scores"])
         samples.pred_labels.append(None if det is None else det["labels"])
     return samples
+
+
+def plot_samples(parts: Sequence[ChipSamples], out_png: str | os.PathLike[str], heading: str = "") -> Path:
+    """One picture of the samples of several chip sets (rows in order), via :func:`plot_predictions`."""
+    columns = {f.name: [] for f in fields(ChipSamples) if f.name != "manifest"}
+    manifests: list[dict[str, Any]] = []
+    for part in parts:
+        manifests += [part.manifest] * len(part)
+        for name, values in columns.items():
+            values += getattr(part, name)
+    if not manifests:
+        raise InputError("plot_samples: no chips to draw (every chip set given has an empty split)")
+    titles = columns.pop("titles")
+    return plot_predictions(**columns, manifest=manifests, out_png=out_png, titles=titles, heading=heading or None)
