@@ -27,5 +27,11 @@ demo: setup
 bench: setup
 	$(PY) -m bench.run_all
 
+package: setup
+	$(PY) scripts/package_plugin.py
+
+install-plugin: package
+	$(PY) scripts/package_plugin.py --install $(if $(PROFILE),--profile-dir $(PROFILE))
+
 clean:
 	rm -rf out build dist .pytest_cache .ruff_cache

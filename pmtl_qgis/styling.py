@@ -35,14 +35,20 @@ SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
 """Label expression of a detection: class name and score with two decimals."""
 
 
-def _classes() -> tuple[Sequence[str], Sequence[tuple[int, int, int]]]:
-    classes = import_engine("engine.core.classes")
-    return classes.SEG_CLASSES, classes.PALETTE
+Classes = tuple[Sequence[str], Sequence[tuple[int, int, int]]]
+"""Class names and their RGB colours, in class-id order."""
 
 
-def apply_class_palette(layer: QgsRasterLayer) -> None:
-    """Paletted renderer on band 1: one entry per ISPRS class, named and coloured as in the label tiles."""
-    names, palette = _classes()
+def _classes(classes: Classes | None = None) -> Classes:
+    if classes is not None and len(classes[0]) and len(classes[0]) == len(classes[1]):
+        return classes
+    isprs = import_engine("engine.core.classes")
+    return isprs.SEG_CLASSES, isprs.PALETTE
+
+
+def apply_class_palette(layer: QgsRasterLayer, classes: Classes | None = None) -> None:
+    """Paletted renderer on band 1: one entry per class (default: ISPRS names and label-tile colours)."""
+    names, palette = _classes(classes)
     entries = [
         QgsPalettedRasterRenderer.Class(index, QColor(*rgb), name)
         for index, (name, rgb) in enumerate(zip(names, palette))
@@ -83,9 +89,9 @@ def apply_detection_style(layer: QgsVectorLayer) -> None:
     layer.triggerRepaint()
 
 
-def apply_class_polygon_style(layer: QgsVectorLayer) -> None:
-    """Polygonised class map filled with the ISPRS palette, categorised on ``class`` (else ``class_id``)."""
-    names, palette = _classes()
+def apply_class_polygon_style(layer: QgsVectorLayer, classes: Classes | None = None) -> None:
+    """Polygonised class map filled with the class colours, categorised on ``class`` (else ``class_id``)."""
+    names, palette = _classes(classes)
     fields = layer.fields().names()
     if "class" in fields:
         layer.setRenderer(_categorized("class", dict(zip(names, palette)), outline_only=False))
@@ -109,22 +115,25 @@ class _Styler(QgsProcessingLayerPostProcessorInterface):
             self._style(layer)
 
 
-# Processing keeps only a pointer to the post-processor: the Python objects must outlive the algorithm.
-_STYLERS: dict[str, _Styler] = {}
+# Processing keeps only a pointer to the post-processor: the Python objects must outlive the algorithm. One per
+# (kind, classes), so the cache stays as small as the set of models used.
+_STYLERS: dict[tuple[str, tuple | None], _Styler] = {}
 
 
-def _styler(kind: str) -> _Styler:
-    if kind not in _STYLERS:
-        style, layer_type = {
-            "class_raster": (apply_class_palette, QgsRasterLayer),
-            "detections": (apply_detection_style, QgsVectorLayer),
-            "class_polygons": (apply_class_polygon_style, QgsVectorLayer),
-        }[kind]
-        _STYLERS[kind] = _Styler(style, layer_type)
-    return _STYLERS[kind]
+def _styler(kind: str, classes: Classes | None) -> _Styler:
+    key = (kind, None if classes is None else (tuple(classes[0]), tuple(map(tuple, classes[1]))))
+    if key not in _STYLERS:
+        if kind == "detections":
+            _STYLERS[key] = _Styler(apply_detection_style, QgsVectorLayer)
+        elif kind == "class_raster":
+            _STYLERS[key] = _Styler(lambda layer: apply_class_palette(layer, classes), QgsRasterLayer)
+        else:
+            _STYLERS[key] = _Styler(lambda layer: apply_class_polygon_style(layer, classes), QgsVectorLayer)
+    return _STYLERS[key]
 
 
-def style_on_load(context: QgsProcessingContext, layer_id: str, kind: str) -> None:
-    """Style output ``layer_id`` (a path or layer id from Processing) with ``kind`` when QGIS loads it."""
+def style_on_load(context: QgsProcessingContext, layer_id: str, kind: str, classes: Classes | None = None) -> None:
+    """Style output ``layer_id`` (a path or layer id) when QGIS loads it: ``kind`` is class_raster, detections or
+    class_polygons; ``classes`` (names, colours) of the model, default ISPRS."""
     if layer_id and context.willLoadLayerOnCompletion(layer_id):
-        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_styler(kind))
+        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_styler(kind, classes))

@@ -35,8 +35,8 @@ def _files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
             continue
         if path.suffix in SKIP_SUFFIXES or (suffixes is not None and path.suffix not in suffixes):
             continue
-        if path.name == "environment.json" and path.parent.name == PLUGIN:
-            continue  # an install record belongs to one machine
+        if path.parent.name == PLUGIN and path.name in ("environment.json", "metadata.txt"):
+            continue  # an install record belongs to one machine; metadata.txt is a link to the repo root's
         found.append(path)
     return found
 

@@ -150,7 +150,7 @@ PIPELINE_MODEL = REPO / "models" / "examples" / "pmtl_pipeline.model3"
 
 
 def build_pipeline_model() -> Any:
-    """The example graphical model: generate → chip → train → export → detect_segment.
+    """The example graphical model: generate → chip → train → export → detect_segment → render_map.
 
     Kept as code so the .model3 can be regenerated: ``build_pipeline_model().toFile(str(PIPELINE_MODEL))``.
     """
@@ -171,8 +171,8 @@ def build_pipeline_model() -> Any:
     model.setHelpContent(
         {
             "ALG_DESC": "Generates a small synthetic ISPRS-like dataset, chips it, trains a tiny detection + "
-            "segmentation network on it, exports it to ONNX and runs it on a held-out tile. Everything between "
-            "the inputs and the two outputs is a temporary file.",
+            "segmentation network on it, exports it to ONNX, runs it on a held-out tile and renders the result "
+            "as a PNG map. Leave an output empty to keep it as a temporary file.",
             "ALG_CREATOR": "pmtl",
         }
     )
@@ -190,7 +190,7 @@ def build_pipeline_model() -> Any:
         model.addModelParameter(parameter, QgsProcessingModelParameter(parameter.name()))
         model.parameterComponent(parameter.name()).setPosition(QPointF(120, 60 + 70 * index))
 
-    def child(child_id: str, alg_id: str, x: float, y: float, sources: dict[str, Any]) -> QgsProcessingModelChildAlgorithm:
+    def child(child_id: str, alg_id: str, x: float, y: float, sources: dict[str, Any]) -> Any:
         step = QgsProcessingModelChildAlgorithm(alg_id)
         step.setChildId(child_id)
         step.setDescription(child_id.replace("_", " "))
@@ -206,7 +206,7 @@ def build_pipeline_model() -> Any:
             "pmtl:generate_synthetic",
             420,
             80,
-            {"DOMAIN": param("DOMAIN"), "SEED": param("SEED"), "TILES": param("TILES"), "TILE_SIZE_M": param("TILE_SIZE_M")},
+            {name: param(name) for name in ("DOMAIN", "SEED", "TILES", "TILE_SIZE_M")},
         ),
         child(
             "chip",
@@ -242,6 +242,17 @@ def build_pipeline_model() -> Any:
             560,
             {"INPUT": out("generate", "IMAGE"), "MODEL": out("export", "OUTPUT")},
         ),
+        child(
+            "render",
+            "pmtl:render_map",
+            420,
+            680,
+            {
+                "INPUT": out("generate", "IMAGE"),
+                "CLASS_MAP": out("detect", "OUTPUT_RASTER"),
+                "DETECTIONS": out("detect", "OUTPUT_DETECTIONS"),
+            },
+        ),
     ]
     outputs = {
         "generate": {"OUTPUT": ("dataset", "Synthetic dataset")},
@@ -249,6 +260,7 @@ def build_pipeline_model() -> Any:
         "train": {"OUTPUT": ("checkpoints", "Checkpoints")},
         "export": {"OUTPUT": ("onnx_model", "ONNX model")},
         "detect": {"OUTPUT_RASTER": ("class_map", "Class map"), "OUTPUT_DETECTIONS": ("detections", "Detections")},
+        "render": {"OUTPUT": ("map", "Map image (PNG)")},
     }
     for step in steps:
         for child_output, (name, description) in outputs.get(step.childId(), {}).items():

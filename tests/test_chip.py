@@ -13,6 +13,7 @@ from test_isprs import BLD, CAR, LVEG, TREE, make_potsdam, make_vaihingen, write
 
 from engine.chip import axis_starts, chip_dataset, chip_tiles, chip_windows
 from engine.chip.__main__ import main as chip_main
+from engine.chip.stats import TileStats
 from engine.core.classes import IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Cancelled
@@ -69,8 +70,9 @@ def test_boxes_from_hand_drawn_mask() -> None:
     assert empty.shape == (0, 4) and empty_labels.shape == (0,)
     with pytest.raises(ConfigError, match="connectivity"):
         BoxParams(connectivity=6)
-    with pytest.raises(ConfigError, match="min_area"):
-        BoxParams(min_area=0)
+    for bad in (0, 2.5, "16", None):
+        with pytest.raises(ConfigError, match="min_area"):
+            BoxParams(min_area=bad)
 
 
 def _ndimage_boxes(mask: np.ndarray, connectivity: int, min_area: int) -> list[list[int]]:
@@ -318,6 +320,8 @@ def test_chip_tiles_takes_arbitrary_raster_label_pairs(tmp_path: Path) -> None:
         chip_tiles(tiles * 2, tmp_path / "dup")
     with pytest.raises(ConfigError, match="expected 2 names"):
         chip_tiles(tiles, tmp_path / "names", band_names=["a"])
+    with pytest.raises(ConfigError, match="tile mine: expected a split name"):
+        chip_tiles([TileSpec("mine", image, label, None, "manifest.json")], tmp_path / "split")
 
 
 def test_cli_prints_the_summary_and_reports_bad_input(vaihingen, tmp_path: Path, capsys) -> None:
@@ -328,6 +332,8 @@ def test_cli_prints_the_summary_and_reports_bad_input(vaihingen, tmp_path: Path,
     assert printed["chips_per_split"] == {"train": 5, "val": 1}
     assert set(printed["boxes_per_class"]) == {"building", "tree", "car"}
     assert open_chip_dataset(tmp_path / "a").manifest["box_params"] == {"connectivity": 4, "min_area": 2}
+    assert chip_dataset("vaihingen", root, tmp_path / "d", 32, 32, connectivity=None, min_area=None).boxes_per_class
+    assert open_chip_dataset(tmp_path / "d").manifest["box_params"] == {"connectivity": 8, "min_area": 16}
     assert chip_main([*args, "--out", str(tmp_path / "b")]) == 0
     text = capsys.readouterr().out
     assert "chips per split: train 5, val 1" in text and "class pixel shares: impervious" in text
@@ -340,3 +346,39 @@ def test_cli_prints_the_summary_and_reports_bad_input(vaihingen, tmp_path: Path,
     bad_root = ["--dataset", "potsdam", "--root", str(root), "--out", str(tmp_path / "c")]
     assert chip_main(bad_root) == 2
     assert "2_Ortho_RGB/top_potsdam_{r}_{c}_RGB.tif" in capsys.readouterr().err
+
+
+def test_small_tiles_of_different_extents_are_each_padded(tmp_path: Path) -> None:
+    tiles = []
+    for name, (h, w) in {"wide": (5, 7), "tall": (7, 5)}.items():
+        image = write_tif(tmp_path / f"{name}.tif", np.full((h, w, 1), 9, np.uint8))
+        label = write_tif(tmp_path / f"{name}_label.tif", np.full((h, w), TREE, np.uint8))
+        tiles.append(TileSpec(name, image, label, label, "train"))
+    chip_tiles(tiles, tmp_path / "out", size=8, stride=8)
+    data = open_chip_dataset(tmp_path / "out")
+    for i, (h, w) in enumerate([(5, 7), (7, 5)]):
+        expected = np.full((8, 8), IGNORE_INDEX)
+        expected[:h, :w] = TREE
+        assert data.masks("train")[i].tolist() == expected.tolist()
+        assert data.eroded("train")[i].tolist() == expected.tolist()
+        assert data.images("train")[i, :, :, 0].tolist() == np.where(expected == TREE, 9, 0).tolist()
+        assert data.chips("train")[i]["window"] == [0, 0, w, h]
+
+
+def test_band_statistics_of_a_large_tile_come_from_a_regular_subsample() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 4096, (1000, 1100, 2), dtype=np.uint16)
+    image[:, :, 1] //= 4
+    stats = TileStats(2)
+    stats.add_image(image)  # 1.1 Mpx > STATS_SAMPLE: every 2nd row and column
+    assert stats.gram[-1, -1] == 500 * 550 * 4  # weighted by the area each sample stands for
+    mean, std = stats.mean_std(4095.0)
+    full = image.reshape(-1, 2).astype(np.float64) / 4095
+    assert mean == pytest.approx(full.mean(0), rel=5e-3) and std == pytest.approx(full.std(0), rel=5e-3)
+    stats.add_mask(np.array([[0, 0, 1], [255, 4, 4]], np.uint8))
+    shares = stats.class_shares()
+    assert shares == {"impervious": 0.4, "building": 0.2, "low_vegetation": 0, "tree": 0, "car": 0.4, "clutter": 0}
+    big = np.full((1000, 1100), TREE, np.uint8)  # subsampled, weighted by area: counts ~1.1 M tree pixels
+    big[:, :330] = BLD
+    stats.add_mask(big)
+    assert stats.class_px[TREE] == 1000 * 770 and stats.class_px[BLD] == 1000 * 330 + 1

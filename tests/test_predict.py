@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,12 @@ class BlobNet(nn.Module):
         seg = [torch.full_like(bright, -10.0) for _ in SEG_CLASSES]
         seg[IMPERVIOUS] = torch.zeros_like(bright)
         seg[CAR] = 20.0 * (bright - 0.5)
-        return {"features": [], "cls_logits": cls, "box_deltas": torch.zeros(*cls.shape[:2], 4), "seg_logits": torch.cat(seg, 1)}
+        return {
+            "features": [],
+            "cls_logits": cls,
+            "box_deltas": torch.zeros(*cls.shape[:2], 4),
+            "seg_logits": torch.cat(seg, 1),
+        }
 
 
 def describe(dtype: str = "uint8", vmax: float = 255.0, bands=("nir", "red", "green")) -> dict:
@@ -116,7 +122,9 @@ def read_detections(path: Path) -> tuple[list[dict], osr.SpatialReference]:
     rows = []
     for f in layer:
         env = f.GetGeometryRef().GetEnvelope()  # minx, maxx, miny, maxy
-        rows.append({"class": f.GetField("class"), "class_id": f.GetField("class_id"), "score": f.GetField("score"), "env": env})
+        rows.append(
+            {"class": f.GetField("class"), "class_id": f.GetField("class_id"), "score": f.GetField("score"), "env": env}
+        )
     return rows, layer.GetSpatialRef()
 
 
@@ -127,6 +135,18 @@ def map_box(x0: float, y0: float, size: float = 16, gsd: float = GSD) -> tuple[f
 
 def class_map(path: Path) -> np.ndarray:
     return gdal.Open(str(path)).ReadAsArray()
+
+
+def with_metadata(source: Path, target: Path, edit: Callable[[dict], dict]) -> Path:
+    """Copy an ONNX file with its metadata (decoded JSON values) replaced by ``edit(metadata)``."""
+    proto = onnx.load(str(source))
+    meta = edit({p.key: json.loads(p.value) for p in proto.metadata_props})
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(target))
+    return target
 
 
 # --- tiling / blending / merge units -----------------------------------------------------------------------------
@@ -145,7 +165,9 @@ def test_blender_reassembles_a_field_exactly(height, width, overlap):
         x, y = grid.origin(i, j)
         block = blender.add(i, j, field[:, y : y + TILE, x : x + TILE])
         if block is not None:
-            assert np.isnan(out[:, block.y : block.y + block.data.shape[1], block.x : block.x + block.data.shape[2]]).all()
+            assert np.isnan(
+                out[:, block.y : block.y + block.data.shape[1], block.x : block.x + block.data.shape[2]]
+            ).all()
             out[:, block.y : block.y + block.data.shape[1], block.x : block.x + block.data.shape[2]] = block.data
     np.testing.assert_allclose(out, field[:, :height, :width], atol=1e-5)
 
@@ -285,25 +307,31 @@ def test_uint16_scaled_as_the_model_says(models, tmp_path):
 
 def test_nodata_and_aoi_are_not_predicted(models, tmp_path):
     img = scene(96, 160, [(20, 24), (112, 40)])
-    img[:, :, 80:] = np.where(img[:, :, 80:] == BRIGHT, BRIGHT, DARK)
     img[:, 60:, :40] = 0  # nodata corner
     src = write_tif(tmp_path / "in.tif", img, nodata=0)
-    # AOI: the left 100 px (map coordinates), so the second car (x 112..128) is outside
+    # AOI: the left 100 px, stored in lon/lat (reprojected by predict), so the second car (x 112..128) is outside
+    utm, wgs84 = osr.SpatialReference(), osr.SpatialReference()
+    utm.ImportFromEPSG(32632)
+    wgs84.ImportFromEPSG(4326)
+    wgs84.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    x1, y1 = ORIGIN[0] + 100 * GSD, ORIGIN[1] - 96 * GSD
+    ring = ogr.Geometry(ogr.wkbLinearRing)
+    for x, y in [(ORIGIN[0], ORIGIN[1]), (x1, ORIGIN[1]), (x1, y1), (ORIGIN[0], y1), (ORIGIN[0], ORIGIN[1])]:
+        ring.AddPoint_2D(x, y)
+    polygon = ogr.Geometry(ogr.wkbPolygon)
+    polygon.AddGeometry(ring)
+    polygon.Transform(osr.CoordinateTransformation(utm, wgs84))
     aoi = tmp_path / "aoi.gpkg"
     vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(aoi))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    layer = vds.CreateLayer("aoi", srs, ogr.wkbPolygon)
-    x1 = ORIGIN[0] + 100 * GSD
-    poly = f"POLYGON(({ORIGIN[0]} {ORIGIN[1]},{x1} {ORIGIN[1]},{x1} {ORIGIN[1] - 96 * GSD},{ORIGIN[0]} {ORIGIN[1] - 96 * GSD},{ORIGIN[0]} {ORIGIN[1]}))"
+    layer = vds.CreateLayer("aoi", wgs84, ogr.wkbPolygon)
     feature = ogr.Feature(layer.GetLayerDefn())
-    feature.SetGeometry(ogr.CreateGeometryFromWkt(poly))
+    feature.SetGeometry(polygon)
     layer.CreateFeature(feature)
     vds = None
     summary = predict_raster(models["blob"], src, tmp_path / "seg.tif", tmp_path / "det.gpkg", aoi=aoi)
     seg = class_map(tmp_path / "seg.tif")
-    assert (seg[60:, :40] == 255).all() and (seg[:, 100:] == 255).all()
-    assert (seg[:60, :100] != 255).all() and seg[30, 30] == CAR
+    assert (seg[60:, :40] == 255).all() and (seg[:, 101:] == 255).all()
+    assert (seg[:60, :99] != 255).all() and (seg[:, 40:99] != 255).all() and seg[30, 30] == CAR
     assert summary.detections == 1
     rows, _ = read_detections(tmp_path / "det.gpkg")
     np.testing.assert_allclose(rows[0]["env"], map_box(20, 24), atol=1e-6)
@@ -361,43 +389,26 @@ def test_bad_models_are_refused_clearly(models, tmp_path):
     with pytest.raises(InputError, match="nothing there"):
         predict_raster(tmp_path / "missing.onnx", src, tmp_path / "seg.tif")
 
-    proto = onnx.load(str(models["blob"]))
-    bare = onnx.ModelProto()
-    bare.CopyFrom(proto)
-    del bare.metadata_props[:]
-    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    bare = with_metadata(models["blob"], tmp_path / "bare.onnx", lambda meta: {})
     with pytest.raises(InputError, match=r"expected pmtl metadata \(keys \['schema_version'.*found no metadata"):
-        predict_raster(tmp_path / "bare.onnx", src, tmp_path / "seg.tif")
-    future = onnx.ModelProto()
-    future.CopyFrom(proto)
-    for entry in future.metadata_props:
-        if entry.key == "schema_version":
-            entry.value = json.dumps(99)
-    onnx.save(future, str(tmp_path / "future.onnx"))
+        predict_raster(bare, src, tmp_path / "seg.tif")
+    future = with_metadata(models["blob"], tmp_path / "future.onnx", lambda meta: {**meta, "schema_version": 99})
     with pytest.raises(InputError, match=r"'schema_version' is 99, this reader supports \[1\]"):
-        predict_raster(tmp_path / "future.onnx", src, tmp_path / "seg.tif")
-    broken = onnx.ModelProto()
-    broken.CopyFrom(proto)
-    for entry in broken.metadata_props:
-        if entry.key == "input":
-            value = json.loads(entry.value)
-            del value["std"]
-            entry.value = json.dumps(value)
-    onnx.save(broken, str(tmp_path / "broken.onnx"))
+        predict_raster(future, src, tmp_path / "seg.tif")
+
+    def drop_std(meta: dict) -> dict:
+        del meta["input"]["std"]
+        return meta
+
+    broken = with_metadata(models["blob"], tmp_path / "broken.onnx", drop_std)
     with pytest.raises(InputError, match=r"'input': 'std' is a required property"):
-        predict_raster(tmp_path / "broken.onnx", src, tmp_path / "seg.tif")
+        predict_raster(broken, src, tmp_path / "seg.tif")
     assert not (tmp_path / "seg.tif").exists()
 
 
 def test_deepness_only_model_loads_with_defaults(models, tmp_path):
-    proto = onnx.load(str(models["blob"]))
     keep = {"model_type", "class_names", "resolution", "tile_size", "tiles_overlap"}
-    kept = [(e.key, e.value) for e in proto.metadata_props if e.key in keep]
-    del proto.metadata_props[:]
-    for key, value in kept:
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(tmp_path / "deepness.onnx"))
+    with_metadata(models["blob"], tmp_path / "deepness.onnx", lambda meta: {k: meta[k] for k in keep})
     img = scene(64, 112, [(20, 24)])
     summary = predict_raster(tmp_path / "deepness.onnx", write_tif(tmp_path / "in.tif", img), tmp_path / "seg.tif")
     assert summary.model_source == "deepness"
@@ -411,7 +422,7 @@ def test_empty_aoi_and_unwritable_output(models, tmp_path):
     vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(aoi))
     vds.CreateLayer("aoi", None, ogr.wkbPolygon)
     vds = None
-    with pytest.raises(InputError, match="AOI .*empty.gpkg.*non-empty polygon"):
+    with pytest.raises(InputError, match=r"AOI .*empty\.gpkg.*non-empty polygon"):
         predict_raster(models["blob"], src, tmp_path / "seg.tif", aoi=aoi)
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
@@ -438,7 +449,13 @@ def test_cancel_leaves_no_output(models, tmp_path):
     out.mkdir()
     with pytest.raises(Cancelled):
         predict_raster(
-            models["blob"], src, out / "seg.tif", out / "det.gpkg", out_probs=out / "p.tif", batch_size=2, progress=CancelAfter(3)
+            models["blob"],
+            src,
+            out / "seg.tif",
+            out / "det.gpkg",
+            out_probs=out / "p.tif",
+            batch_size=2,
+            progress=CancelAfter(3),
         )
     assert list(out.iterdir()) == []
 
@@ -446,13 +463,29 @@ def test_cancel_leaves_no_output(models, tmp_path):
 def test_cli(models, tmp_path, capsys):
     src = write_tif(tmp_path / "in.tif", scene(64, 112, [(20, 24)]))
     code = predict_main(
-        ["--model", str(models["blob"]), "--input", str(src), "--out-raster", str(tmp_path / "s.tif"),
-         "--out-vector", str(tmp_path / "d.gpkg"), "--overlap", "8", "--batch-size", "2", "--bands", "1,2,3"]
+        [
+            "--model",
+            str(models["blob"]),
+            "--input",
+            str(src),
+            "--out-raster",
+            str(tmp_path / "s.tif"),
+            "--out-vector",
+            str(tmp_path / "d.gpkg"),
+            "--overlap",
+            "8",
+            "--batch-size",
+            "2",
+            "--bands",
+            "1,2,3",
+        ]
     )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["detections"] == 1 and summary["tiles"] == 2
-    code = predict_main(["--model", str(tmp_path / "nope.onnx"), "--input", str(src), "--out-raster", str(tmp_path / "x.tif")])
+    code = predict_main(
+        ["--model", str(tmp_path / "nope.onnx"), "--input", str(src), "--out-raster", str(tmp_path / "x.tif")]
+    )
     assert code == 2 and "nope.onnx" in capsys.readouterr().err
 
 

@@ -152,7 +152,18 @@ def test_render_map_draws_class_colours_and_boxes(qgis_processing, tmp_path):
     params = {"INPUT": str(ortho), "CLASS_MAP": str(classes), "DETECTIONS": str(boxes), "OPACITY": 1.0}
     run_algorithm("pmtl:render_map", {**params, "WIDTH": 200, "OUTPUT": str(out)})
     image = QImage(str(out))
-    assert (image.width(), image.height()) == (200, 100)  # aspect ratio of the ortho
+    assert image.width() == 200 and image.height() > 100  # the map keeps the ortho's aspect; legend below
     assert image.pixelColor(150, 20).getRgb()[:3] == (0, 0, 255)  # building blue, opaque
     outline = [image.pixelColor(20, y).getRgb()[:3] for y in range(50, 70)]
     assert (255, 140, 0) in outline  # the car box outline on its left edge
+    legend = {image.pixelColor(x, y).getRgb()[:3] for x in range(200) for y in range(100, image.height())}
+    assert {(255, 255, 255), (0, 0, 255), (255, 255, 0), (230, 0, 230)} <= legend  # class and box swatches
+
+
+def test_cancel_stops_an_in_process_engine_job_with_a_clear_message(qgis_processing, tmp_path):
+    feedback = CapturingFeedback(cancel_on="potsdam: 3 tiles")  # the engine's first progress message
+    params = {"DOMAIN": 1, "TILES": 3, "TILE_SIZE_M": 4.0, "OUTPUT": str(tmp_path / "synth")}
+    with pytest.raises(QgsProcessingException) as raised:
+        run_algorithm("pmtl:generate_synthetic", params, feedback)
+    assert str(raised.value) == "Generate synthetic ISPRS-like data was cancelled; no output was written."
+    assert list((tmp_path / "synth").rglob("*.tif")) == []  # the engine checks the cancel flag before each tile

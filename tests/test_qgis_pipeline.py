@@ -29,6 +29,8 @@ from qgis_helpers import (
     run_algorithm,
 )
 
+from engine.core.classes import SEG_CLASSES
+
 pytestmark = pytest.mark.qgis
 
 TINY = {"TILES": 2, "TILE_SIZE_M": 12.0, "CHIP_SIZE": 64, "EPOCHS": 1}
@@ -36,7 +38,14 @@ TINY_TRAINING = (
     "data.num_workers=0 data.batch_size=2 data.max_val_chips=2 optim.iters_per_epoch=1 optim.warmup_iters=1 "
     "runtime.device=cpu"
 )
-MODEL_OUTPUTS = ("generate:dataset", "chip:chips", "train:checkpoints", "export:onnx_model", "detect:class_map")
+MODEL_OUTPUTS = (
+    "generate:dataset",
+    "chip:chips",
+    "train:checkpoints",
+    "export:onnx_model",
+    "detect:class_map",
+    "render:map",
+)
 
 
 def _model_destinations(folder: Path) -> dict[str, str]:
@@ -47,6 +56,7 @@ def _model_destinations(folder: Path) -> dict[str, str]:
         "export:onnx_model": str(folder / "model.onnx"),
         "detect:class_map": str(folder / "classes.tif"),
         "detect:detections": str(folder / "detections.gpkg"),
+        "render:map": str(folder / "map.png"),
     }
 
 
@@ -74,6 +84,7 @@ def test_shipped_model_is_the_documented_chain(qgis_processing):
         "train": "pmtl:train",
         "export": "pmtl:export_onnx",
         "detect": "pmtl:detect_segment",
+        "render": "pmtl:render_map",
     }
     assert model.childAlgorithm("export").parameterSources()["CHECKPOINT"][0].outputChildId() == "train"
     assert model.childAlgorithm("detect").parameterSources()["MODEL"][0].outputChildId() == "export"
@@ -125,7 +136,8 @@ def test_detect_segment_with_aoi_styles_what_it_loads(pipeline, tmp_path):
     assert (classes[:, : width // 2 - 1] < 6).all()  # inside the AOI: classes
     assert (classes[:, width // 2 + 1 :] == 255).all()  # outside: nodata
     loaded = {layer.source().split("|")[0]: layer for layer in project.mapLayers().values()}
-    assert loaded[str(tmp_path / "classes.tif")].renderer().type() == "paletted"
+    renderer = loaded[str(tmp_path / "classes.tif")].renderer()
+    assert renderer.type() == "paletted" and [c.label for c in renderer.classes()] == list(SEG_CLASSES)
     boxes = loaded[str(tmp_path / "detections.gpkg")]
     assert boxes.renderer().type() == "categorizedSymbol" and boxes.labelsEnabled()
     project.removeAllMapLayers()
@@ -151,10 +163,8 @@ def test_qgis_process_enables_the_packaged_plugin_and_runs_it(pipeline, tmp_path
     listing = qgis_process(["list"], env)
     for name in ("generate_synthetic", "chip_tiles", "train", "export_onnx", "detect_segment", "evaluate"):
         assert f"pmtl:{name}" in listing.stdout
-    synth = qgis_process(
-        ["--json", "run", "pmtl:generate_synthetic", "--", "DOMAIN=1", "TILES=2", "TILE_SIZE_M=4", f"OUTPUT={tmp_path / 's'}"],
-        env,
-    )
+    args = ["DOMAIN=1", "TILES=2", "TILE_SIZE_M=4", f"OUTPUT={tmp_path / 's'}"]
+    synth = qgis_process(["--json", "run", "pmtl:generate_synthetic", "--", *args], env)
     assert synth.returncode == 0, synth.stdout + synth.stderr
     image = json.loads(synth.stdout)["results"]["IMAGE"]
     assert Path(image).is_file() and "2_Ortho_RGB" in image

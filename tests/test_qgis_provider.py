@@ -158,6 +158,9 @@ def test_class_raster_gets_isprs_palette_with_names(qgis_app, tmp_path):
     assert renderer.type() == "paletted"
     got = [(c.value, c.label, c.color.getRgb()[:3]) for c in renderer.classes()]
     assert got == [(i, SEG_CLASSES[i], PALETTE[i]) for i in range(6)]
+    apply_class_palette(layer, (("road", "field"), ((10, 20, 30), (40, 50, 60))))  # a model with its own classes
+    got = [(c.value, c.label, c.color.getRgb()[:3]) for c in layer.renderer().classes()]
+    assert got == [(0, "road", (10, 20, 30)), (1, "field", (40, 50, 60))]
 
 
 def test_detections_are_outlined_by_class_and_labelled_with_score(qgis_app):

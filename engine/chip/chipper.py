@@ -1,121 +1,48 @@
 """Cut georeferenced tiles into a chip dataset (docs/ARCHITECTURE.md "Chip dataset format").
 
 Every tile is checked (header only) before anything is written, then read whole, once: imagery with one
-pixel-interleaved GDAL read, labels decoded through a lookup table. Chips are copied into arrays preallocated
-on disk; boxes come from each chip's own mask; band statistics from the train chips.
+pixel-interleaved GDAL read, labels decoded through a lookup table, in background threads that read the next
+tile while this one is cut. Chips are written into arrays preallocated on disk; boxes come from each chip's own
+mask (a batch of chips per call); band statistics and class shares from the tiles' pixels.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ChipWriter
-from engine.data.isprs import BAND_NAMES, RasterInfo, TileSpec, check_tile, find_isprs_tiles, read_image, read_label
+from engine.data.isprs import (
+    BAND_NAMES,
+    RasterInfo,
+    TileSpec,
+    check_split_name,
+    check_tile,
+    find_isprs_tiles,
+    read_image,
+    read_label,
+)
 from engine.data.isprs import resolve_bands as _resolve_bands
-from engine.data.labels import erode_mask
+from engine.data.labels import DecodedLabel, erode_mask
 
 log = logging.getLogger(__name__)
 Window = tuple[int, int, int, int]
-
-
-@dataclass
-class ChipSummary:
-    """What a chipping run produced (returned by the API, printed by the CLI, kept in the manifest)."""
-
-    out_dir: str
-    chips_per_split: dict[str, int]
-    boxes_per_class: dict[str, int]
-    class_pixel_shares: dict[str, float]
-    """Share of each class among the labelled (non-ignore) pixels of the chipped tiles, all splits."""
-    off_palette_pixels: dict[str, int] = field(default_factory=dict)
-    """Label file → pixels mapped to the nearest palette colour (files without any are not listed)."""
-    value_scaling: dict[str, Any] = field(default_factory=dict)
-    mean: list[float] = field(default_factory=list)
-    std: list[float] = field(default_factory=list)
-    megapixels: float = 0.0
-    """Tile pixels read (millions)."""
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def format(self) -> str:
-        lines = [f"chip dataset: {self.out_dir}"]
-        lines.append("chips per split: " + ", ".join(f"{k} {v}" for k, v in self.chips_per_split.items()))
-        lines.append("boxes per class: " + ", ".join(f"{k} {v}" for k, v in self.boxes_per_class.items()))
-        lines.append("class pixel shares: " + ", ".join(f"{k} {v:.1%}" for k, v in self.class_pixel_shares.items()))
-        scaling = self.value_scaling
-        lines.append(f"value scaling: {scaling.get('dtype')} / {scaling.get('max')}")
-        if self.off_palette_pixels:
-            total = sum(self.off_palette_pixels.values())
-            files = len(self.off_palette_pixels)
-            lines.append(f"off-palette label pixels mapped to the nearest colour: {total} in {files} file(s)")
-        rate = self.megapixels / self.seconds if self.seconds > 0 else float("nan")
-        lines.append(f"read {self.megapixels:.1f} Mpx in {self.seconds:.1f} s ({rate:.1f} Mpx/s)")
-        return "\n".join(lines)
-
-
 _BATCH = 64
 """Chips whose boxes are found in one graph (and between two cancel checks)."""
-_BLOCK_ROWS = 64
-"""Rows per block for per-tile class counts: bounded temporaries on 6000-px-wide Potsdam tiles."""
-STATS_SAMPLE = 250_000
-"""Pixels per tile for band statistics: all of a smaller tile, a regular grid (every k-th row and column) of a
-larger one — plenty for normalisation constants, and the exact pass cost as much as the rest of chipping."""
-
-
-class _TileStats:
-    """Per-band moments (float64 Gram matrix with a ones column) and class pixel counts, accumulated per tile.
-
-    A tile's pixels count once, so the statistics describe the area the chips cover without the double counting
-    of overlapping windows (and without padding).
-    """
-
-    def __init__(self, bands: int) -> None:
-        self.bands = bands
-        self.gram = np.zeros((bands + 1, bands + 1), np.float64)
-        self.class_px = np.zeros(256, np.int64)
-
-    def add_image(self, image: np.ndarray) -> None:
-        height, width, bands = image.shape
-        step = max(1, int(math.sqrt(height * width / STATS_SAMPLE)))
-        sample = image[::step, ::step].reshape(-1, bands)
-        flat = np.empty((len(sample), bands + 1), np.float64)
-        flat[:, :bands] = sample
-        flat[:, bands] = 1.0
-        self.gram += flat.T @ flat
-
-    def add_mask(self, mask: np.ndarray) -> None:
-        for y in range(0, mask.shape[0], _BLOCK_ROWS):
-            self.class_px += np.bincount(mask[y : y + _BLOCK_ROWS].ravel(), minlength=256)
-
-    def mean_std(self, scale: float) -> tuple[list[float], list[float]]:
-        n = self.gram[-1, -1]
-        if n == 0:
-            return [0.0] * self.bands, [1.0] * self.bands
-        mean = self.gram[-1, :-1] / n
-        var = np.maximum(np.diag(self.gram)[:-1] / n - mean**2, 0.0)
-        return (mean / scale).tolist(), (np.sqrt(var) / scale).tolist()
-
-    def class_shares(self) -> dict[str, float]:
-        labelled = self.class_px[: len(SEG_CLASSES)]
-        shares = labelled / max(int(labelled.sum()), 1)
-        return {name: round(float(s), 6) for name, s in zip(SEG_CLASSES, shares)}
 
 
 @dataclass
@@ -126,17 +53,35 @@ class _LoadedTile:
     off_palette: dict[str, int]
 
 
-def _load_tile(tile: TileSpec) -> _LoadedTile:
-    """Read a tile whole: imagery, decoded label, decoded (or computed) eroded label."""
-    image = read_image(tile.image)
-    label = read_label(tile.label, boundary_is_ignore=False)
-    off_palette = {str(tile.label): label.off_palette_pixels} if label.off_palette_pixels else {}
-    if tile.eroded is None:
-        return _LoadedTile(image, label.mask, erode_mask(label.mask), off_palette)
-    eroded = read_label(tile.eroded, boundary_is_ignore=True)
-    if eroded.off_palette_pixels:
-        off_palette[str(tile.eroded)] = eroded.off_palette_pixels
-    return _LoadedTile(image, label.mask, eroded.mask, off_palette)
+def _erode_when_ready(label: Future[DecodedLabel]) -> DecodedLabel:
+    return DecodedLabel(erode_mask(label.result().mask))
+
+
+class _TileLoad:
+    """A tile being read: image, label and eroded label in parallel threads (GDAL and numpy release the GIL).
+
+    At most one tile is in flight (three tasks for a pool of three), so waiting on the label to erode it cannot
+    starve the pool.
+    """
+
+    def __init__(self, pool: ThreadPoolExecutor, tile: TileSpec) -> None:
+        self.tile = tile
+        self.image = pool.submit(read_image, tile.image)
+        self.label = pool.submit(read_label, tile.label, boundary_is_ignore=False)
+        if tile.eroded is not None:
+            self.eroded = pool.submit(read_label, tile.eroded, boundary_is_ignore=True)
+        else:
+            self.eroded = pool.submit(_erode_when_ready, self.label)
+
+    def result(self) -> _LoadedTile:
+        image, label, eroded = self.image.result(), self.label.result(), self.eroded.result()
+        decoded = ((self.tile.label, label), (self.tile.eroded, eroded))
+        off_palette = {str(path): d.off_palette_pixels for path, d in decoded if d.off_palette_pixels}
+        return _LoadedTile(image, label.mask, eroded.mask, off_palette)
+
+    def cancel(self) -> None:
+        for future in (self.eroded, self.label, self.image):
+            future.cancel()
 
 
 def _resolve_scaling(infos: Sequence[RasterInfo], scale_max: float | None) -> tuple[str, float]:
@@ -182,6 +127,7 @@ def _check_tiles(
     infos = []
     for i, tile in enumerate(tiles):
         check_cancel(progress)
+        check_split_name(tile.split, f"tile {tile.name}")
         infos.append(check_tile(tile))
         if progress:
             progress.report(0.02 * (i + 1) / len(tiles), f"checked {tile.name}")
@@ -196,7 +142,7 @@ class _Cutter:
         self.params = params
         self.stats_split = stats_split
         self.scale = scale
-        self.stats = _TileStats(writer.bands)
+        self.stats = TileStats(writer.bands)
         self.next_index = dict.fromkeys(writer.counts, 0)
         self.box_counts = np.zeros(len(DET_CLASSES), np.int64)
         self.off_palette: dict[str, int] = {}
@@ -233,22 +179,26 @@ def chip_tiles(
     stride: int = 320,
     dataset: str = "custom",
     band_names: Sequence[str] | None = None,
-    connectivity: int = DEFAULT_CONNECTIVITY,
-    min_area: int = DEFAULT_MIN_AREA,
+    connectivity: int | None = DEFAULT_CONNECTIVITY,
+    min_area: int | None = DEFAULT_MIN_AREA,
     scale_max: float | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
 ) -> ChipSummary:
     """Chip arbitrary image/label tile pairs into ``out_dir`` (the format of docs/ARCHITECTURE.md).
 
-    ``band_names`` default to ``band1..bandN``. ``scale_max``: the raw value that maps to 1.0 (default: the
-    dtype's maximum), recorded in ``value_scaling``. ``out_dir`` must be empty (or a chip dataset with
-    ``overwrite``). A tile without eroded label gets one from :func:`engine.data.labels.erode_mask`. Band mean/std
-    come from the pixels of the ``train`` tiles (all tiles when there is no ``train`` split; a regular subsample
-    of tiles over ``STATS_SAMPLE`` pixels).
+    ``connectivity`` / ``min_area``: how blobs become boxes (None: the defaults, 8 and 16 px; see
+    :mod:`engine.data.boxes`). ``band_names`` default to ``band1..bandN``. ``scale_max``: the raw value that maps
+    to 1.0 (default: the dtype's maximum), recorded in ``value_scaling``. ``out_dir`` must be empty (or a chip
+    dataset with ``overwrite``). A tile without eroded label gets one from :func:`engine.data.labels.erode_mask`.
+    Band mean/std come from the pixels of the ``train`` tiles (all tiles when there is no ``train`` split; a
+    regular subsample of tiles over ``STATS_SAMPLE`` pixels).
     """
     start = time.perf_counter()
-    params = BoxParams(connectivity, min_area)
+    params = BoxParams(
+        DEFAULT_CONNECTIVITY if connectivity is None else connectivity,
+        DEFAULT_MIN_AREA if min_area is None else min_area,
+    )
     infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
     bands = list(band_names) if band_names else [f"band{i + 1}" for i in range(infos[0].bands)]
@@ -263,16 +213,19 @@ def chip_tiles(
     total_px = sum(info.width * info.height for info in infos)
     done_px = 0
     # the next tile is read in a background thread (GDAL releases the GIL) while this one is cut
-    with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer, ThreadPoolExecutor(1) as pool:
+    with (
+        ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer,
+        ThreadPoolExecutor(3, thread_name_prefix="chip-read") as pool,
+    ):
         cutter = _Cutter(writer, params, stats_split, scale)
-        pending: Future[_LoadedTile] | None = pool.submit(_load_tile, tiles[0])
+        pending: _TileLoad | None = _TileLoad(pool, tiles[0])
         try:
             for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
                 check_cancel(progress)
                 if progress:
                     progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
                 loaded = pending.result()
-                pending = pool.submit(_load_tile, tiles[i + 1]) if i + 1 < len(tiles) else None
+                pending = _TileLoad(pool, tiles[i + 1]) if i + 1 < len(tiles) else None
                 cutter.cut(tile, loaded, tile_windows, progress)
                 done_px += info.width * info.height
                 del loaded
@@ -332,8 +285,8 @@ def chip_dataset(
     *,
     bands: str | None = None,
     splits: Mapping[str, str | None] | str | os.PathLike[str] | None = None,
-    connectivity: int = DEFAULT_CONNECTIVITY,
-    min_area: int = DEFAULT_MIN_AREA,
+    connectivity: int | None = DEFAULT_CONNECTIVITY,
+    min_area: int | None = DEFAULT_MIN_AREA,
     scale_max: float | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,

@@ -44,7 +44,8 @@ class BoxParams:
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"box connectivity: expected 4 or 8, found {self.connectivity!r}")
-        if int(self.min_area) != self.min_area or self.min_area < 1:
+        numeric = isinstance(self.min_area, int | float | np.integer)
+        if not numeric or int(self.min_area) != self.min_area or self.min_area < 1:
             raise ConfigError(f"box min_area: expected an integer number of pixels >= 1, found {self.min_area!r}")
 
     def as_dict(self) -> dict[str, int]:

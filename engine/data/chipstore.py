@@ -95,10 +95,19 @@ def prepare_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False)
 
 
 def _dump_manifest(manifest: Mapping[str, Any]) -> str:
-    """JSON text with one chip per line: readable, yet small for tens of thousands of chips."""
-    head = json.dumps({k: v for k, v in manifest.items() if k != "chips"}, indent=1)
-    chips = ",\n".join("  " + json.dumps(c) for c in manifest.get("chips", []))
-    return head[:-2] + ',\n "chips": [\n' + chips + "\n ]\n}\n"
+    """JSON text with one key, one tile and one chip per line: readable, and small for tens of thousands of chips."""
+    lines = []
+    for key, value in manifest.items():
+        if key in ("tiles", "chips") and value:
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            body = ",\n".join(
+                f"  {json.dumps(k) + ': ' if isinstance(value, dict) else ''}{json.dumps(v)}" for k, v in items
+            )
+            opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
+            lines.append(f" {json.dumps(key)}: {opening}\n{body}\n {closing}")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
 class ChipWriter:
@@ -127,6 +136,11 @@ class ChipWriter:
         self.partial = self.out / PARTIAL_DIR
         self.partial.mkdir()
         self._committed = False
+        self._image = np.zeros((chip_size, chip_size, bands), self.dtype)
+        self._masks = np.full((2, chip_size, chip_size), IGNORE_INDEX, np.uint8)
+        self._extent = (chip_size, chip_size)
+        """Reused chip buffers (a fresh allocation per chip costs a page fault per 4 KiB) and the extent of the
+        last chip written into them: outside it they hold padding."""
         self._files: dict[tuple[str, str], tuple[int, int, int]] = {}
         """(split, array name) → (file descriptor, data offset, bytes per chip)."""
         for split, n in self.counts.items():
@@ -157,20 +171,17 @@ class ChipWriter:
 
     def put(self, split: str, index: int, image: np.ndarray, mask: np.ndarray, eroded: np.ndarray) -> None:
         """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX)."""
-        size = self.chip_size
         h, w = mask.shape
-        if (h, w) == (size, size):
-            self._write(split, "images", index, np.ascontiguousarray(image, self.dtype))
-            self._write(split, "masks", index, np.ascontiguousarray(mask, np.uint8))
-            self._write(split, "eroded", index, np.ascontiguousarray(eroded, np.uint8))
-            return
-        padded = np.zeros((size, size, self.bands), self.dtype)
-        padded[:h, :w] = image
-        self._write(split, "images", index, padded)
-        for name, values in (("masks", mask), ("eroded", eroded)):
-            padded = np.full((size, size), IGNORE_INDEX, np.uint8)
-            padded[:h, :w] = values
-            self._write(split, name, index, padded)
+        if (h, w) != self._extent:  # re-pad (windows of one tile share their extent, so this is rare)
+            self._image.fill(0)
+            self._masks.fill(IGNORE_INDEX)
+            self._extent = (h, w)
+        self._image[:h, :w] = image
+        self._masks[0, :h, :w] = mask
+        self._masks[1, :h, :w] = eroded
+        self._write(split, "images", index, self._image)
+        self._write(split, "masks", index, self._masks[0])
+        self._write(split, "eroded", index, self._masks[1])
 
     def _close(self) -> None:
         for fd, _, _ in self._files.values():

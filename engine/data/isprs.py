@@ -48,7 +48,7 @@ STANDARD_SPLITS: dict[str, dict[str, str]] = {
 }
 """The common ISPRS train/val tile split (mmseg / torchgeo), REFERENCE §3."""
 
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -219,6 +219,12 @@ def _tile_key(dataset: str, name: str, where: str) -> str:
     raise ConfigError(f"{where}: expected {dataset} tile names like {example!r}, found {name!r}")
 
 
+def check_split_name(split: object, where: str) -> None:
+    """Split names become folder names in a chip dataset: letters, digits, ``_`` and ``-`` only."""
+    if not (isinstance(split, str) and _SPLIT_NAME.fullmatch(split)):
+        raise ConfigError(f"{where}: expected a split name like 'train' (letters, digits, _ or -), found {split!r}")
+
+
 def load_splits(
     dataset: str, splits: Mapping[str, str | None] | str | os.PathLike[str] | None
 ) -> dict[str, str | None]:
@@ -241,8 +247,8 @@ def load_splits(
         splits = {tile: split for split, tiles in splits.items() for tile in tiles}
     mapping: dict[str, str | None] = {}
     for tile, split in splits.items():
-        if split not in (None, "") and not (isinstance(split, str) and _SPLIT_NAME.match(split)):
-            raise ConfigError(f"{where}: expected a split name like 'train' for tile {tile!r}, found {split!r}")
+        if split not in (None, ""):
+            check_split_name(split, f"{where}, tile {tile!r}")
         mapping[_tile_key(dataset, tile, where)] = split or None
     return mapping
 

@@ -69,6 +69,7 @@ def evaluate_model(
                     image_hw=tuple(images.shape[-2:]),
                     score_threshold=score_thresh,
                     iou_threshold=nms_iou,
+                    variances=net.cfg.box_variances,
                 )
                 for det, boxes, labels in zip(detections, batch["boxes"], batch["labels"]):
                     meter.update(det["boxes"], det["scores"], det["labels"], boxes, labels)

@@ -219,6 +219,7 @@ def export_checkpoint(
     from engine.models import build_model, load_model_config
     from engine.train.checkpoint import inference_state, load_checkpoint
 
+    options = {k: v for k, v in options.items() if v is not None}  # None = "the default" (QGIS optional params)
     payload = load_checkpoint(ckpt_path)
     cfg = dataclasses.replace(load_model_config(payload["model_config"]), pretrained=None)
     model = build_model(cfg)

@@ -64,6 +64,18 @@ class OnnxModel:
             raise InputError(
                 f"model '{self.path}': metadata lists {self.info.channels} bands, the graph input has {shape[1]}"
             )
+        if len(shape) == 4 and isinstance(shape[2], int) and shape[2] != self.info.tile_size:
+            raise InputError(
+                f"model '{self.path}': metadata 'tile_size' is {self.info.tile_size}, the graph input is {shape[2]} px"
+            )
+        seg_shape = dict(outputs).get(self.info.seg_output) if self.info.seg_output else None
+        if seg_shape and len(seg_shape) == 4 and isinstance(seg_shape[1], int):
+            classes = len(self.info.seg_classes)
+            if seg_shape[1] != classes and not (seg_shape[1] == 1 and classes == 2):
+                raise InputError(
+                    f"model '{self.path}': metadata names {classes} segmentation classes, the graph output "
+                    f"'{self.info.seg_output}' has {seg_shape[1]} channels"
+                )
         self._names = [n for n in (self.info.seg_output, self.info.det_scores_output, self.info.det_boxes_output) if n]
 
     def run(self, batch: np.ndarray) -> TileOutputs:

@@ -119,6 +119,43 @@ def _tile_dets(model: OnnxModel, grid: TileGrid, tile: _Tile, scores: np.ndarray
     return Detections(b + shift, s, lab, ids, trunc)
 
 
+def _run_tiles(
+    model: OnnxModel,
+    src: Source,
+    grid: TileGrid,
+    batch_size: int,
+    writer: _SegWriter | None,
+    detect: bool,
+    thresh: float,
+    progress: Progress | None,
+) -> tuple[list[Detections], int]:
+    """The sliding window: read (one batch ahead, in a thread), run, blend + write seg, collect per-tile detections.
+    Returns the detections and how many tiles ran (tiles with no valid pixel are skipped)."""
+    blender = Blender(grid, len(model.info.seg_classes)) if writer is not None else None
+    parts: list[Detections] = []
+    done = tiles_run = 0
+    for tiles in _batches(src, grid, batch_size):
+        check_cancel(progress)
+        run = [t for t in tiles if t.data is not None]
+        result = model.run(np.stack([t.data for t in run])) if run else None
+        tiles_run += len(run)
+        if detect and result is not None and result.scores is not None:
+            for k, tile in enumerate(run):
+                found = _tile_dets(model, grid, tile, result.scores[k], result.boxes[k], thresh)
+                if found is not None:
+                    parts.append(found)
+        if blender is not None:
+            seg = {id(t): result.seg[k] for k, t in enumerate(run)} if run else {}
+            for tile in tiles:
+                block = blender.add(tile.i, tile.j, seg.get(id(tile)))
+                if block is not None:
+                    writer.write(block, tile.valid)
+        done += len(tiles)
+        if progress is not None:
+            progress.report(0.95 * done / len(grid), f"tile {done}/{len(grid)}")
+    return parts, tiles_run
+
+
 def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_polygons) -> None:
     if not any((out_raster, out_vector, out_probs, out_polygons)):
         raise ConfigError("predict: give at least one output (out_raster, out_vector, out_probs or out_polygons)")
@@ -143,7 +180,7 @@ def predict_raster(
     aoi: PathLike | None = None,
     bands: Sequence[int] | None = None,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | None = 4,
     out_probs: PathLike | None = None,
     out_polygons: PathLike | None = None,
     device: str = "auto",
@@ -151,7 +188,7 @@ def predict_raster(
     score_thresh: float | None = None,
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
-    cache_mb: int = 128,
+    cache_mb: int = 32,
     progress: Progress | None = None,
 ) -> PredictSummary:
     """Run ``model_path`` over ``input_path`` tile by tile; write the requested outputs on the input's grid.
@@ -162,6 +199,7 @@ def predict_raster(
     numbers in the model's band order. ``overlap`` defaults to the model's recommendation.
     """
     started = time.perf_counter()
+    batch_size = 4 if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"parameter 'batch_size' must be >= 1, found {batch_size}")
     model = OnnxModel(model_path, device=device, threads=threads)
@@ -182,22 +220,21 @@ def predict_raster(
 
     old_cache = gdal.GetCacheMax()
     gdal.SetCacheMax(int(cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
-    results: dict[str, str] = {}
-    tiles_run = 0
     raw_count = 0
     kept = Detections.empty()
+    requested = {
+        name: str(p)
+        for name, p in (
+            ("raster", out_raster),
+            ("probs", out_probs),
+            ("vector", out_vector),
+            ("polygons", out_polygons),
+        )
+        if p is not None
+    }
     try:
         with contextlib.ExitStack() as stack:
-            final = {
-                name: Path(stack.enter_context(atomic_path(p)))
-                for name, p in (
-                    ("raster", out_raster),
-                    ("probs", out_probs),
-                    ("vector", out_vector),
-                    ("polygons", out_polygons),
-                )
-                if p is not None
-            }
+            final = {name: Path(stack.enter_context(atomic_path(p))) for name, p in requested.items()}
 
             def scratch(target: PathLike) -> Path:
                 path = temporary_sibling(target, ".tif")
@@ -212,29 +249,10 @@ def predict_raster(
             class_ds = out.create_class_map(class_work, src, info.seg_classes, info.palette) if class_work else None
             prob_ds = out.create_probabilities(prob_work, src, info.seg_classes) if prob_work else None
             try:
-                writer = _SegWriter(info.seg_kind, class_ds, prob_ds)
-                blender = Blender(grid, len(info.seg_classes)) if (class_ds or prob_ds) else None
-                parts: list[Detections] = []
-                done = 0
-                for tiles in _batches(src, grid, batch_size):
-                    check_cancel(progress)
-                    run = [t for t in tiles if t.data is not None]
-                    result = model.run(np.stack([t.data for t in run])) if run else None
-                    tiles_run += len(run)
-                    for k, tile in enumerate(run):
-                        if out_vector is not None and result.scores is not None:
-                            found = _tile_dets(model, grid, tile, result.scores[k], result.boxes[k], thresh)
-                            if found is not None:
-                                parts.append(found)
-                    if blender is not None:
-                        seg = {id(t): result.seg[k] for k, t in enumerate(run)} if run else {}
-                        for tile in tiles:
-                            block = blender.add(tile.i, tile.j, seg.get(id(tile)))
-                            if block is not None:
-                                writer.write(block, tile.valid)
-                    done += len(tiles)
-                    if progress is not None:
-                        progress.report(0.95 * done / len(grid), f"tile {done}/{len(grid)}")
+                writer = _SegWriter(info.seg_kind, class_ds, prob_ds) if (class_ds or prob_ds) else None
+                parts, tiles_run = _run_tiles(
+                    model, src, grid, batch_size, writer, out_vector is not None, thresh, progress
+                )
             finally:
                 class_ds = prob_ds = writer = None  # close (flush) the GeoTIFFs
 
@@ -255,16 +273,6 @@ def predict_raster(
                 kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, src.height)
                 out.write_detections(final["vector"], kept, info.det_classes, src)
             check_cancel(progress)
-            results = {
-                name: str(p)
-                for name, p in (
-                    ("raster", out_raster),
-                    ("probs", out_probs),
-                    ("vector", out_vector),
-                    ("polygons", out_polygons),
-                )
-                if p is not None
-            }
     finally:
         gdal.SetCacheMax(old_cache)
     seconds = time.perf_counter() - started
@@ -281,6 +289,6 @@ def predict_raster(
         detections=len(kept),
         raw_detections=raw_count,
         warnings=notes,
-        outputs=results,
+        outputs=requested,
         model_source=info.source,
     )

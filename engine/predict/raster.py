@@ -66,7 +66,7 @@ class Source:
     scale: np.ndarray  # (C, 1, 1) multiply raw values
     offset: np.ndarray  # (C, 1, 1) then add: x = raw * scale + offset = (raw / max - mean) / std
     warped: bool
-    all_valid: bool
+    mask_bands: list[int]  # bands whose GDAL mask must be read (one for a per-dataset alpha); empty: all valid
     aoi: ogr.Geometry | None = None
     _aoi_store: object = dataclasses.field(default=None, repr=False)
     _aoi_layer: ogr.Layer | None = dataclasses.field(default=None, repr=False)
@@ -97,10 +97,10 @@ class Source:
         np.multiply(raw, self.scale, out=out[:, :h, :w], casting="unsafe")
         out[:, :h, :w] += self.offset
         valid = np.zeros((size, size), bool)
-        if self.all_valid:
+        if not self.mask_bands:
             valid[:h, :w] = True
         else:
-            masks = [self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h) for b in self.bands]
+            masks = [self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h) for b in self.mask_bands]
             valid[:h, :w] = np.logical_and.reduce([m > 0 for m in masks])
         if self.aoi is not None:
             valid &= self._aoi_mask(x, y, size)
@@ -226,7 +226,10 @@ def open_source(
             work, warped = _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
     for note in notes:
         log.warning(note)
-    flags = [work.GetRasterBand(b).GetMaskFlags() for b in band_list]
+    flags = {b: work.GetRasterBand(b).GetMaskFlags() for b in band_list}
+    mask_bands = [b for b in band_list if flags[b] != gdal.GMF_ALL_VALID]
+    if mask_bands and all(flags[b] & gdal.GMF_PER_DATASET for b in mask_bands):
+        mask_bands = mask_bands[:1]  # one alpha / dataset mask serves every band
     return Source(
         path=path,
         input_ds=ds,
@@ -235,7 +238,7 @@ def open_source(
         scale=(1.0 / (raw_max * std)).astype(np.float32),
         offset=(-mean / std).astype(np.float32),
         warped=warped,
-        all_valid=all(f == gdal.GMF_ALL_VALID for f in flags),
+        mask_bands=mask_bands,
     )
 
 

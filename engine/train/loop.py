@@ -73,6 +73,24 @@ def _load_teacher(path: str, student_channels: int, kernel: int, device: torch.d
     return O.Teacher(net=net, adapter=adapter.to(device))
 
 
+def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[str, Any]) -> None:
+    """Each teacher must have the head it distils, and the detection teacher the student's anchor layout."""
+    for task, key in (("det", "kd.det_teacher"), ("seg", "kd.seg_teacher")):
+        tasks = teachers[task].net.cfg.tasks
+        if task not in tasks:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): expected a {task} teacher, it has {list(tasks)}"
+            )
+    t_cfg = teachers["det"].net.cfg
+    for field_name in ("anchor_base_size", "anchor_scales", "anchor_aspect_ratios", "box_variances", "in_channels"):
+        if getattr(t_cfg, field_name) != getattr(student_cfg, field_name):
+            raise ConfigError(
+                f"config key 'kd.det_teacher' ({kd['det_teacher']}): soft detection KD pairs anchors one by one, "
+                f"so '{field_name}' must match the student's {getattr(student_cfg, field_name)!r}, "
+                f"found {getattr(t_cfg, field_name)!r}"
+            )
+
+
 def _loader(dataset, batch_size: int, workers: int, seed: int, info: DistInfo, collate, device) -> DataLoader:
     sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed) if info.enabled else None
     generator = torch.Generator().manual_seed(seed)
@@ -167,6 +185,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     if uses_kd:
         teachers["det"] = _load_teacher(kd["det_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
         teachers["seg"] = _load_teacher(kd["seg_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
+        _check_teachers(teachers, model_cfg, kd)
     adapters = nn.ModuleDict({task: t.adapter for task, t in teachers.items()})
 
     trainable: list[nn.Module] = [student, adapters]
@@ -340,7 +359,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             }
             save_checkpoint(last_path, payload)
             if improved:
-                save_checkpoint(best_path, payload)
+                save_checkpoint(best_path, inference_payload(payload))
             if progress is not None and hasattr(progress, "emit"):
                 progress.emit("metrics", **row)
 
@@ -349,6 +368,12 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         with contextlib.suppress(Exception):
             plot_curves(history, out_dir / "curves.png")
     return TrainResult(out_dir, best_path, last_path, best_metrics, history)
+
+
+def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
+    """best.pt: only what evaluation and export need (averaged weights, config, metadata): a third of last.pt."""
+    keep = ("model_config", "epoch", "step", "best", "config", "metadata")
+    return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
 def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:

@@ -35,11 +35,16 @@ def level_shapes(features: list[torch.Tensor]) -> list[tuple[int, int]]:
 
 
 def detection_supervised(
-    out: dict[str, Any], boxes: torch.Tensor, labels: torch.Tensor, anchors: torch.Tensor, loss_cfg: dict[str, Any]
+    out: dict[str, Any],
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    anchors: torch.Tensor,
+    loss_cfg: dict[str, Any],
+    variances: tuple[float, float] = anchor_ops.DEFAULT_VARIANCES,
 ) -> dict[str, torch.Tensor]:
     """Focal loss on assigned anchors + Balanced L1 on the positives' encoded boxes."""
     assigned, matched = anchor_ops.assign(anchors, boxes, labels)
-    target_deltas = anchor_ops.encode(matched, anchors)
+    target_deltas = anchor_ops.encode(matched, anchors, variances)
     cls = L.detection_cls_loss(
         out["cls_logits"].float(),
         assigned,

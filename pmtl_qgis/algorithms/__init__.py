@@ -10,4 +10,13 @@ from .train import Train
 
 ALGORITHMS = (GenerateSynthetic, ChipTiles, Train, ExportOnnx, DetectSegment, Evaluate, RenderMap)
 
-__all__ = ["ALGORITHMS", "ChipTiles", "DetectSegment", "Evaluate", "ExportOnnx", "GenerateSynthetic", "RenderMap", "Train"]
+__all__ = [
+    "ALGORITHMS",
+    "ChipTiles",
+    "DetectSegment",
+    "Evaluate",
+    "ExportOnnx",
+    "GenerateSynthetic",
+    "RenderMap",
+    "Train",
+]

@@ -22,6 +22,8 @@ from ..environment import PLUGIN_DIR, import_engine, install_message, missing_mo
 from ..feedback import FeedbackProgress
 
 HOMEPAGE = "https://github.com/pmtl/pmtl"
+DEVICES = ("auto", "cpu", "cuda")
+"""Device choices of the engine (auto: CUDA when available, else the CPU)."""
 ICON_PATH = PLUGIN_DIR / "icon.svg"
 
 
@@ -105,8 +107,8 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def call_engine(self, function: Callable[..., Any], feedback: QgsProcessingFeedback, **kwargs: Any) -> Any:
         """Call an engine function with the feedback as its progress; engine errors become Processing errors.
 
-        ``None`` values of optional arguments are left out (the engine's defaults apply). Options the installed engine does not accept
-        are dropped with a warning, so an older engine still runs.
+        ``None`` values of optional arguments are left out (the engine's defaults apply). Options the installed
+        engine does not accept are dropped with a warning, so an older engine still runs.
         """
         progress_module = self.engine("engine.core.progress")
         errors = self.engine("engine.core.errors")

@@ -36,10 +36,8 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ..styling import style_on_load
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
 from .chip_tiles import raster_path
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def detection_fields() -> QgsFields:
@@ -249,7 +247,7 @@ class DetectSegment(PmtlAlgorithm):
         results: dict[str, Any] = {}
         if out_raster:
             results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster")
+            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.palette))
         results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
             parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
         )
@@ -258,7 +256,7 @@ class DetectSegment(PmtlAlgorithm):
             results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
                 parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
             )
-            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons")
+            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.palette))
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
         text = json.dumps(summary.as_dict() if hasattr(summary, "as_dict") else summary, default=str)

@@ -16,8 +16,8 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
-from .train import CHECKPOINT_FILTER, DEVICES
+from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
+from .train import CHECKPOINT_FILTER
 
 NUMBERS = (
     ("DET_MAP", "det_map", "Detection mAP@[.5:.95]"),

@@ -11,6 +11,7 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingParameterBoolean,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
@@ -18,11 +19,47 @@ from qgis.core import (
     QgsRasterLayer,
     QgsVectorLayer,
 )
-from qgis.PyQt.QtCore import QSize
-from qgis.PyQt.QtGui import QColor, QImage, QPainter
+from qgis.PyQt.QtCore import QRect, QSize, Qt
+from qgis.PyQt.QtGui import QColor, QImage, QPainter, QPen
 
-from ..styling import apply_class_palette, apply_detection_style
+from ..styling import BOX_COLOURS, apply_class_palette, apply_detection_style
 from .base import PmtlAlgorithm, with_help
+
+LEGEND_ROW_PX = 22
+
+
+def legend_entries() -> list[tuple[str, tuple[int, int, int], bool]]:
+    """(label, colour, is_box) for the class colours and then the box outline colours."""
+    from engine.core.classes import PALETTE, SEG_CLASSES
+
+    classes = [(name.replace("_", " "), rgb, False) for name, rgb in zip(SEG_CLASSES, PALETTE)]
+    return classes + [(f"{name} box", rgb, True) for name, rgb in BOX_COLOURS.items()]
+
+
+def draw_legend(painter: QPainter, top: int, width: int) -> None:
+    """One or more rows of swatches with labels under the map."""
+    x, y = 8, top + 4
+    for label, rgb, is_box in legend_entries():
+        text_width = painter.fontMetrics().horizontalAdvance(label)
+        if x + 22 + text_width > width:
+            x, y = 8, y + LEGEND_ROW_PX
+        swatch = QRect(x, y + 3, 14, 14)
+        if is_box:
+            painter.setPen(QPen(QColor(*rgb), 2))
+            painter.setBrush(Qt.NoBrush)
+        else:
+            painter.setPen(QPen(QColor(60, 60, 60), 1))
+            painter.setBrush(QColor(*rgb))
+        painter.drawRect(swatch)
+        painter.setPen(QColor(0, 0, 0))
+        painter.drawText(x + 20, y + 15, label)
+        x += 20 + text_width + 16
+
+
+def legend_height(width: int) -> int:
+    """Pixel height the legend needs at this image width (rough: entries of ~110 px)."""
+    per_row = max(1, (width - 16) // 110)
+    return LEGEND_ROW_PX * -(-len(legend_entries()) // per_row) + 8
 
 
 class RenderMap(PmtlAlgorithm):
@@ -33,7 +70,8 @@ class RenderMap(PmtlAlgorithm):
     HELP = (
         "Draws what 'Detect and segment' found the way QGIS shows it: the orthophoto, the class map on top with "
         "the ISPRS colours (half transparent), and the detected boxes outlined by class and labelled with their "
-        "score, over the orthophoto's extent, into a PNG. Useful headless (qgis_process) for reports and demos.\n\n"
+        "score, over the orthophoto's extent, into a PNG, with a legend underneath. Useful headless (qgis_process) "
+        "for reports and demos.\n\n"
         "Example (qgis_process): qgis_process run pmtl:render_map -- INPUT=/data/ortho.tif "
         "CLASS_MAP=/out/classes.tif DETECTIONS=/out/detections.gpkg WIDTH=1600 OUTPUT=/out/map.png"
     )
@@ -43,6 +81,7 @@ class RenderMap(PmtlAlgorithm):
     DETECTIONS = "DETECTIONS"
     OPACITY = "OPACITY"
     WIDTH = "WIDTH"
+    LEGEND = "LEGEND"
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
@@ -72,6 +111,12 @@ class RenderMap(PmtlAlgorithm):
             with_help(
                 number(self.WIDTH, self.tr("Image width (px)"), number.Integer, 1200, False, 64, 20000),
                 "The height follows the orthophoto's aspect ratio.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterBoolean(self.LEGEND, self.tr("Add a legend"), True),
+                "Class colours and box colours under the map.",
             )
         )
         self.addParameter(
@@ -113,11 +158,14 @@ class RenderMap(PmtlAlgorithm):
         settings.setBackgroundColor(QColor(255, 255, 255))
         settings.setFlag(QgsMapSettings.Antialiasing, True)
         settings.setTransformContext(context.transformContext())
-        image = QImage(QSize(width, height), QImage.Format_ARGB32_Premultiplied)
+        extra = legend_height(width) if self.parameterAsBool(parameters, self.LEGEND, context) else 0
+        image = QImage(QSize(width, height + extra), QImage.Format_ARGB32_Premultiplied)
         image.fill(QColor(255, 255, 255))
         painter = QPainter(image)
         job = QgsMapRendererCustomPainterJob(settings, painter)
         job.renderSynchronously()
+        if extra:
+            draw_legend(painter, height, width)
         painter.end()
         out_path = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not image.save(out_path, "PNG"):

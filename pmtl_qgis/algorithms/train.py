@@ -24,16 +24,16 @@ from qgis.core import (
 
 from ..engine_process import ProcessResult, run_streaming
 from ..environment import activate, engine_root, install_message, subprocess_environment
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
 
 MODELS = (
-    ("config", None),
+    ("as in the config (student without a config)", None),
     ("student: ResNet18 + FPN", "models/student.yaml"),
     ("detection teacher: ResNet50 + PAFPN", "models/teacher_det.yaml"),
     ("segmentation teacher: ResNet50 + PAFPN", "models/teacher_seg.yaml"),
 )
 KD_VARIANTS = (
-    ("config", None),
+    ("as in the config (none without a config)", None),
     ("none (partial multi-task learning)", (False, "none")),
     ("soft", (True, "none")),
     ("mse", (False, "mse")),
@@ -41,7 +41,6 @@ KD_VARIANTS = (
     ("soft + mse", (True, "mse")),
     ("soft + pdf", (True, "pdf")),
 )
-DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pt *.pth);;All files (*.*)"
 
 
@@ -119,8 +118,8 @@ class Train(PmtlAlgorithm):
         )
         self.addParameter(
             with_help(
-                QgsProcessingParameterEnum(self.MODEL, self.tr("Network"), [m[0] for m in MODELS], defaultValue=1),
-                "'config' keeps the training config's choice.",
+                QgsProcessingParameterEnum(self.MODEL, self.tr("Network"), [m[0] for m in MODELS], defaultValue=0),
+                "The student is what you deploy; teachers (larger) are trained first for distillation.",
             )
         )
         self.addParameter(
@@ -155,7 +154,8 @@ class Train(PmtlAlgorithm):
                     QgsProcessingParameterFile(
                         self.CONFIG, self.tr("Training config (YAML)"), fileFilter="YAML (*.yaml *.yml)", optional=True
                     ),
-                    "A config like those in models/; the parameters above override it.",
+                    "A training config; the parameters above override it. Shipped: "
+                    f"{engine_root() or '.'}/models/train/ (teacher_det, teacher_seg, student_mtl, student_kd).yaml",
                 )
             )
         )
@@ -286,7 +286,7 @@ class Train(PmtlAlgorithm):
         return self._results(result, out_dir, feedback)
 
     def _results(self, result: ProcessResult, out_dir: Path, feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        if any("No module named" in line for line in result.tail):
+        if result.returncode != 0 and any("No module named" in line for line in result.tail):
             missing = [
                 line.split("No module named")[-1].strip(" '\"") for line in result.tail if "No module named" in line
             ]
