@@ -4,7 +4,9 @@ Writes ISPRS-sized Vaihingen-layout tiles (uncompressed GeoTIFF like the real on
 blocky label scenes with buildings, trees and cars), warms the page cache, then times (a) reading every file
 whole with GDAL ``ReadAsArray`` and (b) ``engine.chip.chip_dataset`` on the same root (read, decode labels, boxes,
 band statistics, write the chip arrays and manifest). Throughput is tile megapixels per second; the ratio is
-chipping / raw read. Run: ``python -m bench.bench_chip [--tiles 6 --width 2500 --height 2000]``.
+chipping / raw read (best round of each, and every round's pair). CPU seconds of both are printed too: on a shared
+machine wall-clock ratios move with other processes' load, CPU seconds much less.
+Run: ``python -m bench.bench_chip [--tiles 6 (at most 20) --width 2500 --height 2000 --stride 320]``.
 """
 
 from __future__ import annotations

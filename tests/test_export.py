@@ -212,3 +212,30 @@ def test_dynamo_exporter(tmp_path):
     (seg,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(seg, model(x)["seg_logits"].numpy(), atol=1e-5)
+
+
+def test_single_task_teacher_exports_and_predicts(tmp_path):
+    """A detection-only network (a single-task teacher) exports with det outputs only and runs in predict."""
+    from osgeo import gdal, osr
+
+    from engine.predict import predict_raster
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(tasks=("det",))).eval()
+    nn.init.constant_(model.det_head.cls_tower.predictors[0].bias, 0.0)
+    path = tmp_path / "teacher_det.onnx"
+    meta = export_onnx(model, path, {**DESCRIPTION, "role": "teacher"}, TILE, overlap=16)
+    assert meta["tasks"] == ["det"] and list(meta["outputs"]) == ["det_scores", "det_boxes"]
+    assert meta["model_type"] == "Detector" and "seg" not in meta and meta["provenance"]["role"] == "teacher"
+    raster = tmp_path / "in.tif"
+    ds = gdal.GetDriverByName("GTiff").Create(str(raster), 100, 90, 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 0.09, 0.0, 5400000.0, 0.0, -0.09))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    ds.SetProjection(srs.ExportToWkt())
+    ds.WriteArray(np.random.default_rng(0).integers(0, 256, (3, 90, 100), dtype=np.uint8))
+    ds = None
+    with pytest.raises(ConfigError, match="no segmentation output"):
+        predict_raster(path, raster, tmp_path / "seg.tif")
+    summary = predict_raster(path, raster, out_vector=tmp_path / "det.gpkg", score_thresh=0.4)
+    assert summary.tiles == 4 and summary.detections > 0 and summary.raw_detections >= summary.detections

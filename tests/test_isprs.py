@@ -15,6 +15,7 @@ from osgeo import gdal, osr
 
 from engine.core.classes import IGNORE_INDEX, PALETTE
 from engine.core.errors import ConfigError, InputError
+from engine.data import isprs
 from engine.data.isprs import STANDARD_SPLITS, find_isprs_tiles, load_splits, read_image, read_label
 from engine.data.labels import decode_rgb_label, encode_rgb_label, erode_mask
 
@@ -102,9 +103,9 @@ def make_potsdam(root: Path, tiles: dict[str, tuple[int, int]], products: tuple[
 
 
 def test_vaihingen_tiles_are_paired_and_split_by_the_standard_list(tmp_path: Path) -> None:
-    make_vaihingen(tmp_path, {1: (20, 16), 2: (18, 12), 39: (10, 10)})
-    tiles = find_isprs_tiles("vaihingen", tmp_path)
-    assert [(t.name, t.split) for t in tiles] == [("area1", "train"), ("area2", "val")]  # area39 is in no split
+    make_vaihingen(tmp_path, {1: (20, 16), 2: (18, 12), 11: (8, 8), 39: (10, 10)})
+    tiles = find_isprs_tiles("vaihingen", tmp_path)  # natural order; area39 is in no split
+    assert [(t.name, t.split) for t in tiles] == [("area1", "train"), ("area2", "val"), ("area11", "train")]
     assert tiles[0].image == tmp_path / "top" / "top_mosaic_09cm_area1.tif"
     assert tiles[0].label == tmp_path / "gts_for_participants" / "top_mosaic_09cm_area1.tif"
     assert tiles[0].eroded == tmp_path / "gts_eroded_for_participants" / "top_mosaic_09cm_area1_noBoundary.tif"
@@ -215,16 +216,19 @@ def test_palette_decoding_black_and_off_palette_pixels() -> None:
     assert clean.off_palette_pixels == 0 and clean.mask.tolist() == [[TREE, IMP]]
 
 
-def test_off_palette_pixels_in_a_label_file_are_counted_and_logged(tmp_path: Path, caplog) -> None:
-    rgb = encode_rgb_label(np.full((6, 7), LVEG, np.uint8))
+@pytest.mark.parametrize("block_px", [1 << 18, 14])  # whole label in one block / decoded 2 rows at a time
+def test_off_palette_pixels_in_a_label_file_are_counted_and_logged(tmp_path, caplog, monkeypatch, block_px) -> None:
+    monkeypatch.setattr(isprs, "_LABEL_BLOCK_PX", block_px)
+    rgb = encode_rgb_label(np.full((7, 7), LVEG, np.uint8))
     rgb[0, :3] = (255, 250, 250)  # near white
-    rgb[5, 6] = (200, 30, 20)  # near red
+    rgb[5, 6] = rgb[6, 0] = (200, 30, 20)  # near red, in two blocks
     path = write_tif(tmp_path / "label.tif", rgb)
     with caplog.at_level(logging.WARNING):
         decoded = read_label(path, boundary_is_ignore=False)
-    assert decoded.off_palette_pixels == 4 and decoded.mask[0, :3].tolist() == [IMP] * 3 and decoded.mask[5, 6] == CLUT
-    assert (decoded.mask == LVEG).sum() == 42 - 4
-    assert any(str(path) in r.getMessage() and "4 off-palette" in r.getMessage() for r in caplog.records)
+    assert decoded.off_palette_pixels == 5 and decoded.off_palette_colors == {(255, 250, 250): 3, (200, 30, 20): 2}
+    assert decoded.mask[0, :3].tolist() == [IMP] * 3 and decoded.mask[5, 6] == decoded.mask[6, 0] == CLUT
+    assert (decoded.mask == LVEG).sum() == 49 - 5
+    assert sum(str(path) in r.getMessage() and "5 off-palette" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_single_band_index_labels_are_read_and_checked(tmp_path: Path) -> None:

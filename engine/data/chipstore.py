@@ -143,6 +143,14 @@ class ChipWriter:
         last chip written into them: outside it they hold padding."""
         self._files: dict[tuple[str, str], tuple[int, int, int]] = {}
         """(split, array name) → (file descriptor, data offset, bytes per chip)."""
+        try:
+            self._create_arrays(bands)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _create_arrays(self, bands: int) -> None:
+        chip_size = self.chip_size
         for split, n in self.counts.items():
             (self.partial / split).mkdir()
             for name, kind, shape in (
@@ -167,7 +175,9 @@ class ChipWriter:
         fd, offset, per_chip = self._files[(split, name)]
         if chip.nbytes != per_chip:
             raise ValueError(f"{name} chip of {chip.nbytes} bytes, expected {per_chip}")
-        os.pwrite(fd, chip, offset + index * per_chip)
+        written = os.pwrite(fd, chip, offset + index * per_chip)
+        if written != per_chip:
+            raise OSError(f"{self.partial / split / name}.npy: wrote {written} of {per_chip} bytes (disk full?)")
 
     def put(self, split: str, index: int, image: np.ndarray, mask: np.ndarray, eroded: np.ndarray) -> None:
         """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX)."""

@@ -21,7 +21,7 @@ from osgeo import gdal, osr
 
 from engine.core.classes import IGNORE_INDEX, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
-from engine.data.labels import DecodedLabel, decode_codes
+from engine.data.labels import DecodedLabel, LabelDecoder
 
 gdal.UseExceptions()
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ STANDARD_SPLITS: dict[str, dict[str, str]] = {
 }
 """The common ISPRS train/val tile split (mmseg / torchgeo), REFERENCE §3."""
 
+_LABEL_BLOCK_PX = 1 << 18
+"""Pixels per block when decoding labels (~1 MiB of packed codes: stays in cache between read and decode)."""
 _SPLIT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -196,13 +198,18 @@ def read_label(path: str | os.PathLike[str], *, boundary_is_ignore: bool) -> Dec
                 f"found values {sorted(np.unique(mask[bad]).tolist())[:10]}"
             )
         return DecodedLabel(mask)
-    # read R, G, B, B pixel-interleaved (GDAL's fast path) and clear the top byte: each pixel's little-endian
-    # uint32 is then the packed code r | g << 8 | b << 16, without per-band arithmetic
-    packed = np.empty((height, width, 4), np.uint8)
-    ds.ReadAsArray(buf_obj=packed, interleave="pixel", band_list=[1, 2, 3, 3])
-    codes = packed.view("<u4")[:, :, 0]
-    np.bitwise_and(codes, 0xFFFFFF, out=codes)
-    return decode_codes(codes, boundary_is_ignore=boundary_is_ignore, source=str(path))
+    # read blocks of rows as R, G, B, B pixel-interleaved into 4 bytes per pixel and clear the top byte: each
+    # pixel's little-endian uint32 is then the packed code r | g << 8 | b << 16; decode each block while in cache
+    decoder = LabelDecoder(height, width, boundary_is_ignore=boundary_is_ignore, source=str(path))
+    rows = max(1, _LABEL_BLOCK_PX // width)
+    packed = np.empty((min(rows, height), width, 4), np.uint8)
+    for y in range(0, height, rows):
+        block = packed[: min(rows, height - y)]
+        ds.ReadAsArray(0, y, width, len(block), buf_obj=block, interleave="pixel", band_list=[1, 2, 3, 3])
+        codes = block.view("<u4")[:, :, 0]
+        np.bitwise_and(codes, 0xFFFFFF, out=codes)
+        decoder.decode(y, codes)
+    return decoder.finish()
 
 
 def _tile_key(dataset: str, name: str, where: str) -> str:
@@ -300,7 +307,9 @@ def find_isprs_tiles(
         raise InputError(f"{root}: expected the {dataset} dataset folder, it does not exist or is not a folder")
     mapping = load_splits(dataset, splits)
     folder, pattern, example = _layout(dataset, root, bands)
-    found = sorted(p for p in folder.glob("*.tif") if pattern.fullmatch(p.name)) if folder.is_dir() else []
+    matches = [(pattern.fullmatch(p.name), p) for p in folder.glob("*.tif")] if folder.is_dir() else []
+    # natural order: area2 before area10, 2_10 before 2_13 before 3_10
+    found = [p for _, p in sorted((tuple(int(g) for g in m.groups()), p) for m, p in matches if m)]
     if not found:
         present = sorted(p.name for p in root.iterdir())[:12]
         raise InputError(

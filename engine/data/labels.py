@@ -64,36 +64,59 @@ def nearest_palette_index(colors: np.ndarray) -> np.ndarray:
     return np.argmin((diff * diff).sum(axis=2), axis=1).astype(np.uint8)
 
 
-def decode_codes(codes: np.ndarray, *, boundary_is_ignore: bool, source: str = "label") -> DecodedLabel:
-    """Decode packed RGB codes (see :func:`pack_rgb`) to class indices.
+class LabelDecoder:
+    """Decodes a label block of rows at a time into one preallocated mask, counting off-palette colours.
 
-    Black is IGNORE_INDEX when ``boundary_is_ignore`` (eroded ``noBoundary`` labels); in a full label it is
-    off-palette like any other foreign colour. ``source`` names the file in the warning.
+    Block-wise decoding lets a reader decode each block right after reading it (in cache, no full-size packed
+    buffer). Black is IGNORE_INDEX when ``boundary_is_ignore`` (eroded ``noBoundary`` labels); in a full label it
+    is off-palette like any other foreign colour. ``source`` names the file in the warning of :meth:`finish`.
     """
-    table = _lookup_table(boundary_is_ignore)
-    codes = np.ascontiguousarray(codes, np.uint32)
-    mask = np.empty(codes.shape, np.uint8)
-    flat_codes, flat_mask = codes.reshape(-1), mask.reshape(-1)
-    for i in range(0, flat_codes.size, _CHUNK):  # chunks keep numpy's index temporaries in cache
-        np.take(table, flat_codes[i : i + _CHUNK], out=flat_mask[i : i + _CHUNK])
-    unknown = mask == _UNKNOWN
-    if not unknown.any():
-        return DecodedLabel(mask)
-    foreign, counts = np.unique(codes[unknown], return_counts=True)
-    colors = np.array([_unpack(int(c)) for c in foreign], dtype=np.int64).reshape(-1, 3)
-    mask[unknown] = nearest_palette_index(colors)[np.searchsorted(foreign, codes[unknown])]
-    found = {tuple(int(v) for v in color): int(n) for color, n in zip(colors, counts)}
-    total = int(counts.sum())
-    worst = sorted(found.items(), key=lambda item: -item[1])[:5]
-    log.warning(
-        "%s: %d off-palette label pixels (%.4f%%, %d colours, most frequent %s) mapped to the nearest palette colour",
-        source,
-        total,
-        100.0 * total / mask.size,
-        len(found),
-        ", ".join(f"{c}×{n}" for c, n in worst),
-    )
-    return DecodedLabel(mask, total, found)
+
+    def __init__(self, height: int, width: int, *, boundary_is_ignore: bool, source: str = "label") -> None:
+        self.mask = np.empty((height, width), np.uint8)
+        self.table = _lookup_table(boundary_is_ignore)
+        self.source = source
+        self.found: dict[tuple[int, int, int], int] = {}
+
+    def decode(self, row: int, codes: np.ndarray) -> None:
+        """Decode packed RGB codes (see :func:`pack_rgb`) of the rows starting at ``row``."""
+        codes = np.ascontiguousarray(codes, np.uint32)
+        out = self.mask[row : row + len(codes)]
+        flat_codes, flat_out = codes.reshape(-1), out.reshape(-1)
+        for i in range(0, flat_codes.size, _CHUNK):  # chunks keep numpy's index temporaries in cache
+            np.take(self.table, flat_codes[i : i + _CHUNK], out=flat_out[i : i + _CHUNK])
+        unknown = out == _UNKNOWN
+        if not unknown.any():
+            return
+        foreign, counts = np.unique(codes[unknown], return_counts=True)
+        colors = np.array([_unpack(int(c)) for c in foreign], dtype=np.int64).reshape(-1, 3)
+        out[unknown] = nearest_palette_index(colors)[np.searchsorted(foreign, codes[unknown])]
+        for color, n in zip(colors, counts):
+            key = (int(color[0]), int(color[1]), int(color[2]))
+            self.found[key] = self.found.get(key, 0) + int(n)
+
+    def finish(self) -> DecodedLabel:
+        """The decoded mask; logs a warning naming the file if any colour was off-palette."""
+        total = sum(self.found.values())
+        if total:
+            worst = sorted(self.found.items(), key=lambda item: -item[1])[:5]
+            log.warning(
+                "%s: %d off-palette label pixels (%.4f%%, %d colours, most frequent %s) mapped to the nearest "
+                "palette colour",
+                self.source,
+                total,
+                100.0 * total / self.mask.size,
+                len(self.found),
+                ", ".join(f"{c}×{n}" for c, n in worst),
+            )
+        return DecodedLabel(self.mask, total, dict(self.found))
+
+
+def decode_codes(codes: np.ndarray, *, boundary_is_ignore: bool, source: str = "label") -> DecodedLabel:
+    """Decode an (H, W) array of packed RGB codes (see :func:`pack_rgb`) to class indices (see LabelDecoder)."""
+    decoder = LabelDecoder(*np.shape(codes), boundary_is_ignore=boundary_is_ignore, source=source)
+    decoder.decode(0, codes)
+    return decoder.finish()
 
 
 def decode_rgb_label(rgb: np.ndarray, *, boundary_is_ignore: bool, source: str = "label") -> DecodedLabel:

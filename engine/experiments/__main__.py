@@ -43,6 +43,7 @@ def run_direction(
     from engine.evaluate.run import evaluate_model
     from engine.train.checkpoint import model_from_checkpoint
     from engine.train.config import load_config
+    from engine.train.distributed import DistInfo, pick_device
     from engine.train.loop import train
 
     det_set, seg_set = DIRECTIONS[direction]
@@ -60,13 +61,15 @@ def run_direction(
                 started = time.perf_counter()
                 print(f"[{direction} seed {seed}] training {spec.name}", file=sys.stderr)
                 result = train(cfg, progress=progress, resume=(run_dir / "last.pt").is_file())
-                net, _ = model_from_checkpoint(result.best_checkpoint)
+                device = pick_device(cfg["runtime"]["device"], DistInfo())
+                net, _ = model_from_checkpoint(result.best_checkpoint, device)
                 metrics = evaluate_model(
                     net,
                     det_root=chips[det_set] if "det" in spec.tasks else None,
                     seg_root=chips[seg_set] if "seg" in spec.tasks else None,
                     split="test",
                     batch_size=cfg["data"]["batch_size"],
+                    device=device,
                 )
                 flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
                 flat["train_seconds"] = time.perf_counter() - started

@@ -96,4 +96,4 @@ def run_overrides(
 def _yaml(value: Any) -> str:
     import json
 
-    return json.dumps(value) if not isinstance(value, str) else value
+    return json.dumps(value)  # JSON is YAML: paths with ': ' or '#' and words like 'yes' stay strings

@@ -96,6 +96,14 @@ def _anchor_params(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _names(metadata: Mapping[str, Any], key: str, default: Sequence[Any], count: int) -> list[Any]:
+    """Class names / colours for a head with ``count`` outputs (the ISPRS defaults when the metadata has none)."""
+    values = list(metadata.get(key) or default)
+    if count and len(values) != count:
+        raise InputError(f"export: metadata '{key}' has {len(values)} entries, the model head has {count} classes")
+    return values[:count]
+
+
 def _torch_export(
     wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool
 ) -> None:
@@ -175,9 +183,9 @@ def export_onnx(
         tile_size=tile,
         overlap=overlap,
         outputs=specs,
-        seg_classes=metadata.get("seg_classes", SEG_CLASSES)[:num_seg] if "seg" in tasks else (),
-        palette=metadata.get("palette", PALETTE)[:num_seg] if "seg" in tasks else (),
-        det_classes=metadata.get("det_classes", DET_CLASSES)[:num_det] if "det" in graph_tasks else (),
+        seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
+        palette=_names(metadata, "palette", PALETTE, num_seg),
+        det_classes=_names(metadata, "det_classes", DET_CLASSES, num_det if "det" in graph_tasks else 0),
         score_thresh=score_thresh,
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             value_max=args.value_max,
             progress=progress,
         )
-    except Cancelled:
+    except (Cancelled, KeyboardInterrupt):
         print("prediction cancelled; no output written", file=sys.stderr)
         return 130
     except (PmtlError, ConfigError) as exc:

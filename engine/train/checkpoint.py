@@ -27,19 +27,15 @@ def capture_rng() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2])},
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return state  # the loop draws no global CUDA randomness (augmentation has its own generator)
 
 
 def restore_rng(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    keys = state["numpy"]["keys"].numpy().astype(np.uint32)
+    keys = state["numpy"]["keys"].cpu().numpy().astype(np.uint32)
     np.random.set_state(("MT19937", keys, state["numpy"]["pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:

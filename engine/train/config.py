@@ -38,8 +38,10 @@ DEFAULTS: dict[str, Any] = {
         "soft_det_cls_weight": 5000.0,
         "soft_det_box_weight": 1.0,
         "soft_seg_weight": 1.0,
+        "soft_focal_gamma": 1.0,
         "temperature": 1.0,
         "feature_weight": 5.0,
+        "feature_reduction": "pooled",
         "pdf_cls_weight": 1.0,
         "pdf_box_weight": 1.0,
     },
@@ -61,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.1,
         "epochs": 70,
         "iters_per_epoch": None,
-        "grad_clip": 10.0,
+        "grad_clip": None,
     },
     "ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0},
     "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "select": "auto"},
@@ -130,6 +132,10 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         for key in ("det_teacher", "seg_teacher"):
             if not cfg["kd"][key]:
                 raise ConfigError(f"config key 'kd.{key}': distillation is on, so a teacher checkpoint is needed")
+    if cfg["kd"]["feature_reduction"] not in ("pooled", "level_mean"):
+        raise ConfigError(
+            f"config key 'kd.feature_reduction': expected pooled|level_mean, found {cfg['kd']['feature_reduction']!r}"
+        )
     if cfg["kd"]["adapter_kernel"] not in (1, 3):
         raise ConfigError(f"config key 'kd.adapter_kernel': expected 1 or 3, found {cfg['kd']['adapter_kernel']!r}")
     for key in ("lr", "momentum", "weight_decay", "min_lr_ratio", "warmup_factor"):

@@ -43,6 +43,8 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     """``auto`` → this rank's CUDA device when there is one, else CPU."""
     if requested == "auto":
         return torch.device(f"cuda:{info.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if requested == "cuda":
+        return torch.device(f"cuda:{info.local_rank}")
     return torch.device(requested)
 
 

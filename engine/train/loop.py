@@ -34,7 +34,7 @@ from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
 from engine.train import objectives as O
 from engine.train.checkpoint import capture_rng, inference_state, load_checkpoint, restore_rng, save_checkpoint
-from engine.train.distributed import DistInfo, all_reduce_mean, init_distributed, pick_device
+from engine.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, pick_device
 from engine.train.schedule import ModelEMA, lr_factor
 
 
@@ -64,13 +64,15 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[st
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _load_teacher(path: str, student_channels: int, kernel: int, device: torch.device) -> O.Teacher:
+def _load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple[O.Teacher, int]:
+    """A frozen teacher (EMA weights, eval mode, no gradients) and its feature width."""
     payload = load_checkpoint(path)
     net = build_model(load_model_config(payload["model_config"]))
     net.load_state_dict(inference_state(payload))
     net.eval().requires_grad_(False).to(device)
-    adapter = FeatureAdapters(student_channels, payload["model_config"].get("channels", 256), kernel_size=kernel)
-    return O.Teacher(net=net, adapter=adapter.to(device))
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))
 
 
 def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[str, Any]) -> None:
@@ -128,12 +130,14 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def _check_finite(terms: dict[str, torch.Tensor], step: int) -> None:
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            raise NonFiniteLoss(
-                f"loss term '{name}' is {value.item()} at step {step}; stopping (last good checkpoint kept)"
-            )
+def _check_finite(means: dict[str, float], step: int, info: DistInfo, device: torch.device) -> None:
+    """Stop on a NaN/inf loss, naming the term; every rank stops together under DDP."""
+    bad = [name for name, value in means.items() if not math.isfinite(value)]
+    flag = all_reduce_mean(torch.tensor([float(bool(bad))], device=device), info) if info.enabled else None
+    if bad or (flag is not None and flag.item() > 0):
+        name = bad[0] if bad else "(on another rank)"
+        value = means.get(name, float("nan"))
+        raise NonFiniteLoss(f"loss term '{name}' is {value} at step {step}; stopping (last good checkpoint kept)")
 
 
 def _select_score(metrics: dict[str, Any], select: str, tasks: list[str]) -> float:
@@ -162,42 +166,45 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     """Train one model as ``cfg`` says; returns where the checkpoints are and the best validation metrics."""
     info = init_distributed()
     device = pick_device(cfg["runtime"]["device"], info)
-    rt, optim_cfg, data_cfg = cfg["runtime"], cfg["optim"], cfg["data"]
+    rt, optim_cfg, data_cfg, kd = cfg["runtime"], cfg["optim"], cfg["data"], cfg["kd"]
     seed = int(rt["seed"])
-    torch.manual_seed(seed + info.rank)
+    torch.manual_seed(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
     out_dir = Path(rt["out"])
     out_dir.mkdir(parents=True, exist_ok=True)
     tasks: list[str] = list(cfg["tasks"])
     manifests = _dataset_info(cfg)
     first = manifests[tasks[0]]
+    use_cuda = device.type == "cuda"
+    channels_last = use_cuda and rt["channels_last"]
 
     model_cfg = dataclasses.replace(
         load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
     )
-    student = build_model(model_cfg).to(device)
-    use_cuda = device.type == "cuda"
-    if use_cuda and rt["channels_last"]:
-        student = student.to(memory_format=torch.channels_last)
-
-    kd = cfg["kd"]
+    student = build_model(model_cfg)
     uses_kd = kd["soft"] or kd["feature"] != "none"
     teachers: dict[str, O.Teacher] = {}
+    adapters = nn.ModuleDict()
     if uses_kd:
-        teachers["det"] = _load_teacher(kd["det_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
-        teachers["seg"] = _load_teacher(kd["seg_teacher"], model_cfg.channels, kd["adapter_kernel"], device)
+        for task in ("det", "seg"):
+            teachers[task], width = _load_teacher(kd[f"{task}_teacher"], device, channels_last)
+            adapters[task] = FeatureAdapters(model_cfg.channels, width, kernel_size=kd["adapter_kernel"])
         _check_teachers(teachers, model_cfg, kd)
-    adapters = nn.ModuleDict({task: t.adapter for task, t in teachers.items()})
-
-    trainable: list[nn.Module] = [student, adapters]
-    optimizer = torch.optim.SGD(
-        _param_groups(trainable, optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
-    )
-    ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
-    model: nn.Module = student
+    wrapped = O.StudentWithAdapters(student, adapters)
+    if info.enabled and use_cuda:  # small per-GPU batches: batch statistics over all ranks
+        wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        student = wrapped.student
+    wrapped = wrapped.to(device)
+    if channels_last:
+        wrapped = wrapped.to(memory_format=torch.channels_last)
+    model: nn.Module = wrapped
     if info.enabled:
         model = DistributedDataParallel(
-            student, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
+            wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
+    optimizer = torch.optim.SGD(
+        _param_groups([wrapped], optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
+    )
+    ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
 
     geometric = T.GeometricAugment() if data_cfg["augment"] else None
     datasets_train = {
@@ -206,12 +213,20 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     }
     collates = {"det": D.collate_detection, "seg": D.collate_segmentation}
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
+    # loaders and augmentation draw from streams that differ per rank and per task, fixed by (seed, epoch, cycle)
+    stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
     loaders = {
         task: _loader(
             datasets_train[task](), per_rank_batch, data_cfg["num_workers"], seed, info, collates[task], device
         )
         for task in tasks
     }
+    for task, loader in loaders.items():
+        if len(loader) == 0:
+            raise ConfigError(
+                f"config key 'data.{task}' ({data_cfg[task]}): split '{data_cfg['train_split']}' gives no batch of "
+                f"{per_rank_batch} chips per process; lower data.batch_size or add chips"
+            )
     device_aug = {task: T.DeviceAugment.from_manifest(manifests[task]).to(device) for task in tasks}
     aug_generator = torch.Generator(device=device)
     iters = optim_cfg["iters_per_epoch"] or max(len(loader) for loader in loaders.values())
@@ -221,7 +236,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     history: list[dict[str, Any]] = []
     last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location=device)
+        state = load_checkpoint(last_path, map_location="cpu")
         student.load_state_dict(state["model"])
         if state.get("adapters"):
             adapters.load_state_dict(state["adapters"])
@@ -242,6 +257,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     metrics_log = out_dir / "metrics.jsonl"
     eval_net = ema.module if ema is not None else student
     anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
+    variances = tuple(model_cfg.box_variances)
+    feature_kd = kd["feature"] != "none"
 
     def anchors_for(images: torch.Tensor) -> torch.Tensor:
         key = (int(images.shape[-2]), int(images.shape[-1]))
@@ -252,18 +269,33 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     def prepare(task: str, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         batch = _to_device(batch, device)
         images = device_aug[task](batch["image"], generator=aug_generator)
-        if use_cuda and rt["channels_last"]:
+        if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return images, batch
 
+    def objective(task: str, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        other = "seg" if task == "det" else "det"
+        out = model(images, adapt=other if uses_kd and feature_kd else None)
+        if task == "det":
+            terms = O.detection_supervised(
+                out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"], variances
+            )
+            if uses_kd:
+                terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
+        else:
+            terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
+            if uses_kd:
+                terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
+        return terms
+
     for epoch in range(start_epoch, optim_cfg["epochs"]):
-        student.train()
-        adapters.train()
-        streams = {task: _epoch_batches(loaders[task], seed, epoch, iters) for task in tasks}
+        wrapped.train()
+        streams = {task: _epoch_batches(loaders[task], stream_seed[task], epoch, iters) for task in tasks}
         for aug in device_aug.values():
             aug.train(data_cfg["augment"])
-        aug_generator.manual_seed(seed * 7919 + epoch)
-        sums: dict[str, float] = {}
+        aug_generator.manual_seed(stream_seed[tasks[0]] * 7919 + epoch)
+        names: list[str] = []
+        sums = torch.zeros(0, device=device)  # running sums of every loss term, kept on the device (no syncs)
         seen, t0 = 0, time.perf_counter()
         for it in range(iters):
             check_cancel(progress)
@@ -277,40 +309,32 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             for index, task in enumerate(tasks):
                 images, batch = prepare(task, next(streams[task]))
                 sync = contextlib.nullcontext() if not info.enabled or index == len(tasks) - 1 else model.no_sync()
-                with sync, autocast():
-                    out = model(images)
-                    if task == "det":
-                        terms = O.detection_supervised(
-                            out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"]
-                        )
-                        if uses_kd:
-                            terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
-                    else:
-                        terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
-                        if uses_kd:
-                            terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
-                    _check_finite(terms, step)
-                    loss = sum(terms.values())
-                loss.backward()
+                with sync:
+                    with autocast():
+                        terms = objective(task, images, batch)
+                    sum(terms.values()).backward()
                 step_terms |= terms
                 seen += images.shape[0]
             if optim_cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in optimizer.param_groups for p in g["params"]], optim_cfg["grad_clip"]
-                )
+                torch.nn.utils.clip_grad_norm_(wrapped.parameters(), optim_cfg["grad_clip"])
             optimizer.step()
             if ema is not None:
                 ema.update(student)
             step += 1
-            for name, value in step_terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            if progress is not None and (it % rt["log_every"] == 0 or it == iters - 1):
-                rate = seen * info.world_size / max(1e-9, time.perf_counter() - t0)
-                parts = " ".join(f"{k}={v / (it + 1):.3f}" for k, v in sums.items())
-                progress.report(
-                    (epoch * iters + it + 1) / total_steps,
-                    f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
-                )
+            if not names:
+                names = list(step_terms)
+                sums = torch.zeros(len(names), device=device)
+            sums += torch.stack([step_terms[name].detach().float() for name in names])
+            if it % rt["log_every"] == 0 or it == iters - 1:
+                means = (sums / (it + 1)).tolist()  # one sync per log line
+                _check_finite(dict(zip(names, means)), step, info, device)
+                if progress is not None:
+                    rate = seen * info.world_size / max(1e-9, time.perf_counter() - t0)
+                    parts = " ".join(f"{k}={v:.3f}" for k, v in zip(names, means))
+                    progress.report(
+                        (epoch * iters + it + 1) / total_steps,
+                        f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
+                    )
 
         train_time = time.perf_counter() - t0
         metrics = evaluate_model(
@@ -325,24 +349,21 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             max_chips=data_cfg["max_val_chips"],
             progress=None,
         )
+        epoch_means = all_reduce_mean(sums / iters, info).tolist()
         row = {
             "epoch": epoch + 1,
             "step": step,
             "lr": optimizer.param_groups[0]["lr"],
             "train_img_per_s": seen * info.world_size / max(1e-9, train_time),
-            **{f"loss_{k}": v / iters for k, v in sums.items()},
+            **{f"loss_{k}": v for k, v in zip(names, epoch_means)},
             **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
         }
-        for key in [k for k in row if k.startswith("loss_")]:
-            row[key] = float(all_reduce_mean(torch.tensor(row[key], device=device), info))
         history.append(row)
         score = _select_score(metrics, cfg["eval"]["select"], tasks)
         improved = score > best_score
         if improved:
-            best_score, best_metrics = score, {k: v for k, v in row.items()}
+            best_score, best_metrics = score, dict(row)
         if info.is_main:
-            with metrics_log.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
             payload = {
                 "model_config": model_cfg.to_dict(),
                 "model": student.state_dict(),
@@ -357,11 +378,14 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 "config": cfg,
                 "metadata": checkpoint_metadata(cfg, manifests, row),
             }
-            save_checkpoint(last_path, payload)
-            if improved:
+            if improved:  # best first: a crash in between never leaves last.pt pointing at an unsaved best
                 save_checkpoint(best_path, inference_payload(payload))
+            save_checkpoint(last_path, payload)
+            with metrics_log.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(row) + "\n")
             if progress is not None and hasattr(progress, "emit"):
                 progress.emit("metrics", **row)
+        barrier(info)
 
     if info.is_main:
         write_json_atomic(out_dir / "history.json", history)

@@ -20,14 +20,33 @@ from engine.models import anchors as anchor_ops
 
 @dataclass
 class Teacher:
-    """A frozen teacher for one task and the student's adaptation layers towards its features."""
+    """A frozen, pre-trained network for one task (eval mode, no gradients)."""
 
     net: nn.Module
-    adapter: nn.Module
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, Any]:
         return self.net(images)
+
+
+class StudentWithAdapters(nn.Module):
+    """The student plus its adaptation layers towards each teacher's features, as ONE module.
+
+    DDP wraps this, so the adapters' gradients are averaged across ranks like the student's, and their
+    initial weights are broadcast from rank 0. ``forward(images, adapt=task)`` also returns
+    ``out["adapted"]``: the neck features mapped to that task's teacher width.
+    """
+
+    def __init__(self, student: nn.Module, adapters: nn.ModuleDict) -> None:
+        super().__init__()
+        self.student = student
+        self.adapters = adapters
+
+    def forward(self, images: torch.Tensor, adapt: str | None = None) -> dict[str, Any]:
+        out = self.student(images)
+        if adapt is not None:
+            out = {**out, "adapted": self.adapters[adapt](out["features"])}
+        return out
 
 
 def level_shapes(features: list[torch.Tensor]) -> list[tuple[int, int]]:
@@ -81,8 +100,9 @@ def distill_segmentation(
             out["seg_logits"].float(), t_out["seg_logits"].float(), temperature=kd_cfg["temperature"]
         )
     if kd_cfg["feature"] != "none":
-        adapted = teacher.adapter(out["features"])
-        terms["kd_seg_feat"] = L.feature_mse(adapted, t_out["features"], weight=kd_cfg["feature_weight"])
+        terms["kd_seg_feat"] = L.feature_mse(
+            out["adapted"], t_out["features"], weight=kd_cfg["feature_weight"], reduction=kd_cfg["feature_reduction"]
+        )
     return terms
 
 
@@ -103,18 +123,18 @@ def distill_detection(
             cls_weight=kd_cfg["soft_det_cls_weight"],
             box_weight=kd_cfg["soft_det_box_weight"],
             alpha=loss_cfg["focal_alpha"],
-            gamma=loss_cfg["focal_gamma"],
+            gamma=kd_cfg["soft_focal_gamma"],
         )
         terms.update(
             {f"kd_det_soft_{k}": v for k, v in soft.items()} if isinstance(soft, dict) else {"kd_det_soft": soft}
         )
     if kd_cfg["feature"] == "mse":
-        adapted = teacher.adapter(out["features"])
-        terms["kd_det_feat"] = L.feature_mse(adapted, t_out["features"], weight=kd_cfg["feature_weight"])
+        terms["kd_det_feat"] = L.feature_mse(
+            out["adapted"], t_out["features"], weight=kd_cfg["feature_weight"], reduction=kd_cfg["feature_reduction"]
+        )
     elif kd_cfg["feature"] == "pdf":
-        adapted = teacher.adapter(out["features"])
         pdf = L.pdf_distil(
-            adapted,
+            out["adapted"],
             t_out["features"],
             s_cls,
             t_cls,
