@@ -63,7 +63,7 @@ DEFAULTS: dict[str, Any] = {
         "min_lr_ratio": 0.1,
         "epochs": 70,
         "iters_per_epoch": None,
-        "grad_clip": None,
+        "grad_clip": 10.0,  # not in the paper or reference: guards short warm-ups against divergence; null = off
     },
     "ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0},
     "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "select": "auto"},
