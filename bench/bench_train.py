@@ -36,14 +36,15 @@ def synthetic_rate(
     cfg: dict, teachers: dict[str, Path], size: int, batch: int, iters: int, device: torch.device
 ) -> float:
     """Images/s of the same KD step on random device tensors (no loader, no augmentation)."""
-    student = build_model(load_model_config(cfg["model"])).to(device).train()
+    student = build_model(load_model_config(cfg["model"]))
     tnets = {}
     for task, path in teachers.items():
         payload = torch.load(path, weights_only=True)
         net = build_model(load_model_config(payload["model_config"])).eval().requires_grad_(False).to(device)
-        tnets[task] = O.Teacher(net, FeatureAdapters(256, 256, kernel_size=3).to(device))
-    params = list(student.parameters()) + [p for t in tnets.values() for p in t.adapter.parameters()]
-    optimizer = torch.optim.SGD(params, lr=0.001, momentum=0.9)
+        tnets[task] = O.Teacher(net)
+    adapters = torch.nn.ModuleDict({task: FeatureAdapters(256, 256, kernel_size=3) for task in tnets})
+    model = O.StudentWithAdapters(student, adapters).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.001, momentum=0.9)
     ema = ModelEMA(student)
     images = torch.randn(batch, 3, size, size, device=device)
     boxes = torch.tensor([[[10.0, 10.0, 50.0, 40.0], [60.0, 60.0, 100.0, 110.0]]], device=device).expand(batch, 2, 4)
@@ -53,14 +54,16 @@ def synthetic_rate(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = student(images)
+        out = model(images, adapt="seg")
         loss = sum(O.detection_supervised(out, boxes, labels, anchors, cfg["loss"]).values())
         loss = loss + sum(O.distill_segmentation(out, tnets["seg"], images, cfg["kd"]).values())
         loss.backward()
-        out = student(images)
+        out = model(images, adapt="det")
         loss = sum(O.segmentation_supervised(out, mask, cfg["loss"]).values())
         loss = loss + sum(O.distill_detection(out, tnets["det"], images, cfg["kd"], cfg["loss"]).values())
         loss.backward()
+        if cfg["optim"]["grad_clip"]:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
         optimizer.step()
         ema.update(student)
 
