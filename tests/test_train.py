@@ -195,3 +195,14 @@ def test_torchrun_two_processes_gloo(chips, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 3
     assert time.time() - started < 600
+
+
+def test_tensorboard_scalars_are_written(chips, tmp_path):
+    from engine.train.loop import train
+
+    cfg = load_config(
+        None, _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null", "runtime.tensorboard=true")
+    )
+    train(cfg)
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100

@@ -75,6 +75,18 @@ def _load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple
     return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))
 
 
+def _tensorboard(out_dir: Path) -> Any:
+    """Optional TensorBoard logging (``runtime.tensorboard: true``) into OUT/tensorboard."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise ConfigError(
+            "config key 'runtime.tensorboard' is true but the tensorboard package is not installed; "
+            "run `.venv/bin/pip install tensorboard` or set runtime.tensorboard=false"
+        ) from exc
+    return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+
+
 def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[str, Any]) -> None:
     """Each teacher must have the head it distils, and the detection teacher the student's anchor layout."""
     for task, key in (("det", "kd.det_teacher"), ("seg", "kd.seg_teacher")):
@@ -250,6 +262,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     elif resume:
         raise ConfigError(f"--resume: no checkpoint at '{last_path}' to resume from")
 
+    writer = _tensorboard(out_dir) if rt["tensorboard"] and info.is_main else None
     if info.is_main:
         write_json_atomic(out_dir / "config.json", cfg)
     amp = rt["amp"] and use_cuda
@@ -385,8 +398,14 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 fh.write(json.dumps(row) + "\n")
             if progress is not None and hasattr(progress, "emit"):
                 progress.emit("metrics", **row)
+            if writer is not None:
+                for key, value in row.items():
+                    writer.add_scalar(key, value, step)
+                writer.flush()
         barrier(info)
 
+    if writer is not None:
+        writer.close()
     if info.is_main:
         write_json_atomic(out_dir / "history.json", history)
         with contextlib.suppress(Exception):
