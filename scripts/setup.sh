@@ -27,7 +27,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 echo "[setup] installing Python requirements"
-"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+# (this machine's pip config names local wheel folders that may not exist: drop those warnings from the log)
+"$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt 2>&1 | { grep -v "is ignored: it is neither" || true; }
 "$VENV/bin/python" - <<'PY'
 import numpy, torch, torchvision, onnxruntime
 from osgeo import gdal, gdal_array  # noqa: F401  (fails if numpy 2 slipped in)
