@@ -1,0 +1,96 @@
+"""The paper-table runner: presets validate, hold-out splits, table aggregation, and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from engine.core.errors import ConfigError, InputError
+from engine.experiments.__main__ import load_preset, main
+from engine.experiments.data import holdout_splits
+from engine.experiments.plan import RUNS, run_overrides
+from engine.experiments.tables import build_table, table_markdown
+from engine.train.config import load_config
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_every_run_of_every_preset_gives_a_valid_training_config(preset):
+    spec = load_preset(preset)
+    teachers = {"det": "t_det.pt", "seg": "t_seg.pt"}
+    for run in RUNS:
+        cfg = load_config(None, run_overrides(run, spec, "chips/p: x", "chips/v #1", "runs/x", 3, teachers))
+        assert cfg["tasks"] == list(run.tasks)
+        assert cfg["kd"]["soft"] == run.soft and cfg["kd"]["feature"] == run.feature
+        assert cfg["runtime"]["seed"] == 3
+        if "det" in run.tasks:
+            assert cfg["data"]["det"] == "chips/p: x"  # paths with YAML-special characters survive
+        if run.uses_kd:
+            assert cfg["kd"]["det_teacher"] == "t_det.pt"
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"no preset file .*known presets: demo, paper"):
+        load_preset("nope")
+
+
+def test_holdout_moves_every_fifth_train_tile_to_val_and_standard_val_to_test():
+    tiles = [SimpleNamespace(name=f"t{i}", split="train") for i in range(10)]
+    tiles += [SimpleNamespace(name="v0", split="val")]
+    splits = holdout_splits(tiles)
+    assert [n for n, s in splits.items() if s == "val"] == ["t4", "t9"]
+    assert splits["v0"] == "test" and splits["t0"] == "train"
+    with pytest.raises(InputError, match="at least 2 training tiles"):
+        holdout_splits([SimpleNamespace(name="a", split="train")])
+
+
+def test_table_mean_and_sample_std_over_seeds():
+    results = {
+        "mtl": {
+            0: {"det_map": 0.2, "det_ap50": 0.4, "seg_miou": 0.5, "seg_oa": 0.8},
+            1: {"det_map": 0.4, "det_ap50": 0.6, "seg_miou": 0.7, "seg_oa": 0.9},
+        }
+    }
+    table = {row["label"]: row for row in build_table(results)}
+    mean, std = table["Partial MTL"]["det_map"]
+    assert mean == pytest.approx(0.3) and std == pytest.approx(0.1414213, rel=1e-5)  # sqrt(((.1)²+(.1)²)/1)
+    assert table["+ soft"]["det_map"] is None
+    text = table_markdown("p2v", list(table.values()), 2)
+    assert "| Partial MTL | 30.0 ± 14.1 | 50.0 ± 14.1 | 60.0 ± 14.1 | 85.0 ± 7.1 |" in text
+    assert "| + soft | – | – | – | – |" in text
+
+
+def test_tiny_preset_end_to_end(tmp_path):
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
+                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB"},
+                "train": {
+                    "data.batch_size": 2,
+                    "data.num_workers": 0,
+                    "data.max_val_chips": 2,
+                    "optim.epochs": 1,
+                    "optim.iters_per_epoch": 1,
+                    "optim.warmup_iters": 1,
+                },
+                "teacher": {},
+            }
+        )
+    )
+    out = tmp_path / "exp"
+    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out)]) == 0
+    tables = json.loads((out / "tables.json").read_text())
+    rows = tables["tables"]["v2p"]
+    assert [r["label"] for r in rows][:3] == ["Teacher (R50-PAFPN)", "Single task", "Partial MTL"]
+    for row in rows:
+        for key in ("det_map", "seg_miou"):
+            assert row[key] is not None and 0.0 <= row[key][0] <= 1.0
+    assert (out / "tables.md").read_text().startswith("### Detection on vaihingen, segmentation on potsdam")
+    assert (out / "tables.png").stat().st_size > 1000
+    # finished runs are reused: a second call trains nothing and gives the same table
+    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out)]) == 0
+    assert json.loads((out / "tables.json").read_text()) == tables
