@@ -40,7 +40,14 @@ class TqdmProgress:
     def __init__(self, description: str = "", total: int = 1000, disable: bool | None = None) -> None:
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, desc=description, file=sys.stderr, disable=disable, leave=True)
+        self._bar = tqdm(
+            total=total,
+            desc=description,
+            file=sys.stderr,
+            disable=disable,
+            leave=True,
+            bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}] {postfix}",
+        )
         self._total = total
 
     def report(self, fraction: float | None, message: str = "") -> None:

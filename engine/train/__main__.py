@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="YAML config (see models/); defaults apply to keys it leaves out")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument("--print-config", action="store_true", help="print the effective, validated config and exit")
     parser.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4"
     )
@@ -57,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     from engine.train.loop import train
 
     info = DistInfo()
+    if args.print_config:
+        import yaml
+
+        try:
+            print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False), end="")
+        except PmtlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     try:
         cfg = load_config(args.config, args.overrides)
         info = init_distributed()

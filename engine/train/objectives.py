@@ -125,9 +125,7 @@ def distill_detection(
             alpha=loss_cfg["focal_alpha"],
             gamma=kd_cfg["soft_focal_gamma"],
         )
-        terms.update(
-            {f"kd_det_soft_{k}": v for k, v in soft.items()} if isinstance(soft, dict) else {"kd_det_soft": soft}
-        )
+        terms.update({f"kd_det_{k}": v for k, v in soft.items()})
     if kd_cfg["feature"] == "mse":
         terms["kd_det_feat"] = L.feature_mse(
             out["adapted"], t_out["features"], weight=kd_cfg["feature_weight"], reduction=kd_cfg["feature_reduction"]
@@ -146,5 +144,5 @@ def distill_detection(
             cls_weight=kd_cfg["pdf_cls_weight"],
             box_weight=kd_cfg["pdf_box_weight"],
         )
-        terms.update({f"kd_det_pdf_{k}": v for k, v in pdf.items()})
+        terms.update({f"kd_det_{k}": v for k, v in pdf.items()})
     return terms
