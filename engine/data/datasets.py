@@ -86,13 +86,22 @@ class _ChipDataset(Dataset):
             sample["eroded"] = np.array(self._array("eroded")[index])
         return sample
 
-    def _augmented(self, sample: Sample) -> Sample:
+    def _augmented(self, sample: Sample, seed: int | None = None) -> Sample:
         if not (self.train and self.augment is not None):
             return sample
+        if seed is not None:  # an (index, seed) key from EpochStreamSampler: augmentation fixed by the stream
+            return self.augment(sample, self.fill, torch.Generator().manual_seed(seed))
         self._own_process()
         if self._generator is None and self.seed is not None and get_worker_info() is None:
             self._generator = torch.Generator().manual_seed(self.seed)
         return self.augment(sample, self.fill, self._generator)
+
+
+def _split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
+    """Items are addressed by an index, or by (index, augmentation seed) from a training stream sampler."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), None
 
 
 class DetectionChips(_ChipDataset):
@@ -115,10 +124,11 @@ class DetectionChips(_ChipDataset):
         self._boxes = [boxes for boxes, _ in targets]
         self._labels = [labels for _, labels in targets]
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = _split_key(key)
         sample = self._raw(index)
         sample["boxes"], sample["labels"] = self._boxes[index], self._labels[index]
-        sample = self._augmented(sample)
+        sample = self._augmented(sample, seed)
         return {
             "image": torch.from_numpy(sample["image"]),
             "boxes": torch.from_numpy(np.asarray(sample["boxes"], dtype=np.float32).reshape(-1, 4)),
@@ -131,8 +141,9 @@ class SegmentationChips(_ChipDataset):
 
     arrays = ("images", "masks", "eroded")
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = self._augmented(self._raw(index))
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = _split_key(key)
+        sample = self._augmented(self._raw(index), seed)
         return {
             "image": torch.from_numpy(sample["image"]),
             "mask": torch.from_numpy(sample["mask"].astype(np.int64)),

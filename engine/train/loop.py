@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 
 from engine.core.atomic import write_json_atomic
 from engine.core.errors import ConfigError, PmtlError
@@ -29,6 +29,7 @@ from engine.core.progress import Progress, check_cancel
 from engine.data import datasets as D
 from engine.data import transforms as T
 from engine.data.chipstore import open_chip_dataset
+from engine.data.samplers import EpochStreamSampler
 from engine.evaluate.run import evaluate_model
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
@@ -105,37 +106,32 @@ def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[s
             )
 
 
-def _loader(dataset, batch_size: int, workers: int, seed: int, info: DistInfo, collate, device) -> DataLoader:
-    sampler = DistributedSampler(dataset, info.world_size, info.rank, shuffle=True, seed=seed) if info.enabled else None
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(
+def _stream_loader(
+    dataset,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    info: DistInfo,
+    per_epoch_batches: int,
+    start_epoch: int,
+    collate,
+    device: torch.device,
+) -> Iterator[dict[str, Any]]:
+    """One endless iterator of training batches for the whole run: persistent workers, resumable order."""
+    sampler = EpochStreamSampler(
+        len(dataset), per_epoch_batches * batch_size, seed, info.rank, info.world_size, start_epoch
+    )
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=sampler is None,
         sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
-        drop_last=len(dataset) // max(1, info.world_size) >= batch_size,
-        generator=generator,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
     )
-
-
-def _epoch_batches(loader: DataLoader, seed: int, epoch: int, count: int) -> Iterator[dict[str, Any]]:
-    """``count`` batches, re-shuffling (with a seed fixed by epoch and cycle) when the loader runs out."""
-    cycle = 0
-    while True:
-        cycle_seed = seed * 1_000_003 + epoch * 1009 + cycle
-        loader.generator.manual_seed(cycle_seed)
-        if isinstance(loader.sampler, DistributedSampler):
-            loader.sampler.set_epoch(epoch * 1009 + cycle)
-        for batch in loader:
-            yield batch
-            count -= 1
-            if count == 0:
-                return
-        cycle += 1
+    return iter(loader)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -225,23 +221,20 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     }
     collates = {"det": D.collate_detection, "seg": D.collate_segmentation}
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
-    # loaders and augmentation draw from streams that differ per rank and per task, fixed by (seed, epoch, cycle)
-    stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
-    loaders = {
-        task: _loader(
-            datasets_train[task](), per_rank_batch, data_cfg["num_workers"], seed, info, collates[task], device
-        )
-        for task in tasks
-    }
-    for task, loader in loaders.items():
-        if len(loader) == 0:
+    train_sets = {task: datasets_train[task]() for task in tasks}
+    for task, dataset in train_sets.items():
+        if len(dataset) // info.world_size < per_rank_batch:
             raise ConfigError(
-                f"config key 'data.{task}' ({data_cfg[task]}): split '{data_cfg['train_split']}' gives no batch of "
-                f"{per_rank_batch} chips per process; lower data.batch_size or add chips"
+                f"config key 'data.{task}' ({data_cfg[task]}): split '{data_cfg['train_split']}' has {len(dataset)} "
+                f"chips, fewer than a batch of {per_rank_batch} per process; lower data.batch_size or add chips"
             )
+    # batches and augmentation come from streams that differ per rank and per task, fixed by (seed, epoch)
+    stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
     device_aug = {task: T.DeviceAugment.from_manifest(manifests[task]).to(device) for task in tasks}
     aug_generator = torch.Generator(device=device)
-    iters = optim_cfg["iters_per_epoch"] or max(len(loader) for loader in loaders.values())
+    iters = optim_cfg["iters_per_epoch"] or max(
+        len(dataset) // info.world_size // per_rank_batch for dataset in train_sets.values()
+    )
     total_steps = iters * optim_cfg["epochs"]
 
     start_epoch, step, best_score, best_metrics = 0, 0, -math.inf, {}
@@ -301,9 +294,22 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
         return terms
 
+    streams = {
+        task: _stream_loader(
+            train_sets[task],
+            per_rank_batch,
+            data_cfg["num_workers"],
+            stream_seed[task],
+            info,
+            iters,
+            start_epoch,
+            collates[task],
+            device,
+        )
+        for task in tasks
+    }
     for epoch in range(start_epoch, optim_cfg["epochs"]):
         wrapped.train()
-        streams = {task: _epoch_batches(loaders[task], stream_seed[task], epoch, iters) for task in tasks}
         for aug in device_aug.values():
             aug.train(data_cfg["augment"])
         aug_generator.manual_seed(stream_seed[tasks[0]] * 7919 + epoch)
