@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Subset
 
 from engine.core.progress import Progress, check_cancel
 from engine.data.chipstore import open_chip_dataset
-from engine.data.datasets import make_eval_loader
+from engine.data.datasets import DetectionChips, SegmentationChips, collate_detection, collate_segmentation
 from engine.data.transforms import DeviceAugment
 from engine.evaluate.detection import DetectionMeter
 from engine.evaluate.segmentation import SegmentationMeter
@@ -39,8 +39,13 @@ def evaluate_model(
     nms_iou: float = 0.5,
     max_chips: int | None = None,
     progress: Progress | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
-    """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …"""
+    """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …
+
+    ``shard=(rank, world_size)`` under DDP: each rank evaluates every world_size-th chip and the meters are
+    merged across ranks, so every rank returns the metrics of the whole split.
+    """
     device = torch.device(device)
     was_training = net.training
     net.eval()
@@ -49,14 +54,17 @@ def evaluate_model(
     for job_index, (task, root) in enumerate(jobs):
         manifest = open_chip_dataset(root).manifest
         normalise = DeviceAugment.from_manifest(manifest).to(device).eval()
-        loader = make_eval_loader(root, split, task, batch_size)
-        limit = None if max_chips is None else max(1, -(-max_chips // batch_size))
-        total = len(loader) if limit is None else min(limit, len(loader))
+        dataset = DetectionChips(root, split) if task == "det" else SegmentationChips(root, split)
+        count = len(dataset) if max_chips is None else min(max_chips, len(dataset))
+        rank, world = shard
+        collate = collate_detection if task == "det" else collate_segmentation
+        loader = DataLoader(Subset(dataset, range(rank, count, world)), batch_size=batch_size, collate_fn=collate)
+        total = len(loader)
         if task == "det":
             meter: Any = DetectionMeter(manifest["det_classes"])
         else:
             meter = SegmentationMeter(len(manifest["seg_classes"]), class_names=manifest["seg_classes"])
-        for index, batch in enumerate(itertools.islice(loader, total)):
+        for index, batch in enumerate(loader):
             check_cancel(progress)
             images = normalise(batch["image"].to(device))
             out = net(images)
@@ -77,6 +85,8 @@ def evaluate_model(
                 meter.update(out["seg_logits"].argmax(1).cpu(), batch["eroded"])
             if progress is not None:
                 progress.report((job_index + (index + 1) / total) / len(jobs), f"evaluating {task}")
+        if world > 1:
+            meter.sync_distributed()
         results |= _flatten(task, meter.compute())
     net.train(was_training)
     return results

@@ -367,6 +367,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             nms_iou=cfg["eval"]["nms_iou"],
             max_chips=data_cfg["max_val_chips"],
             progress=None,
+            shard=(info.rank, info.world_size),
         )
         epoch_means = all_reduce_mean(sums / iters, info).tolist()
         row = {
