@@ -8,7 +8,7 @@ level-major, then y, x, then the anchors of a location (docs/ARCHITECTURE.md, "M
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -65,11 +65,13 @@ def soft_detection_kd(
     box_weight: float = 1.0,
     alpha: float = 0.25,
     gamma: float = 2.0,
+    box_loss: Mapping[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Soft detection loss: teacher and student share the anchor layout, so predictions pair anchor by anchor.
 
     ``soft_cls`` = cls_weight · mean over all anchor×class elements of focal(student logit, target σ(teacher logit));
-    ``soft_box`` = box_weight · mean over all anchors×4 of Balanced L1(student delta − teacher delta).
+    ``soft_box`` = box_weight · mean over all anchors×4 of Balanced L1(student delta − teacher delta), with
+    ``box_loss`` = {alpha, gamma, beta} of the supervised Balanced L1 (its defaults when None).
     No matching and no NMS (REFERENCE §2). Note the cls term is not 0 for identical predictions: a soft-target
     BCE bottoms out at the teacher's entropy; only its gradient vanishes there.
     """
@@ -79,7 +81,7 @@ def soft_detection_kd(
     require_same_shape("s_box", s_box, "t_box", t_box)
     target = fp32(t_cls.detach()).sigmoid()
     cls = focal_elementwise(s_cls, target, alpha, gamma).mean()
-    box = balanced_l1(s_box, t_box.detach()).mean()
+    box = balanced_l1(s_box, t_box.detach(), **(box_loss or {})).mean()
     return {"soft_cls": cls_weight * cls, "soft_box": box_weight * box}
 
 

@@ -124,6 +124,7 @@ def distill_detection(
             box_weight=kd_cfg["soft_det_box_weight"],
             alpha=loss_cfg["focal_alpha"],
             gamma=kd_cfg["soft_focal_gamma"],
+            box_loss={"alpha": loss_cfg["bl1_alpha"], "gamma": loss_cfg["bl1_gamma"], "beta": loss_cfg["bl1_beta"]},
         )
         terms.update({f"kd_det_{k}": v for k, v in soft.items()})
     if kd_cfg["feature"] == "mse":
