@@ -94,3 +94,20 @@ def test_tiny_preset_end_to_end(tmp_path):
     # finished runs are reused: a second call trains nothing and gives the same table
     assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out)]) == 0
     assert json.loads((out / "tables.json").read_text()) == tables
+
+
+def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):
+    """A GPU machine without GDAL trains from chip datasets prepared elsewhere."""
+    import sys
+
+    from engine.experiments.data import prepare_chips
+    from tests.chipfixtures import write_chip_dataset
+
+    for name in ("vaihingen", "potsdam"):
+        write_chip_dataset(tmp_path / "data" / "chips" / name, {"train": 2, "val": 1, "test": 1})
+    monkeypatch.setitem(sys.modules, "osgeo", None)  # any GDAL import now fails
+    for module in [m for m in sys.modules if m.startswith(("engine.synth", "engine.chip", "engine.data.isprs"))]:
+        monkeypatch.delitem(sys.modules, module)
+    chips = prepare_chips(load_preset("paper"), tmp_path / "data", {"vaihingen": None, "potsdam": None})
+    assert chips == {"vaihingen": tmp_path / "data/chips/vaihingen", "potsdam": tmp_path / "data/chips/potsdam"}
+    assert not any(m.startswith("engine.synth") for m in sys.modules)

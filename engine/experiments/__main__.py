@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--vaihingen-root", type=Path, help="real ISPRS Vaihingen folder (else synthetic)")
     parser.add_argument("--potsdam-root", type=Path, help="real ISPRS Potsdam folder (else synthetic)")
+    parser.add_argument(
+        "--data-only", action="store_true", help="prepare the chip datasets (needs GDAL) and stop; train elsewhere"
+    )
     args = parser.parse_args(argv)
     try:
         if args.seeds < 1:
@@ -99,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         roots = {"vaihingen": args.vaihingen_root, "potsdam": args.potsdam_root}
         chips = prepare_chips(preset, args.out / "data", roots)
+        if args.data_only:
+            print(f"chip datasets ready: {', '.join(str(p) for p in chips.values())}")
+            return 0
         directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
         progress = TqdmProgress("experiments")
         tables = {}

@@ -23,24 +23,28 @@ def holdout_splits(tiles: list[Any], val_fraction: float = 0.2) -> dict[str, str
 
 
 def prepare_chips(preset: dict[str, Any], data_dir: Path, roots: dict[str, Path | None]) -> dict[str, Path]:
-    """Chip both datasets (generating the synthetic twin where no real root is given); reuse finished ones."""
-    from engine import synth
-    from engine.chip import chip_dataset
-    from engine.data.isprs import find_isprs_tiles
+    """Chip both datasets (generating the synthetic twin where no real root is given); reuse finished ones.
 
+    Finished chip datasets are used as they are, without importing GDAL: prepare them on a machine with GDAL
+    (``--data-only``), copy ``DIR/data/chips`` to a GPU machine that has none, and run the same command there.
+    """
     chips_cfg = preset["chips"]
     out: dict[str, Path] = {}
     for dataset in ("vaihingen", "potsdam"):
+        chip_root = data_dir / "chips" / dataset
+        out[dataset] = chip_root
+        if (chip_root / "manifest.json").is_file():
+            continue
+        from engine import synth  # GDAL from here on
+        from engine.chip import chip_dataset
+        from engine.data.isprs import find_isprs_tiles
+
         root = roots.get(dataset)
         if root is None:
             root = data_dir / "synthetic" / dataset
             if not (root / ".complete").is_file():
                 synth.generate(dataset, root, seed=0, overwrite=True, **preset["synthetic"][dataset])
                 (root / ".complete").write_text("ok\n")
-        chip_root = data_dir / "chips" / dataset
-        out[dataset] = chip_root
-        if (chip_root / "manifest.json").is_file():
-            continue
         bands = chips_cfg.get("potsdam_bands", "RGB") if dataset == "potsdam" else None
         splits = holdout_splits(find_isprs_tiles(dataset, root, bands))
         chip_dataset(
