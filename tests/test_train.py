@@ -206,3 +206,36 @@ def test_tensorboard_scalars_are_written(chips, tmp_path):
     train(cfg)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+
+
+def test_imagenet_normalization_is_recorded_and_used_for_evaluation(chips, tmp_path):
+    from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from engine.train.checkpoint import model_from_checkpoint
+    from engine.train.loop import train
+
+    cfg = load_config(
+        None,
+        _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null", "data.normalization=imagenet"),
+    )
+    result = train(cfg)
+    net, payload = model_from_checkpoint(result.best_checkpoint)
+    meta = payload["metadata"]
+    assert meta["normalization"] == "imagenet" and net.normalization == "imagenet"
+    assert meta["mean"] == pytest.approx(IMAGENET_MEAN) and meta["std"] == pytest.approx(IMAGENET_STD)
+    with pytest.raises(ConfigError, match=r"data\.normalization"):
+        load_config(None, ["data.det=x", "data.seg=y", "data.normalization=imagenett"])
+
+
+def test_imagenet_normalization_refuses_four_band_chips():
+    from engine.data.transforms import normalization_for
+
+    manifest = {
+        "dataset": "potsdam",
+        "bands": ["red", "green", "blue", "nir"],
+        "mean": [0.4] * 4,
+        "std": [0.2] * 4,
+        "value_scaling": {"dtype": "uint8", "max": 255.0},
+    }
+    assert normalization_for(manifest, "dataset")[0] == (0.4, 0.4, 0.4, 0.4)
+    with pytest.raises(ConfigError, match="needs 3-band chips.*4 bands"):
+        normalization_for(manifest, "imagenet")

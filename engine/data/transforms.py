@@ -220,6 +220,29 @@ class GeometricAugment:
         return clipped[keep].astype(np.float32), labels[keep]
 
 
+IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
+NORMALIZATIONS = ("dataset", "imagenet")
+
+
+def normalization_for(
+    manifest: Mapping[str, Any], mode: str = "dataset"
+) -> tuple[tuple[float, ...], tuple[float, ...], float]:
+    """(mean, std, scale_max): the chip dataset's own statistics, or ImageNet's (the reference's choice, which
+    matches ImageNet-pretrained backbones; 3-band chips only)."""
+    mean, std, scale_max = normalization_from_manifest(manifest)
+    if mode == "imagenet":
+        if len(mean) != 3:
+            raise ConfigError(
+                f"normalization 'imagenet' needs 3-band chips; {manifest.get('dataset', '?')!r} chips have "
+                f"{len(mean)} bands {manifest.get('bands')}: use 'dataset'"
+            )
+        return IMAGENET_MEAN, IMAGENET_STD, scale_max
+    if mode != "dataset":
+        raise ConfigError(f"normalization: expected one of {list(NORMALIZATIONS)}, found {mode!r}")
+    return mean, std, scale_max
+
+
 def normalization_from_manifest(manifest: Mapping[str, Any]) -> tuple[tuple[float, ...], tuple[float, ...], float]:
     """(mean, std, scale_max) of a chip dataset: float image = raw / scale_max, then (x - mean) / std per band."""
     where = f"chip manifest of {manifest.get('dataset', '?')!r}"
@@ -273,8 +296,8 @@ class DeviceAugment(nn.Module):
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], **jitter: float) -> DeviceAugment:
-        mean, std, scale_max = normalization_from_manifest(manifest)
+    def from_manifest(cls, manifest: Mapping[str, Any], normalization: str = "dataset", **jitter: float) -> DeviceAugment:
+        mean, std, scale_max = normalization_for(manifest, normalization)
         return cls(mean, std, scale_max, **jitter)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

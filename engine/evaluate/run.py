@@ -40,6 +40,7 @@ def evaluate_model(
     max_chips: int | None = None,
     progress: Progress | None = None,
     shard: tuple[int, int] = (0, 1),
+    normalization: str | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …
 
@@ -53,7 +54,8 @@ def evaluate_model(
     jobs = [(task, root) for task, root in (("det", det_root), ("seg", seg_root)) if root is not None]
     for job_index, (task, root) in enumerate(jobs):
         manifest = open_chip_dataset(root).manifest
-        normalise = DeviceAugment.from_manifest(manifest).to(device).eval()
+        mode = normalization or getattr(net, "normalization", "dataset")
+        normalise = DeviceAugment.from_manifest(manifest, mode).to(device).eval()
         dataset = DetectionChips(root, split) if task == "det" else SegmentationChips(root, split)
         count = len(dataset) if max_chips is None else min(max_chips, len(dataset))
         rank, world = shard

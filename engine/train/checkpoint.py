@@ -76,4 +76,5 @@ def model_from_checkpoint(
     payload = load_checkpoint(path)
     net = build_model(load_model_config(payload["model_config"]))
     net.load_state_dict(inference_state(payload))
+    net.normalization = (payload.get("metadata") or {}).get("normalization", "dataset")  # how its inputs were scaled
     return net.eval().to(device), payload

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 10,
         "num_workers": 2,
         "augment": True,
+        "normalization": "dataset",
         "max_val_chips": None,
     },
     "kd": {
@@ -132,6 +133,10 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         for key in ("det_teacher", "seg_teacher"):
             if not cfg["kd"][key]:
                 raise ConfigError(f"config key 'kd.{key}': distillation is on, so a teacher checkpoint is needed")
+    if cfg["data"]["normalization"] not in ("dataset", "imagenet"):
+        raise ConfigError(
+            f"config key 'data.normalization': expected dataset|imagenet, found {cfg['data']['normalization']!r}"
+        )
     if cfg["kd"]["feature_reduction"] not in ("pooled", "level_mean"):
         raise ConfigError(
             f"config key 'kd.feature_reduction': expected pooled|level_mean, found {cfg['kd']['feature_reduction']!r}"

@@ -230,7 +230,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             )
     # batches and augmentation come from streams that differ per rank and per task, fixed by (seed, epoch)
     stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
-    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task]).to(device) for task in tasks}
+    norm_mode = data_cfg["normalization"]
+    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task], norm_mode).to(device) for task in tasks}
     aug_generator = torch.Generator(device=device)
     iters = optim_cfg["iters_per_epoch"] or max(
         len(dataset) // info.world_size // per_rank_batch for dataset in train_sets.values()
@@ -368,6 +369,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             max_chips=data_cfg["max_val_chips"],
             progress=None,
             shard=(info.rank, info.world_size),
+            normalization=norm_mode,
         )
         epoch_means = all_reduce_mean(sums / iters, info).tolist()
         row = {
@@ -429,13 +431,15 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """What export needs to describe the model: classes, bands, scaling, normalisation, provenance, metrics."""
     first = next(iter(manifests.values()))
+    mean, std, _ = T.normalization_for(first, cfg["data"]["normalization"])
     return {
         "name": cfg["name"],
         "tasks": list(cfg["tasks"]),
         "bands": first["bands"],
         "value_scaling": first["value_scaling"],
-        "mean": first["mean"],
-        "std": first["std"],
+        "normalization": cfg["data"]["normalization"],
+        "mean": list(mean),
+        "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
         "seg_classes": first["seg_classes"],

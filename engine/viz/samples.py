@@ -73,7 +73,8 @@ def predict_samples(
         return samples
     images = np.stack([np.asarray(dataset.images(split)[i]) for i in rows])
     raw = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-    normalise = DeviceAugment.from_manifest(dataset.manifest).to(device).eval()
+    mode = getattr(net, "normalization", "dataset")  # set by model_from_checkpoint
+    normalise = DeviceAugment.from_manifest(dataset.manifest, mode).to(device).eval()
     was_training = net.training
     net.eval()
     out = net(normalise(raw))
