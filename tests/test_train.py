@@ -237,5 +237,5 @@ def test_imagenet_normalization_refuses_four_band_chips():
         "value_scaling": {"dtype": "uint8", "max": 255.0},
     }
     assert normalization_for(manifest, "dataset")[0] == (0.4, 0.4, 0.4, 0.4)
-    with pytest.raises(ConfigError, match="needs 3-band chips.*4 bands"):
+    with pytest.raises(ConfigError, match=r"needs 3-band chips.*4 bands"):
         normalization_for(manifest, "imagenet")
