@@ -18,7 +18,7 @@ from engine.data.datasets import (
     collate_detection,
     collate_segmentation,
     make_eval_loader,
-    make_loaders,
+    make_train_loader,
 )
 from engine.data.transforms import DeviceAugment, GeometricAugment, normalization_from_manifest
 
@@ -180,28 +180,33 @@ def test_device_augment_train_jitters_each_sample_differently():
 
 
 def test_loaders_iterate_with_workers(chips, chips16):
-    det_loader, seg_loader = make_loaders(chips, chips16, batch_size=2, num_workers=2, seed=5)
-    assert len(det_loader) == 3 and det_loader.drop_last and det_loader.persistent_workers
-    batches = list(det_loader)
-    assert len(batches) == 3
+    geometric = GeometricAugment()
+    det = DetectionChips(chips, "train", train=True, augment=geometric)
+    det_batches = make_train_loader(det, batch_size=2, num_workers=2, seed=5, per_epoch_batches=3)
+    batches = [next(det_batches) for _ in range(4)]  # endless: runs into the second epoch
     for batch in batches:
         assert batch["image"].shape == (2, 3, 64, 64) and batch["image"].dtype == torch.uint8
         assert batch["boxes"].shape[:2] == batch["labels"].shape and batch["boxes"].shape[0] == 2
         valid = batch["labels"] >= 0
         assert ((batch["boxes"][..., 2:] > batch["boxes"][..., :2]).all(-1) | ~valid).all()
-    seg = next(iter(seg_loader))
+    seg_set = SegmentationChips(chips16, "train", train=True, augment=geometric)
+    seg = next(make_train_loader(seg_set, batch_size=2, num_workers=0, seed=5, per_epoch_batches=1))
     assert seg["image"].shape == (2, 4, 64, 64) and seg["image"].dtype == torch.uint16
     assert seg["mask"].dtype == torch.int64 and seg["eroded"].shape == (2, 64, 64)
-    assert DeviceAugment.from_manifest(seg_loader.dataset.manifest)(seg["image"]).shape == (2, 4, 64, 64)
+    assert DeviceAugment.from_manifest(seg_set.manifest)(seg["image"]).shape == (2, 4, 64, 64)
     val = make_eval_loader(chips, "val", "det", batch_size=4)
     assert [b["image"].shape[0] for b in val] == [2]
+    halves = [make_eval_loader(chips, "train", "seg", batch_size=8, shard=(r, 2)) for r in (0, 1)]
+    assert [len(next(iter(h))["image"]) for h in halves] == [3, 3]
 
 
-def test_loaders_are_deterministic_per_seed(chips):
-    def first(seed: int) -> torch.Tensor:
-        return next(iter(make_loaders(chips, chips, batch_size=3, num_workers=0, seed=seed)[0]))["image"]
+def test_loaders_are_deterministic_per_seed_and_worker_count(chips):
+    def first(seed: int, workers: int = 0) -> torch.Tensor:
+        data = DetectionChips(chips, "train", train=True, augment=GeometricAugment())
+        return next(make_train_loader(data, batch_size=3, num_workers=workers, seed=seed, per_epoch_batches=1))["image"]
 
     assert torch.equal(first(3), first(3))
+    assert torch.equal(first(3), first(3, workers=2))  # augmentation seeds travel with the items
     assert not torch.equal(first(3), first(4))
 
 
@@ -228,6 +233,6 @@ def test_bad_input_is_reported(chips, tmp_path):
     with pytest.raises(InputError, match="not marked complete"):
         SegmentationChips(broken, "train")
     with pytest.raises(ConfigError, match="fewer than batch_size"):
-        make_loaders(chips, chips, batch_size=7, num_workers=0)
+        make_train_loader(DetectionChips(chips, "train"), batch_size=7, num_workers=0, seed=0, per_epoch_batches=1)
     with pytest.raises(ConfigError, match="min_crop_scale"):
         GeometricAugment(min_crop_scale=0.0)

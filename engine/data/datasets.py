@@ -7,16 +7,17 @@ their own read-only maps, so the page cache is shared and nothing large crosses 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import ChipDataset, open_chip_dataset
+from engine.data.samplers import EpochStreamSampler
 from engine.data.transforms import GeometricAugment, Sample, normalization_from_manifest
 
 
@@ -168,68 +169,41 @@ def collate_segmentation(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[st
     return {key: torch.stack([item[key] for item in items]) for key in ("image", "mask", "eroded")}
 
 
-def _loader(
+def make_train_loader(
     dataset: _ChipDataset,
-    collate: Any,
     batch_size: int,
     num_workers: int,
-    train: bool,
-    distributed: bool,
     seed: int,
-) -> DataLoader:
+    per_epoch_batches: int,
+    start_epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless training batches for a whole run: ``per_epoch_batches`` per epoch from ``start_epoch`` on.
+
+    Order and augmentation come from :class:`EpochStreamSampler` (fixed by seed and epoch, sharded by rank), so
+    workers stay alive across epochs and a resumed run sees exactly the batches of the uninterrupted one.
+    """
     if batch_size < 1 or num_workers < 0:
         raise ConfigError(f"loader: expected batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-    sampler = None
-    rank = 0
-    if distributed:
-        sampler = DistributedSampler(dataset, shuffle=train, seed=seed, drop_last=train)
-        rank = sampler.rank
-        per_rank = len(sampler)
-    else:
-        per_rank = len(dataset)
-    if train and per_rank < batch_size:
+    if len(dataset) // world_size < batch_size:
         raise ConfigError(
-            f"{dataset.root}: split {dataset.split!r} has {per_rank} chips per process, fewer than batch_size "
-            f"{batch_size}; with drop_last no batch would be served — lower batch_size or add chips"
+            f"{dataset.root}: split {dataset.split!r} has {len(dataset)} chips for {world_size} process(es), "
+            f"fewer than batch_size {batch_size} per process — lower batch_size or add chips"
         )
-    dataset.seed = seed + rank
-    generator = torch.Generator().manual_seed(seed + rank)
-    return DataLoader(
+    sampler = EpochStreamSampler(len(dataset), per_epoch_batches * batch_size, seed, rank, world_size, start_epoch)
+    collate = collate_detection if isinstance(dataset, DetectionChips) else collate_segmentation
+    loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         num_workers=num_workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available(),
-        drop_last=train,
         persistent_workers=num_workers > 0,
-        generator=generator,
+        prefetch_factor=4 if num_workers > 0 else None,
     )
-
-
-def make_loaders(
-    det_root: str | os.PathLike[str],
-    seg_root: str | os.PathLike[str],
-    batch_size: int,
-    num_workers: int,
-    distributed: bool = False,
-    seed: int = 0,
-    augment: GeometricAugment | None = None,
-) -> tuple[DataLoader, DataLoader]:
-    """Training loaders (split "train", shuffled, geometric augmentation, drop_last) for the two tasks.
-
-    Each loader's ``.dataset.manifest`` gives its own normalisation: build one
-    ``DeviceAugment.from_manifest(loader.dataset.manifest)`` per loader. With ``distributed`` a
-    ``DistributedSampler`` is used; call ``loader.sampler.set_epoch(epoch)`` each epoch.
-    """
-    augment = augment or GeometricAugment()
-    det = DetectionChips(det_root, "train", train=True, augment=augment)
-    seg = SegmentationChips(seg_root, "train", train=True, augment=augment)
-    return (
-        _loader(det, collate_detection, batch_size, num_workers, True, distributed, seed),
-        _loader(seg, collate_segmentation, batch_size, num_workers, True, distributed, seed + 1),
-    )
+    return iter(loader)
 
 
 def make_eval_loader(
@@ -238,11 +212,21 @@ def make_eval_loader(
     task: str,
     batch_size: int,
     num_workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    max_chips: int | None = None,
 ) -> DataLoader:
-    """Evaluation loader (no augmentation, no shuffling, every chip) for ``task`` "det" or "seg"."""
-    if task == "det":
-        return _loader(DetectionChips(root, split), collate_detection, batch_size, num_workers, False, False, 0)
-    if task == "seg":
-        dataset = SegmentationChips(root, split)
-        return _loader(dataset, collate_segmentation, batch_size, num_workers, False, False, 0)
-    raise ConfigError(f"make_eval_loader: task must be 'det' or 'seg', got {task!r}")
+    """Evaluation batches (no augmentation, fixed order) of the first ``max_chips`` chips; ``shard=(rank, world)``
+    gives this rank every world-th chip."""
+    if task not in ("det", "seg"):
+        raise ConfigError(f"make_eval_loader: task must be 'det' or 'seg', got {task!r}")
+    if batch_size < 1 or num_workers < 0:
+        raise ConfigError(f"loader: expected batch_size >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
+    dataset = DetectionChips(root, split) if task == "det" else SegmentationChips(root, split)
+    count = len(dataset) if max_chips is None else min(max_chips, len(dataset))
+    rank, world = shard
+    return DataLoader(
+        Subset(dataset, range(rank, count, world)),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_detection if task == "det" else collate_segmentation,
+    )

@@ -7,11 +7,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Subset
 
 from engine.core.progress import Progress, check_cancel
 from engine.data.chipstore import open_chip_dataset
-from engine.data.datasets import DetectionChips, SegmentationChips, collate_detection, collate_segmentation
+from engine.data.datasets import make_eval_loader
 from engine.data.transforms import DeviceAugment
 from engine.evaluate.detection import DetectionMeter
 from engine.evaluate.segmentation import SegmentationMeter
@@ -56,11 +55,8 @@ def evaluate_model(
         manifest = open_chip_dataset(root).manifest
         mode = normalization or getattr(net, "normalization", "dataset")
         normalise = DeviceAugment.from_manifest(manifest, mode).to(device).eval()
-        dataset = DetectionChips(root, split) if task == "det" else SegmentationChips(root, split)
-        count = len(dataset) if max_chips is None else min(max_chips, len(dataset))
-        rank, world = shard
-        collate = collate_detection if task == "det" else collate_segmentation
-        loader = DataLoader(Subset(dataset, range(rank, count, world)), batch_size=batch_size, collate_fn=collate)
+        world = shard[1]
+        loader = make_eval_loader(root, split, task, batch_size, shard=shard, max_chips=max_chips)
         total = len(loader)
         if task == "det":
             meter: Any = DetectionMeter(manifest["det_classes"])

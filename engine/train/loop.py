@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 from engine.core.atomic import write_json_atomic
 from engine.core.errors import ConfigError, PmtlError
@@ -29,7 +27,6 @@ from engine.core.progress import Progress, check_cancel
 from engine.data import datasets as D
 from engine.data import transforms as T
 from engine.data.chipstore import open_chip_dataset
-from engine.data.samplers import EpochStreamSampler
 from engine.evaluate.run import evaluate_model
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
@@ -104,34 +101,6 @@ def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[s
                 f"so '{field_name}' must match the student's {getattr(student_cfg, field_name)!r}, "
                 f"found {getattr(t_cfg, field_name)!r}"
             )
-
-
-def _stream_loader(
-    dataset,
-    batch_size: int,
-    workers: int,
-    seed: int,
-    info: DistInfo,
-    per_epoch_batches: int,
-    start_epoch: int,
-    collate,
-    device: torch.device,
-) -> Iterator[dict[str, Any]]:
-    """One endless iterator of training batches for the whole run: persistent workers, resumable order."""
-    sampler = EpochStreamSampler(
-        len(dataset), per_epoch_batches * batch_size, seed, info.rank, info.world_size, start_epoch
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-    )
-    return iter(loader)
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -219,7 +188,6 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         "det": lambda: D.DetectionChips(data_cfg["det"], data_cfg["train_split"], train=True, augment=geometric),
         "seg": lambda: D.SegmentationChips(data_cfg["seg"], data_cfg["train_split"], train=True, augment=geometric),
     }
-    collates = {"det": D.collate_detection, "seg": D.collate_segmentation}
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
     train_sets = {task: datasets_train[task]() for task in tasks}
     for task, dataset in train_sets.items():
@@ -296,16 +264,15 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         return terms
 
     streams = {
-        task: _stream_loader(
+        task: D.make_train_loader(
             train_sets[task],
             per_rank_batch,
             data_cfg["num_workers"],
             stream_seed[task],
-            info,
             iters,
             start_epoch,
-            collates[task],
-            device,
+            info.rank,
+            info.world_size,
         )
         for task in tasks
     }
