@@ -135,25 +135,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_showcase(preset: dict[str, Any], det_chips: Path, seg_chips: Path, out_dir: Path) -> Path:
     """Train (or reuse) the demo's map model and print its test-split metrics; returns its best checkpoint."""
+    from engine.core.progress import TqdmProgress
     from engine.evaluate.report import format_table
-    from engine.evaluate.run import evaluate_model
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.experiments.__main__ import train_and_test
     from engine.train.config import load_config
-    from engine.train.loop import train
 
     spec = preset["showcase"]
     overrides = [f"{k}={json.dumps(v)}" for k, v in spec["overrides"].items()]
     overrides += [f"data.det={json.dumps(str(det_chips))}", f"data.seg={json.dumps(str(seg_chips))}"]
     overrides += [f"runtime.out={json.dumps(str(out_dir))}", "name=showcase"]
-    best = out_dir / "best.pt"
-    if not best.is_file() or not (out_dir / "history.json").is_file():
-        from engine.core.progress import TqdmProgress
-
-        bar = TqdmProgress("map model")
-        train(load_config(spec["config"], overrides), progress=bar, resume=(out_dir / "last.pt").is_file())
-        bar.close()
-    net, _ = model_from_checkpoint(best)
-    metrics = evaluate_model(net, det_chips, seg_chips, split="test", batch_size=8)
+    bar = TqdmProgress("map model")
+    best, metrics = train_and_test(load_config(spec["config"], overrides), det_chips, seg_chips, bar)
+    bar.close()
     print(format_table({"detection (test split)": metrics["det"], "segmentation (test split)": metrics["seg"]}))
     return best
 

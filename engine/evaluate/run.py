@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from engine.core.progress import Progress, check_cancel
-from engine.data.chipstore import open_chip_dataset
 from engine.data.datasets import make_eval_loader
 from engine.data.transforms import DeviceAugment
 from engine.evaluate.detection import DetectionMeter
@@ -52,11 +51,12 @@ def evaluate_model(
     results: dict[str, Any] = {}
     jobs = [(task, root) for task, root in (("det", det_root), ("seg", seg_root)) if root is not None]
     for job_index, (task, root) in enumerate(jobs):
-        manifest = open_chip_dataset(root).manifest
+        loader = make_eval_loader(root, split, task, batch_size, shard=shard, max_chips=max_chips)
+        manifest = loader.dataset.dataset.manifest  # the Subset's chip dataset: manifest read once
         mode = normalization or getattr(net, "normalization", "dataset")
         normalise = DeviceAugment.from_manifest(manifest, mode).to(device).eval()
         world = shard[1]
-        loader = make_eval_loader(root, split, task, batch_size, shard=shard, max_chips=max_chips)
+        anchors: dict[tuple[int, int], torch.Tensor] = {}
         total = len(loader)
         if task == "det":
             meter: Any = DetectionMeter(manifest["det_classes"])
@@ -67,11 +67,13 @@ def evaluate_model(
             images = normalise(batch["image"].to(device))
             out = net(images)
             if task == "det":
-                anchors = net.anchors_for(tuple(images.shape[-2:]), device=device)
+                hw = (int(images.shape[-2]), int(images.shape[-1]))
+                if hw not in anchors:
+                    anchors[hw] = net.anchors_for(hw, device=device)
                 detections = postprocess_detections(
                     out["cls_logits"].float(),
                     out["box_deltas"].float(),
-                    anchors,
+                    anchors[hw],
                     image_hw=tuple(images.shape[-2:]),
                     score_threshold=score_thresh,
                     iou_threshold=nms_iou,

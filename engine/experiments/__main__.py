@@ -9,6 +9,7 @@ experiment continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -36,15 +37,35 @@ def load_preset(name_or_path: str) -> dict[str, Any]:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
+def train_and_test(
+    cfg: dict[str, Any], det_root: Path | None, seg_root: Path | None, progress: Progress | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """Train one config (continuing an interrupted or finished run) and test its best checkpoint."""
+    from engine.evaluate.run import evaluate_model
+    from engine.train.checkpoint import model_from_checkpoint
+    from engine.train.distributed import DistInfo, pick_device
+    from engine.train.loop import train
+
+    out_dir = Path(cfg["runtime"]["out"])
+    result = train(cfg, progress=progress, resume=(out_dir / "last.pt").is_file())
+    device = pick_device(cfg["runtime"]["device"], DistInfo())
+    net, _ = model_from_checkpoint(result.best_checkpoint, device)
+    metrics = evaluate_model(
+        net,
+        det_root=det_root if "det" in cfg["tasks"] else None,
+        seg_root=seg_root if "seg" in cfg["tasks"] else None,
+        split="test",
+        batch_size=cfg["data"]["batch_size"],
+        device=device,
+    )
+    return result.best_checkpoint, metrics
+
+
 def run_direction(
     direction: str, preset: dict[str, Any], chips: dict[str, Path], out: Path, seeds: int, progress: Progress | None
 ) -> dict[str, dict[int, dict[str, Any]]]:
     """Train and test every run of one table; returns results[run][seed] = test metrics."""
-    from engine.evaluate.run import evaluate_model
-    from engine.train.checkpoint import model_from_checkpoint
     from engine.train.config import load_config
-    from engine.train.distributed import DistInfo, pick_device
-    from engine.train.loop import train
 
     det_set, seg_set = DIRECTIONS[direction]
     results: dict[str, dict[int, dict[str, Any]]] = {}
@@ -57,25 +78,12 @@ def run_direction(
                 overrides = run_overrides(
                     spec, preset, str(chips[det_set]), str(chips[seg_set]), str(run_dir), seed, teachers
                 )
-                cfg = load_config(None, overrides)
                 started = time.perf_counter()
                 print(f"[{direction} seed {seed}] training {spec.name}", file=sys.stderr)
-                result = train(cfg, progress=progress, resume=(run_dir / "last.pt").is_file())
-                device = pick_device(cfg["runtime"]["device"], DistInfo())
-                net, _ = model_from_checkpoint(result.best_checkpoint, device)
-                metrics = evaluate_model(
-                    net,
-                    det_root=chips[det_set] if "det" in spec.tasks else None,
-                    seg_root=chips[seg_set] if "seg" in spec.tasks else None,
-                    split="test",
-                    batch_size=cfg["data"]["batch_size"],
-                    device=device,
-                )
+                _, metrics = train_and_test(load_config(None, overrides), chips[det_set], chips[seg_set], progress)
                 flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
                 flat["train_seconds"] = time.perf_counter() - started
                 write_json_atomic(result_file, {"metrics": flat, "details": metrics})
-            import json
-
             flat = json.loads(result_file.read_text())["metrics"]
             results.setdefault(spec.name, {})[seed] = flat
             if spec.teacher:

@@ -172,7 +172,7 @@ def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_poly
 
 
 def predict_raster(
-    model_path: PathLike,
+    model_path: PathLike | OnnxModel,
     input_path: PathLike,
     out_raster: PathLike | None = None,
     out_vector: PathLike | None = None,
@@ -196,13 +196,15 @@ def predict_raster(
     Outputs: ``out_raster`` uint8 class map (ISPRS colours, 255 = nodata), ``out_probs`` per-class uint8
     probabilities (×250), ``out_polygons`` the class map as polygons, ``out_vector`` detections (one layer, fields
     class, class_id, score). Every output appears only if the whole run succeeds. ``bands``: 1-based raster band
-    numbers in the model's band order. ``overlap`` defaults to the model's recommendation.
+    numbers in the model's band order. ``overlap`` defaults to the model's recommendation. ``model_path`` may be
+    an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with).
     """
     started = time.perf_counter()
     batch_size = 4 if batch_size is None else int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"parameter 'batch_size' must be >= 1, found {batch_size}")
-    model = OnnxModel(model_path, device=device, threads=threads)
+    # an already-open model (the QGIS algorithm reads its metadata first) is used as it is, not loaded twice
+    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
     info = model.info
     _check_request(model, out_raster, out_vector, out_probs, out_polygons)
     notes = list(info.notes)

@@ -10,6 +10,7 @@ separable and computed analytically (two 1-D arrays) instead of being accumulate
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -37,11 +38,11 @@ class TileGrid:
         count = max(1, -(-(size - self.overlap) // self.stride))
         return [k * self.stride for k in range(count)]
 
-    @property
+    @functools.cached_property
     def xs(self) -> list[int]:
         return self._origins(self.width)
 
-    @property
+    @functools.cached_property
     def ys(self) -> list[int]:
         return self._origins(self.height)
 

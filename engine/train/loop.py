@@ -31,7 +31,14 @@ from engine.evaluate.run import evaluate_model
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
 from engine.train import objectives as O
-from engine.train.checkpoint import capture_rng, inference_state, load_checkpoint, restore_rng, save_checkpoint
+from engine.train.checkpoint import (
+    capture_rng,
+    inference_state,
+    load_checkpoint,
+    model_from_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, pick_device
 from engine.train.schedule import ModelEMA, lr_factor
 
@@ -64,10 +71,8 @@ def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[st
 
 def _load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple[O.Teacher, int]:
     """A frozen teacher (EMA weights, eval mode, no gradients) and its feature width."""
-    payload = load_checkpoint(path)
-    net = build_model(load_model_config(payload["model_config"]))
-    net.load_state_dict(inference_state(payload))
-    net.eval().requires_grad_(False).to(device)
+    net, payload = model_from_checkpoint(path, device)
+    net.requires_grad_(False)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))

@@ -212,7 +212,10 @@ class DetectSegment(PmtlAlgorithm):
         input_path = raster_path(layer, "Input raster")
         model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        info = self.call_engine(self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device).info
+        onnx_model = self.call_engine(
+            self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device
+        )
+        info = onnx_model.info
         segments, detects = info.seg_output is not None, info.det_scores_output is not None
         if not segments:
             feedback.pushWarning("The model has no segmentation head: no class map, probabilities or polygons.")
@@ -230,7 +233,7 @@ class DetectSegment(PmtlAlgorithm):
         summary = self.call_engine(
             predict.predict_raster,
             feedback,
-            model_path=model,
+            model_path=onnx_model,  # opened once: its metadata decided the outputs above
             input_path=input_path,
             out_raster=out_raster,
             out_vector=tmp_vector,
