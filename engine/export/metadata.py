@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import IGNORE_INDEX, PALETTE
+from engine.core.classes import IGNORE_INDEX, PALETTE, det_colours_for
 from engine.core.errors import InputError
 
 SCHEMA_VERSION: int = 1
@@ -77,6 +77,7 @@ def build_metadata(
     seg_classes: Sequence[str] = (),
     palette: Sequence[Sequence[int]] = (),
     det_classes: Sequence[str] = (),
+    det_colors: Sequence[Sequence[int]] = (),
     score_thresh: float = 0.3,
     iou_thresh: float = 0.5,
     ios_thresh: float = 0.6,
@@ -85,7 +86,11 @@ def build_metadata(
     provenance: Mapping[str, Any] | None = None,
     seg_thresh: float = 0.5,
 ) -> dict[str, Any]:
-    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
+
+    Each head's class colours are in ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in class order;
+    ``seg.palette`` is the older name of ``seg.colors``, kept for readers of schema version 1).
+    """
     from engine import __version__
 
     meta: dict[str, Any] = {
@@ -121,12 +126,14 @@ def build_metadata(
         meta["seg"] = {
             "classes": list(seg_classes),
             "palette": [list(map(int, c)) for c in palette],
+            "colors": [list(map(int, c)) for c in palette],
             "ignore_index": IGNORE_INDEX,
         }
         meta["seg_thresh"] = float(seg_thresh)
     if "det" in tasks:
         meta["det"] = {
             "classes": list(det_classes),
+            "colors": [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)],
             "score_thresh": float(score_thresh),
             "iou_thresh": float(iou_thresh),
             "ios_thresh": float(ios_thresh),
@@ -178,9 +185,13 @@ class ModelInfo:
     seg_kind: str = "logits"
     seg_classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
+    seg_colors: tuple[tuple[int, int, int], ...] = ()
+    """RGB colour of each segmentation class (``seg.colors``; the palette for models exported before it)."""
     det_scores_output: str | None = None
     det_boxes_output: str | None = None
     det_classes: tuple[str, ...] = ()
+    det_colors: tuple[tuple[int, int, int], ...] = ()
+    """RGB colour of each detection class (``det.colors``; distinct defaults for models exported before it)."""
     score_thresh: float = 0.3
     iou_thresh: float = 0.5
     ios_thresh: float = 0.6
@@ -194,6 +205,10 @@ def _output_of(meta: Mapping[str, Any], task: str, kinds: tuple[str, ...]) -> tu
         if spec["task"] == task and spec["kind"] in kinds:
             return name, spec["kind"]
     return None, ""
+
+
+def _colors(values: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in values)
 
 
 def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:
@@ -227,9 +242,11 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         seg_kind=seg_kind or "logits",
         seg_classes=tuple(seg.get("classes", ())),
         palette=tuple(tuple(c) for c in seg.get("palette", ())),
+        seg_colors=_colors(seg.get("colors") or seg.get("palette", ())),
         det_scores_output=scores if "det" in meta["tasks"] else None,
         det_boxes_output=boxes if "det" in meta["tasks"] else None,
         det_classes=tuple(det.get("classes", ())),
+        det_colors=_colors(det.get("colors") or det_colours_for(det.get("classes", ()))),
         score_thresh=float(det.get("score_thresh", 0.3)),
         iou_thresh=float(det.get("iou_thresh", 0.5)),
         ios_thresh=float(det.get("ios_thresh", 0.6)),
@@ -298,6 +315,7 @@ def _deepness_info(
         seg_kind="probabilities",
         seg_classes=classes,
         palette=palette,
+        seg_colors=palette,
         notes=tuple(notes),
         raw=dict(meta),
     )
