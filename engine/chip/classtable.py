@@ -33,7 +33,7 @@ def _record(item: Any, path: Path, index: int) -> dict[str, Any]:
         if not ok or not all(isinstance(c, int) and 0 <= c <= 255 for c in colour):
             raise InputError(f"{path}: class {item['name']!r}: expected colour [r, g, b] in 0..255, found {colour!r}")
     value = item.get("value")
-    if value is not None and not isinstance(value, int | str):
+    if value is not None and not isinstance(value, (int, str)):
         raise InputError(f"{path}: class {item['name']!r}: expected an integer or text value, found {value!r}")
     return {"name": str(item["name"]).strip(), "value": value, "colour": list(colour) if colour else None}
 
