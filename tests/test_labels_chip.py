@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from osgeo import gdal, ogr, osr
+from scipy import ndimage
 
 from engine.chip.__main__ import main as chip_main
 from engine.chip.splits import SplitPlan
@@ -19,6 +20,7 @@ from engine.chip.userdata import LabelSource, chip_images
 from engine.core.classes import BACKGROUND, IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import open_chip_dataset
+from engine.data.labels import disc, erode_mask
 
 gdal.UseExceptions()
 ogr.UseExceptions()
@@ -311,3 +313,26 @@ def test_class_raster_detection_boxes_are_its_blobs_and_isprs_rasters_still_chip
                 plan=SplitPlan("tile", val=0.0))  # fmt: skip
     isprs = open_chip_dataset(tmp_path / "i")
     assert isprs.seg_classes[1] == "building" and (np.asarray(isprs.masks("train")) == 1).all()
+
+
+def _erode_by_min_max(mask: np.ndarray, radius: int) -> np.ndarray:
+    """The definition of the eroded label: a pixel keeps its class when min == max over its disc (border replicated)."""
+    if radius <= 0:
+        return mask.copy()
+    footprint = disc(radius)
+    low = ndimage.minimum_filter(mask, footprint=footprint, mode="nearest")
+    high = ndimage.maximum_filter(mask, footprint=footprint, mode="nearest")
+    return np.where(low == high, mask, np.uint8(IGNORE_INDEX)).astype(np.uint8)
+
+
+def test_fast_erosion_equals_the_min_max_filter_definition():
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        h, w = rng.integers(1, 40, 2)
+        radius = int(rng.integers(0, 5))
+        if trial % 2:
+            mask = (rng.integers(0, 6, (h, w)) * (rng.random((h, w)) < 0.1)).astype(np.uint8)
+        else:
+            blocks = rng.integers(0, 4, (h // 4 + 1, w // 4 + 1))
+            mask = np.kron(blocks, np.ones((4, 4), int))[:h, :w].astype(np.uint8)
+        np.testing.assert_array_equal(erode_mask(mask, radius), _erode_by_min_max(mask, radius))
