@@ -12,7 +12,6 @@ from qgis_helpers import run_algorithm, write_geotiff
 
 from engine.data.chipstore import open_chip_dataset
 from engine.predict.outputs import style_class_map
-from pmtl_qgis.algorithms.render_map import class_map_classes
 
 pytestmark = pytest.mark.qgis
 
@@ -27,8 +26,6 @@ def test_render_map_uses_the_class_maps_own_classes_and_colours(qgis_processing,
     dataset = gdal.Open(str(classes), gdal.GA_Update)
     style_class_map(dataset.GetRasterBand(1), ["field", "orchard"], [(10, 200, 30), (120, 40, 160)])
     dataset = None
-    assert class_map_classes(str(classes)) == (["field", "orchard"], [(10, 200, 30), (120, 40, 160)])
-    assert class_map_classes(str(ortho)) is None
     out = tmp_path / "map.png"
     params = {"INPUT": str(ortho), "CLASS_MAP": str(classes), "OPACITY": 1.0, "WIDTH": 200, "OUTPUT": str(out)}
     run_algorithm("pmtl:render_map", params)

@@ -238,9 +238,10 @@ def _first_pass(
         if aoi_mask is not None:
             image.aoi_pixels = int(aoi_mask.sum())
         covered = _label_image(labels, spec, image, aoi_mask) if labels.kind != "none" else aoi_mask
-        pixels = read_image(path)
-        has_data = src.image_valid(pixels, image.grid.nodata)
-        del pixels
+        if any(v is not None for v in image.grid.nodata):  # only then can a pixel lack data (read the image twice)
+            has_data = src.image_valid(read_image(path), image.grid.nodata)
+        else:
+            has_data = np.ones((image.grid.height, image.grid.width), bool)
         if aoi_mask is not None:
             has_data &= aoi_mask
         if image.mask is not None:

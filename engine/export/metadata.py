@@ -36,6 +36,9 @@ DEEPNESS_KEYS: tuple[str, ...] = (
 )
 """Keys the Deepness QGIS plugin reads (its code reads ``tile_size``; its docs say ``tiles_size``)."""
 
+SEG_COLORS_KEY, DET_COLORS_KEY = "seg.colors", "det.colors"
+"""Optional top-level metadata keys: a JSON list of [r, g, b] per class, in class-id order."""
+
 PMTL_REQUIRED_KEYS: tuple[str, ...] = ("schema_version", "format", "tasks", "input", "outputs", "gsd", "tile_size")
 
 # Graph output names of the full model (see the schema's description).
@@ -88,8 +91,8 @@ def build_metadata(
 ) -> dict[str, Any]:
     """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
 
-    Each head's class colours are in ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in class order;
-    ``seg.palette`` is the older name of ``seg.colors``, kept for readers of schema version 1).
+    Each head's class colours are in the top-level keys ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in
+    class order; ``seg.palette`` holds the segmentation colours too, for readers that predate them).
     """
     from engine import __version__
 
@@ -126,14 +129,13 @@ def build_metadata(
         meta["seg"] = {
             "classes": list(seg_classes),
             "palette": [list(map(int, c)) for c in palette],
-            "colors": [list(map(int, c)) for c in palette],
             "ignore_index": IGNORE_INDEX,
         }
+        meta[SEG_COLORS_KEY] = [list(map(int, c)) for c in palette]
         meta["seg_thresh"] = float(seg_thresh)
     if "det" in tasks:
         meta["det"] = {
             "classes": list(det_classes),
-            "colors": [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)],
             "score_thresh": float(score_thresh),
             "iou_thresh": float(iou_thresh),
             "ios_thresh": float(ios_thresh),
@@ -144,6 +146,7 @@ def build_metadata(
                 "anchors": dict(anchors or {}),
             },
         }
+        meta[DET_COLORS_KEY] = [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)]
         meta["det_conf"] = float(score_thresh)
         meta["det_iou_thresh"] = float(iou_thresh)
     validate_metadata(meta, "export")
@@ -242,11 +245,11 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         seg_kind=seg_kind or "logits",
         seg_classes=tuple(seg.get("classes", ())),
         palette=tuple(tuple(c) for c in seg.get("palette", ())),
-        seg_colors=_colors(seg.get("colors") or seg.get("palette", ())),
+        seg_colors=_colors(meta.get(SEG_COLORS_KEY) or seg.get("palette", ())),
         det_scores_output=scores if "det" in meta["tasks"] else None,
         det_boxes_output=boxes if "det" in meta["tasks"] else None,
         det_classes=tuple(det.get("classes", ())),
-        det_colors=_colors(det.get("colors") or det_colours_for(det.get("classes", ()))),
+        det_colors=_colors(meta.get(DET_COLORS_KEY) or det_colours_for(det.get("classes", ()))),
         score_thresh=float(det.get("score_thresh", 0.3)),
         iou_thresh=float(det.get("iou_thresh", 0.5)),
         ios_thresh=float(det.get("ios_thresh", 0.6)),
