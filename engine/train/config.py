@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "seg_weight": 1.0,
     },
     "optim": {
+        "name": "sgd",
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 0.0005,
@@ -80,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 KD_FEATURES = ("none", "mse", "pdf")
+OPTIMIZERS = ("sgd", "adamw")
 TASKS = ("det", "seg")
 
 
@@ -143,6 +145,10 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         )
     if cfg["kd"]["adapter_kernel"] not in (1, 3):
         raise ConfigError(f"config key 'kd.adapter_kernel': expected 1 or 3, found {cfg['kd']['adapter_kernel']!r}")
+    if cfg["optim"]["name"] not in OPTIMIZERS:
+        raise ConfigError(
+            f"config key 'optim.name': expected one of {'|'.join(OPTIMIZERS)}, found {cfg['optim']['name']!r}"
+        )
     for key in ("lr", "momentum", "weight_decay", "min_lr_ratio", "warmup_factor"):
         if cfg["optim"][key] < 0:
             raise ConfigError(f"config key 'optim.{key}': expected a value >= 0, found {cfg['optim'][key]!r}")

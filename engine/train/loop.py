@@ -40,7 +40,7 @@ from engine.train.checkpoint import (
     save_checkpoint,
 )
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, pick_device
-from engine.train.schedule import ModelEMA, lr_factor
+from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16, lr_factor
 
 
 class NonFiniteLoss(PmtlError, FloatingPointError):
@@ -183,9 +183,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         model = DistributedDataParallel(
             wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
-    optimizer = torch.optim.SGD(
-        _param_groups([wrapped], optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
-    )
+    optimizer = build_optimizer(_param_groups([wrapped], optim_cfg["weight_decay"]), optim_cfg)
     ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
 
     geometric = T.GeometricAugment() if data_cfg["augment"] else None
@@ -232,8 +230,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     writer = _tensorboard(out_dir) if rt["tensorboard"] and info.is_main else None
     if info.is_main:
         write_json_atomic(out_dir / "config.json", cfg)
-    amp = rt["amp"] and use_cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    amp = rt["amp"] and (use_cuda or cpu_has_fast_bf16())
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     metrics_log = out_dir / "metrics.jsonl"
     eval_net = ema.module if ema is not None else student
     anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
