@@ -58,4 +58,14 @@ def format_quality(result: dict[str, Any]) -> str:
         mark = "" if target is None else f"  (target >= {target:.2f}: {'met' if result['met'][key] else 'NOT met'})"
         shown = "n/a" if value is None else f"{value:.3f}"
         lines.append(f"  {key:<24} {shown}{mark}")
+    for domain, scores in result["details"].items():
+        if "seg" in scores:
+            lines.append(f"  {domain} IoU per class: {_per_class(scores['seg']['iou'])}")
+        if "det" in scores:
+            ap50 = {name: v["ap50"] for name, v in scores["det"]["per_class"].items()}
+            lines.append(f"  {domain} AP50 per class: {_per_class(ap50)}")
     return "\n".join(lines)
+
+
+def _per_class(values: dict[str, float | None]) -> str:
+    return ", ".join(f"{name} {'-' if v is None else format(v, '.2f')}" for name, v in values.items())
