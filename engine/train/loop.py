@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from engine.core.atomic import write_json_atomic
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
+from engine.core.settings import configure_losses
 from engine.data import datasets as D
 from engine.data import transforms as T
 from engine.data.chipstore import open_chip_dataset
@@ -163,7 +164,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
     )
     student = build_model(model_cfg)
-    uses_kd = kd["soft"] or kd["feature"] != "none"
+    settings = configure_losses(cfg)
+    uses_kd = settings.kd.enabled
     teachers: dict[str, O.Teacher] = {}
     adapters = nn.ModuleDict()
     if uses_kd:
@@ -201,8 +203,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             )
     # batches and augmentation come from streams that differ per rank and per task, fixed by (seed, epoch)
     stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
-    norm_mode = data_cfg["normalization"]
-    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task], norm_mode).to(device) for task in tasks}
+    norm = T.run_normalization(list(manifests.values()), data_cfg["normalization"])
+    device_aug = {task: T.DeviceAugment.for_stream(manifests[task], *norm).to(device) for task in tasks}
     aug_generator = torch.Generator(device=device)
     iters = optim_cfg["iters_per_epoch"] or max(
         len(dataset) // info.world_size // per_rank_batch for dataset in train_sets.values()
@@ -236,7 +238,6 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     eval_net = ema.module if ema is not None else student
     anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
     variances = tuple(model_cfg.box_variances)
-    feature_kd = kd["feature"] != "none"
 
     def anchors_for(images: torch.Tensor) -> torch.Tensor:
         key = (int(images.shape[-2]), int(images.shape[-1]))
@@ -252,19 +253,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         return images, batch
 
     def objective(task: str, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        other = "seg" if task == "det" else "det"
-        out = model(images, adapt=other if uses_kd and feature_kd else None)
-        if task == "det":
-            terms = O.detection_supervised(
-                out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"], variances
-            )
-            if uses_kd:
-                terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
-        else:
-            terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
-            if uses_kd:
-                terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
-        return terms
+        return O.batch_objective(model, task, images, batch, teachers, settings, anchors_for, variances)
 
     streams = {
         task: D.make_train_loader(
@@ -339,7 +328,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             max_chips=data_cfg["max_val_chips"],
             progress=None,
             shard=(info.rank, info.world_size),
-            normalization=norm_mode,
+            normalization=norm,
         )
         epoch_means = all_reduce_mean(sums / iters, info).tolist()
         row = {
@@ -368,7 +357,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 "best": {"score": best_score, "metrics": best_metrics},
                 "history": history,
                 "config": cfg,
-                "metadata": checkpoint_metadata(cfg, manifests, row),
+                "metadata": checkpoint_metadata(cfg, manifests, row, norm),
             }
             if improved:  # best first: a crash in between never leaves last.pt pointing at an unsaved best
                 save_checkpoint(best_path, inference_payload(payload))
@@ -398,10 +387,16 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
-def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """What export needs to describe the model: classes, bands, scaling, normalisation, provenance, metrics."""
+def checkpoint_metadata(
+    cfg: dict[str, Any],
+    manifests: dict[str, Any],
+    row: dict[str, Any],
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
+) -> dict[str, Any]:
+    """What export needs to describe the model: classes, bands, scaling, the ONE input normalisation every stream
+    was trained with (so both heads of the deployed model see inputs as in training), provenance, metrics."""
     first = next(iter(manifests.values()))
-    mean, std, _ = T.normalization_for(first, cfg["data"]["normalization"])
+    mean, std = norm
     return {
         "name": cfg["name"],
         "tasks": list(cfg["tasks"]),
