@@ -12,7 +12,9 @@ from qgis.core import QgsProcessingException
 from qgis.PyQt.QtGui import QImage
 from qgis_helpers import CapturingFeedback, label_rgb, run_algorithm, scene, write_geotiff
 
+from engine.core.classes import PALETTE, SEG_CLASSES
 from engine.data.isprs import find_isprs_tiles
+from engine.predict.outputs import style_class_map
 from pmtl_qgis.algorithms.train import Train
 from pmtl_qgis.engine_process import ProcessResult
 
@@ -145,7 +147,10 @@ def _write_boxes(path, rect: tuple[float, float, float, float]) -> None:
 
 def test_render_map_draws_class_colours_and_boxes(qgis_processing, tmp_path):
     ortho = write_geotiff(tmp_path / "ortho.tif", np.full((3, 100, 200), 128, np.uint8), gsd=1.0)
-    classes = write_geotiff(tmp_path / "classes.tif", np.ones((1, 100, 200), np.uint8), gsd=1.0)  # all building
+    classes = write_geotiff(tmp_path / "classes.tif", np.ones((1, 100, 200), np.uint8), gsd=1.0)  # all "roof"
+    dataset = gdal.Open(str(classes), gdal.GA_Update)  # the class names and colours of a model, as predict writes
+    style_class_map(dataset.GetRasterBand(1), ["water", "roof"], [(0, 0, 200), (200, 0, 0)])
+    dataset = None
     boxes = tmp_path / "boxes.gpkg"
     _write_boxes(boxes, (500020.0, 5399920.0, 500080.0, 5399960.0))  # x 20..80 px, y 40..80 px
     out = tmp_path / "map.png"
@@ -153,11 +158,12 @@ def test_render_map_draws_class_colours_and_boxes(qgis_processing, tmp_path):
     run_algorithm("pmtl:render_map", {**params, "WIDTH": 200, "OUTPUT": str(out)})
     image = QImage(str(out))
     assert image.width() == 200 and image.height() > 100  # the map keeps the ortho's aspect; legend below
-    assert image.pixelColor(150, 20).getRgb()[:3] == (0, 0, 255)  # building blue, opaque
+    assert image.pixelColor(150, 20).getRgb()[:3] == (200, 0, 0)  # "roof" in its colour, opaque
+    car = PALETTE[SEG_CLASSES.index("car")]  # a detection class without a model: the fallback (ISPRS name)
     outline = [image.pixelColor(20, y).getRgb()[:3] for y in range(50, 70)]
-    assert (255, 140, 0) in outline  # the car box outline on its left edge
+    assert car in outline  # the car box outline on its left edge
     legend = {image.pixelColor(x, y).getRgb()[:3] for x in range(200) for y in range(100, image.height())}
-    assert {(255, 255, 255), (0, 0, 255), (255, 255, 0), (230, 0, 230)} <= legend  # class and box swatches
+    assert {(0, 0, 200), (200, 0, 0), car} <= legend  # class and box swatches
 
 
 def test_cancel_stops_an_in_process_engine_job_with_a_clear_message(qgis_processing, tmp_path):
