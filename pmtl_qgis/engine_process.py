@@ -148,6 +148,6 @@ def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessR
     if feedback is None:
         return
     progress = event.get("progress")
-    if isinstance(progress, int | float):
+    if isinstance(progress, (int, float)):
         feedback.setProgress(100.0 * max(0.0, min(1.0, float(progress))))
     feedback.pushInfo(describe_event(event))

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from osgeo import gdal
@@ -25,7 +26,7 @@ from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
 
-PathLike = str | os.PathLike[str]
+PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass
