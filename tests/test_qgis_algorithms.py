@@ -118,14 +118,20 @@ def test_train_failure_in_the_engine_process_shows_its_error_lines(qgis_app, tmp
     assert "cannot be imported: torchvision." in str(raised.value) and "pip install" in str(raised.value)
 
 
-def test_cancelled_training_keeps_the_last_checkpoint_as_result(qgis_app, tmp_path):
+def test_cancelled_training_says_truthfully_what_is_kept(qgis_app, tmp_path):
     feedback = CapturingFeedback()
-    with pytest.raises(QgsProcessingException, match="cancelled before the first checkpoint"):
+    with pytest.raises(QgsProcessingException, match="before the end of its first epoch: no checkpoint was written"):
         Train()._results(ProcessResult(returncode=130, canceled=True), tmp_path, feedback)
     (tmp_path / "last.pt").write_bytes(b"checkpoint")
-    results = Train()._results(ProcessResult(returncode=130, canceled=True), tmp_path, feedback)
+    events = [{"event": "metrics", "epoch": 2, "seg_miou": 0.5}]
+    results = Train()._results(ProcessResult(returncode=130, canceled=True, events=events), tmp_path, feedback)
     assert results["CHECKPOINT"] == results["LAST_CHECKPOINT"] == str(tmp_path / "last.pt")
-    assert any("Training cancelled; the last checkpoint is kept" in w for w in feedback.warnings)
+    assert any("the checkpoint of epoch 2 is kept" in w for w in feedback.warnings)
+    tail = ["error: chip dataset '/x': expected manifest.json, found none"]
+    error = [{"event": "error", "message": "chip dataset '/x': expected manifest.json, found none"}]
+    with pytest.raises(QgsProcessingException) as raised:
+        Train()._results(ProcessResult(returncode=2, canceled=False, events=error, tail=tail), tmp_path, feedback)
+    assert str(raised.value) == "Training failed (exit code 2):\nchip dataset '/x': expected manifest.json, found none"
 
 
 def _write_boxes(path, rect: tuple[float, float, float, float]) -> None:
