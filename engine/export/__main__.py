@@ -7,7 +7,9 @@ import argparse
 import json
 import sys
 
+from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import PmtlError
+from engine.core.progress import JsonLinesProgress, NullProgress
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
     args = parser.parse_args(argv)
+    # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
+    progress = watch(JsonLinesProgress() if args.json_progress else NullProgress(), args.control_stdin, interrupt=True)
+    progress.report(0.0, f"exporting {args.checkpoint}")
 
     from engine.export.onnx_export import export_checkpoint
 
@@ -46,8 +53,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
-    print(json.dumps({"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"])}))
+    except KeyboardInterrupt:
+        print("export cancelled; no model was written", file=sys.stderr)
+        return 130
+    summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"])}
+    if args.json_progress:
+        progress.emit("done", **summary)
+    else:
+        print(json.dumps(summary))
     return 0
 
 

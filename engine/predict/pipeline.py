@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from osgeo import gdal
@@ -25,7 +26,7 @@ from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
 
-PathLike = str | os.PathLike[str]
+PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass
@@ -248,7 +249,7 @@ def predict_raster(
             class_work = (scratch(class_final) if src.warped else class_final) if class_final else None
             prob_work = (scratch(final["probs"]) if src.warped else final["probs"]) if out_probs else None
 
-            class_ds = out.create_class_map(class_work, src, info.seg_classes, info.palette) if class_work else None
+            class_ds = out.create_class_map(class_work, src, info.seg_classes, info.seg_colors) if class_work else None
             prob_ds = out.create_probabilities(prob_work, src, info.seg_classes) if prob_work else None
             try:
                 writer = _SegWriter(info.seg_kind, class_ds, prob_ds) if (class_ds or prob_ds) else None

@@ -85,7 +85,7 @@ def _check(node: Any, default: Any, path: str) -> Any:
         if not isinstance(node, bool):
             raise ConfigError(f"config key '{path}': expected true/false, found {node!r}")
         return node
-    if isinstance(default, float) and isinstance(node, int | str) and not isinstance(node, bool):
+    if isinstance(default, float) and isinstance(node, (int, str)) and not isinstance(node, bool):
         try:
             return float(node)  # YAML 1.1 reads "1e-3" as a string
         except ValueError:

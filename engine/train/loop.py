@@ -314,6 +314,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                         (epoch * iters + it + 1) / total_steps,
                         f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
                     )
+            elif progress is not None:  # every step moves the bar (no message: no device sync)
+                progress.report((epoch * iters + it + 1) / total_steps)
 
         train_time = time.perf_counter() - t0
         metrics = evaluate_model(
