@@ -20,7 +20,7 @@ from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import Detections, merge_across_tiles, tile_detections, truncated_at_seams
 from engine.predict.model import OnnxModel
-from engine.predict.raster import Source, load_aoi, open_source
+from engine.predict.raster import Source, WindowReader, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
@@ -173,7 +173,7 @@ def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_poly
 
 def predict_raster(
     model_path: PathLike | OnnxModel,
-    input_path: PathLike,
+    input_path: PathLike | WindowReader,
     out_raster: PathLike | None = None,
     out_vector: PathLike | None = None,
     *,
@@ -192,6 +192,9 @@ def predict_raster(
     progress: Progress | None = None,
 ) -> PredictSummary:
     """Run ``model_path`` over ``input_path`` tile by tile; write the requested outputs on the input's grid.
+
+    ``input_path``: a raster file, a GDAL dataset name (``/vsizip/…``, ``GPKG:file.gpkg:table``) or a
+    :class:`~engine.predict.raster.WindowReader` (e.g. a QGIS layer read through its provider), whose grid is used.
 
     Outputs: ``out_raster`` uint8 class map (ISPRS colours, 255 = nodata), ``out_probs`` per-class uint8
     probabilities (×250), ``out_polygons`` the class map as polygons, ``out_vector`` detections (one layer, fields
