@@ -90,13 +90,20 @@ class GdalWindows:
     mask_bands: list[int]  # bands whose GDAL mask must be read (one for a per-dataset alpha); empty: all valid
 
     def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> np.ndarray:
-        return self.ds.ReadAsArray(x, y, w, h, band_list=list(bands)).reshape(len(bands), h, w)
+        return _checked(self.ds.ReadAsArray(x, y, w, h, band_list=list(bands))).reshape(len(bands), h, w)
 
     def valid(self, x: int, y: int, w: int, h: int) -> np.ndarray | None:
         if not self.mask_bands:
             return None
-        masks = [self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h) for b in self.mask_bands]
+        masks = [_checked(self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h)) for b in self.mask_bands]
         return np.logical_and.reduce([m > 0 for m in masks])
+
+
+def _checked(values: np.ndarray | None) -> np.ndarray:
+    """GDAL without exceptions returns None for a failed read: raise its message as exceptions mode would."""
+    if values is None:
+        raise RuntimeError(gdal.GetLastErrorMsg() or "GDAL returned no data")
+    return values
 
 
 def grid_dataset(width: int, height: int, geotransform: Sequence[float], wkt: str) -> gdal.Dataset:

@@ -9,7 +9,7 @@ import argparse
 import signal
 import sys
 
-from engine.core.errors import PmtlError
+from engine.core.errors import PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.train.config import load_config
 from engine.train.distributed import DistInfo, init_distributed, shutdown
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4"
     )
     args = parser.parse_args(argv)
+    quiet_gdal_close_errors()
 
     from engine.train.loop import train
 
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print("training cancelled; the last checkpoint is kept", file=sys.stderr)
         return 130
-    except PmtlError as exc:
+    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
