@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from engine.core.errors import PmtlError
+from engine.core.errors import PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, TqdmProgress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from engine.chip.chipper import chip_dataset
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             connectivity=args.connectivity, min_area=args.min_area, scale_max=args.scale_max,
             overwrite=args.overwrite, progress=progress,
         )  # fmt: skip
-    except PmtlError as exc:
+    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):

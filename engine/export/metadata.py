@@ -83,9 +83,12 @@ def build_metadata(
     variances: Sequence[float] = (0.1, 0.2),
     anchors: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
-    seg_thresh: float = 0.5,
+    seg_thresh: float = 0.0,
 ) -> dict[str, Any]:
-    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
+
+    ``seg_thresh`` 0 turns Deepness's probability threshold off: Deepness zeroes probabilities below it before the
+    argmax, which on a multi-class softmax would turn every uncertain pixel into class 0."""
     from engine import __version__
 
     meta: dict[str, Any] = {
@@ -114,8 +117,7 @@ def build_metadata(
         "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
         "resolution": round(float(gsd) * 100.0, 6),
         "tiles_overlap": round(100.0 * overlap / tile_size),
-        "standardization_mean": [float(v) for v in mean],
-        "standardization_std": [float(v) for v in std],
+        **deepness_standardization(mean, std, float(value_scaling["max"])),
     }
     if "seg" in tasks:
         meta["seg"] = {
@@ -141,6 +143,21 @@ def build_metadata(
         meta["det_iou_thresh"] = float(iou_thresh)
     validate_metadata(meta, "export")
     return meta
+
+
+DEEPNESS_VALUE_MAX: float = 255.0
+"""Deepness divides every raw input value by 255 before it standardises (its models take uint8 imagery)."""
+
+
+def deepness_standardization(mean: Sequence[float], std: Sequence[float], value_max: float) -> dict[str, list[float]]:
+    """Deepness's ``standardization_mean/std`` giving the model exactly pmtl's input, (raw / max - mean) / std,
+    from Deepness's (raw / 255 - mean') / std': mean' = mean * max / 255, std' = std * max / 255 (the identity for
+    uint8 models)."""
+    factor = float(value_max) / DEEPNESS_VALUE_MAX
+    return {
+        "standardization_mean": [float(v) * factor for v in mean],
+        "standardization_std": [float(v) * factor for v in std],
+    }
 
 
 def to_props(meta: Mapping[str, Any]) -> dict[str, str]:
