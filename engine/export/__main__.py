@@ -1,5 +1,8 @@
-"""``python -m engine.export --checkpoint CKPT --out model.onnx``: ONNX (opset >= 18, dynamic batch, decoding in the
-graph) with the versioned metadata that ``engine.predict``, the QGIS plugin and Deepness read."""
+"""``python -m engine.export --checkpoint CKPT --out model.onnx [--precision fp32|fp16|int8]``: ONNX (opset >= 18,
+dynamic batch, decoding in the graph) with the versioned metadata that ``engine.predict``, QGIS and Deepness read.
+
+``--precision int8`` calibrates on chips of the training data (``--calibration DIR ...`` or the chip datasets the
+checkpoint records) and writes the accuracy cost against fp32 on their ``val`` chips into the metadata."""
 
 from __future__ import annotations
 
@@ -27,10 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="fp32; int8: static quantization for CPUs (calibrated); fp16: for the CUDA provider",
+    )
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="CHIPS_DIR",
+        help="chip dataset(s) to calibrate int8 on and to measure the accuracy cost on (default: the training chip "
+        "datasets recorded in the checkpoint)",
+    )
+    parser.add_argument("--calibration-chips", type=int, default=64, help="training chips used for calibration")
+    parser.add_argument("--eval-chips", type=int, default=64, help="validation chips per task for the accuracy cost")
     args = parser.parse_args(argv)
 
+    from engine.core.progress import TqdmProgress
     from engine.export.onnx_export import export_checkpoint
 
+    progress = TqdmProgress(f"export {args.precision}", disable=args.precision == "fp32")
     try:
         meta = export_checkpoint(
             args.checkpoint,
@@ -43,11 +63,21 @@ def main(argv: list[str] | None = None) -> int:
             iou_thresh=args.iou_thresh,
             opset=args.opset,
             dynamo=args.dynamo,
+            precision=args.precision,
+            calibration=args.calibration,
+            quantization={"calibration_chips": args.calibration_chips, "eval_chips": args.eval_chips},
+            progress=progress,
         )
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps({"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"])}))
+    finally:
+        progress.close()
+    summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"]), "precision": args.precision}
+    accuracy = (meta.get("quantization") or {}).get("accuracy")
+    if accuracy:
+        summary["accuracy_vs_fp32"] = {k: v for k, v in accuracy.items() if k.startswith(("delta_", "pixel_"))}
+    print(json.dumps(summary))
     return 0
 
 

@@ -84,6 +84,7 @@ def build_metadata(
     anchors: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
     seg_thresh: float = 0.5,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
     from engine import __version__
@@ -104,6 +105,7 @@ def build_metadata(
         "gsd": float(gsd),
         "tile_size": int(tile_size),
         "overlap": int(overlap),
+        "precision": precision,
         "provenance": {
             "engine_version": __version__,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
