@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
             progress=progress,
         )
     except PmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
         progress.close()
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 2
+    progress.close()
     summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"]), "precision": args.precision}
     accuracy = (meta.get("quantization") or {}).get("accuracy")
     if accuracy:
