@@ -21,7 +21,7 @@ from engine.evaluate.run import evaluate_model
 from engine.export import export_checkpoint
 from engine.export import metadata as md
 from engine.export.__main__ import main as export_main
-from engine.export.quantize import float_tail_nodes
+from engine.export.quantize import ChipSource, convert_precision, float_tail_nodes
 from engine.models import ModelConfig, build_model
 from engine.predict.model import OnnxModel
 from engine.train.checkpoint import model_from_checkpoint, save_checkpoint
@@ -71,7 +71,9 @@ def setup(tmp_path_factory) -> dict[str, Path]:
     paths = {"base": base, "chips": chips, "ckpt": ckpt, "moved": moved}
     for precision in ("fp32", "int8", "fp16"):
         paths[precision] = base / f"{precision}.onnx"
-        export_checkpoint(ckpt, paths[precision], precision=precision)  # calibration: the checkpoint's chips
+    export_checkpoint(ckpt, paths["fp32"])
+    export_checkpoint(ckpt, paths["int8"], precision="int8")  # calibration: the chips the checkpoint records
+    convert_precision(paths["fp32"], paths["fp16"], "fp16", [ChipSource(chips)])  # from an exported fp32 file
     return paths
 
 

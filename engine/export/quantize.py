@@ -176,7 +176,7 @@ def int8_graph(
     info = OnnxModel(fp32_path, device="cpu").info
     reader = ChipCalibrationReader(sources, info, CALIBRATION_SPLIT, calibration_chips, progress=progress)
     pre = work / "preprocessed.onnx"
-    quant_pre_process(str(fp32_path), str(pre))
+    quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)  # static shapes: ONNX inference does
     exclude = float_tail_nodes(onnx.load(str(pre), load_external_data=False))
     _quantize_static(pre, out_path, reader, exclude, reduce_range)
     return {
