@@ -84,6 +84,7 @@ def build_metadata(
     anchors: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
     seg_thresh: float = 0.0,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
 
@@ -107,6 +108,7 @@ def build_metadata(
         "gsd": float(gsd),
         "tile_size": int(tile_size),
         "overlap": int(overlap),
+        "precision": precision,
         "provenance": {
             "engine_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
