@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from engine.core.errors import ConfigError, PmtlError
+from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, TqdmProgress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -92,11 +92,12 @@ def _run(args: argparse.Namespace, progress: TqdmProgress):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress = TqdmProgress("chipping")
     try:
         summary = _run(args, progress)
-    except PmtlError as exc:
+    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (Cancelled, KeyboardInterrupt):

@@ -16,7 +16,6 @@ masks) at ~1/8 of the cost, which matters because boxes are computed for every c
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +43,7 @@ class BoxParams:
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"box connectivity: expected 4 or 8, found {self.connectivity!r}")
-        numeric = isinstance(self.min_area, int | float | np.integer)
+        numeric = isinstance(self.min_area, (int, float, np.integer))
         if not numeric or int(self.min_area) != self.min_area or self.min_area < 1:
             raise ConfigError(f"box min_area: expected an integer number of pixels >= 1, found {self.min_area!r}")
 
@@ -118,7 +117,7 @@ def boxes_from_masks(
     keep = keep[np.lexsort((keep, labels[keep], owner[keep]))]  # by mask, class, first pixel
     owner, boxes, labels = owner[keep], boxes[keep], labels[keep].astype(np.int64)
     bounds = np.searchsorted(owner, np.arange(count + 1))
-    return [(boxes[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [(boxes[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.core.atomic import atomic_path
 from engine.core.classes import IGNORE_INDEX
-from engine.core.errors import InputError
+from engine.core.errors import InputError, filesystem_full, output_error
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,12 @@ class ChipWriter:
         fd, offset, per_chip = self._files[(split, name)]
         if chip.nbytes != per_chip:
             raise ValueError(f"{name} chip of {chip.nbytes} bytes, expected {per_chip}")
-        written = os.pwrite(fd, chip, offset + index * per_chip)
+        try:
+            written = os.pwrite(fd, chip, offset + index * per_chip)
+        except OSError as exc:
+            raise output_error(self.out, exc) from None
         if written != per_chip:
-            raise OSError(f"{self.partial / split / name}.npy: wrote {written} of {per_chip} bytes (disk full?)")
+            raise output_error(self.out, f"wrote {written} of {per_chip} bytes", filesystem_full(self.partial / split))
 
     def put(
         self, split: str, index: int, image: np.ndarray, mask: np.ndarray | None, eroded: np.ndarray | None
