@@ -85,9 +85,9 @@ def test_user_classes_reach_onnx_metadata_and_every_predict_output(tmp_path: Pat
     export_onnx(HouseNet(), model, description, TILE, overlap=16, score_thresh=0.5)
     props = {p.key: json.loads(p.value) for p in onnx.load(str(model)).metadata_props}
     assert props["seg"]["classes"] == ["background", "roof"]
-    assert props["seg.colors"] == [[200, 200, 200], [180, 30, 40]]
+    assert props["seg"]["colors"] == [[200, 200, 200], [180, 30, 40]]
     assert props["det"]["classes"] == ["shed", "house"]
-    assert props["det.colors"] == [[10, 20, 30], [250, 128, 0]]
+    assert props["det"]["colors"] == [[10, 20, 30], [250, 128, 0]]
     assert props["class_names"] == {"0": "background", "1": "roof"}  # Deepness
     info = OnnxModel(model).info
     assert info.seg_colors == ((200, 200, 200), (180, 30, 40)) and info.det_colors == ((10, 20, 30), (250, 128, 0))
