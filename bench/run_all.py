@@ -10,6 +10,7 @@ from pathlib import Path
 BENCHES = (
     "bench.bench_synth",
     "bench.bench_chip",
+    "bench.bench_labels",
     "bench.bench_train",
     "bench.bench_predict",
     "bench.bench_demo_quality",

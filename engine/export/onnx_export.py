@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress
 from engine.export import metadata as md
@@ -177,8 +177,9 @@ def export_onnx(
 
     ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
     ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
-    ``det_classes`` and provenance (``name``, ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``,
-    ``checkpoint``, ``weights``). ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
+    ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
+    ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
+    ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
@@ -214,6 +215,8 @@ def export_onnx(
     provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
     if "model_config" not in provenance and cfg is not None:
         provenance["model_config"] = cfg.to_dict()
+    num_det_out = num_det if "det" in graph_tasks else 0
+    det_names = _names(metadata, "det_classes", DET_CLASSES, num_det_out)
     meta = md.build_metadata(
         tasks=graph_tasks,
         bands=metadata["bands"],
@@ -226,7 +229,8 @@ def export_onnx(
         outputs=specs,
         seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
         palette=_names(metadata, "palette", PALETTE, num_seg),
-        det_classes=_names(metadata, "det_classes", DET_CLASSES, num_det if "det" in graph_tasks else 0),
+        det_classes=det_names,
+        det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
         score_thresh=score_thresh,
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.core.atomic import write_json_atomic
+from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
 from engine.core.settings import configure_losses
@@ -99,6 +100,13 @@ def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[s
             raise ConfigError(
                 f"config key '{key}' ({kd[key.split('.')[1]]}): expected a {task} teacher, it has {list(tasks)}"
             )
+    for task, key, size in (("det", "kd.det_teacher", "num_det_classes"), ("seg", "kd.seg_teacher", "num_seg_classes")):
+        theirs, ours = getattr(teachers[task].net.cfg, size), getattr(student_cfg, size)
+        if theirs != ours:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): the teacher has {theirs} {task} classes, the "
+                f"student's {task} chip dataset has {ours}; train the teacher on chips with the same class table"
+            )
     t_cfg = teachers["det"].net.cfg
     for field_name in ("anchor_base_size", "anchor_scales", "anchor_aspect_ratios", "box_variances", "in_channels"):
         if getattr(t_cfg, field_name) != getattr(student_cfg, field_name):
@@ -136,6 +144,13 @@ def _dataset_info(cfg: dict[str, Any]) -> dict[str, Any]:
     for task in cfg["tasks"]:
         manifest = open_chip_dataset(cfg["data"][task]).manifest
         info[task] = manifest
+    for task, manifest in info.items():
+        labelled = manifest.get("task", "both")
+        if labelled not in (task, "both"):
+            raise ConfigError(
+                f"config key 'data.{task}' ({cfg['data'][task]}): expected a chip dataset with {task} labels, "
+                f"found one chipped with --task {labelled}"
+            )
     bands = {task: len(m["bands"]) for task, m in info.items()}
     if len(set(bands.values())) > 1:
         raise ConfigError(
@@ -161,7 +176,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     channels_last = use_cuda and rt["channels_last"]
 
     model_cfg = dataclasses.replace(
-        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
+        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"]), **head_sizes(manifests)
     )
     student = build_model(model_cfg)
     settings = configure_losses(cfg)
@@ -389,6 +404,28 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
+def head_sizes(manifests: dict[str, Any]) -> dict[str, int]:
+    """Classes per trained head, from the class table of that task's chip dataset."""
+    sizes = {}
+    if "det" in manifests:
+        sizes["num_det_classes"] = len(manifests["det"]["det_classes"])
+    if "seg" in manifests:
+        sizes["num_seg_classes"] = len(manifests["seg"]["seg_classes"])
+    return sizes
+
+
+def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Names and colours of each head's classes, each from its own task's chip dataset."""
+    out: dict[str, Any] = {}
+    if "seg" in manifests:
+        seg, _ = tables_from_manifest(manifests["seg"])
+        out.update(seg_classes=list(seg.names), palette=[list(c) for c in seg.colours])
+    if "det" in manifests:
+        _, det = tables_from_manifest(manifests["det"])
+        out.update(det_classes=list(det.names), det_palette=[list(c) for c in det.colours])
+    return out
+
+
 def checkpoint_metadata(
     cfg: dict[str, Any],
     manifests: dict[str, Any],
@@ -409,9 +446,7 @@ def checkpoint_metadata(
         "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
-        "seg_classes": first["seg_classes"],
-        "palette": first["palette"],
-        "det_classes": first["det_classes"],
+        **class_metadata(manifests),
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },
