@@ -6,12 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from osgeo import gdal
-from qgis.core import QgsFeature, QgsGeometry, QgsProcessingException, QgsVectorLayer
+from qgis.core import QgsFeature, QgsGeometry, QgsProcessingException, QgsRasterLayer, QgsVectorLayer
 from qgis.PyQt.QtGui import QImage
 from qgis_helpers import run_algorithm, write_geotiff
 
 from engine.data.chipstore import open_chip_dataset
 from engine.predict.outputs import style_class_map
+from pmtl_qgis.styling import raster_classes
 
 pytestmark = pytest.mark.qgis
 
@@ -26,6 +27,8 @@ def test_render_map_uses_the_class_maps_own_classes_and_colours(qgis_processing,
     dataset = gdal.Open(str(classes), gdal.GA_Update)
     style_class_map(dataset.GetRasterBand(1), ["field", "orchard"], [(10, 200, 30), (120, 40, 160)])
     dataset = None
+    layer = QgsRasterLayer(str(classes), "classes", "gdal")
+    assert raster_classes(layer) == (["field", "orchard"], [(10, 200, 30), (120, 40, 160)])
     out = tmp_path / "map.png"
     params = {"INPUT": str(ortho), "CLASS_MAP": str(classes), "OPACITY": 1.0, "WIDTH": 200, "OUTPUT": str(out)}
     run_algorithm("pmtl:render_map", params)

@@ -130,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> Path:
     """Train the preset's runs (1 seed), print and write their table; returns the map model's best checkpoint."""
-    from engine.experiments.__main__ import run_direction
+    from engine.experiments.__main__ import run_tables
     from engine.experiments.tables import build_table, write_tables
 
-    results = run_direction(direction, preset, chips, out / "runs", 1, None)
+    results = run_tables([direction], preset, chips, out / "runs", 1, None)[direction]
     print(write_tables(out, {direction: build_table(results)}, 1))
     return out / "runs" / direction / "seed0" / preset["map_model"]["run"] / "best.pt"
 
