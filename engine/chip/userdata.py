@@ -152,7 +152,7 @@ def _resolve_labels(spec: LabelSource) -> _Labels:
         return _Labels("vector", ct.with_background(objects), objects, vector=vector, object_ids=ids)
     if spec.class_field:
         raise ConfigError(f"--class-field: {spec.path} is a raster; class fields belong to vector labels")
-    header = src._open_raster(spec.path)
+    header = src.open_raster(spec.path)
     if header.RasterCount == 3 and src.gdal_array_dtype(header.GetRasterBand(1).DataType) == "uint8":
         return _Labels("palette", ISPRS_SEG, ISPRS_DET)  # ISPRS RGB colours, on the image grid
     values, _ = src.class_raster_values(spec.path)
@@ -199,7 +199,9 @@ def _label_image(labels: _Labels, spec: LabelSource, image: _Image, aoi: np.ndar
     return covered
 
 
-def _candidates(image: _Image, task: str, has_data: np.ndarray, covered: np.ndarray | None, size: int, stride: int):
+def _candidates(
+    image: _Image, task: str, has_data: np.ndarray, covered: np.ndarray | None, size: int, stride: int
+) -> list[Window]:
     """Windows with image data and, per task, labelled pixels (seg) / wholly inside the labelled area (det)."""
     grid = image.grid
     kept = []

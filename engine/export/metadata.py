@@ -271,14 +271,14 @@ def _parse_colors(value: Any, names: Sequence[str], key: str, origin: str) -> tu
 def _colors_of(
     meta: Mapping[str, Any], key: str, names: Sequence[str], origin: str, palette: Sequence[Sequence[int]] = ()
 ) -> tuple[tuple[int, int, int], ...]:
-    """Class colours from ``key`` (``head.colors``: nested under the head, or a top-level dotted key), else
-    ``palette`` when it covers every class, else :func:`class_colors`."""
+    """Class colours from ``key`` (``head.colors``: a top-level dotted key, which wins, or nested under the head as
+    pmtl writes it), else ``palette`` when it covers every class, else :func:`class_colors`."""
     head, _, leaf = key.partition(".")
     nested = meta.get(head) if isinstance(meta.get(head), Mapping) else {}
-    if leaf in nested:
-        return _parse_colors(nested[leaf], names, key, origin)
     if key in meta:
         return _parse_colors(meta[key], names, key, origin)
+    if leaf in nested:
+        return _parse_colors(nested[leaf], names, key, origin)
     if names and len(palette) == len(names):
         return tuple((int(c[0]), int(c[1]), int(c[2])) for c in palette)
     return class_colors(names)
