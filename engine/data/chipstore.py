@@ -231,12 +231,14 @@ class ChipDataset:
         self.splits: dict[str, int] = {k: int(v) for k, v in manifest["splits"].items()}
         self.bands: list[str] = list(manifest["bands"])
         self.chip_size = int(manifest["chip_size"])
-        self.det_classes: list[str] = list(manifest["det_classes"])
-        self.seg_classes: list[str] = list(manifest["seg_classes"])
-        self.ignore_index = int(manifest["ignore_index"])
+        self.unlabelled = manifest.get("task") == "none"
+        """An unlabelled dataset (``engine.chip --task none``): imagery only, no label arrays, no boxes."""
+        self.det_classes: list[str] = list(manifest.get("det_classes", []))
+        self.seg_classes: list[str] = list(manifest.get("seg_classes", []))
+        self.ignore_index = int(manifest.get("ignore_index", IGNORE_INDEX))
         self.value_scaling: dict[str, Any] = dict(manifest["value_scaling"])
-        self.mean = np.asarray(manifest["mean"], np.float64)
-        self.std = np.asarray(manifest["std"], np.float64)
+        self.mean = np.asarray(manifest.get("mean", []), np.float64)
+        self.std = np.asarray(manifest.get("std", []), np.float64)
         self._chips: dict[str, list[dict[str, Any]]] = {split: [{}] * n for split, n in self.splits.items()}
         for chip in manifest["chips"]:
             self._chips[chip["split"]][int(chip["index"])] = chip
@@ -294,8 +296,9 @@ def open_chip_dataset(root: str | os.PathLike[str]) -> ChipDataset:
         raise InputError(f"{path}: expected format version {VERSION}, found {manifest.get('version')!r}")
     dataset = ChipDataset(root, manifest)
     size, bands, dtype = dataset.chip_size, len(dataset.bands), str(dataset.value_scaling.get("dtype"))
+    arrays = ("images",) if dataset.unlabelled else ARRAY_NAMES
     for split, n in dataset.splits.items():
-        for name in ARRAY_NAMES:
+        for name in arrays:
             file = root / split / f"{name}.npy"
             if not file.is_file():
                 raise InputError(f"{file}: expected the {name} array of split {split!r}, found no such file; {RERUN}")
