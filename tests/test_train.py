@@ -425,7 +425,14 @@ def small_teachers(chips, tmp_path_factory) -> dict[str, Path]:
         task: train(
             load_config(
                 None,
-                [*TINY, "optim.epochs=1", f"tasks=[{task}]", f"data.{task}={chips[task]}", f"runtime.out={out / task}"],
+                [
+                    *TINY,
+                    "optim.epochs=1",
+                    "runtime.amp=false",
+                    f"tasks=[{task}]",
+                    f"data.{task}={chips[task]}",
+                    f"runtime.out={out / task}",
+                ],
             )
         ).best_checkpoint
         for task in ("det", "seg")
