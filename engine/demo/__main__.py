@@ -159,9 +159,9 @@ def score_fresh_tiles(model: Path, out: Path) -> dict[str, Any]:
 
 def first_scene_per_domain(fresh: Path) -> dict[str, Any]:
     """One fresh tile per domain (what the map shows), Potsdam-like first."""
-    from engine.demo.quality import fresh_scenes
+    from engine.demo.quality import FRESH_TILES, fresh_scenes
 
-    return {domain: fresh_scenes(domain, fresh / domain, 0)[0] for domain in ("potsdam", "vaihingen")}
+    return {domain: fresh_scenes(domain, fresh / domain, FRESH_TILES)[0] for domain in ("potsdam", "vaihingen")}
 
 
 def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any], domain: str) -> tuple[str, Path]:
