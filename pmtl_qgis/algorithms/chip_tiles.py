@@ -19,7 +19,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import PmtlAlgorithm, is_unset
 
 DATASETS = ("vaihingen", "potsdam")
 POTSDAM_BANDS = ("RGB", "IRRG", "RGBIR")
@@ -75,158 +75,141 @@ class ChipTiles(PmtlAlgorithm):
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(
-                    self.INPUT_FOLDER,
-                    self.tr("ISPRS dataset folder"),
-                    behavior=QgsProcessingParameterFile.Folder,
-                    optional=True,
-                ),
-                "Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data').",
-            )
+        file, enum, raster = QgsProcessingParameterFile, QgsProcessingParameterEnum, QgsProcessingParameterRasterLayer
+        number = QgsProcessingParameterNumber
+        self.param(
+            file,
+            self.INPUT_FOLDER,
+            "ISPRS dataset folder",
+            behavior=QgsProcessingParameterFile.Folder,
+            optional=True,
+            help="Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data').",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(
-                    self.DATASET, self.tr("Dataset layout"), options=list(DATASETS), defaultValue=0
-                ),
-                "Layout of the dataset folder (ignored for raster layers).",
-            )
+        self.param(
+            enum,
+            self.DATASET,
+            "Dataset layout",
+            options=list(DATASETS),
+            defaultValue=0,
+            help="Layout of the dataset folder (ignored for raster layers).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.INPUT, self.tr("Image raster (instead of a folder)"), optional=True
-                ),
-                "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
-            )
+        self.param(
+            raster,
+            self.INPUT,
+            "Image raster (instead of a folder)",
+            optional=True,
+            help="An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.LABEL, self.tr("Label raster (ISPRS RGB colours)"), optional=True
-                ),
-                "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
-            )
+        self.param(
+            raster,
+            self.LABEL,
+            "Label raster (ISPRS RGB colours)",
+            optional=True,
+            help="Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.ERODED, self.tr("Eroded label raster (noBoundary)"), optional=True
-                ),
-                "Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
-            )
+        self.param(
+            raster,
+            self.ERODED,
+            "Eroded label raster (noBoundary)",
+            optional=True,
+            help="Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(
-                    self.SPLIT, self.tr("Split for the raster layers"), list(SPLITS), defaultValue=0
-                ),
-                "Which split the chips of the raster layers belong to.",
-            )
+        self.param(
+            enum,
+            self.SPLIT,
+            "Split for the raster layers",
+            options=list(SPLITS),
+            defaultValue=0,
+            help="Which split the chips of the raster layers belong to.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.SIZE, self.tr("Chip size (px)"), QgsProcessingParameterNumber.Integer, 320, minValue=16
-                ),
-                "Side of the square chips (the paper: 320).",
-            )
+        self.param(
+            number,
+            self.SIZE,
+            "Chip size (px)",
+            type=number.Integer,
+            defaultValue=320,
+            minValue=16,
+            help="Side of the square chips (the paper: 320).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.STRIDE, self.tr("Stride (px)"), QgsProcessingParameterNumber.Integer, 320, minValue=1
-                ),
-                "Step between chips; smaller than the size gives overlapping chips.",
-            )
+        self.param(
+            number,
+            self.STRIDE,
+            "Stride (px)",
+            type=number.Integer,
+            defaultValue=320,
+            minValue=1,
+            help="Step between chips; smaller than the size gives overlapping chips.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(
-                        self.POTSDAM, self.tr("Potsdam bands"), list(POTSDAM_BANDS), defaultValue=0, optional=True
-                    ),
-                    "Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR.",
-                )
-            )
+        self.param(
+            enum,
+            self.POTSDAM,
+            "Potsdam bands",
+            options=list(POTSDAM_BANDS),
+            defaultValue=0,
+            optional=True,
+            advanced=True,
+            help="Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(
-                        self.CONNECTIVITY,
-                        self.tr("Box connectivity"),
-                        [str(c) for c in CONNECTIVITY],
-                        optional=True,
-                    ),
-                    "Pixel connectivity of the blobs that become boxes (empty: the engine's default).",
-                )
-            )
+        self.param(
+            enum,
+            self.CONNECTIVITY,
+            "Box connectivity",
+            options=[str(c) for c in CONNECTIVITY],
+            optional=True,
+            advanced=True,
+            help="Pixel connectivity of the blobs that become boxes (empty: the engine's default).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.MIN_AREA,
-                        self.tr("Minimum box area (px)"),
-                        QgsProcessingParameterNumber.Integer,
-                        None,
-                        True,
-                        0,
-                    ),
-                    "Blobs smaller than this give no box (empty: the engine's default).",
-                )
-            )
+        self.param(
+            number,
+            self.MIN_AREA,
+            "Minimum box area (px)",
+            type=number.Integer,
+            optional=True,
+            minValue=0,
+            advanced=True,
+            help="Blobs smaller than this give no box (empty: the engine's default).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.VALUE_MAX,
-                        self.tr("Value scaling maximum (uint16 imagery)"),
-                        QgsProcessingParameterNumber.Double,
-                        None,
-                        True,
-                        1.0,
-                    ),
-                    "Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors.",
-                )
-            )
+        self.param(
+            number,
+            self.VALUE_MAX,
+            "Value scaling maximum (uint16 imagery)",
+            type=number.Double,
+            optional=True,
+            minValue=1.0,
+            advanced=True,
+            help="Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterString(self.BAND_NAMES, self.tr("Band names (raster layers)"), optional=True),
-                    "Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
-                    "They travel into the model and let 'Detect and segment' check its input.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterString,
+            self.BAND_NAMES,
+            "Band names (raster layers)",
+            optional=True,
+            advanced=True,
+            help="Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
+            "They travel into the model and let 'Detect and segment' check its input.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterFile(
-                        self.SPLITS_FILE, self.tr("Split override (JSON)"), fileFilter="JSON (*.json)", optional=True
-                    ),
-                    "Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only).",
-                )
-            )
+        self.param(
+            file,
+            self.SPLITS_FILE,
+            "Split override (JSON)",
+            fileFilter="JSON (*.json)",
+            optional=True,
+            advanced=True,
+            help="Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite an existing chip dataset"), False),
-                    "Without it, an output folder that already has files is refused.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.OVERWRITE,
+            "Overwrite an existing chip dataset",
+            defaultValue=False,
+            advanced=True,
+            help="Without it, an output folder that already has files is refused.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Chip dataset folder")),
-                "Written with manifest.json last: an interrupted run never looks complete.",
-            )
+        self.param(
+            QgsProcessingParameterFolderDestination,
+            self.OUTPUT,
+            "Chip dataset folder",
+            help="Written with manifest.json last: an interrupted run never looks complete.",
         )
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
@@ -242,41 +225,44 @@ class ChipTiles(PmtlAlgorithm):
             return "'Image raster' and 'Label raster' go together: both are needed to chip raster layers."
         return None
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         chip = self.engine("engine.chip")
-        out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context))
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        connectivity = None
+        if not is_unset(parameters, self.CONNECTIVITY):
+            connectivity = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
         options: dict[str, Any] = {
             "out_dir": out_dir,
             "size": self.parameterAsInt(parameters, self.SIZE, context),
             "stride": self.parameterAsInt(parameters, self.STRIDE, context),
             "overwrite": self.parameterAsBool(parameters, self.OVERWRITE, context),
+            "connectivity": connectivity,  # None: the engine's defaults
+            "min_area": self.optional_number(parameters, self.MIN_AREA, context, integer=True),
+            "scale_max": self.optional_number(parameters, self.VALUE_MAX, context),
+            "progress": self.progress(feedback),
         }
-        if not is_unset(parameters, self.CONNECTIVITY):
-            options["connectivity"] = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
-        options["min_area"] = self.optional_number(parameters, self.MIN_AREA, context, integer=True)
-        options["scale_max"] = self.optional_number(parameters, self.VALUE_MAX, context)
-        if not is_unset(parameters, self.INPUT_FOLDER):
+        root = self.optional_file(parameters, self.INPUT_FOLDER, context)
+        if root is not None:
             dataset = DATASETS[self.parameterAsEnum(parameters, self.DATASET, context)]
+            bands = None
             if dataset == "potsdam" and not is_unset(parameters, self.POTSDAM):
-                options["bands"] = POTSDAM_BANDS[self.parameterAsEnum(parameters, self.POTSDAM, context)]
-            if not is_unset(parameters, self.SPLITS_FILE):
-                options["splits"] = self.existing_path(
-                    self.parameterAsFile(parameters, self.SPLITS_FILE, context), "Split override"
-                )
-            root = self.existing_path(
-                self.parameterAsFile(parameters, self.INPUT_FOLDER, context), "ISPRS dataset folder"
+                bands = POTSDAM_BANDS[self.parameterAsEnum(parameters, self.POTSDAM, context)]
+            splits = self.optional_file(parameters, self.SPLITS_FILE, context)
+            self.call_engine(
+                chip.chip_dataset, feedback, dataset=dataset, root=root, bands=bands, splits=splits, **options
             )
-            self.call_engine(chip.chip_dataset, feedback, dataset=dataset, root=root, **options)
         else:
             tile = self._tile_spec(parameters, context)
             feedback.pushInfo(f"Chipping {tile.image} with labels {tile.label} into split '{tile.split}'")
-            names = [
-                n.strip() for n in self.parameterAsString(parameters, self.BAND_NAMES, context).split(",") if n.strip()
-            ]
+            names = [] if is_unset(parameters, self.BAND_NAMES) else self._band_names(parameters, context)
             self.call_engine(chip.chip_tiles, feedback, tiles=[tile], band_names=names or None, **options)
         return {self.OUTPUT: str(out_dir)}
+
+    def _band_names(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        text = self.parameterAsString(parameters, self.BAND_NAMES, context)
+        return [name.strip() for name in text.split(",") if name.strip()]
 
     def _tile_spec(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
         isprs = self.engine("engine.data.isprs")
