@@ -51,7 +51,7 @@ class BoxParams:
         return {"connectivity": int(self.connectivity), "min_area": int(self.min_area)}
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _runs(mask: np.ndarray, det_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Row, x0, x1 (exclusive) and detection class of every run of a detection class, in raster order."""
     height, width = mask.shape
     change = np.empty((height, width), bool)
@@ -62,22 +62,25 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     x0 = starts - rows * width
     following = np.append(starts[1:], height * width)
     x1 = np.minimum(following - rows * width, width)
-    det = _DET_INDEX[mask[rows, x0]]
+    det = det_index[mask[rows, x0]]
     keep = det >= 0
     return rows[keep], x0[keep], x1[keep], det[keep]
 
 
-def boxes_from_masks(masks: np.ndarray, params: BoxParams | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def boxes_from_masks(
+    masks: np.ndarray, params: BoxParams | None = None, det_index: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Boxes of the connected blobs of each detection class in each of N (H, W) class-index masks.
 
     Per mask: int32 (K, 4) ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive) and int64 (K,) detection-class indices
     (into ``DET_CLASSES``), ordered by class, then by the blob's first pixel in raster order. Blobs smaller than
     ``params.min_area`` pixels are dropped. All masks go through one graph, so many chips cost little more than one.
+    ``det_index``: 256-entry segmentation → detection class lookup (-1: not an object class); default ISPRS.
     """
     params = params or BoxParams()
     masks = np.asarray(masks).astype(np.uint8, copy=False)
     count, height, width = masks.shape
-    rows, x0, x1, det = _runs(masks.reshape(count * height, width))
+    rows, x0, x1, det = _runs(masks.reshape(count * height, width), _DET_INDEX if det_index is None else det_index)
     chip = rows // height
     rows = rows - chip * height
     n = len(rows)

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES
+from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import InputError
 
 SCHEMA_VERSION: int = 1
@@ -77,15 +77,23 @@ def build_metadata(
     seg_classes: Sequence[str] = (),
     palette: Sequence[Sequence[int]] = (),
     det_classes: Sequence[str] = (),
+    det_colors: Sequence[Sequence[int]] = (),
     score_thresh: float = 0.3,
     iou_thresh: float = 0.5,
     ios_thresh: float = 0.6,
     variances: Sequence[float] = (0.1, 0.2),
     anchors: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
-    seg_thresh: float = 0.5,
+    seg_thresh: float = 0.0,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
+
+    ``seg_thresh`` 0 turns Deepness's probability threshold off: Deepness zeroes probabilities below it before the
+    argmax, which on a multi-class softmax would turn every uncertain pixel into class 0. Each head's class colours
+    are in ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in class order; ``seg.palette`` is the older name
+    of ``seg.colors``, kept for readers of schema version 1).
+    """
     from engine import __version__
 
     meta: dict[str, Any] = {
@@ -104,6 +112,7 @@ def build_metadata(
         "gsd": float(gsd),
         "tile_size": int(tile_size),
         "overlap": int(overlap),
+        "precision": precision,
         "provenance": {
             "engine_version": __version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -114,19 +123,20 @@ def build_metadata(
         "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
         "resolution": round(float(gsd) * 100.0, 6),
         "tiles_overlap": round(100.0 * overlap / tile_size),
-        "standardization_mean": [float(v) for v in mean],
-        "standardization_std": [float(v) for v in std],
+        **deepness_standardization(mean, std, float(value_scaling["max"])),
     }
     if "seg" in tasks:
         meta["seg"] = {
             "classes": list(seg_classes),
             "palette": [list(map(int, c)) for c in palette],
+            "colors": [list(map(int, c)) for c in palette],
             "ignore_index": IGNORE_INDEX,
         }
         meta["seg_thresh"] = float(seg_thresh)
     if "det" in tasks:
         meta["det"] = {
             "classes": list(det_classes),
+            "colors": [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)],
             "score_thresh": float(score_thresh),
             "iou_thresh": float(iou_thresh),
             "ios_thresh": float(ios_thresh),
@@ -141,6 +151,21 @@ def build_metadata(
         meta["det_iou_thresh"] = float(iou_thresh)
     validate_metadata(meta, "export")
     return meta
+
+
+DEEPNESS_VALUE_MAX: float = 255.0
+"""Deepness divides every raw input value by 255 before it standardises (its models take uint8 imagery)."""
+
+
+def deepness_standardization(mean: Sequence[float], std: Sequence[float], value_max: float) -> dict[str, list[float]]:
+    """Deepness's ``standardization_mean/std`` giving the model exactly pmtl's input, (raw / max - mean) / std,
+    from Deepness's (raw / 255 - mean') / std': mean' = mean * max / 255, std' = std * max / 255 (the identity for
+    uint8 models)."""
+    factor = float(value_max) / DEEPNESS_VALUE_MAX
+    return {
+        "standardization_mean": [float(v) * factor for v in mean],
+        "standardization_std": [float(v) * factor for v in std],
+    }
 
 
 def to_props(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -244,7 +269,12 @@ def _parse_colors(value: Any, names: Sequence[str], key: str, origin: str) -> tu
 def _colors_of(
     meta: Mapping[str, Any], key: str, names: Sequence[str], origin: str, palette: Sequence[Sequence[int]] = ()
 ) -> tuple[tuple[int, int, int], ...]:
-    """Class colours from ``key``, else ``palette`` when it covers every class, else :func:`class_colors`."""
+    """Class colours from ``key`` (``head.colors``: nested under the head, or a top-level dotted key), else
+    ``palette`` when it covers every class, else :func:`class_colors`."""
+    head, _, leaf = key.partition(".")
+    nested = meta.get(head) if isinstance(meta.get(head), Mapping) else {}
+    if leaf in nested:
+        return _parse_colors(nested[leaf], names, key, origin)
     if key in meta:
         return _parse_colors(meta[key], names, key, origin)
     if names and len(palette) == len(names):
@@ -257,6 +287,10 @@ def _output_of(meta: Mapping[str, Any], task: str, kinds: tuple[str, ...]) -> tu
         if spec["task"] == task and spec["kind"] in kinds:
             return name, spec["kind"]
     return None, ""
+
+
+def _colors(values: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in values)
 
 
 def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError
+from engine.core.errors import PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.train.config import load_config
 from engine.train.distributed import DistInfo, init_distributed, shutdown
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4"
     )
     args = parser.parse_args(argv)
+    quiet_gdal_close_errors()
 
     from engine.train.loop import train
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except Cancelled:
         print(f"training cancelled; {_what_is_left(cfg)}", file=sys.stderr)
         return 130
-    except PmtlError as exc:
+    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
         if args.json_progress:
             JsonLinesProgress().emit("error", message=str(exc))

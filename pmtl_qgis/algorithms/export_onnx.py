@@ -19,6 +19,7 @@ from .base import PmtlAlgorithm
 from .train import CHECKPOINT_FILTER, DOUBLE, INTEGER
 
 VARIANTS = ("full", "deepness")
+PRECISIONS = ("fp32", "int8", "fp16")
 
 
 class ExportOnnx(PmtlAlgorithm):
@@ -34,6 +35,9 @@ class ExportOnnx(PmtlAlgorithm):
         "recommended overlap, detection thresholds and provenance (datasets, distillation, validation metrics); "
         "also the keys the Deepness plugin reads. Runs in a separate Python process (python -m engine.export); "
         "Cancel stops it without leaving a partial file.\n\n"
+        "Precision: fp32; int8 (about 3x faster on CPUs, a quarter of the size; calibrated on the training chip "
+        "datasets the checkpoint records, its accuracy cost against fp32 on their validation chips is stored in the "
+        "metadata); fp16 for GPUs (CUDA).\n\n"
         "Example (qgis_process): qgis_process run pmtl:export_onnx -- CHECKPOINT=/runs/student/best.pt "
         "OUTPUT=/models/student.onnx"
     )
@@ -43,6 +47,7 @@ class ExportOnnx(PmtlAlgorithm):
     OVERLAP = "OVERLAP"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
     VARIANT = "VARIANT"
+    PRECISION = "PRECISION"
     OPSET = "OPSET"
     OUTPUT = "OUTPUT"
 
@@ -86,6 +91,14 @@ class ExportOnnx(PmtlAlgorithm):
             "expects it.",
         )
         self.param(
+            QgsProcessingParameterEnum,
+            self.PRECISION,
+            "Precision",
+            options=list(PRECISIONS),
+            defaultValue=0,
+            help="fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs.",
+        )
+        self.param(
             number,
             self.OPSET,
             "ONNX opset",
@@ -108,6 +121,7 @@ class ExportOnnx(PmtlAlgorithm):
         checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
         arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path)]
         arguments += ["--variant", VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]]
+        arguments += ["--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
         for name, flag, integer in self.OPTIONS:
             value = self.optional_number(parameters, name, context, integer=integer)
             if value is not None:
