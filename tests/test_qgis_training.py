@@ -11,7 +11,7 @@ from qgis_helpers import CapturingFeedback, ensure_provider, run_algorithm
 
 pytestmark = pytest.mark.qgis
 
-FAST = "data.num_workers=0 data.max_val_chips=2 optim.warmup_iters=1 runtime.log_every=1000"
+FAST = "data.num_workers=0 data.max_val_chips=2 optim.warmup_iters=1 optim.lr=0.002 runtime.log_every=1000"
 """No loader workers, a tiny validation, and log lines only at the end of an epoch: the bar must move anyway."""
 
 
@@ -38,10 +38,10 @@ class CancelWhen(CapturingFeedback):
 def chips(qgis_processing, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("training")
     synth = run_algorithm(
-        "pmtl:generate_synthetic", {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 6.0, "OUTPUT": str(root / "synth")}
+        "pmtl:generate_synthetic", {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 12.0, "OUTPUT": str(root / "synth")}
     )
     out = run_algorithm(
-        "pmtl:chip_tiles", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 32, "STRIDE": 32, "OUTPUT": str(root / "chips")}
+        "pmtl:chip_tiles", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 64, "STRIDE": 64, "OUTPUT": str(root / "chips")}
     )
     return Path(out["OUTPUT"])
 

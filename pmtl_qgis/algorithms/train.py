@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -19,8 +20,11 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
+    QgsRasterLayer,
 )
 
 from ..engine_process import ProcessResult, engine_command
@@ -63,6 +67,24 @@ def resumable_runs(root: Path, limit: int = 5) -> list[Path]:
     """The most recent run folders under ``root`` that hold a last.pt, newest first."""
     runs = [p.parent for p in root.glob("*/last.pt")] if root.is_dir() else []
     return sorted(runs, key=lambda p: (p / "last.pt").stat().st_mtime, reverse=True)[:limit]
+
+
+def yaml_path(path: Path | str) -> str:
+    """A path as a config override value: JSON-quoted (JSON is YAML), so spaces, colons, '#' and Windows
+    backslashes survive the engine's YAML parsing."""
+    return json.dumps(str(path))
+
+
+def chip_size_of(datasets: list[Path], default: int = 320) -> int:
+    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike."""
+    for root in datasets:
+        try:
+            size = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("chip_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(size, int) and size > 0:
+            return size
+    return default
 
 
 def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
@@ -120,6 +142,7 @@ class Train(PmtlAlgorithm):
     ITERS = "ITERS_PER_EPOCH"
     SEED = "SEED"
     RESUME = "RESUME"
+    UNLABELLED = "UNLABELLED"
     OVERRIDES = "OVERRIDES"
     OUTPUT = "OUTPUT"
     CHECKPOINT = "CHECKPOINT"
@@ -168,6 +191,16 @@ class Train(PmtlAlgorithm):
             options=[k[0] for k in KD_VARIANTS],
             defaultValue=0,
             help="Needs both datasets and both teachers. The paper's best: soft + pdf.",
+        )
+        self.param(
+            QgsProcessingParameterMultipleLayers,
+            self.UNLABELLED,
+            "Unlabelled imagery (distillation only)",
+            layerType=QgsProcessing.TypeFile,
+            optional=True,
+            help="Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
+            "raster files, which are chipped first into CHECKPOINT FOLDER/unlabelled/ at the training chip size. "
+            "The teachers label them: needs a distillation variant and both teacher checkpoints.",
         )
         for name, label in ((self.DET_TEACHER, "Detection teacher"), (self.SEG_TEACHER, "Segmentation teacher")):
             self.param(
@@ -237,7 +270,13 @@ class Train(PmtlAlgorithm):
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if all(is_unset(parameters, name) for name in (self.DET_DATA, self.SEG_DATA, self.CONFIG)):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
-        if KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1] not in (None, (False, "none")):
+        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
+        if self._has_unlabelled(parameters) and kd == (False, "none"):
+            return (
+                "Unlabelled imagery is learnt by distillation only: choose a distillation variant (e.g. soft + pdf) "
+                "and give both teacher checkpoints, or leave 'Unlabelled imagery' empty."
+            )
+        if kd not in (None, (False, "none")):
             needed = (
                 (self.DET_DATA, "Detection chip dataset"),
                 (self.SEG_DATA, "Segmentation chip dataset"),
@@ -248,6 +287,9 @@ class Train(PmtlAlgorithm):
             if missing:
                 return f"Distillation needs both datasets and both teachers; missing: {', '.join(missing)}."
         return self._check_output(parameters, context)
+
+    def _has_unlabelled(self, parameters: dict[str, Any]) -> bool:
+        return not is_unset(parameters, self.UNLABELLED) and bool(parameters.get(self.UNLABELLED))
 
     def _check_output(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         """Resume needs a run to continue; a new run must not overwrite one."""
@@ -267,25 +309,25 @@ class Train(PmtlAlgorithm):
     def overrides(self, parameters: dict[str, Any], context: QgsProcessingContext, out_dir: Path) -> list[str]:
         """Dotted ``key=value`` overrides of the engine's training config for the parameters the user set."""
         root = engine_root() or Path.cwd()
-        items = [f"runtime.out={out_dir}"]
+        items = [f"runtime.out={yaml_path(out_dir)}"]
         datasets = {}
         for task, name in (("det", self.DET_DATA), ("seg", self.SEG_DATA)):
             path = self.optional_file(parameters, name, context)
             if path is not None:
                 datasets[task] = path.resolve()
-                items.append(f"data.{task}={datasets[task]}")
+                items.append(f"data.{task}={yaml_path(datasets[task])}")
         if datasets:
             items.append(f"tasks=[{','.join(datasets)}]")
         model = MODELS[self.parameterAsEnum(parameters, self.MODEL, context)][1]
         if model:
-            items.append(f"model={(root / model).resolve()}")
+            items.append(f"model={yaml_path((root / model).resolve())}")
         kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
         if kd is not None:
             items += [f"kd.soft={'true' if kd[0] else 'false'}", f"kd.feature={kd[1]}"]
         for task, name in (("det", self.DET_TEACHER), ("seg", self.SEG_TEACHER)):
             path = self.optional_file(parameters, name, context)
             if path is not None:
-                items.append(f"kd.{task}_teacher={path.resolve()}")
+                items.append(f"kd.{task}_teacher={yaml_path(path.resolve())}")
         for name, key, integer in self.NUMBERS:
             value = self.optional_number(parameters, name, context, integer=integer)
             if value is not None:
@@ -304,15 +346,81 @@ class Train(PmtlAlgorithm):
         config = self.optional_file(parameters, self.CONFIG, context)
         config_path = None if config is None else str(config.resolve())
         overrides = self.overrides(parameters, context, out_dir)
-        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads.
+        unlabelled = self._has_unlabelled(parameters)
+        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads (and
+        # before any unlabelled raster is chipped).
+        pending = ['data.unlabelled=["(chipped next)"]'] if unlabelled else []
         self.call_engine(
-            self.engine("engine.train.config").load_config, feedback, path=config_path, overrides=overrides
+            self.engine("engine.train.config").load_config, feedback, path=config_path, overrides=overrides + pending
         )
+        if unlabelled:
+            roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
+            overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
         arguments = ["--config", config_path] if config_path else []
         if self.parameterAsBool(parameters, self.RESUME, context):
             arguments.append("--resume")
         result = self.run_engine("engine.train", arguments + overrides, feedback)
         return self._results(result, out_dir, feedback)
+
+    def unlabelled_roots(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        out_dir: Path,
+        feedback: QgsProcessingFeedback,
+    ) -> list[Path]:
+        """Chip dataset folders for ``data.unlabelled``: folders as given, rasters chipped (task none) into
+        ``out_dir/unlabelled/NAME`` first — reused when already complete, so a resumed run does not chip again."""
+        labelled = [self.optional_file(parameters, name, context) for name in (self.DET_DATA, self.SEG_DATA)]
+        size = chip_size_of([root for root in labelled if root is not None])
+        roots: list[Path] = []
+        for entry in self.parameterAsFileList(parameters, self.UNLABELLED, context):
+            path = Path(entry)
+            if path.is_dir() and (path / "manifest.json").is_file():
+                roots.append(path.resolve())
+                continue
+            raster = path if path.is_file() else self._project_raster(entry, context)
+            if raster is None:
+                raise QgsProcessingException(
+                    f"Unlabelled imagery: {entry!r} is neither a chip dataset folder (with manifest.json) nor a "
+                    "raster file or raster layer."
+                )
+            roots.append(self._chip_unlabelled(raster, out_dir / "unlabelled" / raster.stem, size, feedback))
+        return roots
+
+    @staticmethod
+    def _project_raster(entry: str, context: QgsProcessingContext) -> Path | None:
+        """The file behind a raster layer given by id or name (qgis_process / models pass layers so)."""
+        layer = QgsProcessingUtils.mapLayerFromString(entry, context)
+        if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
+            source = Path(layer.source().split("|")[0])
+            return source if source.is_file() else None
+        return None
+
+    def _chip_unlabelled(self, raster: Path, out: Path, size: int, feedback: QgsProcessingFeedback) -> Path:
+        """Chip one raster with no labels (all chips in the train split), like ``engine.chip --task none``."""
+        try:
+            if json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("complete"):
+                feedback.pushInfo(f"Unlabelled imagery: reusing the chips of {raster} in {out}")
+                return out.resolve()
+        except (OSError, ValueError):
+            pass
+        userdata = self.engine("engine.chip.userdata")
+        plan = self.engine("engine.chip.splits").SplitPlan(mode="tile", val=0.0)
+        feedback.pushInfo(f"Unlabelled imagery: chipping {raster} into {out} ({size} px chips)")
+        self.call_engine(
+            userdata.chip_images,
+            feedback,
+            images=[str(raster)],
+            out_dir=out,
+            labels=userdata.LabelSource(task="none"),
+            size=size,
+            stride=size,
+            plan=plan,
+            overwrite=True,
+            progress=self.progress(feedback),
+        )
+        return out.resolve()
 
     def _results(self, result: ProcessResult, out_dir: Path, feedback: QgsProcessingFeedback) -> dict[str, Any]:
         missing = result.missing_module()
