@@ -16,7 +16,8 @@ from engine.core.classes import ISPRS_DET, ISPRS_SEG, PALETTE, ClassTable, table
 from engine.export.onnx_export import export_onnx
 from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
-from engine.train.loop import class_metadata, head_sizes
+from engine.train.loop import class_metadata
+from engine.train.setup import head_sizes
 from tests.test_predict import GSD, TILE, read_detections, scene, write_tif
 
 gdal.UseExceptions()
