@@ -23,6 +23,7 @@ from engine.core.progress import Progress, TqdmProgress
 from engine.experiments.data import prepare_chips
 from engine.experiments.plan import DIRECTIONS, RUNS, run_overrides
 from engine.experiments.tables import build_table, write_tables
+from engine.experiments.target import run_target_experiment
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "models" / "presets"
 
@@ -102,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-only", action="store_true", help="prepare the chip datasets (needs GDAL) and stop; train elsewhere"
     )
+    parser.add_argument(
+        "--unlabelled-target",
+        metavar="DOMAIN",
+        help="instead of the tables: the distilled student with/without a held-out synthetic town's unlabelled "
+        "imagery (e.g. suburb), scored on its labels → OUT/unlabelled.md",
+    )
     args = parser.parse_args(argv)
     try:
         if args.seeds < 1:
@@ -115,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
         progress = TqdmProgress("experiments")
+        if args.unlabelled_target:
+            markdown = run_target_experiment(
+                args.unlabelled_target, preset, chips, args.out / "data", args.out, directions, args.seeds, progress
+            )
+            progress.close()
+            print(markdown)
+            print(f"written to {args.out}/unlabelled.md, unlabelled.json ({time.perf_counter() - started:.0f} s)")
+            return 0
         tables = {}
         for direction in directions:
             results = run_direction(direction, preset, chips, args.out, args.seeds, progress)
