@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from engine.core.atomic import atomic_path, write_json_atomic
 from engine.core.errors import ConfigError
 from engine.core.progress import Progress
-from engine.experiments.data import holdout_splits
+from engine.experiments.data import holdout_splits, resample_layout
 from engine.experiments.plan import DIRECTIONS, RUNS, RunSpec, run_overrides
 
 TARGET_DEFAULTS: dict[str, Any] = {
     "variant": "mtl_soft_pdf",
-    "synthetic": {"tiles": 6, "tile_size_m": 60.0},
+    "synthetic": {"tiles": 8, "tile_size_m": 80.0},
     "seed": 100,
     "train": {},
 }
@@ -62,6 +61,7 @@ def target_bands(direction: str, preset: dict[str, Any]) -> str:
 def prepare_target_chips(domain: str, preset: dict[str, Any], data_dir: Path, bands: str = "RGB") -> Path:
     """Generate the held-out town (train tiles → unlabelled stream, standard val tiles → ``test``) and chip its
     ``bands`` product (the town is written in the Potsdam layout: RGB, IRRG and RGBIR)."""
+    chips = preset["chips"]
     chip_root = data_dir / "chips" / f"{domain}_{bands}"
     if (chip_root / "manifest.json").is_file():
         return chip_root
@@ -78,9 +78,10 @@ def prepare_target_chips(domain: str, preset: dict[str, Any], data_dir: Path, ba
     if not (root / ".complete").is_file():
         synth.generate(domain, root, seed=int(settings["seed"]), overwrite=True, **settings["synthetic"])
         (root / ".complete").write_text("ok\n")
+    if chips.get("gsd"):  # the preset's working GSD, as for the source domains (predict resamples orthos alike)
+        root = resample_layout(root, data_dir / f"resampled_{chips['gsd']:g}m" / domain, chips["gsd"])
     layout = spec.file_layout
     splits = holdout_splits(find_isprs_tiles(layout, root, bands if layout == "potsdam" else None))
-    chips = preset["chips"]
     product = bands if layout == "potsdam" else None
     chip_dataset(layout, root, chip_root, chips["size"], chips["stride"], bands=product, splits=splits, overwrite=True)
     return chip_root
@@ -236,13 +237,10 @@ def run_target_experiment(
     progress: Progress | None,
 ) -> str:
     """The whole measurement: target chips, every direction × seed, tables; returns the markdown."""
-    started = time.perf_counter()
     tables = {}
     for direction in directions:
         target = prepare_target_chips(domain, preset, data_dir, target_bands(direction, preset))
         tables[direction] = build_target_table(
             run_target_direction(direction, preset, chips, target, out, seeds, progress)
         )
-    markdown = write_target_tables(out, domain, tables, seeds)
-    write_json_atomic(out / "unlabelled_run.json", {"seconds": time.perf_counter() - started, "argv": sys.argv})
-    return markdown
+    return write_target_tables(out, domain, tables, seeds)

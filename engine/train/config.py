@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "loss": defaults(LossSettings),
     "optim": {
+        "name": "sgd",
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 0.0005,
@@ -63,6 +64,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+OPTIMIZERS = ("sgd", "adamw")
 TASKS = ("det", "seg")
 
 
@@ -84,7 +86,7 @@ def _check(node: Any, default: Any, path: str) -> Any:
         if not isinstance(node, bool):
             raise ConfigError(f"config key '{path}': expected true/false, found {node!r}")
         return node
-    if isinstance(default, float) and isinstance(node, int | str) and not isinstance(node, bool):
+    if isinstance(default, float) and isinstance(node, (int, str)) and not isinstance(node, bool):
         try:
             return float(node)  # YAML 1.1 reads "1e-3" as a string
         except ValueError:
@@ -118,6 +120,10 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         )
     if cfg["kd"]["adapter_kernel"] not in (1, 3):
         raise ConfigError(f"config key 'kd.adapter_kernel': expected 1 or 3, found {cfg['kd']['adapter_kernel']!r}")
+    if cfg["optim"]["name"] not in OPTIMIZERS:
+        raise ConfigError(
+            f"config key 'optim.name': expected one of {'|'.join(OPTIMIZERS)}, found {cfg['optim']['name']!r}"
+        )
     for key in ("lr", "momentum", "weight_decay", "min_lr_ratio", "warmup_factor"):
         if cfg["optim"][key] < 0:
             raise ConfigError(f"config key 'optim.{key}': expected a value >= 0, found {cfg['optim'][key]!r}")

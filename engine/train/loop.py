@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from engine.core.atomic import write_json_atomic
+from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
 from engine.evaluate.run import evaluate_model
@@ -33,6 +34,7 @@ from engine.train.config import unlabelled_roots
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier
 from engine.train.schedule import lr_factor
 from engine.train.setup import Normalization, Run, RunState, batch_streams, build_run, restore_state
+from engine.viz.curves import plot_curves
 
 
 class NonFiniteLoss(PmtlError, FloatingPointError):
@@ -59,6 +61,9 @@ class EpochLosses:
     started: float = field(default_factory=time.perf_counter)
     seconds: float = 0.0
     """Training time of the epoch (validation excluded), set when the epoch ends."""
+    points: list[dict[str, float]] = field(default_factory=list)
+    """Per-step curve points: every ``runtime.log_every`` steps, the mean of each term since the previous point."""
+    _marked: tuple[torch.Tensor | None, int] = (None, 0)
 
     def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
         if not self.names:
@@ -71,6 +76,15 @@ class EpochLosses:
     def means(self) -> torch.Tensor:
         assert self.sums is not None
         return self.sums / self.steps
+
+    def mark(self, step: int) -> None:
+        """Add a curve point at optimizer step ``step`` (called where the running means are synced anyway)."""
+        assert self.sums is not None
+        previous, count = self._marked
+        window = self.sums - previous if previous is not None else self.sums
+        values = (window / max(1, self.steps - count)).tolist()
+        self.points.append({"step": step, **dict(zip(self.names, values))})
+        self._marked = (self.sums.clone(), self.steps)
 
 
 def _tensorboard(out_dir: Path) -> Any:
@@ -200,6 +214,9 @@ def train_epoch(
         losses.add(terms, seen)
         if it % run.cfg["runtime"]["log_every"] == 0 or it == run.iters - 1:
             report_progress(run, state, epoch, it, losses, progress)
+            losses.mark(state.step)
+        elif progress is not None:  # every step moves the bar (no message: no device sync)
+            progress.report((epoch * run.iters + it + 1) / run.total_steps)
     losses.seconds = time.perf_counter() - losses.started
     return losses
 
@@ -233,6 +250,7 @@ def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metric
         "train_img_per_s": losses.images * run.info.world_size / max(1e-9, losses.seconds),
         **{f"loss_{k}": v for k, v in zip(losses.names, means)},
         **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "steps": losses.points,
     }
 
 
@@ -276,10 +294,11 @@ def save_epoch(
         save_checkpoint(run.out_dir / "last.pt", payload)
         with (run.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if k != "steps"}  # the per-step curve points stay in the files
         if progress is not None and hasattr(progress, "emit"):
-            progress.emit("metrics", **row)
+            progress.emit("metrics", **scalars)
         if writer is not None:
-            for key, value in row.items():
+            for key, value in scalars.items():
                 writer.add_scalar(key, value, state.step)
             writer.flush()
     barrier(run.info)
@@ -319,6 +338,18 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
+def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Names and colours of each head's classes, each from its own task's chip dataset."""
+    out: dict[str, Any] = {}
+    if "seg" in manifests:
+        seg, _ = tables_from_manifest(manifests["seg"])
+        out.update(seg_classes=list(seg.names), palette=[list(c) for c in seg.colours])
+    if "det" in manifests:
+        _, det = tables_from_manifest(manifests["det"])
+        out.update(det_classes=list(det.names), det_palette=[list(c) for c in det.colours])
+    return out
+
+
 def checkpoint_metadata(
     cfg: dict[str, Any],
     manifests: dict[str, Any],
@@ -339,9 +370,7 @@ def checkpoint_metadata(
         "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
-        "seg_classes": first["seg_classes"],
-        "palette": first["palette"],
-        "det_classes": first["det_classes"],
+        **class_metadata(manifests),
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },
@@ -354,31 +383,3 @@ def checkpoint_metadata(
         "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},
         **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss and validation curves, one PNG per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from engine.core.atomic import atomic_path
-
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in sorted({k for row in history for k in row if k.startswith("loss_")}):
-        ax_loss.plot(epochs, [row.get(key, float("nan")) for row in history], label=key[5:])
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("training losses")
-    ax_loss.legend(fontsize=7)
-    for key in ("det_map", "det_ap50", "seg_miou", "seg_oa"):
-        if any(key in row for row in history):
-            ax_val.plot(epochs, [row.get(key, float("nan")) for row in history], label=key)
-    ax_val.set_xlabel("epoch")
-    ax_val.set_title("validation (EMA weights)")
-    ax_val.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

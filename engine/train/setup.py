@@ -31,7 +31,7 @@ from engine.train import objectives as O
 from engine.train.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
 from engine.train.config import unlabelled_roots
 from engine.train.distributed import DistInfo, init_distributed, pick_device
-from engine.train.schedule import ModelEMA
+from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16
 
 Normalization = tuple[tuple[float, ...], tuple[float, ...]]
 
@@ -87,8 +87,8 @@ class Run:
         return self.anchors[key]
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when ``runtime.amp``; nothing otherwise."""
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        """bf16 autocast when ``runtime.amp`` on CUDA or a CPU with native bf16; nothing otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
 
 @dataclass
@@ -140,6 +140,13 @@ def check_teachers(teachers: dict[str, O.Teacher], student_cfg: ModelConfig, kd:
                 f"so '{field_name}' must match the student's {getattr(student_cfg, field_name)!r}, "
                 f"found {getattr(t_cfg, field_name)!r}"
             )
+    for task, key, size in (("det", "kd.det_teacher", "num_det_classes"), ("seg", "kd.seg_teacher", "num_seg_classes")):
+        theirs, ours = getattr(teachers[task].net.cfg, size), getattr(student_cfg, size)
+        if theirs != ours:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): the teacher has {theirs} {task} classes, the "
+                f"student's {task} chip dataset has {ours}; train the teacher on chips with the same class table"
+            )
 
 
 def dataset_info(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -151,7 +158,24 @@ def dataset_info(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
             f"config keys 'data.det'/'data.seg': chip datasets have different band counts {bands}; "
             "re-chip one of them with matching bands"
         )
+    for task, manifest in info.items():
+        labelled = manifest.get("task", "both")
+        if labelled not in (task, "both"):
+            raise ConfigError(
+                f"config key 'data.{task}' ({cfg['data'][task]}): expected a chip dataset with {task} labels, "
+                f"found one chipped with --task {labelled}"
+            )
     return info
+
+
+def head_sizes(manifests: dict[str, Any]) -> dict[str, int]:
+    """Classes per trained head, from the class table of that task's chip dataset."""
+    sizes = {}
+    if "det" in manifests:
+        sizes["num_det_classes"] = len(manifests["det"]["det_classes"])
+    if "seg" in manifests:
+        sizes["num_seg_classes"] = len(manifests["seg"]["seg_classes"])
+    return sizes
 
 
 @dataclass
@@ -165,10 +189,19 @@ class _Networks:
 
 
 def build_networks(
-    cfg: dict[str, Any], settings: Objectives, bands: int, info: DistInfo, device: torch.device, channels_last: bool
+    cfg: dict[str, Any],
+    settings: Objectives,
+    manifests: dict[str, dict[str, Any]],
+    info: DistInfo,
+    device: torch.device,
+    channels_last: bool,
 ) -> _Networks:
-    """Student (seeded: same initial weights on every rank), adaptation layers, frozen teachers, DDP wrapper."""
-    model_cfg = dataclasses.replace(load_model_config(cfg["model"]), tasks=tuple(cfg["tasks"]), in_channels=bands)
+    """Student (seeded: same initial weights on every rank; heads sized from the chip datasets' class tables),
+    adaptation layers, frozen teachers, DDP wrapper."""
+    bands = len(next(iter(manifests.values()))["bands"])
+    model_cfg = dataclasses.replace(
+        load_model_config(cfg["model"]), tasks=tuple(cfg["tasks"]), in_channels=bands, **head_sizes(manifests)
+    )
     student = build_model(model_cfg)
     teachers: dict[str, O.Teacher] = {}
     adapters = nn.ModuleDict()
@@ -239,10 +272,8 @@ def build_run(cfg: dict[str, Any]) -> Run:
     manifests = dataset_info(cfg)
     channels_last = device.type == "cuda" and rt["channels_last"]
     settings = configure_losses(cfg)
-    nets = build_networks(cfg, settings, len(manifests[tasks[0]]["bands"]), info, device, channels_last)
-    optimizer = torch.optim.SGD(
-        param_groups([nets.wrapped], optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
-    )
+    nets = build_networks(cfg, settings, {t: manifests[t] for t in tasks}, info, device, channels_last)
+    optimizer = build_optimizer(param_groups([nets.wrapped], optim_cfg["weight_decay"]), optim_cfg)
     ema = ModelEMA(nets.student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
     model_bands = list(manifests[tasks[0]]["bands"])
@@ -284,7 +315,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
         per_rank_batch=per_rank_batch,
         iters=iters,
         channels_last=channels_last,
-        amp=bool(rt["amp"]) and device.type == "cuda",
+        amp=bool(rt["amp"]) and (device.type == "cuda" or cpu_has_fast_bf16()),
     )
 
 
