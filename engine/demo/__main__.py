@@ -139,11 +139,16 @@ def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, directi
 
 
 def export_map_model(best: Path, model: Path, spec: dict[str, Any]) -> Path:
-    """ONNX of the map model, on tiles larger than its training chips (fewer seams, whole buildings per tile)."""
-    from engine.export import export_checkpoint
+    """ONNX of the map model on tiles larger than its training chips (fewer seams, whole buildings per tile):
+    INT8 (about twice as fast on a CPU) when its class maps agree with fp32 on >= 97 % of the validation pixels,
+    else fp32; what was chosen and why is printed."""
+    from engine.export.onnx_export import export_int8_or_fp32
 
-    export_checkpoint(best, model, tile_size=spec.get("export_tile_size"))
-    print(f"model: {model}")
+    meta = export_int8_or_fp32(best, model, tile_size=spec.get("export_tile_size"))
+    accuracy = (meta.get("quantization") or meta.get("int8_rejected") or {}).get("accuracy") or {}
+    agreement = accuracy.get("pixel_agreement")
+    shown = "n/a" if agreement is None else f"{100 * agreement:.1f} %"
+    print(f"model: {model} ({meta['precision']}; int8 vs fp32 class-map agreement on validation chips {shown})")
     return model
 
 
@@ -159,9 +164,9 @@ def score_fresh_tiles(model: Path, out: Path) -> dict[str, Any]:
 
 def first_scene_per_domain(fresh: Path) -> dict[str, Any]:
     """One fresh tile per domain (what the map shows), Potsdam-like first."""
-    from engine.demo.quality import fresh_scenes
+    from engine.demo.quality import FRESH_TILES, fresh_scenes
 
-    return {domain: fresh_scenes(domain, fresh / domain, 0)[0] for domain in ("potsdam", "vaihingen")}
+    return {domain: fresh_scenes(domain, fresh / domain, FRESH_TILES)[0] for domain in ("potsdam", "vaihingen")}
 
 
 def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any], domain: str) -> tuple[str, Path]:
