@@ -181,9 +181,9 @@ def test_unlabelled_target_experiment_tiny(tmp_path):
     for name in ("student", "student_unlabelled"):
         for key in ("target_seg_miou", "target_det_ap50", "source_seg_miou", "source_det_ap50"):
             assert 0.0 <= rows[name][key][0] <= 1.0
-    with_target = json.loads((out / "p2v" / "seed0" / "student_unlabelled" / "config.json").read_text())
+    with_target = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "config.json").read_text())
     assert with_target["data"]["unlabelled"] == str(out / "data" / "chips" / "suburb_RGB")
-    history = json.loads((out / "p2v" / "seed0" / "student_unlabelled" / "history.json").read_text())
+    history = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "history.json").read_text())
     assert any(k.startswith("loss_unlabelled_") for k in history[0])
     assert "unlabelled target: suburb" in (out / "unlabelled.md").read_text()
     manifest = json.loads((out / "data" / "chips" / "suburb_RGB" / "manifest.json").read_text())

@@ -4,6 +4,8 @@ For each direction and seed: the distilled student trained without and with the 
 imagery (``data.unlabelled`` = the target's training chips, labels never read), both scored on the target's test
 labels and on the source domains' test splits; the frozen teachers (trained once per direction, as the paper's
 teachers are fixed) are scored on the target too. ``python -m engine.experiments --unlabelled-target suburb``.
+Run directories match the tables' (``DIR/{direction}/teachers/…``, ``DIR/{direction}/seed{s}/{variant}``), so with the
+same ``--out`` a tables run's teachers and sources-only students are reused; the new runs are ``{variant}_unlabelled``.
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ def run_target_direction(
     extra = [f"{k}={json.dumps(v)}" for k, v in settings["train"].items()]
     for seed in range(seeds):
         results["teachers"][seed] = teacher_scores
+        # the sources-only student is the tables' run of the same variant and seed: shared when both are run
         for row, unlabelled in (("student", None), ("student_unlabelled", str(target))):
-            run_dir = base / f"seed{seed}" / row
+            run_dir = base / f"seed{seed}" / (student.name if unlabelled is None else f"{student.name}_unlabelled")
             overrides = run_overrides(
                 student, preset, str(sources["det"]), str(sources["seg"]), str(run_dir), seed, teachers
             )
