@@ -10,6 +10,9 @@ environment's ``site-packages`` to ``sys.path``. The environment is found, first
 4. a ``.venv`` next to the engine (a pmtl checkout after ``make setup``);
 5. QGIS's own Python (everything installed there).
 
+Whichever wins, the folder filled by the *Install Python dependencies* algorithm (``installer.managed_dir``: in the
+QGIS profile) is searched too, last: QGIS's own packages and the environment above take precedence.
+
 The engine itself comes from ``vendor/`` in the plugin folder (the packaged zip) or from the checkout that
 contains the plugin folder.
 """
@@ -125,7 +128,16 @@ def _qgis_python() -> str:
 
 
 def find_python_env() -> PythonEnv:
-    """Decide which Python environment holds torch & co (see the module docstring for the order)."""
+    """Decide which Python environment holds torch & co (see the module docstring for the order); the installer's
+    managed folder comes last in its ``site_packages``."""
+    from .installer import managed_paths
+
+    env = _find_python_env()
+    env.site_packages += [p for p in managed_paths() if p not in env.site_packages]
+    return env
+
+
+def _find_python_env() -> PythonEnv:
     root = engine_root()
     choices = [
         (os.environ.get(ENV_VAR, "").strip(), f"the {ENV_VAR} environment variable"),
@@ -149,15 +161,15 @@ def find_python_env() -> PythonEnv:
 
 
 def activate() -> PythonEnv:
-    """Put the engine and the dependency environment on ``sys.path`` (idempotent) and return what was found."""
+    """Put the engine (first) and the dependency environment (last: QGIS's own numpy and GDAL win) on ``sys.path``
+    (idempotent) and return what was found."""
     env = find_python_env()
     root = engine_root()
-    paths = [str(p) for p in env.site_packages]
-    if root is not None:
-        paths.insert(0, str(root))
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for path in env.site_packages:
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
     importlib.invalidate_caches()
     return env
 
@@ -202,6 +214,11 @@ def install_message(missing: list[str]) -> str:
     system = [SYSTEM_PACKAGES[m] for m in missing if m in SYSTEM_PACKAGES]
     pip = [PIP_NAMES.get(m, m) for m in missing if m not in SYSTEM_PACKAGES]
     lines = [f"pmtl needs Python modules that cannot be imported: {', '.join(missing)}."]
+    if not system:
+        lines.append(
+            "Easiest: run Processing › pmtl › Setup › 'Install Python dependencies' (or Plugins › pmtl › Install "
+            "Python dependencies…), profile 'inference' to run models, 'training' to train them. Or by hand:"
+        )
     if env.problem:
         lines.append(f"Python environment from {env.source}: {env.problem}.")
     if system:
