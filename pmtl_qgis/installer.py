@@ -24,7 +24,10 @@ from pathlib import Path
 try:
     from packaging.requirements import Requirement
 except ImportError:  # QGIS builds without 'packaging': pip carries a copy
-    from pip._vendor.packaging.requirements import Requirement
+    try:
+        from pip._vendor.packaging.requirements import Requirement
+    except ImportError:  # neither: the plugin still loads; install() says what is missing
+        Requirement = None
 
 PIP_PINS: dict[str, str] = {"torch": "torch==2.14.1", "torchvision": "torchvision==0.29.1"}
 """Versions the engine is tested with (the same pins as requirements.txt)."""
@@ -235,6 +238,8 @@ def install(
     """Install the profile's missing packages (and theirs) into ``folder``; see the module docstring."""
     if profile not in PROFILES:
         raise InstallError(f"profile {profile!r}: expected one of {list(PROFILES)}")
+    if Requirement is None:
+        raise InstallError("QGIS's Python has neither 'packaging' nor pip: install pip first (python -m ensurepip)")
     python = python or qgis_python()
     folder.mkdir(parents=True, exist_ok=True)
     search = [p for p in sys.path if p] + [str(folder)]
