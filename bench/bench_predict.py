@@ -112,13 +112,13 @@ def _export_models(root: Path, tile: int, overlap: int) -> tuple[Path, Path]:
     return real, tiny
 
 
-def raw_onnxruntime(model_path: Path, raster: Path, batch: int) -> tuple[float, float, int]:
+def raw_onnxruntime(model_path: Path, raster: Path, batch: int, threads: int | None = None) -> tuple[float, float, int]:
     """Wall and CPU seconds of the bare session on the predict tiles (read and normalised beforehand, not timed)."""
     from engine.predict.model import OnnxModel
     from engine.predict.raster import open_source
     from engine.predict.tiling import TileGrid
 
-    model = OnnxModel(model_path)
+    model = OnnxModel(model_path, threads=threads)
     src = open_source(raster, model.info)
     grid = TileGrid(src.width, src.height, model.info.tile_size, model.info.overlap)
     tiles = [src.read(*grid.origin(i, j), grid.tile)[0] for i, j in grid.tiles()]

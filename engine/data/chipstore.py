@@ -127,8 +127,12 @@ class ChipWriter:
         bands: int,
         dtype: str,
         overwrite: bool = False,
+        arrays: tuple[str, ...] = ARRAY_NAMES,
     ) -> None:
+        if arrays not in (ARRAY_NAMES, ("images",)):
+            raise ValueError(f"chip arrays: expected {ARRAY_NAMES} or ('images',), found {arrays}")
         self.out = prepare_output_dir(out_dir, overwrite)
+        self.arrays = arrays
         self.counts = {split: int(n) for split, n in counts.items() if n > 0}
         self.chip_size = chip_size
         self.bands = bands
@@ -158,6 +162,8 @@ class ChipWriter:
                 ("masks", np.dtype(np.uint8), (n, chip_size, chip_size)),
                 ("eroded", np.dtype(np.uint8), (n, chip_size, chip_size)),
             ):
+                if name not in self.arrays:
+                    continue
                 path = self.partial / split / f"{name}.npy"
                 array = np.lib.format.open_memmap(path, "w+", kind, shape)
                 offset, per_chip = int(array.offset), int(np.prod(shape[1:])) * kind.itemsize
@@ -182,19 +188,25 @@ class ChipWriter:
         if written != per_chip:
             raise output_error(self.out, f"wrote {written} of {per_chip} bytes", filesystem_full(self.partial / split))
 
-    def put(self, split: str, index: int, image: np.ndarray, mask: np.ndarray, eroded: np.ndarray) -> None:
-        """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX)."""
-        h, w = mask.shape
+    def put(
+        self, split: str, index: int, image: np.ndarray, mask: np.ndarray | None, eroded: np.ndarray | None
+    ) -> None:
+        """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX).
+
+        ``mask`` / ``eroded`` are None for an imagery-only writer (``arrays=("images",)``).
+        """
+        h, w = image.shape[:2]
         if (h, w) != self._extent:  # re-pad (windows of one tile share their extent, so this is rare)
             self._image.fill(0)
             self._masks.fill(IGNORE_INDEX)
             self._extent = (h, w)
         self._image[:h, :w] = image
-        self._masks[0, :h, :w] = mask
-        self._masks[1, :h, :w] = eroded
         self._write(split, "images", index, self._image)
-        self._write(split, "masks", index, self._masks[0])
-        self._write(split, "eroded", index, self._masks[1])
+        if "masks" in self.arrays:
+            self._masks[0, :h, :w] = mask
+            self._masks[1, :h, :w] = eroded
+            self._write(split, "masks", index, self._masks[0])
+            self._write(split, "eroded", index, self._masks[1])
 
     def _close(self) -> None:
         for fd, _, _ in self._files.values():
@@ -209,7 +221,7 @@ class ChipWriter:
         self._close()
         for split in self.counts:
             os.replace(self.partial / split, self.out / split)
-        full = {"format": FORMAT, "version": VERSION, "complete": True, **manifest}
+        full = {"format": FORMAT, "version": VERSION, "complete": True, "arrays": list(self.arrays), **manifest}
         with atomic_path(self.out / MANIFEST) as tmp:
             tmp.write_text(_dump_manifest(full), encoding="utf-8")
         shutil.rmtree(self.partial)
@@ -234,6 +246,9 @@ class ChipDataset:
         self.splits: dict[str, int] = {k: int(v) for k, v in manifest["splits"].items()}
         self.bands: list[str] = list(manifest["bands"])
         self.chip_size = int(manifest["chip_size"])
+        self.task: str = str(manifest.get("task", "both"))
+        """Which labels the chips carry: det, seg, both (ISPRS) or none (imagery only)."""
+        self.arrays: tuple[str, ...] = tuple(manifest.get("arrays", ARRAY_NAMES))
         self.det_classes: list[str] = list(manifest["det_classes"])
         self.seg_classes: list[str] = list(manifest["seg_classes"])
         self.ignore_index = int(manifest["ignore_index"])
@@ -298,7 +313,7 @@ def open_chip_dataset(root: str | os.PathLike[str]) -> ChipDataset:
     dataset = ChipDataset(root, manifest)
     size, bands, dtype = dataset.chip_size, len(dataset.bands), str(dataset.value_scaling.get("dtype"))
     for split, n in dataset.splits.items():
-        for name in ARRAY_NAMES:
+        for name in dataset.arrays:
             file = root / split / f"{name}.npy"
             if not file.is_file():
                 raise InputError(f"{file}: expected the {name} array of split {split!r}, found no such file; {RERUN}")

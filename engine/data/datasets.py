@@ -81,7 +81,8 @@ class _ChipDataset(Dataset):
     def _raw(self, index: int) -> Sample:
         if not 0 <= index < self._length:
             raise IndexError(f"chip index {index} out of range for split {self.split!r} ({self._length} chips)")
-        sample: Sample = {"image": np.ascontiguousarray(self._array("images")[index].transpose(2, 0, 1))}
+        # always a copy: for one band the transposed slice is already contiguous, i.e. a read-only view of the map
+        sample: Sample = {"image": np.array(self._array("images")[index].transpose(2, 0, 1), order="C")}
         if "masks" in self.arrays:
             sample["mask"] = np.array(self._array("masks")[index])
             sample["eroded"] = np.array(self._array("eroded")[index])

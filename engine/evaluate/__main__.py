@@ -1,8 +1,9 @@
-"""``python -m engine.evaluate --checkpoint CKPT [--det-chips DIR] [--seg-chips DIR]``: metrics report + sample picture.
+"""``python -m engine.evaluate --checkpoint CKPT | --model M.onnx [--det-chips DIR] [--seg-chips DIR]``: metrics report.
 
 Detection mAP@[.5:.95] / AP50 on the detection chip set, mIoU / OA / F1 (eroded masks) on the segmentation chip set,
-written as a JSON report and printed as a table; a PNG shows a few chips of each set, ground truth next to
-prediction. Exit status 2 on bad input (message on stderr), 130 when interrupted.
+written as a JSON report and printed as a table; for a checkpoint, a PNG shows a few chips of each set, ground truth
+next to prediction. ``--model`` scores an exported ONNX model of any precision (fp32 / fp16 / int8) the way inference
+feeds it (``engine.evaluate.onnx_eval``). Exit status 2 on bad input (message on stderr), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 
+from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import ConfigError, InputError, PmtlError
-from engine.core.progress import TqdmProgress
+from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 
 TASK_NAMES = {
     "det": ("detection", "--det-chips", "det_classes", "num_det_classes"),
@@ -103,16 +105,20 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="training checkpoint (.pt); EMA weights used")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="training checkpoint (.pt); EMA weights used")
+    source.add_argument("--model", type=Path, help="exported ONNX model (any precision), run with onnxruntime")
     parser.add_argument("--det-chips", type=Path, help="detection chip dataset (engine.chip output)")
     parser.add_argument("--seg-chips", type=Path, help="segmentation chip dataset (engine.chip output)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--out", type=Path, help="JSON report (default: CKPT-stem.eval-SPLIT.json beside CKPT)")
+    parser.add_argument("--out", type=Path, help="JSON report (default: STEM.eval-SPLIT.json beside CKPT / MODEL)")
     parser.add_argument("--png", type=Path, help="sample picture (default: CKPT-stem.eval-SPLIT.png beside CKPT)")
     parser.add_argument("--samples", type=int, default=3, help="chips per dataset in the picture (0: no picture)")
     parser.add_argument("--max-chips", type=int, help="evaluate at most this many chips per dataset (quick look)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
     return parser
 
 
@@ -129,17 +135,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"expected --batch-size >= 1, --samples >= 0, --max-chips >= 1; "
             f"found {args.batch_size}, {args.samples}, {args.max_chips}"
         )
-    stem = args.checkpoint.with_suffix("")
+    source = args.checkpoint or args.model
+    stem = source.with_suffix("")
     out = args.out or stem.with_name(f"{stem.name}.eval-{args.split}.json")
     png = args.png or stem.with_name(f"{stem.name}.eval-{args.split}.png")
     for flag, path in (("--out", out), ("--png", png)):
         if path.is_dir():
             raise ConfigError(f"{flag} {path}: expected a file path to write, found a folder")
+    if args.model is not None:
+        return run_onnx(args, roots, out)
     device = resolve_device(args.device)
     net = load_network(args.checkpoint, device)
     check_inputs(net, roots, args.split, args.checkpoint)
 
-    progress = TqdmProgress(f"evaluate {args.checkpoint.name}")
+    inner = JsonLinesProgress() if args.json_progress else TqdmProgress(f"evaluate {args.checkpoint.name}")
+    progress = watch(inner, args.control_stdin)
     try:
         metrics = evaluate_model(
             net,
@@ -164,9 +174,46 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_report(out, metrics)
     print(format_table(metrics))
     print(f"report: {out}")
+    if args.json_progress:
+        progress.emit("done", report=str(out), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if args.samples > 0:
         heading = f"{args.checkpoint.name} · split '{args.split}' · {_summary(metrics)}".rstrip(" ·")
         print(f"samples: {write_samples_png(net, roots, args.split, args.samples, device, png, heading)}")
+    return metrics
+
+
+def run_onnx(args: argparse.Namespace, roots: dict[str, Path], out: Path) -> dict[str, Any]:
+    """Evaluate an exported ONNX model (no sample picture: that needs the torch network)."""
+    from engine.evaluate.onnx_eval import evaluate_onnx
+    from engine.evaluate.report import format_table, write_report
+
+    device = "cuda" if args.device.startswith("cuda") else args.device
+    if device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, found {args.device!r}")
+    progress = TqdmProgress(f"evaluate {args.model.name}")
+    try:
+        metrics = evaluate_onnx(
+            args.model,
+            roots.get("det"),
+            roots.get("seg"),
+            args.split,
+            batch_size=args.batch_size,
+            max_chips=args.max_chips,
+            device=device,
+            progress=progress,
+        )
+    finally:
+        progress.close()
+    metrics["inputs"] = {
+        "model": str(args.model),
+        "det_chips": None if args.det_chips is None else str(args.det_chips),
+        "seg_chips": None if args.seg_chips is None else str(args.seg_chips),
+        "split": args.split,
+        "max_chips": args.max_chips,
+    }
+    write_report(out, metrics)
+    print(format_table(metrics))
+    print(f"report: {out}")
     return metrics
 
 
@@ -176,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (Cancelled, KeyboardInterrupt):
+        print("evaluation cancelled; no report was written", file=sys.stderr)
         return 130
     return 0
 

@@ -1,5 +1,8 @@
-"""``python -m engine.export --checkpoint CKPT --out model.onnx``: ONNX (opset >= 18, dynamic batch, decoding in the
-graph) with the versioned metadata that ``engine.predict``, the QGIS plugin and Deepness read."""
+"""``python -m engine.export --checkpoint CKPT --out model.onnx [--precision fp32|fp16|int8]``: ONNX (opset >= 18,
+dynamic batch, decoding in the graph) with the versioned metadata that ``engine.predict``, QGIS and Deepness read.
+
+``--precision int8`` calibrates on chips of the training data (``--calibration DIR ...`` or the chip datasets the
+checkpoint records) and writes the accuracy cost against fp32 on their ``val`` chips into the metadata."""
 
 from __future__ import annotations
 
@@ -7,10 +10,12 @@ import argparse
 import json
 import sys
 
+from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import PmtlError
+from engine.core.progress import JsonLinesProgress, TqdmProgress
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (EMA weights used when present)")
     parser.add_argument("--out", required=True, help="output .onnx path")
@@ -27,7 +32,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8"),
+        default="fp32",
+        help="fp32; int8: static quantization for CPUs (calibrated); fp16: for the CUDA provider",
+    )
+    parser.add_argument(
+        "--calibration",
+        nargs="+",
+        metavar="CHIPS_DIR",
+        help="chip dataset(s) to calibrate int8 on and to measure the accuracy cost on (default: the training chip "
+        "datasets recorded in the checkpoint)",
+    )
+    parser.add_argument("--calibration-chips", type=int, default=64, help="training chips used for calibration")
+    parser.add_argument("--eval-chips", type=int, default=64, help="validation chips per task for the accuracy cost")
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    inner = (
+        JsonLinesProgress()
+        if args.json_progress
+        else TqdmProgress(f"export {args.precision}", disable=args.precision == "fp32")
+    )
+    # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
+    progress = watch(inner, args.control_stdin, interrupt=True)
+    progress.report(0.0, f"exporting {args.checkpoint}")
 
     from engine.export.onnx_export import export_checkpoint
 
@@ -36,18 +70,37 @@ def main(argv: list[str] | None = None) -> int:
             args.checkpoint,
             args.out,
             tile_size=args.tile_size,
-            role=args.role,
             overlap=args.overlap,
             variant=args.variant,
+            role=args.role,
             score_thresh=args.score_thresh,
             iou_thresh=args.iou_thresh,
             opset=args.opset,
             dynamo=args.dynamo,
+            precision=args.precision,
+            calibration=args.calibration,
+            quantization={"calibration_chips": args.calibration_chips, "eval_chips": args.eval_chips},
+            progress=progress,
         )
     except PmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        progress.close()
+        print(f"\nerror: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
-    print(json.dumps({"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"])}))
+    except KeyboardInterrupt:
+        progress.close()
+        print("export cancelled; no model was written", file=sys.stderr)
+        return 130
+    progress.close()
+    summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"]), "precision": args.precision}
+    accuracy = (meta.get("quantization") or {}).get("accuracy")
+    if accuracy:
+        summary["accuracy_vs_fp32"] = {k: v for k, v in accuracy.items() if k.startswith(("delta_", "pixel_"))}
+    if args.json_progress:
+        JsonLinesProgress().emit("done", **summary)
+    else:
+        print(json.dumps(summary))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ import torch
 from torch import Tensor, nn
 
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
+from engine.core.progress import Progress
 from engine.export import metadata as md
+from engine.export.quantize import ChipSource, check_precision, convert_precision
 from engine.models.anchors import DEFAULT_VARIANCES, decode
 
 VARIANTS: tuple[str, ...] = ("full", "deepness")
@@ -174,8 +177,9 @@ def export_onnx(
 
     ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
     ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
-    ``det_classes`` and provenance (``name``, ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``,
-    ``checkpoint``, ``weights``). ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
+    ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
+    ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
+    ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
@@ -211,6 +215,8 @@ def export_onnx(
     provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
     if "model_config" not in provenance and cfg is not None:
         provenance["model_config"] = cfg.to_dict()
+    num_det_out = num_det if "det" in graph_tasks else 0
+    det_names = _names(metadata, "det_classes", DET_CLASSES, num_det_out)
     meta = md.build_metadata(
         tasks=graph_tasks,
         bands=metadata["bands"],
@@ -223,7 +229,8 @@ def export_onnx(
         outputs=specs,
         seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
         palette=_names(metadata, "palette", PALETTE, num_seg),
-        det_classes=_names(metadata, "det_classes", DET_CLASSES, num_det if "det" in graph_tasks else 0),
+        det_classes=det_names,
+        det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
         score_thresh=score_thresh,
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,
@@ -256,9 +263,17 @@ def export_checkpoint(
     *,
     tile_size: int | None = None,
     role: str = "student",
+    precision: str = "fp32",
+    calibration: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None = None,
+    quantization: Mapping[str, Any] | None = None,
+    progress: Progress | None = None,
     **options: Any,
 ) -> dict[str, Any]:
     """Export a training checkpoint (EMA weights when present) with the metadata training stored in it.
+
+    ``precision`` fp16 / int8: the fp32 graph is converted by :func:`engine.export.quantize.convert_precision`
+    (``quantization``: its keyword options, e.g. ``calibration_chips``, ``eval_chips``, ``eval_split``), calibrated
+    on ``calibration`` chip datasets or, by default, on the training chip datasets recorded in the checkpoint.
 
     Checkpoint form (engine.train.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
     state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, seg_classes, palette,
@@ -284,4 +299,51 @@ def export_checkpoint(
     )
     if tile_size is None:
         tile_size = int(meta.get("chip_size", 320))
-    return export_onnx(model, out_path, meta, tile_size, **options)
+    check_precision(precision)
+    if precision == "fp32":
+        return export_onnx(model, out_path, meta, tile_size, **options)
+    sources = calibration_sources(payload, ckpt_path, calibration, required=precision == "int8")
+    with tempfile.TemporaryDirectory(prefix=".pmtl-export-", dir=Path(out_path).parent) as tmp:
+        fp32 = Path(tmp) / "fp32.onnx"
+        export_onnx(model, fp32, meta, tile_size, **options)
+        return convert_precision(fp32, out_path, precision, sources, progress=progress, **(quantization or {}))
+
+
+def _chip_dir(path: Any) -> Path | None:
+    """``path`` when it is a finished chip dataset (has a manifest), else None."""
+    if not path:
+        return None
+    root = Path(path)
+    return root if (root / "manifest.json").is_file() else None
+
+
+def calibration_sources(
+    payload: Mapping[str, Any],
+    ckpt_path: str | os.PathLike[str],
+    calibration: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None,
+    required: bool = True,
+) -> list[ChipSource]:
+    """The chip datasets to calibrate on and to measure the accuracy cost on: the ones given (each for every task),
+    else the training config's ``data.det`` / ``data.seg`` recorded in the checkpoint when they still exist
+    (none found: an InputError when ``required``, else an empty list)."""
+    if calibration is not None:
+        roots = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
+        sources = []
+        for root in roots:
+            if _chip_dir(root) is None:
+                raise InputError(f"--calibration {root}: expected a chip dataset folder with manifest.json")
+            sources.append(ChipSource(Path(root)))
+        return sources
+    data = (payload.get("config") or {}).get("data") or {}
+    found: dict[Path, list[str]] = {}
+    for task in ("det", "seg"):
+        root = _chip_dir(data.get(task))
+        if root is not None:
+            found.setdefault(root, []).append(task)
+    if not found and required:
+        recorded = {task: data.get(task) for task in ("det", "seg")}
+        raise InputError(
+            f"checkpoint '{ckpt_path}': int8 needs calibration chips; the training chip datasets it records "
+            f"{recorded} are not there: give one with --calibration DIR"
+        )
+    return [ChipSource(root, tuple(tasks)) for root, tasks in found.items()]

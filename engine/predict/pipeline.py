@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from osgeo import gdal
@@ -25,7 +26,7 @@ from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
 
-PathLike = str | os.PathLike[str]
+PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass
@@ -259,7 +260,7 @@ def predict_raster(
             if class_work is not None:
                 with out.writing(class_name):
                     writer.classes = out.RasterOutput(
-                        class_name, out.create_class_map(class_work, src, info.seg_classes, info.palette)
+                        class_name, out.create_class_map(class_work, src, info.seg_classes, info.seg_colors)
                     )
             if prob_work is not None:
                 with out.writing(requested["probs"]):

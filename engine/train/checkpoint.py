@@ -79,5 +79,7 @@ def model_from_checkpoint(
     payload = load_checkpoint(path)
     net = build_model(load_model_config(payload["model_config"]))
     net.load_state_dict(inference_state(payload))
-    net.normalization = (payload.get("metadata") or {}).get("normalization", "dataset")  # how its inputs were scaled
+    meta = payload.get("metadata") or {}
+    net.normalization = meta.get("normalization", "dataset")  # how its inputs were scaled
+    net.input_normalization = (meta["mean"], meta["std"]) if "mean" in meta and "std" in meta else None
     return net.eval().to(device), payload

@@ -22,8 +22,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.core.atomic import write_json_atomic
+from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
+from engine.core.settings import configure_losses
 from engine.data import datasets as D
 from engine.data import transforms as T
 from engine.data.chipstore import open_chip_dataset
@@ -40,7 +42,7 @@ from engine.train.checkpoint import (
     save_checkpoint,
 )
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, pick_device
-from engine.train.schedule import ModelEMA, lr_factor
+from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16, lr_factor
 
 
 class NonFiniteLoss(PmtlError, FloatingPointError):
@@ -98,6 +100,13 @@ def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[s
             raise ConfigError(
                 f"config key '{key}' ({kd[key.split('.')[1]]}): expected a {task} teacher, it has {list(tasks)}"
             )
+    for task, key, size in (("det", "kd.det_teacher", "num_det_classes"), ("seg", "kd.seg_teacher", "num_seg_classes")):
+        theirs, ours = getattr(teachers[task].net.cfg, size), getattr(student_cfg, size)
+        if theirs != ours:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): the teacher has {theirs} {task} classes, the "
+                f"student's {task} chip dataset has {ours}; train the teacher on chips with the same class table"
+            )
     t_cfg = teachers["det"].net.cfg
     for field_name in ("anchor_base_size", "anchor_scales", "anchor_aspect_ratios", "box_variances", "in_channels"):
         if getattr(t_cfg, field_name) != getattr(student_cfg, field_name):
@@ -135,6 +144,13 @@ def _dataset_info(cfg: dict[str, Any]) -> dict[str, Any]:
     for task in cfg["tasks"]:
         manifest = open_chip_dataset(cfg["data"][task]).manifest
         info[task] = manifest
+    for task, manifest in info.items():
+        labelled = manifest.get("task", "both")
+        if labelled not in (task, "both"):
+            raise ConfigError(
+                f"config key 'data.{task}' ({cfg['data'][task]}): expected a chip dataset with {task} labels, "
+                f"found one chipped with --task {labelled}"
+            )
     bands = {task: len(m["bands"]) for task, m in info.items()}
     if len(set(bands.values())) > 1:
         raise ConfigError(
@@ -160,10 +176,11 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     channels_last = use_cuda and rt["channels_last"]
 
     model_cfg = dataclasses.replace(
-        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
+        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"]), **head_sizes(manifests)
     )
     student = build_model(model_cfg)
-    uses_kd = kd["soft"] or kd["feature"] != "none"
+    settings = configure_losses(cfg)
+    uses_kd = settings.kd.enabled
     teachers: dict[str, O.Teacher] = {}
     adapters = nn.ModuleDict()
     if uses_kd:
@@ -183,9 +200,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         model = DistributedDataParallel(
             wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
-    optimizer = torch.optim.SGD(
-        _param_groups([wrapped], optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
-    )
+    optimizer = build_optimizer(_param_groups([wrapped], optim_cfg["weight_decay"]), optim_cfg)
     ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
 
     geometric = T.GeometricAugment() if data_cfg["augment"] else None
@@ -203,8 +218,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             )
     # batches and augmentation come from streams that differ per rank and per task, fixed by (seed, epoch)
     stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
-    norm_mode = data_cfg["normalization"]
-    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task], norm_mode).to(device) for task in tasks}
+    norm = T.run_normalization(list(manifests.values()), data_cfg["normalization"])
+    device_aug = {task: T.DeviceAugment.for_stream(manifests[task], *norm).to(device) for task in tasks}
     aug_generator = torch.Generator(device=device)
     iters = optim_cfg["iters_per_epoch"] or max(
         len(dataset) // info.world_size // per_rank_batch for dataset in train_sets.values()
@@ -232,13 +247,12 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
     writer = _tensorboard(out_dir) if rt["tensorboard"] and info.is_main else None
     if info.is_main:
         write_json_atomic(out_dir / "config.json", cfg)
-    amp = rt["amp"] and use_cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    amp = rt["amp"] and (use_cuda or cpu_has_fast_bf16())
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     metrics_log = out_dir / "metrics.jsonl"
     eval_net = ema.module if ema is not None else student
     anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
     variances = tuple(model_cfg.box_variances)
-    feature_kd = kd["feature"] != "none"
 
     def anchors_for(images: torch.Tensor) -> torch.Tensor:
         key = (int(images.shape[-2]), int(images.shape[-1]))
@@ -254,19 +268,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
         return images, batch
 
     def objective(task: str, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        other = "seg" if task == "det" else "det"
-        out = model(images, adapt=other if uses_kd and feature_kd else None)
-        if task == "det":
-            terms = O.detection_supervised(
-                out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"], variances
-            )
-            if uses_kd:
-                terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
-        else:
-            terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
-            if uses_kd:
-                terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
-        return terms
+        return O.batch_objective(model, task, images, batch, teachers, settings, anchors_for, variances)
 
     streams = {
         task: D.make_train_loader(
@@ -327,6 +329,8 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                         (epoch * iters + it + 1) / total_steps,
                         f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
                     )
+            elif progress is not None:  # every step moves the bar (no message: no device sync)
+                progress.report((epoch * iters + it + 1) / total_steps)
 
         train_time = time.perf_counter() - t0
         metrics = evaluate_model(
@@ -341,7 +345,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
             max_chips=data_cfg["max_val_chips"],
             progress=None,
             shard=(info.rank, info.world_size),
-            normalization=norm_mode,
+            normalization=norm,
         )
         epoch_means = all_reduce_mean(sums / iters, info).tolist()
         row = {
@@ -370,7 +374,7 @@ def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = 
                 "best": {"score": best_score, "metrics": best_metrics},
                 "history": history,
                 "config": cfg,
-                "metadata": checkpoint_metadata(cfg, manifests, row),
+                "metadata": checkpoint_metadata(cfg, manifests, row, norm),
             }
             if improved:  # best first: a crash in between never leaves last.pt pointing at an unsaved best
                 save_checkpoint(best_path, inference_payload(payload))
@@ -400,10 +404,38 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
-def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """What export needs to describe the model: classes, bands, scaling, normalisation, provenance, metrics."""
+def head_sizes(manifests: dict[str, Any]) -> dict[str, int]:
+    """Classes per trained head, from the class table of that task's chip dataset."""
+    sizes = {}
+    if "det" in manifests:
+        sizes["num_det_classes"] = len(manifests["det"]["det_classes"])
+    if "seg" in manifests:
+        sizes["num_seg_classes"] = len(manifests["seg"]["seg_classes"])
+    return sizes
+
+
+def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Names and colours of each head's classes, each from its own task's chip dataset."""
+    out: dict[str, Any] = {}
+    if "seg" in manifests:
+        seg, _ = tables_from_manifest(manifests["seg"])
+        out.update(seg_classes=list(seg.names), palette=[list(c) for c in seg.colours])
+    if "det" in manifests:
+        _, det = tables_from_manifest(manifests["det"])
+        out.update(det_classes=list(det.names), det_palette=[list(c) for c in det.colours])
+    return out
+
+
+def checkpoint_metadata(
+    cfg: dict[str, Any],
+    manifests: dict[str, Any],
+    row: dict[str, Any],
+    norm: tuple[tuple[float, ...], tuple[float, ...]],
+) -> dict[str, Any]:
+    """What export needs to describe the model: classes, bands, scaling, the ONE input normalisation every stream
+    was trained with (so both heads of the deployed model see inputs as in training), provenance, metrics."""
     first = next(iter(manifests.values()))
-    mean, std, _ = T.normalization_for(first, cfg["data"]["normalization"])
+    mean, std = norm
     return {
         "name": cfg["name"],
         "tasks": list(cfg["tasks"]),
@@ -414,9 +446,7 @@ def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dic
         "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
-        "seg_classes": first["seg_classes"],
-        "palette": first["palette"],
-        "det_classes": first["det_classes"],
+        **class_metadata(manifests),
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },

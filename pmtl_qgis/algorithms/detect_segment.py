@@ -41,6 +41,8 @@ from ..layer_reader import LayerError, prediction_input
 from ..styling import style_on_load
 from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
 
+PRECISIONS = ("as exported", "fp32", "int8", "fp16")
+
 
 def detection_fields() -> QgsFields:
     """The detection layer's schema when the engine wrote no file (class, class_id, score)."""
@@ -83,6 +85,7 @@ class DetectSegment(PmtlAlgorithm):
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
     VALUE_MAX = "VALUE_MAX"
     DEVICE = "DEVICE"
+    PRECISION = "PRECISION"
     OUTPUT_RASTER = "OUTPUT_RASTER"
     OUTPUT_DETECTIONS = "OUTPUT_DETECTIONS"
     OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
@@ -167,6 +170,17 @@ class DetectSegment(PmtlAlgorithm):
             )
         )
         self.addParameter(
+            advanced(
+                with_help(
+                    QgsProcessingParameterEnum(
+                        self.PRECISION, self.tr("Model precision"), list(PRECISIONS), defaultValue=0
+                    ),
+                    "The precision the model must have (its metadata says which): int8 runs fastest on CPUs, fp16 "
+                    "on CUDA GPUs; export one with 'Export a checkpoint to ONNX'. 'as exported' accepts any.",
+                )
+            )
+        )
+        self.addParameter(
             with_help(
                 QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Class map")),
                 "GeoTIFF, uint8 class index per pixel with the ISPRS colour table; nodata outside the data / AOI.",
@@ -222,6 +236,14 @@ class DetectSegment(PmtlAlgorithm):
         info = onnx_model.info
         aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
         raster_input = self._raster_input(layer, info.gsd, aoi_geometries, feedback)
+        precision = info.raw.get("precision", "fp32") if info.source == "pmtl" else "fp32"
+        wanted = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
+        if wanted != PRECISIONS[0] and wanted != precision:
+            raise QgsProcessingException(
+                f"ONNX model: expected precision {wanted}, {model} is {precision}; export the checkpoint again "
+                f"with Precision {wanted} ('Export a checkpoint to ONNX') or set Model precision to 'as exported'"
+            )
+        feedback.pushInfo(f"Model precision {precision}, onnxruntime provider {onnx_model.provider}")
         segments, detects = info.seg_output is not None, info.det_scores_output is not None
         if not segments:
             feedback.pushWarning("The model has no segmentation head: no class map, probabilities or polygons.")
@@ -256,16 +278,16 @@ class DetectSegment(PmtlAlgorithm):
         results: dict[str, Any] = {}
         if out_raster:
             results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.palette))
+            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.seg_colors))
         results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
             parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
         )
-        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections")
+        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections", (info.det_classes, info.det_colors))
         if tmp_polygons:
             results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
                 parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
             )
-            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.palette))
+            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.seg_colors))
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
         text = json.dumps(summary.as_dict() if hasattr(summary, "as_dict") else summary, default=str)
