@@ -67,7 +67,7 @@ class Shooter:
         from qgis.utils import iface
 
         self.iface, self.out = iface, out
-        self.steps = [self.load_ortho, self.toolbox]
+        self.steps = [self.load_ortho, self.toolbox, self.open_plugin_menu, self.save_plugin_menu]
         for alg in DIALOGS:
             self.steps += [lambda alg=alg: self.open_dialog(alg), lambda alg=alg: self.save_dialog(alg)]
         self.steps.append(self.quit)
@@ -98,6 +98,7 @@ class Shooter:
         from qgis.PyQt.QtWidgets import QDockWidget
 
         main = self.iface.mainWindow()
+        main.move(0, 0)
         main.resize(1280, 820)
         dock = main.findChild(QDockWidget, "ProcessingToolbox")
         dock.show()
@@ -106,6 +107,32 @@ class Shooter:
         from qgis.PyQt.QtCore import QTimer
 
         QTimer.singleShot(1500, lambda: self.save(main, "qgis_toolbox"))
+
+    def open_plugin_menu(self) -> None:
+        """Plugins › pmtl, opened as a user would: the installer's menu entry."""
+        from qgis.PyQt.QtCore import QTimer
+
+        menu = self.iface.pluginMenu()
+        pmtl = next(a for a in menu.actions() if a.text().replace("&", "") == "pmtl")
+        print("pmtl menu entries:", [a.text() for a in pmtl.menu().actions()], file=sys.stderr)
+        bar = self.iface.mainWindow().menuBar()
+        plugins = next(a for a in bar.actions() if a.menu() is menu)
+        menu.popup(bar.mapToGlobal(bar.actionGeometry(plugins).bottomLeft()))
+        menu.setActiveAction(pmtl)
+
+        def submenu() -> None:
+            pmtl.menu().popup(menu.mapToGlobal(menu.actionGeometry(pmtl).topRight()))
+
+        QTimer.singleShot(600, submenu)
+
+    def save_plugin_menu(self) -> None:
+        from qgis.PyQt.QtWidgets import QApplication
+
+        screen = QApplication.primaryScreen().grabWindow(0, 0, 0, 900, 180)
+        screen.toImage().convertToFormat(screen.toImage().Format_Indexed8).save(str(self.out / "plugins_menu.png"))
+        for widget in QApplication.topLevelWidgets():
+            if widget.isVisible() and widget.inherits("QMenu"):
+                widget.close()
 
     def open_dialog(self, alg: str) -> None:
         import processing
