@@ -2,7 +2,8 @@
 
 QGIS runs its own Python (the system one on Linux), which usually has GDAL and numpy but not torch. pmtl keeps
 its heavy dependencies in a separate environment (a venv made with ``--system-site-packages``) and adds that
-environment's ``site-packages`` to ``sys.path``. The environment is found, first match wins, from:
+environment's ``site-packages`` to ``sys.path`` only while one of its algorithms runs
+(:func:`engine_paths`). The environment is found, first match wins, from:
 
 1. the ``PMTL_PYTHON`` environment variable: path to that environment's Python interpreter;
 2. the Processing setting *pmtl → Python interpreter* (Settings › Options › Processing › Providers);
@@ -19,15 +20,16 @@ contains the plugin folder.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 ENV_VAR = "PMTL_PYTHON"
@@ -160,9 +162,12 @@ def _find_python_env() -> PythonEnv:
     return PythonEnv(Path(_qgis_python()), [], "QGIS's Python", None)
 
 
-def activate() -> PythonEnv:
-    """Put the engine (first) and the dependency environment (last: QGIS's own numpy and GDAL win) on ``sys.path``
-    (idempotent) and return what was found."""
+@contextlib.contextmanager
+def engine_paths() -> Iterator[PythonEnv]:
+    """``sys.path`` with the engine (first: the name ``engine`` must be ours) and the dependency environment (last:
+    QGIS's own numpy and GDAL bindings win) for the duration of a call; restored exactly afterwards, so other
+    plugins never import from pmtl's environment. Modules imported meanwhile stay loaded."""
+    saved = list(sys.path)
     env = find_python_env()
     root = engine_root()
     if root is not None and str(root) not in sys.path:
@@ -171,7 +176,10 @@ def activate() -> PythonEnv:
         if str(path) not in sys.path:
             sys.path.append(str(path))
     importlib.invalidate_caches()
-    return env
+    try:
+        yield env
+    finally:
+        sys.path[:] = saved
 
 
 def subprocess_environment(env: PythonEnv) -> dict[str, str]:
@@ -190,16 +198,16 @@ def subprocess_environment(env: PythonEnv) -> dict[str, str]:
 
 def missing_modules(modules: tuple[str, ...] | list[str]) -> list[str]:
     """Top-level modules among ``modules`` that cannot be found (without importing them: cheap)."""
-    activate()
-    missing = []
-    for name in modules:
-        top = name.split(".")[0]
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found and top not in missing:
-            missing.append(top)
+    missing: list[str] = []
+    with engine_paths():
+        for name in modules:
+            top = name.split(".")[0]
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found and top not in missing:
+                missing.append(top)
     return missing
 
 
@@ -237,18 +245,3 @@ def install_message(missing: list[str]) -> str:
             f"which is found automatically."
         )
     return "\n".join(lines)
-
-
-def import_engine(module: str) -> ModuleType:
-    """Import an engine module; a missing dependency becomes an :class:`ImportError` with the install message."""
-    activate()
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        name = exc.name or module
-        if name.split(".")[0] == "engine" and engine_root() is not None:
-            raise ImportError(
-                f"The pmtl engine at {engine_root()} has no module {name!r}: this plugin version needs a newer engine "
-                f"(rebuild the plugin zip with scripts/package_plugin.py)."
-            ) from exc
-        raise ImportError(install_message([name.split(".")[0]])) from exc

@@ -29,7 +29,7 @@ from qgis.core import (
 from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor
 
-from .environment import import_engine
+from .scope import import_engine
 
 SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
 """Label expression of a detection: class name and score with two decimals."""

@@ -114,6 +114,7 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert manifest["gsd"] == pytest.approx(0.1)
     info = json.loads((out / "run_info.json").read_text())
     assert info["command"].startswith("python -m engine.experiments --preset") and info["machine"]["cores"] >= 1
+    assert info["runs_finished"] == 2 + 2 * 8 and info["train_and_test_seconds"] > 0
     tables = json.loads((out / "tables.json").read_text())
     rows = tables["tables"]["v2p"]
     assert [r["label"] for r in rows][:3] == ["Teacher (R50-PAFPN)", "Single task", "Partial MTL"]
@@ -125,6 +126,11 @@ def test_tiny_preset_end_to_end(tmp_path):
     # finished runs are reused: a second call trains nothing and gives the same table
     assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out), "--seeds", "2"]) == 0
     assert json.loads((out / "tables.json").read_text()) == tables
+    # --report-only: tables from what finished (here: a third seed that never ran is simply absent)
+    args = ["--preset", str(preset), "--direction", "v2p", "--out", str(out)]
+    assert main([*args, "--seeds", "3", "--report-only"]) == 0
+    assert json.loads((out / "tables.json").read_text())["tables"] == tables["tables"]
+    assert not (out / "v2p" / "seed2").exists()
 
 
 def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):

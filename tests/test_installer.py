@@ -133,6 +133,7 @@ def test_managed_folder_is_searched_last(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "path", list(sys.path))
     env = environment.find_python_env()
     assert env.site_packages[-1] == folder
-    environment.activate()
-    assert sys.path[-1] == str(folder)  # appended: QGIS's own numpy / GDAL bindings are found first
+    with environment.engine_paths():
+        assert sys.path[-1] == str(folder)  # appended: QGIS's own numpy / GDAL bindings are found first
+    assert str(folder) not in sys.path  # and only while pmtl runs
     assert str(folder) in environment.subprocess_environment(env)["PYTHONPATH"].split(os.pathsep)

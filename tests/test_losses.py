@@ -20,6 +20,7 @@ from engine.losses import (
     quality_focal_elementwise,
     segmentation_ce_loss,
     soft_detection_kd,
+    soft_dice_loss,
     soft_segmentation_kd,
 )
 
@@ -180,6 +181,27 @@ def test_segmentation_ce_all_ignored_is_zero() -> None:
     assert (logits.grad == 0).all()
     with pytest.raises(InputError, match="mask"):
         segmentation_ce_loss(logits, torch.zeros(2, 8, 8, dtype=torch.long))
+
+
+def test_soft_dice_by_hand() -> None:
+    logits = torch.tensor([[[[2.0, 0.0, 5.0]], [[0.0, 1.0, -5.0]], [[-9.0, -9.0, 9.0]]]])  # (1, 3, 1, 3)
+    mask = torch.tensor([[[0, 1, 255]]])  # class 2 absent from the labels: not averaged
+    p = torch.softmax(logits[0, :, 0, :2], dim=0)  # the two labelled pixels
+    dice0 = (2 * p[0, 0] + 1) / (p[0].sum() + 1 + 1)
+    dice1 = (2 * p[1, 1] + 1) / (p[1].sum() + 1 + 1)
+    expected = 1 - (dice0 + dice1) / 2
+    assert soft_dice_loss(logits, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_soft_dice_all_ignored_is_zero_and_perfect_is_near_zero() -> None:
+    logits = torch.randn(2, 6, 4, 4, requires_grad=True)
+    loss = soft_dice_loss(logits, torch.full((2, 4, 4), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert (logits.grad == 0).all()
+    mask = torch.randint(0, 6, (2, 8, 8))
+    confident = 50.0 * torch.nn.functional.one_hot(mask, 6).permute(0, 3, 1, 2).float()
+    assert soft_dice_loss(confident, mask).item() == pytest.approx(0.0, abs=1e-6)
 
 
 # ---------------------------------------------------------------- soft detection KD

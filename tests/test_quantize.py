@@ -21,6 +21,7 @@ from engine.evaluate.run import evaluate_model
 from engine.export import export_checkpoint
 from engine.export import metadata as md
 from engine.export.__main__ import main as export_main
+from engine.export.onnx_export import export_int8_or_fp32
 from engine.export.quantize import ChipSource, convert_precision, float_tail_nodes
 from engine.models import ModelConfig, build_model
 from engine.predict.model import OnnxModel
@@ -230,3 +231,13 @@ def test_bad_inputs_are_clear_errors(setup, tmp_path):
     with pytest.raises(InputError, match="expected a split 'nope'"):
         evaluate_onnx(setup["fp32"], None, setup["chips"], "nope")
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*partial*"))
+
+
+def test_int8_or_fp32_falls_back_below_the_agreement_target(setup, tmp_path):
+    """The demo's rule: int8 only when its class maps agree with fp32 on enough validation pixels."""
+    out = tmp_path / "map.onnx"
+    quick = {"calibration_chips": 2, "eval_chips": 2}
+    meta = export_int8_or_fp32(setup["ckpt"], out, min_agreement=1.01, quantization=quick)  # unreachable target
+    assert meta["precision"] == "fp32" and _props(out)["precision"] == "fp32"
+    rejected = meta["int8_rejected"]
+    assert rejected["min_agreement"] == 1.01 and 0.0 <= rejected["accuracy"]["pixel_agreement"] <= 1.0

@@ -353,11 +353,11 @@ def test_exported_onnx_scores_like_torch_evaluation_on_both_datasets(tmp_path):
 
     splits = {"train": 4, "val": 1, "test": 2}
     det = write_chip_dataset(tmp_path / "det", splits, size=64, seed=1)
-    seg = _shift_brightness(write_chip_dataset(tmp_path / "seg", splits, size=64, seed=2), 0.45)
+    seg = _shift_brightness(write_chip_dataset(tmp_path / "seg", splits, size=64, seed=2), 0.3)
     cfg = load_config(
         None,
         [*TINY, f"data.det={det}", f"data.seg={seg}", f"runtime.out={tmp_path / 'run'}", "optim.epochs=1",
-         "optim.iters_per_epoch=5", "optim.lr=0.03", "ema.enabled=false"],
+         "optim.iters_per_epoch=5", "optim.lr=0.03", "ema.enabled=false", "runtime.amp=false"],
     )  # fmt: skip
     result = train(cfg)
     net, payload = model_from_checkpoint(result.best_checkpoint)
@@ -375,16 +375,41 @@ def test_exported_onnx_scores_like_torch_evaluation_on_both_datasets(tmp_path):
     export_checkpoint(result.best_checkpoint, onnx_path)
     torch_metrics = evaluate_model(net, det, seg, split="test")
     onnx_metrics = _onnx_metrics(onnx_path, det, seg, "test")
-    # the data make the choice matter: the detection set's statistics (what main exported) score differently
+    # the data make the choice matter: with the detection set's statistics (what the export recorded before) the
+    # segmentation scores differ from the torch evaluation by more than the tolerance below
     det_stats = evaluate_model(net, None, seg, split="test", normalization=(det_m["mean"], det_m["std"]))
-    assert abs(det_stats["seg_miou"] - torch_metrics["seg_miou"]) > 0.02
+    assert abs(det_stats["seg_miou"] - torch_metrics["seg_miou"]) > 0.005
     for key in ("det_map", "seg_miou"):
         assert onnx_metrics[key] == pytest.approx(torch_metrics[key], abs=0.005), key
 
 
 # ---------------------------------------------------------------- a run without data.unlabelled is unchanged
 
-GOLDEN: dict[str, dict[str, float]] = {}
+GOLDEN: dict[str, dict[str, float]] = {
+    "mtl": {
+        "step": 2,
+        "loss_det_cls": 1.1275466680526733,
+        "loss_det_box": 2.7772927284240723,
+        "loss_seg_ce": 1.8092436790466309,
+        "det_map": 0.0,
+        "seg_miou": 0.002958904109589041,
+    },
+    "mtl_soft_pdf": {
+        "step": 2,
+        "loss_det_cls": 1.128645658493042,
+        "loss_det_box": 2.777059316635132,
+        "loss_kd_seg_soft": 0.0022439633030444384,
+        "loss_kd_seg_feat": 1.1332000494003296,
+        "loss_seg_ce": 1.8072178363800049,
+        "loss_kd_det_soft_cls": 4.154263496398926,
+        "loss_kd_det_soft_box": 0.09668225795030594,
+        "loss_kd_det_pdf_feat": 0.960878849029541,
+        "loss_kd_det_pdf_cls": 0.00021291882148943841,
+        "loss_kd_det_pdf_box": 0.08888285607099533,
+        "det_map": 0.0,
+        "seg_miou": 0.002958904109589041,
+    },
+}
 """Last metrics.jsonl row of two tiny fixed-seed runs, recorded with the code before the training loop was split
 and the unlabelled stream added (commit "issue 9 §1"), so both changes are checked to leave them exactly as they
 were. Re-record (PMTL_RECORD_GOLDEN=1 prints them) only for a deliberate change of the method."""
@@ -400,7 +425,14 @@ def small_teachers(chips, tmp_path_factory) -> dict[str, Path]:
         task: train(
             load_config(
                 None,
-                [*TINY, "optim.epochs=1", f"tasks=[{task}]", f"data.{task}={chips[task]}", f"runtime.out={out / task}"],
+                [
+                    *TINY,
+                    "optim.epochs=1",
+                    "runtime.amp=false",
+                    f"tasks=[{task}]",
+                    f"data.{task}={chips[task]}",
+                    f"runtime.out={out / task}",
+                ],
             )
         ).best_checkpoint
         for task in ("det", "seg")
@@ -420,7 +452,10 @@ def test_a_run_without_unlabelled_imagery_is_unchanged(chips, small_teachers, tm
             f"kd.seg_teacher={small_teachers['seg']}",
         ],
     }[variant]
-    cfg = load_config(None, _overrides(chips, tmp_path, "optim.epochs=1", "optim.iters_per_epoch=2", *kd))
+    # fp32 pinned: the recorded numbers must not depend on whether this CPU runs bf16 autocast
+    cfg = load_config(
+        None, _overrides(chips, tmp_path, "optim.epochs=1", "optim.iters_per_epoch=2", "runtime.amp=false", *kd)
+    )
     train(cfg)
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
     got = {k: v for k, v in row.items() if k.startswith("loss_") or k in ("det_map", "seg_miou", "step")}
@@ -430,3 +465,207 @@ def test_a_run_without_unlabelled_imagery_is_unchanged(chips, small_teachers, tm
     assert set(got) == set(expected)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+# ---------------------------------------------------------------- issue 11: the unlabelled stream
+
+
+def unlabelled_dataset(source: Path, out: Path, bands: tuple[str, ...] | None = None) -> Path:
+    """An ``engine.chip --task none`` style dataset: the train imagery of a labelled fixture, no label arrays,
+    no classes, empty boxes (``bands`` renames/reorders nothing, it only relabels the band names)."""
+    import numpy as np
+
+    manifest = json.loads((source / "manifest.json").read_text())
+    (out / "train").mkdir(parents=True)
+    images = np.load(source / "train" / "images.npy")
+    np.save(out / "train" / "images.npy", images)
+    for key in ("det_classes", "seg_classes", "palette", "ignore_index", "box_params"):
+        manifest.pop(key)
+    manifest.update(
+        task="none",
+        dataset="custom",
+        bands=list(bands or manifest["bands"]),
+        splits={"train": len(images)},
+        tiles={"ortho": {**next(iter(manifest["tiles"].values())), "split": "train"}},
+        chips=[{"split": "train", "index": i, "tile": "ortho", "window": [0, 0, 64, 64], "boxes": []}
+               for i in range(len(images))],
+    )  # fmt: skip
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+@pytest.fixture(scope="module")
+def unlabelled(chips, tmp_path_factory) -> Path:
+    return unlabelled_dataset(chips["seg"], tmp_path_factory.mktemp("unlabelled") / "ortho")
+
+
+def test_unlabelled_reader_tolerates_missing_labels_and_maps_bands(chips, unlabelled, tmp_path):
+    from engine.data.datasets import UnlabelledChips, collate_unlabelled
+
+    data = UnlabelledChips([unlabelled, chips["det"]], "train", ["nir", "red", "green"])
+    assert len(data) == 8  # a labelled dataset works too: only its imagery is read
+    batch = collate_unlabelled([data[0], data[(5, 123)]])
+    assert batch["image"].shape == (2, 3, 64, 64) and batch["image"].dtype == torch.uint8
+    swapped = unlabelled_dataset(chips["seg"], tmp_path / "swapped", bands=("green", "red", "nir"))
+    plain, mapped = UnlabelledChips([unlabelled], "train", ["nir", "red", "green"]), None
+    mapped = UnlabelledChips([swapped], "train", ["nir", "red", "green"])
+    assert torch.equal(mapped[1], plain[1].flip(0))  # band names permuted → reordered to the model's bands
+    four = write_chip_dataset(tmp_path / "four", {"train": 2}, size=64, bands=("red", "green", "blue", "nir"))
+    with pytest.raises(ConfigError, match=r"data\.unlabelled.*expected chips with 3 bands.*found 4 bands") as err:
+        UnlabelledChips([four], "train", ["nir", "red", "green"])
+    assert "\n" not in str(err.value)
+
+
+def test_unlabelled_config_needs_distillation_and_folders():
+    with pytest.raises(ConfigError, match=r"data\.unlabelled.*distillation only"):
+        load_config(None, ["data.det=x", "data.seg=y", "data.unlabelled=u"])
+    with pytest.raises(ConfigError, match=r"data\.unlabelled.*expected a chip dataset folder"):
+        load_config(None, ["data.det=x", "data.seg=y", "data.unlabelled=[1, 2]"])
+    ok = load_config(
+        None, ["data.det=x", "data.seg=y", "data.unlabelled=[]"]
+    )  # empty list: no stream (what QGIS passes without layers)
+    assert ok["data"]["unlabelled"] == []
+
+
+def test_unlabelled_batch_gets_only_scaled_distillation_and_teachers_stay_frozen():
+    import dataclasses
+
+    from engine.core.settings import configure_losses
+    from engine.models import build_model, load_model_config
+    from engine.models.adapters import FeatureAdapters
+    from engine.train import objectives as O
+
+    torch.manual_seed(0)
+    base = ["data.det=x", "data.seg=y", "kd.det_teacher=a", "kd.seg_teacher=b", "kd.soft=true", "kd.feature=mse"]
+    settings = configure_losses(
+        load_config(None, [*base, "kd.unlabelled.det_weight=2", "kd.unlabelled.seg_weight=0.5"])
+    )
+    model_cfg = dataclasses.replace(load_model_config("models/student.yaml"), pretrained=None)
+    teachers = {t: O.Teacher(build_model(dataclasses.replace(model_cfg, tasks=(t,))).eval()) for t in ("det", "seg")}
+    for teacher in teachers.values():
+        teacher.net.requires_grad_(False)
+    adapters = torch.nn.ModuleDict({t: FeatureAdapters(model_cfg.channels, model_cfg.channels) for t in teachers})
+    wrapped = O.StudentWithAdapters(build_model(model_cfg).train(), adapters)
+    images = torch.randn(2, 3, 64, 64)
+    before = {t: _buffers(teachers[t].net) for t in teachers}
+    terms = O.batch_objective(wrapped, "unlabelled", images, {}, teachers, settings, None, (0.1, 0.2))
+    assert set(terms) == {
+        "unlabelled_kd_seg_soft", "unlabelled_kd_seg_feat", "unlabelled_kd_det_soft_cls",
+        "unlabelled_kd_det_soft_box", "unlabelled_kd_det_feat",
+    }  # fmt: skip
+    sum(terms.values()).backward()
+    for t in teachers:
+        assert all(p.grad is None for p in teachers[t].net.parameters())
+        after = _buffers(teachers[t].net)
+        assert all(torch.equal(before[t][k], after[k]) for k in after)
+    # by hand: the same KD terms on the same outputs, scaled by kd.unlabelled.*
+    with torch.no_grad():
+        wrapped.eval()
+        out = wrapped(images, adapt=("det", "seg"))
+        t_det, t_seg = teachers["det"].predict(images), teachers["seg"].predict(images)
+        det = O.distill_detection(out, t_det, settings.kd, settings.loss)
+        seg = O.distill_segmentation(out, t_seg, settings.kd)
+        terms = O.batch_objective(wrapped, "unlabelled", images, {}, teachers, settings, None, (0.1, 0.2))
+    for name, value in det.items():
+        assert terms[f"unlabelled_{name}"].item() == pytest.approx(2.0 * value.item(), rel=1e-5)
+    for name, value in seg.items():
+        assert terms[f"unlabelled_{name}"].item() == pytest.approx(0.5 * value.item(), rel=1e-5)
+
+
+class _StopAfterFirstEpoch:
+    """Progress that asks to cancel once the first epoch's metrics are out (an interrupted run)."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def report(self, fraction, message=""):
+        pass
+
+    def emit(self, event, **fields):
+        self.stop = self.stop or event == "metrics"
+
+    def is_canceled(self) -> bool:
+        return self.stop
+
+
+def test_unlabelled_stream_logs_its_terms_uses_pooled_statistics_and_resumes_exactly(
+    chips, small_teachers, unlabelled, tmp_path
+):
+    from engine.core.progress import Cancelled
+    from engine.data.transforms import pooled_statistics
+    from engine.train.loop import train
+    from engine.train.setup import build_run
+
+    def config(out: Path):
+        return load_config(
+            None,
+            _overrides(
+                chips, out, "optim.iters_per_epoch=2", "kd.soft=true", "kd.feature=mse",
+                f"kd.det_teacher={small_teachers['det']}", f"kd.seg_teacher={small_teachers['seg']}",
+                f"data.unlabelled={unlabelled}", "kd.unlabelled.det_weight=0.5",
+            ),
+        )  # fmt: skip
+
+    run = build_run(config(tmp_path / "probe"))
+    assert run.streams == ["det", "seg", "unlabelled"]
+    mean, std = pooled_statistics([json.loads((chips[t] / "manifest.json").read_text()) for t in ("det", "seg")])
+    aug = run.device_aug["unlabelled"]
+    assert aug.mean.flatten().tolist() == pytest.approx(mean) and aug.std.flatten().tolist() == pytest.approx(std)
+
+    full = train(config(tmp_path / "full"))
+    with pytest.raises(Cancelled):
+        train(config(tmp_path / "cut"), progress=_StopAfterFirstEpoch())
+    resumed = train(config(tmp_path / "cut"), resume=True)
+    rows = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    terms = {k for k in rows[0] if "unlabelled" in k}
+    assert terms == {
+        "loss_unlabelled_kd_seg_soft", "loss_unlabelled_kd_seg_feat", "loss_unlabelled_kd_det_soft_cls",
+        "loss_unlabelled_kd_det_soft_box", "loss_unlabelled_kd_det_feat",
+    }  # fmt: skip
+    assert {"loss_det_cls", "loss_seg_ce", "loss_kd_seg_soft", "loss_kd_det_feat"} <= set(rows[0])
+    assert all(math.isfinite(rows[-1][k]) for k in terms)
+    assert [r["epoch"] for r in resumed.history] == [1, 2]
+    for key in (*terms, "loss_det_cls", "det_map", "seg_miou"):
+        assert resumed.history[-1][key] == pytest.approx(full.history[-1][key], rel=1e-5, abs=1e-6), key
+    final_a = torch.load(full.last_checkpoint, weights_only=True)
+    final_b = torch.load(resumed.last_checkpoint, weights_only=True)
+    for name, value in final_a["model"].items():
+        assert torch.allclose(value.float(), final_b["model"][name].float(), atol=1e-5), name
+    assert final_a["metadata"]["unlabelled"] == [str(unlabelled)]
+    assert (tmp_path / "full" / "curves.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("kd", [["kd.feature=pdf"], ["kd.soft=true"]])
+def test_unlabelled_stream_works_with_each_distillation(chips, small_teachers, unlabelled, tmp_path, kd):
+    from engine.train.loop import train
+
+    teachers = [f"kd.det_teacher={small_teachers['det']}", f"kd.seg_teacher={small_teachers['seg']}"]
+    cfg = load_config(
+        None,
+        _overrides(chips, tmp_path, "optim.epochs=1", "optim.iters_per_epoch=1", *kd, *teachers,
+                   f"data.unlabelled=[{unlabelled}]"),
+    )  # fmt: skip
+    row = train(cfg).history[-1]
+    expected = {"kd.feature=pdf": {"loss_unlabelled_kd_det_pdf_feat", "loss_unlabelled_kd_seg_feat"},
+                "kd.soft=true": {"loss_unlabelled_kd_det_soft_cls", "loss_unlabelled_kd_seg_soft"}}[kd[0]]  # fmt: skip
+    assert expected <= {k for k in row if "unlabelled" in k}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo_with_unlabelled_stream(chips, small_teachers, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    target = unlabelled_dataset(chips["det"], tmp_path / "target")
+    args = _overrides(
+        chips, tmp_path / "run", "optim.epochs=1", "data.batch_size=4", "optim.iters_per_epoch=2", "kd.soft=true",
+        f"kd.det_teacher={small_teachers['det']}", f"kd.seg_teacher={small_teachers['seg']}",
+        f"data.unlabelled={target}",
+    )  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "engine.train", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["step"] == 2
+    assert math.isfinite(rows[0]["loss_unlabelled_kd_det_soft_cls"])

@@ -248,13 +248,15 @@ class ChipDataset:
         self.chip_size = int(manifest["chip_size"])
         self.task: str = str(manifest.get("task", "both"))
         """Which labels the chips carry: det, seg, both (ISPRS) or none (imagery only)."""
-        self.arrays: tuple[str, ...] = tuple(manifest.get("arrays", ARRAY_NAMES))
-        self.det_classes: list[str] = list(manifest["det_classes"])
-        self.seg_classes: list[str] = list(manifest["seg_classes"])
-        self.ignore_index = int(manifest["ignore_index"])
+        self.unlabelled = self.task == "none"
+        """An unlabelled dataset (``engine.chip --task none``): imagery only, no label arrays, no boxes."""
+        self.arrays: tuple[str, ...] = tuple(manifest.get("arrays", ("images",) if self.unlabelled else ARRAY_NAMES))
+        self.det_classes: list[str] = list(manifest.get("det_classes", []))
+        self.seg_classes: list[str] = list(manifest.get("seg_classes", []))
+        self.ignore_index = int(manifest.get("ignore_index", IGNORE_INDEX))
         self.value_scaling: dict[str, Any] = dict(manifest["value_scaling"])
-        self.mean = np.asarray(manifest["mean"], np.float64)
-        self.std = np.asarray(manifest["std"], np.float64)
+        self.mean = np.asarray(manifest.get("mean", []), np.float64)
+        self.std = np.asarray(manifest.get("std", []), np.float64)
         self._chips: dict[str, list[dict[str, Any]]] = {split: [{}] * n for split, n in self.splits.items()}
         for chip in manifest["chips"]:
             self._chips[chip["split"]][int(chip["index"])] = chip

@@ -130,20 +130,25 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> Path:
     """Train the preset's runs (1 seed), print and write their table; returns the map model's best checkpoint."""
-    from engine.experiments.__main__ import run_direction
+    from engine.experiments.__main__ import run_tables
     from engine.experiments.tables import build_table, write_tables
 
-    results = run_direction(direction, preset, chips, out / "runs", 1, None)
+    results = run_tables([direction], preset, chips, out / "runs", 1, None)[direction]
     print(write_tables(out, {direction: build_table(results)}, 1))
     return out / "runs" / direction / "seed0" / preset["map_model"]["run"] / "best.pt"
 
 
 def export_map_model(best: Path, model: Path, spec: dict[str, Any]) -> Path:
-    """ONNX of the map model, on tiles larger than its training chips (fewer seams, whole buildings per tile)."""
-    from engine.export import export_checkpoint
+    """ONNX of the map model on tiles larger than its training chips (fewer seams, whole buildings per tile):
+    INT8 (about twice as fast on a CPU) when its class maps agree with fp32 on >= 97 % of the validation pixels,
+    else fp32; what was chosen and why is printed."""
+    from engine.export.onnx_export import export_int8_or_fp32
 
-    export_checkpoint(best, model, tile_size=spec.get("export_tile_size"))
-    print(f"model: {model}")
+    meta = export_int8_or_fp32(best, model, tile_size=spec.get("export_tile_size"))
+    accuracy = (meta.get("quantization") or meta.get("int8_rejected") or {}).get("accuracy") or {}
+    agreement = accuracy.get("pixel_agreement")
+    shown = "n/a" if agreement is None else f"{100 * agreement:.1f} %"
+    print(f"model: {model} ({meta['precision']}; int8 vs fp32 class-map agreement on validation chips {shown})")
     return model
 
 
@@ -159,9 +164,9 @@ def score_fresh_tiles(model: Path, out: Path) -> dict[str, Any]:
 
 def first_scene_per_domain(fresh: Path) -> dict[str, Any]:
     """One fresh tile per domain (what the map shows), Potsdam-like first."""
-    from engine.demo.quality import fresh_scenes
+    from engine.demo.quality import FRESH_TILES, fresh_scenes
 
-    return {domain: fresh_scenes(domain, fresh / domain, 0)[0] for domain in ("potsdam", "vaihingen")}
+    return {domain: fresh_scenes(domain, fresh / domain, FRESH_TILES)[0] for domain in ("potsdam", "vaihingen")}
 
 
 def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any], domain: str) -> tuple[str, Path]:
@@ -182,8 +187,8 @@ def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any
 
 
 PANEL_TITLES = {
-    "potsdam": "Potsdam-like (R-G-B, 5 cm): detection {det}, segmentation {seg}",
-    "vaihingen": "Vaihingen-like (NIR-R-G, 9 cm): detection {det}, segmentation {seg}",
+    "potsdam": "Potsdam-like (R-G-B, 5 cm)\ndetection: {det} · segmentation: {seg}",
+    "vaihingen": "Vaihingen-like (NIR-R-G, 9 cm)\ndetection: {det} · segmentation: {seg}",
 }
 
 
@@ -202,8 +207,8 @@ def compose_map(panels: list[tuple[str, Path]], png: Path, direction: str) -> Pa
     for ax, (domain, path) in zip(axes, panels):
         ax.imshow(plt.imread(path))
         ax.set_axis_off()
-        det = "learned here (labels)" if domain == det_set else "from the other domain's labels"
-        seg = "learned here (labels)" if domain == seg_set else "from the other domain's labels"
+        det = "labels from this domain" if domain == det_set else "no labels here (shared encoder)"
+        seg = "labels from this domain" if domain == seg_set else "no labels here (shared encoder)"
         ax.set_title(PANEL_TITLES[domain].format(det=det, seg=seg), fontsize=12)
     fig.suptitle("One model, both tasks, both domains: fresh tiles the model never saw", fontsize=15)
     fig.tight_layout()

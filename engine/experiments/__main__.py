@@ -70,11 +70,14 @@ def _run_once(
     seed: int,
     teachers: dict[str, str],
     progress: Progress | None,
-) -> dict[str, Any]:
-    """Train and test one run unless its ``test_metrics.json`` exists; returns its flat test metrics."""
+    train: bool = True,
+) -> dict[str, Any] | None:
+    """Train and test one run unless its ``test_metrics.json`` exists (or training is off: None); its test metrics."""
     from engine.train.config import load_config
 
     result_file = run_dir / "test_metrics.json"
+    if not result_file.is_file() and not train:
+        return None
     if not result_file.is_file():
         det_root, seg_root = chips
         overrides = run_overrides(spec, preset, str(det_root), str(seg_root), str(run_dir), seed, teachers)
@@ -87,28 +90,45 @@ def _run_once(
     return json.loads(result_file.read_text())["metrics"]
 
 
-def run_direction(
-    direction: str, preset: dict[str, Any], chips: dict[str, Path], out: Path, seeds: int, progress: Progress | None
-) -> dict[str, dict[int, dict[str, Any]]]:
-    """Train and test every run of one table; returns results[run][seed] = test metrics.
+def run_tables(
+    directions: list[str],
+    preset: dict[str, Any],
+    chips: dict[str, Path],
+    out: Path,
+    seeds: int,
+    progress: Progress | None,
+    train: bool = True,
+) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """Train and test every run of the tables; returns results[direction][run][seed] = test metrics.
 
     The teachers are trained once per direction (seed 0, under ``DIR/teachers``) and shared by every seed's
-    students, as the paper's teachers are fixed networks; the students are trained once per seed.
+    students, as the paper's teachers are fixed networks. Students go seed by seed, both directions within a seed,
+    so an experiment stopped early still has complete tables for its first seeds.
     """
-    det_set, seg_set = DIRECTIONS[direction]
-    pair = (chips[det_set], chips[seg_set])
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    teachers: dict[str, str] = {}
     runs = selected_runs(preset)
-    for spec in (s for s in runs if s.teacher):
-        run_dir = out / direction / "teachers" / spec.name
-        results[spec.name] = {0: _run_once(spec, run_dir, preset, pair, 0, teachers, progress)}
-        teachers[spec.tasks[0]] = str(run_dir / "best.pt")
+    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {d: {} for d in directions}
+    teachers: dict[str, dict[str, str]] = {d: {} for d in directions}
+    for direction in directions:
+        for spec in (s for s in runs if s.teacher):
+            run_dir = out / direction / "teachers" / spec.name
+            pair = _pair(chips, direction)
+            metrics = _run_once(spec, run_dir, preset, pair, 0, teachers[direction], progress, train)
+            results[direction][spec.name] = {0: metrics} if metrics else {}
+            teachers[direction][spec.tasks[0]] = str(run_dir / "best.pt")
     for seed in range(seeds):
-        for spec in (s for s in runs if not s.teacher):
-            run_dir = out / direction / f"seed{seed}" / spec.name
-            results.setdefault(spec.name, {})[seed] = _run_once(spec, run_dir, preset, pair, seed, teachers, progress)
+        for direction in directions:
+            for spec in (s for s in runs if not s.teacher):
+                run_dir = out / direction / f"seed{seed}" / spec.name
+                pair = _pair(chips, direction)
+                metrics = _run_once(spec, run_dir, preset, pair, seed, teachers[direction], progress, train)
+                if metrics is not None:
+                    results[direction].setdefault(spec.name, {})[seed] = metrics
     return results
+
+
+def _pair(chips: dict[str, Path], direction: str) -> tuple[Path, Path]:
+    det_set, seg_set = DIRECTIONS[direction]
+    return chips[det_set], chips[seg_set]
 
 
 def run_info(argv: list[str], started: float) -> dict[str, Any]:
@@ -153,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--data-only", action="store_true", help="prepare the chip datasets (needs GDAL) and stop; train elsewhere"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from the runs finished so far; train nothing"
+    )
     args = parser.parse_args(argv)
     try:
         preset = load_preset(args.preset)
@@ -166,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chip datasets ready: {', '.join(str(p) for p in chips.values())}")
             return 0
         directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
-        progress = TqdmProgress("experiments")
-        tables = {}
-        for direction in directions:
-            results = run_direction(direction, preset, chips, args.out, seeds, progress)
-            tables[direction] = build_table(results)
+        progress = TqdmProgress("experiments", disable=args.report_only)
+        results = run_tables(directions, preset, chips, args.out, seeds, progress, train=not args.report_only)
+        tables = {direction: build_table(results[direction]) for direction in directions}
         progress.close()
         markdown = write_tables(args.out, tables, seeds)
         info = run_info(sys.argv[1:] if argv is None else list(argv), started)
+        finished = [m for runs in results.values() for per_seed in runs.values() for m in per_seed.values()]
+        info["runs_finished"] = len(finished)
+        info["train_and_test_seconds"] = round(sum(m.get("train_seconds", 0.0) for m in finished), 1)
         write_json_atomic(args.out / "run_info.json", info)
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)

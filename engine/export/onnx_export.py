@@ -347,3 +347,30 @@ def calibration_sources(
             f"{recorded} are not there: give one with --calibration DIR"
         )
     return [ChipSource(root, tuple(tasks)) for root, tasks in found.items()]
+
+
+AGREEMENT_TARGET: float = 0.97
+"""INT8 class maps must agree with fp32 on at least this share of validation pixels to replace fp32 (issue 13)."""
+
+
+def export_int8_or_fp32(
+    ckpt_path: str | os.PathLike[str],
+    out_path: str | os.PathLike[str],
+    *,
+    min_agreement: float = AGREEMENT_TARGET,
+    **options: Any,
+) -> dict[str, Any]:
+    """INT8 export of a checkpoint when its class maps agree with fp32 on >= ``min_agreement`` of the validation
+    chips' pixels (as recorded in its metadata), else the fp32 export in its place. Returns the metadata of the
+    file written (``meta["precision"]`` says which); when fp32 was written, the returned dict (not the file) also
+    holds the rejected INT8 attempt's accuracy under ``meta["int8_rejected"]``. ``options`` as export_checkpoint."""
+    meta = export_checkpoint(ckpt_path, out_path, precision="int8", **options)
+    accuracy = meta["quantization"].get("accuracy") or {}
+    agreement = accuracy.get("pixel_agreement")
+    if agreement is not None and agreement >= min_agreement:
+        return meta
+    options.pop("calibration", None)
+    options.pop("quantization", None)
+    fp32 = export_checkpoint(ckpt_path, out_path, precision="fp32", **options)
+    fp32["int8_rejected"] = {"min_agreement": min_agreement, "accuracy": accuracy}
+    return fp32

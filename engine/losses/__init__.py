@@ -11,7 +11,7 @@ from engine.losses.distill import (
     soft_segmentation_kd,
 )
 from engine.losses.focal import detection_cls_loss, focal_elementwise
-from engine.losses.segmentation import segmentation_ce_loss
+from engine.losses.segmentation import segmentation_ce_loss, soft_dice_loss
 
 __all__ = [
     "KDSettings",
@@ -29,5 +29,6 @@ __all__ = [
     "quality_focal_elementwise",
     "segmentation_ce_loss",
     "soft_detection_kd",
+    "soft_dice_loss",
     "soft_segmentation_kd",
 ]

@@ -89,6 +89,7 @@ class Blender:
         self.grid = grid
         t, o = grid.tile, grid.overlap
         self.window = ramp(t, o)
+        self.window2d = self.window[:, None] * self.window[None, :]  # one multiply per tile instead of two
         weights_x = np.zeros(grid.padded_width, np.float32)
         for x in grid.xs:
             weights_x[x : x + t] += self.window
@@ -112,9 +113,7 @@ class Blender:
         if values is None:
             acc = np.zeros((self.channels, t, t), np.float32)
         else:
-            acc = values.astype(np.float32, copy=True)
-            acc *= self.window[None, :, None]
-            acc *= self.window[None, None, :]
+            acc = np.multiply(values, self.window2d[None], dtype=np.float32)
         if o:
             if j > 0:
                 acc[:, :, :o] += self.right
@@ -133,6 +132,5 @@ class Blender:
         if rows <= 0 or cols <= 0:
             return None
         data = acc[:, :rows, :cols]
-        data /= self.norm_y[y : y + rows, None]
-        data /= self.norm_x[None, x : x + cols]
+        data *= 1.0 / (self.norm_y[y : y + rows, None] * self.norm_x[None, x : x + cols])
         return FinalBlock(x, y, data, rows, cols)

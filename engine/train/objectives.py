@@ -115,7 +115,10 @@ def detection_supervised(
 
 
 def segmentation_supervised(out: dict[str, Any], mask: torch.Tensor, loss: LossSettings) -> dict[str, torch.Tensor]:
-    return {"seg_ce": loss.seg_weight * L.segmentation_ce_loss(out["seg_logits"].float(), mask)}
+    terms = {"seg_ce": loss.seg_weight * L.segmentation_ce_loss(out["seg_logits"].float(), mask)}
+    if loss.seg_dice_weight > 0:
+        terms["seg_dice"] = loss.seg_dice_weight * L.soft_dice_loss(out["seg_logits"].float(), mask)
+    return terms
 
 
 def distill_segmentation(out: dict[str, Any], t_out: dict[str, Any], kd: KDSettings) -> dict[str, torch.Tensor]:

@@ -52,6 +52,7 @@ class InstallDependencies(PmtlAlgorithm):
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
+        """Outside the engine's scope on purpose: it must work when the engine cannot be imported yet."""
         profile = PROFILE_NAMES[self.parameterAsEnum(parameters, self.PROFILE, context)]
         folder = installer.managed_dir()
         if folder is None:
