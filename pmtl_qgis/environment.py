@@ -11,6 +11,9 @@ environment's ``site-packages`` to ``sys.path`` only while one of its algorithms
 4. a ``.venv`` next to the engine (a pmtl checkout after ``make setup``);
 5. QGIS's own Python (everything installed there).
 
+Whichever wins, the folder filled by the *Install Python dependencies* algorithm (``installer.managed_dir``: in the
+QGIS profile) is searched too, last: QGIS's own packages and the environment above take precedence.
+
 The engine itself comes from ``vendor/`` in the plugin folder (the packaged zip) or from the checkout that
 contains the plugin folder.
 """
@@ -127,7 +130,16 @@ def _qgis_python() -> str:
 
 
 def find_python_env() -> PythonEnv:
-    """Decide which Python environment holds torch & co (see the module docstring for the order)."""
+    """Decide which Python environment holds torch & co (see the module docstring for the order); the installer's
+    managed folder comes last in its ``site_packages``."""
+    from .installer import managed_paths
+
+    env = _find_python_env()
+    env.site_packages += [p for p in managed_paths() if p not in env.site_packages]
+    return env
+
+
+def _find_python_env() -> PythonEnv:
     root = engine_root()
     choices = [
         (os.environ.get(ENV_VAR, "").strip(), f"the {ENV_VAR} environment variable"),
@@ -210,6 +222,11 @@ def install_message(missing: list[str]) -> str:
     system = [SYSTEM_PACKAGES[m] for m in missing if m in SYSTEM_PACKAGES]
     pip = [PIP_NAMES.get(m, m) for m in missing if m not in SYSTEM_PACKAGES]
     lines = [f"pmtl needs Python modules that cannot be imported: {', '.join(missing)}."]
+    if not system:
+        lines.append(
+            "Easiest: run Processing › pmtl › Setup › 'Install Python dependencies' (or Plugins › pmtl › Install "
+            "Python dependencies…), profile 'inference' to run models, 'training' to train them. Or by hand:"
+        )
     if env.problem:
         lines.append(f"Python environment from {env.source}: {env.problem}.")
     if system:

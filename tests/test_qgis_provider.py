@@ -30,7 +30,16 @@ from pmtl_qgis.styling import apply_class_palette, apply_detection_style
 
 pytestmark = pytest.mark.qgis
 
-STABLE_IDS = {"generate_synthetic", "chip_tiles", "train", "export_onnx", "detect_segment", "evaluate", "render_map"}
+STABLE_IDS = {
+    "generate_synthetic",
+    "chip_tiles",
+    "train",
+    "export_onnx",
+    "detect_segment",
+    "evaluate",
+    "render_map",
+    "install_dependencies",
+}
 
 
 def test_provider_registers_the_algorithms_with_help_and_typed_parameters(qgis_processing):
