@@ -53,6 +53,7 @@ def make_chips(root: Path) -> Path:
 
 def train_student(chips: Path, out: Path, iters: int) -> Path:
     """The partial-MTL student trained ``iters`` steps (detection and segmentation on the same chips)."""
+    from engine.core.progress import TqdmProgress
     from engine.train.config import load_config
     from engine.train.loop import train
 
@@ -70,7 +71,11 @@ def train_student(chips: Path, out: Path, iters: int) -> Path:
         "ema.tau=20.0",
         f"runtime.out={out}",
     ]
-    return train(load_config("models/train/student_mtl.yaml", overrides)).best_checkpoint
+    bar = TqdmProgress("bench student")
+    try:
+        return train(load_config("models/train/student_mtl.yaml", overrides), progress=bar).best_checkpoint
+    finally:
+        bar.close()
 
 
 def make_ortho(root: Path, size: int) -> Path:
