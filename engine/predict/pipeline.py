@@ -208,7 +208,9 @@ def predict_raster(
     info = model.info
     _check_request(model, out_raster, out_vector, out_probs, out_polygons)
     notes = list(info.notes)
-    for note in info.notes:
+    if info.raw.get("precision") == "fp16" and model.provider == "CPUExecutionProvider":
+        notes.append("fp16 model on the CPU provider (no CUDA in onnxruntime): slower than its fp32 or int8 export")
+    for note in notes:
         log.warning(note)
     src = open_source(input_path, info, bands, value_max, gsd_tolerance, notes)
     if aoi is not None:
