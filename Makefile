@@ -13,6 +13,7 @@ setup:
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) scripts/check_python_version.py
 
 format: setup
 	$(PY) -m ruff format .

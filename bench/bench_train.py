@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from engine.core.settings import configure_losses
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
 from engine.train import objectives as O
@@ -52,16 +53,15 @@ def synthetic_rate(
     mask = torch.randint(0, 6, (batch, size, size), device=device)
     anchors = student.anchors_for((size, size), device=device)
 
+    settings = configure_losses(cfg)
+    variances = tuple(student.cfg.box_variances)
+    batches = {"det": {"boxes": boxes, "labels": labels}, "seg": {"mask": mask}}
+
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(images, adapt="seg")
-        loss = sum(O.detection_supervised(out, boxes, labels, anchors, cfg["loss"]).values())
-        loss = loss + sum(O.distill_segmentation(out, tnets["seg"], images, cfg["kd"]).values())
-        loss.backward()
-        out = model(images, adapt="det")
-        loss = sum(O.segmentation_supervised(out, mask, cfg["loss"]).values())
-        loss = loss + sum(O.distill_detection(out, tnets["det"], images, cfg["kd"], cfg["loss"]).values())
-        loss.backward()
+        for stream, batch in batches.items():  # the training loop's objective, one backward per stream
+            terms = O.batch_objective(model, stream, images, batch, tnets, settings, lambda _: anchors, variances)
+            sum(terms.values()).backward()
         if cfg["optim"]["grad_clip"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["optim"]["grad_clip"])
         optimizer.step()

@@ -7,7 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-BENCHES = ("bench.bench_synth", "bench.bench_chip", "bench.bench_train", "bench.bench_predict", "bench.bench_quant")
+BENCHES = (
+    "bench.bench_synth",
+    "bench.bench_chip",
+    "bench.bench_labels",
+    "bench.bench_train",
+    "bench.bench_predict",
+    "bench.bench_demo_quality",
+    "bench.bench_quant",
+)
 
 
 def main() -> int:

@@ -1,17 +1,22 @@
 """Run an engine CLI (``python -m engine.train ...``) as a child process, streaming its output into Processing.
 
-Training runs outside QGIS's process: a crash or an out-of-memory kill of PyTorch cannot take QGIS down, QGIS
-stays responsive, and cancel is a signal. The child prints JSON event lines (``{"event": ..., "progress": 0.4,
-"message": ...}``) that move the progress bar; every other line goes to the log as console output. On cancel the
-child gets SIGINT (it finishes the step and keeps its last checkpoint), then SIGTERM, then SIGKILL.
+Training, evaluation and export run outside QGIS's process: a crash or an out-of-memory kill of PyTorch cannot
+take QGIS down, QGIS stays responsive, and torch is never imported into QGIS. The child prints JSON event lines
+(``{"event": ..., "progress": 0.4, "message": ...}``) that move the progress bar; every other line goes to the log
+as console output.
+
+Cancel works the same on every OS (see engine/core/control.py): the child is started with ``--control-stdin`` and
+the plugin writes ``cancel`` on its stdin; the child stops at its next safe point (training: after the current
+step, checkpoints intact). A child still running after ``cancel_grace_s`` is terminated, then killed. On Windows
+the child gets no console window (CREATE_NO_WINDOW).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
-import signal
 import subprocess
 import threading
 import time
@@ -23,6 +28,12 @@ from typing import Any
 
 from qgis.core import QgsProcessingFeedback
 
+CANCEL_LINE = "cancel\n"
+"""What the child's ``--control-stdin`` watch reads as a cancel request (engine.core.control.CANCEL_LINE)."""
+
+CREATE_NO_WINDOW = 0x08000000
+"""Windows process creation flag (subprocess.CREATE_NO_WINDOW exists only on Windows builds of Python)."""
+
 
 @dataclass
 class ProcessResult:
@@ -32,6 +43,25 @@ class ProcessResult:
     canceled: bool
     events: list[dict[str, Any]] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
+
+    def last_event(self, name: str) -> dict[str, Any] | None:
+        """The last event called ``name`` (e.g. done, error, metrics), or None."""
+        found = [event for event in self.events if event.get("event") == name]
+        return found[-1] if found else None
+
+
+def engine_command(python: str | Path, module: str, arguments: Sequence[str]) -> list[str]:
+    """``python -u -m MODULE --json-progress --control-stdin ARGUMENTS``: an engine CLI as the plugin runs it.
+
+    Arguments are a list, never a shell string: Windows paths keep their backslashes."""
+    return [str(python), "-u", "-m", module, "--json-progress", "--control-stdin", *map(str, arguments)]
+
+
+def popen_options(os_name: str = os.name) -> dict[str, Any]:
+    """Platform-specific ``subprocess.Popen`` options: no console window on Windows (QGIS is a GUI program)."""
+    if os_name == "nt":
+        return {"creationflags": CREATE_NO_WINDOW}
+    return {}
 
 
 def parse_event(line: str) -> dict[str, Any] | None:
@@ -59,7 +89,7 @@ def describe_event(event: dict[str, Any]) -> str:
     return f"{event.get('event')}: " + " ".join(parts)
 
 
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
+def _pump(stream: Any, lines: queue.Queue) -> None:
     try:
         for line in iter(stream.readline, ""):
             lines.put(line.rstrip("\r\n"))
@@ -67,11 +97,32 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
         lines.put(None)
 
 
-def _interrupt(process: subprocess.Popen[str]) -> None:
-    if os.name == "nt":
-        process.send_signal(signal.CTRL_BREAK_EVENT)  # type: ignore[attr-defined]
-    else:
-        process.send_signal(signal.SIGINT)
+def request_cancel(process: subprocess.Popen) -> None:
+    """Ask the child to stop through its stdin (a child that already exited has closed the pipe: nothing to do)."""
+    with contextlib.suppress(OSError, ValueError):
+        process.stdin.write(CANCEL_LINE)
+        process.stdin.flush()
+
+
+class _Stopper:
+    """The cancel sequence: a request on stdin, then terminate after a grace period, then kill."""
+
+    def __init__(self, process: subprocess.Popen, cancel_grace_s: float, terminate_grace_s: float) -> None:
+        self.process = process
+        self.grace = (cancel_grace_s, terminate_grace_s)
+        self.stage, self.since = 0, 0.0
+
+    def step(self) -> None:
+        now = time.monotonic()
+        if self.stage == 0:
+            request_cancel(self.process)
+            self.stage, self.since = 1, now
+        elif self.stage == 1 and now - self.since > self.grace[0]:
+            self.process.terminate()
+            self.stage, self.since = 2, now
+        elif self.stage == 2 and now - self.since > self.grace[1]:
+            self.process.kill()
+            self.stage = 3
 
 
 def run_streaming(
@@ -79,31 +130,31 @@ def run_streaming(
     feedback: QgsProcessingFeedback | None,
     env: dict[str, str] | None = None,
     cwd: str | Path | None = None,
-    interrupt_grace_s: float = 60.0,
+    cancel_grace_s: float = 60.0,
     terminate_grace_s: float = 15.0,
     tail_lines: int = 40,
 ) -> ProcessResult:
     """Run ``command``, forward its output to ``feedback`` and stop it cleanly when the user cancels."""
-    flags = subprocess.CREATE_NEW_PROCESS_GROUP if os.name == "nt" else 0  # type: ignore[attr-defined]
     process = subprocess.Popen(
         list(command),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
         text=True,
         encoding="utf-8",
         errors="replace",
         bufsize=1,
         env=env,
         cwd=None if cwd is None else str(cwd),
-        creationflags=flags,
+        **popen_options(),
     )
-    lines: queue.Queue[str | None] = queue.Queue()
+    lines: queue.Queue = queue.Queue()
     reader = threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True)
     reader.start()
     result = ProcessResult(returncode=0, canceled=False)
-    tail: deque[str] = deque(maxlen=tail_lines)
-    stop_stage, stop_time, stream_open = 0, 0.0, True
+    tail: deque = deque(maxlen=tail_lines)
+    stopper = _Stopper(process, cancel_grace_s, terminate_grace_s)
+    stream_open = True
     while stream_open or process.poll() is None:
         try:
             line = lines.get(timeout=0.1)
@@ -115,25 +166,17 @@ def run_streaming(
             tail.append(line)
             _forward(line, feedback, result)
         if feedback is not None and feedback.isCanceled() and process.poll() is None:
-            now = time.monotonic()
-            if stop_stage == 0:
+            if not result.canceled:
                 result.canceled = True
-                if feedback is not None:
-                    feedback.pushInfo("Cancel requested: asking the engine to stop after the current step…")
-                _interrupt(process)
-                stop_stage, stop_time = 1, now
-            elif stop_stage == 1 and now - stop_time > interrupt_grace_s:
-                process.terminate()
-                stop_stage, stop_time = 2, now
-            elif stop_stage == 2 and now - stop_time > terminate_grace_s:
-                process.kill()
-                stop_stage = 3
+                feedback.pushInfo("Cancel requested: asking the engine to stop at its next safe point…")
+            stopper.step()
         if not stream_open and process.poll() is None:
             time.sleep(0.05)
     reader.join(timeout=5)
     result.returncode = process.wait()
-    if process.stdout is not None:
-        process.stdout.close()
+    for stream in (process.stdout, process.stdin):
+        with contextlib.suppress(OSError):  # the child is gone: its end of stdin is closed
+            stream.close()
     result.tail = list(tail)
     return result
 
@@ -148,6 +191,9 @@ def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessR
     if feedback is None:
         return
     progress = event.get("progress")
-    if isinstance(progress, int | float):
+    if isinstance(progress, (int, float)):
         feedback.setProgress(100.0 * max(0.0, min(1.0, float(progress))))
-    feedback.pushInfo(describe_event(event))
+    if event.get("event") == "error":
+        feedback.reportError(describe_event(event))
+    elif event.get("event") != "progress" or event.get("message"):
+        feedback.pushInfo(describe_event(event))  # a bare per-step progress event only moves the bar

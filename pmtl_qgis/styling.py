@@ -1,8 +1,13 @@
-"""Styles applied to outputs when QGIS loads them: ISPRS palette for class maps, labelled boxes for detections."""
+"""Styles applied to outputs when QGIS loads them: the model's class colours for class maps and detection boxes.
+
+Colours come from the model (``ModelInfo.seg_colors`` / ``det_colors``); a class the model does not know (an older
+layer, a field edited by hand) gets a deterministic fallback colour from ``engine.export.metadata.class_colors``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 from qgis.core import (
     QgsCategorizedSymbolRenderer,
@@ -15,40 +20,86 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsRasterLayer,
     QgsRendererCategory,
+    QgsSimpleFillSymbolLayer,
     QgsTextBufferSettings,
     QgsTextFormat,
     QgsVectorLayer,
     QgsVectorLayerSimpleLabeling,
 )
+from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor
 
 from .environment import import_engine
 
-BOX_COLOURS: dict[str, tuple[int, int, int]] = {
-    "building": (230, 0, 230),
-    "tree": (0, 110, 0),
-    "car": (255, 140, 0),
-}
-"""Box outline colours, chosen to stand out on top of an ISPRS-coloured class map (whose colours they avoid)."""
-
 SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
 """Label expression of a detection: class name and score with two decimals."""
 
-
-Classes = tuple[Sequence[str], Sequence[tuple[int, int, int]]]
+RGB = tuple[int, int, int]
+Classes = tuple[Sequence[str], Sequence[RGB]]
 """Class names and their RGB colours, in class-id order."""
 
 
-def _classes(classes: Classes | None = None) -> Classes:
-    if classes is not None and len(classes[0]) and len(classes[0]) == len(classes[1]):
-        return classes
-    isprs = import_engine("engine.core.classes")
-    return isprs.SEG_CLASSES, isprs.PALETTE
+def fallback_colors(names: Sequence[str]) -> tuple[RGB, ...]:
+    """The engine's colours for classes without colours from a model (ISPRS names keep their ISPRS colours)."""
+    return import_engine("engine.export.metadata").class_colors(list(names))
+
+
+def complete_classes(classes: Classes | None, found: Sequence[str] = ()) -> Classes:
+    """The model's classes plus a fallback colour for every name in ``found`` the model does not list."""
+    names, colours = (list(classes[0]), list(classes[1])) if classes is not None else ([], [])
+    if len(colours) != len(names):
+        colours = list(fallback_colors(names))
+    extra = [str(name) for name in found if str(name) not in names]
+    if extra:
+        spare = [c for c in fallback_colors(names + extra) if c not in colours]
+        names += extra
+        colours += spare[: len(extra)]
+    return names, colours
+
+
+def raster_classes(layer: QgsRasterLayer) -> Classes:
+    """Classes of a class map written by pmtl: names from its ``CLASS_NAMES`` band metadata, colours from its
+    colour table (entries without a name are dropped; nodata is transparent)."""
+    table = {int(item.value): item for item in layer.dataProvider().colorTable(1)}
+    names = _class_names_of(layer.source().split("|")[0])
+    if not names and table:
+        names = [item.label or str(value) for value, item in sorted(table.items()) if item.color.alpha() > 0]
+    if not names:  # no metadata at all: one class per value found in the raster
+        values = [int(c.value) for c in QgsPalettedRasterRenderer.classDataFromRaster(layer.dataProvider(), 1)]
+        names = [str(value) for value in range(max(values) + 1)] if values else []
+    colours = [
+        table[index].color.getRgb()[:3] if index in table and table[index].color.alpha() > 0 else None
+        for index in range(len(names))
+    ]
+    if any(colour is None for colour in colours):
+        colours = list(fallback_colors(names))
+    return names, colours
+
+
+def _class_names_of(path: str) -> list[str]:
+    """``CLASS_NAMES`` (a JSON list) of band 1, read quietly: [] when absent or unreadable."""
+    import json
+
+    from osgeo import gdal
+
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # scoped: GDAL's error mode stays as QGIS set it
+    try:
+        dataset = gdal.OpenEx(path, gdal.OF_RASTER | gdal.OF_READONLY)
+        text = dataset.GetRasterBand(1).GetMetadataItem("CLASS_NAMES") if dataset is not None else None
+    except RuntimeError:  # another plugin turned GDAL exceptions on
+        text = None
+    finally:
+        gdal.PopErrorHandler()
+    try:
+        names = json.loads(text) if text else []
+    except ValueError:
+        return []
+    return [str(name) for name in names] if isinstance(names, list) else []
 
 
 def apply_class_palette(layer: QgsRasterLayer, classes: Classes | None = None) -> None:
-    """Paletted renderer on band 1: one entry per class (default: ISPRS names and label-tile colours)."""
-    names, palette = _classes(classes)
+    """Paletted renderer on band 1, one entry per class: ``classes`` of the model, else the raster's own."""
+    names, palette = complete_classes(classes if classes is not None else raster_classes(layer))
     entries = [
         QgsPalettedRasterRenderer.Class(index, QColor(*rgb), name)
         for index, (name, rgb) in enumerate(zip(names, palette))
@@ -57,23 +108,34 @@ def apply_class_palette(layer: QgsRasterLayer, classes: Classes | None = None) -
     layer.triggerRepaint()
 
 
-def _categorized(
-    field: str, colours: dict[object, tuple[int, int, int]], outline_only: bool
-) -> QgsCategorizedSymbolRenderer:
-    categories = []
-    for value, rgb in colours.items():
-        colour = "{},{},{},255".format(*rgb)
-        if outline_only:
-            props = {"color": "0,0,0,0", "style": "no", "outline_color": colour, "outline_width": "0.6"}
-        else:
-            props = {"color": colour, "outline_style": "no"}
-        categories.append(QgsRendererCategory(value, QgsFillSymbol.createSimple(props), str(value)))
+def _box_symbol(rgb: RGB) -> QgsFillSymbol:
+    """A class-coloured outline over a white halo, visible on a class map drawn in the same colours."""
+    symbol = QgsFillSymbol.createSimple({"color": "0,0,0,0", "style": "no", "outline_color": "255,255,255,200"})
+    symbol.symbolLayer(0).setStrokeWidth(1.2)
+    outline = QgsSimpleFillSymbolLayer.create({"style": "no", "outline_color": "{},{},{},255".format(*rgb)})
+    outline.setStrokeWidth(0.6)
+    symbol.appendSymbolLayer(outline)
+    return symbol
+
+
+def _fill_symbol(rgb: RGB) -> QgsFillSymbol:
+    return QgsFillSymbol.createSimple({"color": "{},{},{},255".format(*rgb), "outline_style": "no"})
+
+
+def _categorized(field: str, values: Sequence[object], colours: Sequence[RGB], symbol) -> QgsCategorizedSymbolRenderer:
+    categories = [QgsRendererCategory(value, symbol(rgb), str(value)) for value, rgb in zip(values, colours)]
     return QgsCategorizedSymbolRenderer(field, categories)
 
 
-def apply_detection_style(layer: QgsVectorLayer) -> None:
-    """Boxes outlined by class and labelled ``class score`` (the score with two decimals)."""
-    layer.setRenderer(_categorized("class", dict(BOX_COLOURS), outline_only=True))
+def _field_values(layer: QgsVectorLayer, field: str) -> list[str]:
+    index = layer.fields().indexOf(field)
+    return sorted(str(v) for v in layer.uniqueValues(index) if v is not None) if index >= 0 else []
+
+
+def apply_detection_style(layer: QgsVectorLayer, classes: Classes | None = None) -> None:
+    """Boxes outlined in their class colour and labelled ``class score`` (the score with two decimals)."""
+    names, colours = complete_classes(classes, _field_values(layer, "class"))
+    layer.setRenderer(_categorized("class", names, colours, _box_symbol))
     settings = QgsPalLayerSettings()
     settings.fieldName = SCORE_LABEL
     settings.isExpression = True
@@ -91,19 +153,20 @@ def apply_detection_style(layer: QgsVectorLayer) -> None:
 
 def apply_class_polygon_style(layer: QgsVectorLayer, classes: Classes | None = None) -> None:
     """Polygonised class map filled with the class colours, categorised on ``class`` (else ``class_id``)."""
-    names, palette = _classes(classes)
     fields = layer.fields().names()
     if "class" in fields:
-        layer.setRenderer(_categorized("class", dict(zip(names, palette)), outline_only=False))
+        names, colours = complete_classes(classes, _field_values(layer, "class"))
+        layer.setRenderer(_categorized("class", names, colours, _fill_symbol))
     elif "class_id" in fields:
-        layer.setRenderer(_categorized("class_id", dict(enumerate(palette)), outline_only=False))
+        names, colours = complete_classes(classes)
+        layer.setRenderer(_categorized("class_id", list(range(len(names))), colours, _fill_symbol))
     layer.triggerRepaint()
 
 
 class _Styler(QgsProcessingLayerPostProcessorInterface):
-    """Applies one style function to a layer Processing loads on completion."""
+    """Applies one style function to a layer Processing loads on completion (one instance per output per run)."""
 
-    def __init__(self, style, layer_type: type) -> None:
+    def __init__(self, style: Callable[[QgsMapLayer], None], layer_type: type) -> None:
         super().__init__()
         self._style = style
         self._layer_type = layer_type
@@ -113,27 +176,30 @@ class _Styler(QgsProcessingLayerPostProcessorInterface):
     ) -> None:
         if isinstance(layer, self._layer_type) and layer.isValid():
             self._style(layer)
+        _PENDING.discard(self)  # used: the context that owns the C++ side deletes it with the run
 
 
-# Processing keeps only a pointer to the post-processor: the Python objects must outlive the algorithm. One per
-# (kind, classes), so the cache stays as small as the set of models used.
-_STYLERS: dict[tuple[str, tuple | None], _Styler] = {}
+_PENDING: set[_Styler] = set()
+"""Post-processors handed to a context and not used yet. The context owns (and deletes) the C++ object but holds
+no reference to the Python one, which would be garbage collected before QGIS calls it: keep it here until used, or
+until its context has deleted it (a run whose layers were never loaded)."""
 
 
-def _styler(kind: str, classes: Classes | None) -> _Styler:
-    key = (kind, None if classes is None else (tuple(classes[0]), tuple(map(tuple, classes[1]))))
-    if key not in _STYLERS:
-        if kind == "detections":
-            _STYLERS[key] = _Styler(apply_detection_style, QgsVectorLayer)
-        elif kind == "class_raster":
-            _STYLERS[key] = _Styler(lambda layer: apply_class_palette(layer, classes), QgsRasterLayer)
-        else:
-            _STYLERS[key] = _Styler(lambda layer: apply_class_polygon_style(layer, classes), QgsVectorLayer)
-    return _STYLERS[key]
+def _new_styler(kind: str, classes: Classes | None) -> _Styler:
+    for styler in [s for s in _PENDING if sip.isdeleted(s)]:
+        _PENDING.discard(styler)
+    style, layer_type = {
+        "detections": (apply_detection_style, QgsVectorLayer),
+        "class_raster": (apply_class_palette, QgsRasterLayer),
+        "class_polygons": (apply_class_polygon_style, QgsVectorLayer),
+    }[kind]
+    styler = _Styler(functools.partial(style, classes=classes), layer_type)
+    _PENDING.add(styler)
+    return styler
 
 
 def style_on_load(context: QgsProcessingContext, layer_id: str, kind: str, classes: Classes | None = None) -> None:
     """Style output ``layer_id`` (a path or layer id) when QGIS loads it: ``kind`` is class_raster, detections or
-    class_polygons; ``classes`` (names, colours) of the model, default ISPRS."""
+    class_polygons; ``classes`` (names, colours) of the model's detection head (detections) or segmentation head."""
     if layer_id and context.willLoadLayerOnCompletion(layer_id):
-        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_styler(kind, classes))
+        context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_new_styler(kind, classes))

@@ -272,3 +272,66 @@ def build_pipeline_model() -> Any:
         model.addChildAlgorithm(step)
     model.updateDestinationParameters()
     return model
+
+
+def tiny_onnx_model(
+    path: Path,
+    seg_classes: tuple[str, ...] = ("impervious", "building", "low_vegetation", "tree", "car", "clutter"),
+    det_classes: tuple[str, ...] = ("building", "tree", "car"),
+    props: dict[str, Any] | None = None,
+    tile: int = 32,
+) -> Path:
+    """A small untrained network with both heads exported through the real exporter (a second or so).
+
+    ``props``: extra metadata keys (JSON values) written into the ONNX file after export, e.g. ``seg.colors``.
+    """
+    import json
+
+    import onnx
+    import torch
+    from torch import nn
+
+    from engine.export.metadata import class_colors
+    from engine.export.onnx_export import export_onnx
+
+    class TinyNet(nn.Module):
+        """Per-pixel seg logits from a 1×1 conv; one anchor every 8 px with per-class scores from a pooled conv."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.seg = nn.Conv2d(3, len(seg_classes), 1)
+            self.det = nn.Conv2d(3, len(det_classes), 1)
+
+        def anchors_for(self, image_hw: tuple[int, int], device: str | None = None) -> torch.Tensor:
+            h, w = image_hw
+            ys, xs = torch.meshgrid(torch.arange(h // 8) * 8.0, torch.arange(w // 8) * 8.0, indexing="ij")
+            return torch.stack([xs, ys, xs + 8, ys + 8], dim=-1).reshape(-1, 4)
+
+        def forward(self, images: torch.Tensor) -> dict[str, Any]:
+            cls = nn.functional.avg_pool2d(self.det(images), 8).flatten(2).transpose(1, 2)
+            return {
+                "features": [],
+                "cls_logits": cls,
+                "box_deltas": torch.zeros(*cls.shape[:2], 4),
+                "seg_logits": self.seg(images),
+            }
+
+    describe = {
+        "bands": ["red", "green", "blue"],
+        "value_scaling": {"dtype": "uint8", "max": 255.0},
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.25, 0.25, 0.25],
+        "gsd": 0.09,
+        "seg_classes": list(seg_classes),
+        "palette": [list(c) for c in class_colors(seg_classes)],
+        "det_classes": list(det_classes),
+    }
+    export_onnx(TinyNet(), path, describe, tile, overlap=4, score_thresh=0.5)
+    if props:
+        proto = onnx.load(str(path))
+        for key, value in props.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+        onnx.save(proto, str(path))
+    return path

@@ -10,17 +10,19 @@ import pytest
 from engine.core.errors import ConfigError, InputError
 from engine.experiments.__main__ import load_preset, main
 from engine.experiments.data import holdout_splits
-from engine.experiments.plan import RUNS, run_overrides
+from engine.experiments.plan import RUNS, run_overrides, selected_runs
 from engine.experiments.tables import build_table, table_markdown
 from engine.train.config import load_config
 
 
-@pytest.mark.parametrize("preset", ["demo", "paper"])
+@pytest.mark.parametrize("preset", ["demo", "cpu", "paper"])
 def test_every_run_of_every_preset_gives_a_valid_training_config(preset):
     spec = load_preset(preset)
     teachers = {"det": "t_det.pt", "seg": "t_seg.pt"}
-    for run in RUNS:
+    models = spec.get("models") or {}
+    for run in selected_runs(spec):
         cfg = load_config(None, run_overrides(run, spec, "chips/p: x", "chips/v #1", "runs/x", 3, teachers))
+        assert cfg["model"] == models.get(run.name if run.teacher else "student", run.model)
         assert cfg["tasks"] == list(run.tasks)
         assert cfg["kd"]["soft"] == run.soft and cfg["kd"]["feature"] == run.feature
         assert cfg["runtime"]["seed"] == 3
@@ -31,8 +33,17 @@ def test_every_run_of_every_preset_gives_a_valid_training_config(preset):
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ConfigError, match=r"no preset file .*known presets: demo, paper"):
+    with pytest.raises(ConfigError, match=r"no preset file .*known presets: cpu, demo, paper"):
         load_preset("nope")
+
+
+def test_selected_runs_add_the_teachers_distillation_needs():
+    assert [r.name for r in selected_runs({"runs": ["single_det", "mtl"]})] == ["single_det", "mtl"]
+    names = [r.name for r in selected_runs({"runs": ["mtl_soft_pdf"]})]
+    assert names == ["teacher_det", "teacher_seg", "mtl_soft_pdf"]
+    assert [r.name for r in selected_runs({})] == [r.name for r in RUNS]
+    with pytest.raises(ConfigError, match=r"unknown run\(s\) \['mtl_typo'\]"):
+        selected_runs({"runs": ["mtl_typo"]})
 
 
 def test_holdout_moves_every_fifth_train_tile_to_val_and_standard_val_to_test():
@@ -55,10 +66,20 @@ def test_table_mean_and_sample_std_over_seeds():
     table = {row["label"]: row for row in build_table(results)}
     mean, std = table["Partial MTL"]["det_map"]
     assert mean == pytest.approx(0.3) and std == pytest.approx(0.1414213, rel=1e-5)  # sqrt(((.1)²+(.1)²)/1)
-    assert table["+ soft"]["det_map"] is None
+    assert "+ soft" not in table  # rows without runs are left out
     text = table_markdown("p2v", list(table.values()), 2)
     assert "| Partial MTL | 30.0 ± 14.1 | 50.0 ± 14.1 | 60.0 ± 14.1 | 85.0 ± 7.1 |" in text
-    assert "| + soft | – | – | – | – |" in text
+
+
+def test_rows_from_one_run_show_no_spread():
+    results = {
+        "teacher_det": {0: {"det_map": 0.5, "det_ap50": 0.7}},
+        "teacher_seg": {0: {"seg_miou": 0.6, "seg_oa": 0.9}},
+        "mtl": {s: {"det_map": 0.2, "det_ap50": 0.4, "seg_miou": 0.5, "seg_oa": 0.8} for s in range(3)},
+    }
+    text = table_markdown("p2v", build_table(results), 3)
+    assert "| Teacher (R50-PAFPN) (1 run) | 50.0 | 70.0 | 60.0 | 90.0 |" in text
+    assert "| Partial MTL | 20.0 ± 0.0 |" in text
 
 
 def test_tiny_preset_end_to_end(tmp_path):
@@ -68,7 +89,7 @@ def test_tiny_preset_end_to_end(tmp_path):
             {
                 "name": "tiny",
                 "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
-                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB"},
+                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB", "gsd": 0.1},
                 "train": {
                     "data.batch_size": 2,
                     "data.num_workers": 0,
@@ -82,7 +103,18 @@ def test_tiny_preset_end_to_end(tmp_path):
         )
     )
     out = tmp_path / "exp"
-    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out)]) == 0
+    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out), "--seeds", "2"]) == 0
+    # teachers once per direction, shared by the seeds' students
+    assert sorted(p.name for p in (out / "v2p").iterdir()) == ["seed0", "seed1", "teachers"]
+    assert not (out / "v2p" / "seed1" / "teacher_det").exists()
+    kd = json.loads((out / "v2p" / "seed1" / "mtl_soft_pdf" / "config.json").read_text())["kd"]
+    assert kd["det_teacher"] == str(out / "v2p" / "teachers" / "teacher_det" / "best.pt")
+    # chips at the working GSD: resampled tiles (labels by nearest neighbour: palette colours only)
+    manifest = json.loads((out / "data" / "chips" / "potsdam" / "manifest.json").read_text())
+    assert manifest["gsd"] == pytest.approx(0.1)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["command"].startswith("python -m engine.experiments --preset") and info["machine"]["cores"] >= 1
+    assert info["runs_finished"] == 2 + 2 * 8 and info["train_and_test_seconds"] > 0
     tables = json.loads((out / "tables.json").read_text())
     rows = tables["tables"]["v2p"]
     assert [r["label"] for r in rows][:3] == ["Teacher (R50-PAFPN)", "Single task", "Partial MTL"]
@@ -92,8 +124,13 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert (out / "tables.md").read_text().startswith("### Detection on vaihingen, segmentation on potsdam")
     assert (out / "tables.png").stat().st_size > 1000
     # finished runs are reused: a second call trains nothing and gives the same table
-    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out)]) == 0
+    assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out), "--seeds", "2"]) == 0
     assert json.loads((out / "tables.json").read_text()) == tables
+    # --report-only: tables from what finished (here: a third seed that never ran is simply absent)
+    args = ["--preset", str(preset), "--direction", "v2p", "--out", str(out)]
+    assert main([*args, "--seeds", "3", "--report-only"]) == 0
+    assert json.loads((out / "tables.json").read_text())["tables"] == tables["tables"]
+    assert not (out / "v2p" / "seed2").exists()
 
 
 def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from engine.core.errors import ConfigError, InputError
+from engine.core.settings import KDSettings, LossSettings, configure_losses
 from engine.losses import (
-    DistillWeights,
     balanced_l1,
     detection_box_loss,
     detection_cls_loss,
@@ -17,8 +17,10 @@ from engine.losses import (
     focal_elementwise,
     pdf_distil,
     pdf_location_weights,
+    quality_focal_elementwise,
     segmentation_ce_loss,
     soft_detection_kd,
+    soft_dice_loss,
     soft_segmentation_kd,
 )
 
@@ -181,6 +183,27 @@ def test_segmentation_ce_all_ignored_is_zero() -> None:
         segmentation_ce_loss(logits, torch.zeros(2, 8, 8, dtype=torch.long))
 
 
+def test_soft_dice_by_hand() -> None:
+    logits = torch.tensor([[[[2.0, 0.0, 5.0]], [[0.0, 1.0, -5.0]], [[-9.0, -9.0, 9.0]]]])  # (1, 3, 1, 3)
+    mask = torch.tensor([[[0, 1, 255]]])  # class 2 absent from the labels: not averaged
+    p = torch.softmax(logits[0, :, 0, :2], dim=0)  # the two labelled pixels
+    dice0 = (2 * p[0, 0] + 1) / (p[0].sum() + 1 + 1)
+    dice1 = (2 * p[1, 1] + 1) / (p[1].sum() + 1 + 1)
+    expected = 1 - (dice0 + dice1) / 2
+    assert soft_dice_loss(logits, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_soft_dice_all_ignored_is_zero_and_perfect_is_near_zero() -> None:
+    logits = torch.randn(2, 6, 4, 4, requires_grad=True)
+    loss = soft_dice_loss(logits, torch.full((2, 4, 4), 255))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert (logits.grad == 0).all()
+    mask = torch.randint(0, 6, (2, 8, 8))
+    confident = 50.0 * torch.nn.functional.one_hot(mask, 6).permute(0, 3, 1, 2).float()
+    assert soft_dice_loss(confident, mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
 # ---------------------------------------------------------------- soft detection KD
 
 
@@ -251,7 +274,7 @@ def test_soft_segmentation_kd_hand_case_with_temperature_and_ignore() -> None:
 def test_feature_mse_hand_case_both_reductions() -> None:
     fs = [torch.tensor([[[[1.0, 2.0]]]], requires_grad=True), torch.tensor([[[[3.0]]]], requires_grad=True)]
     ft = [torch.zeros(1, 1, 1, 2, requires_grad=True), torch.ones(1, 1, 1, 1, requires_grad=True)]
-    level_mean = feature_mse(fs, ft, weight=5.0)
+    level_mean = feature_mse(fs, ft, weight=5.0, reduction="level_mean")
     assert level_mean.item() == pytest.approx(5 * ((1 + 4) / 2 + 4) / 2)
     assert feature_mse(fs, ft, weight=5.0, reduction="pooled").item() == pytest.approx(5 * (1 + 4 + 4) / 3)
     level_mean.backward()
@@ -332,12 +355,71 @@ def test_pdf_distil_identical_is_zero_and_weights_sum_to_one_over_batch() -> Non
 # ---------------------------------------------------------------- config, bf16
 
 
-def test_distill_weights_validate() -> None:
-    assert DistillWeights().feat_mse == 5.0
-    with pytest.raises(ConfigError, match="pdf_cls"):
-        DistillWeights(pdf_cls=-1.0)
-    with pytest.raises(ConfigError, match="temperature"):
-        DistillWeights(temperature=0.0)
+def test_settings_validate_and_are_the_config_defaults() -> None:
+    from engine.train.config import DEFAULTS, load_config
+
+    assert KDSettings().feature_weight == 5.0 and KDSettings().unlabelled.det_weight == 1.0
+    with pytest.raises(ConfigError, match=r"kd\.pdf_cls_weight"):
+        KDSettings(pdf_cls_weight=-1.0)
+    with pytest.raises(ConfigError, match=r"kd\.temperature"):
+        KDSettings(temperature=0.0)
+    with pytest.raises(ConfigError, match=r"kd\.soft_det_form.*quality_focal"):
+        load_config(None, ["data.det=x", "data.seg=y", "kd.soft_det_form=qfl"])
+    with pytest.raises(ConfigError, match=r"kd\.unlabelled\.seg_weight"):
+        load_config(None, ["data.det=x", "data.seg=y", "kd.unlabelled.seg_weight=-1"])
+    # one source of truth: the config defaults ARE the dataclasses' defaults, and so are the loss functions'
+    built = configure_losses(load_config(None, ["data.det=x", "data.seg=y"]))
+    assert built.kd == KDSettings() and built.loss == LossSettings()
+    assert DEFAULTS["kd"]["soft_focal_gamma"] == KDSettings().soft_focal_gamma == 1.0
+    s_cls, t_cls = torch.tensor([[[0.4]]]), torch.tensor([[[-0.7]]])
+    box = torch.zeros(1, 1, 4)
+    by_default = soft_detection_kd(s_cls, box, t_cls, box)["soft_cls"]
+    explicit = 5000.0 * focal_by_hand(0.4, sig(-0.7), 0.25, 1.0)
+    assert by_default.item() == pytest.approx(explicit, rel=1e-6)
+
+
+def _soft_cls_gradient(p: float, teacher: float, form: str, gamma: float) -> float:
+    """d soft_cls / d student logit at student probability ``p``, one element."""
+    z = torch.tensor([[[logit(p)]]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[[logit(teacher)]]], dtype=torch.float64)
+    box = torch.zeros(1, 1, 4, dtype=torch.float64)
+    loss = soft_detection_kd(z, box, t, box, cls_weight=1.0, box_weight=0.0, alpha=0.25, gamma=gamma, form=form)
+    loss["soft_cls"].backward()
+    return float(z.grad)
+
+
+def test_focal_soft_target_optimum_lies_below_the_teacher() -> None:
+    """focal against σ(t) = 0.3 with γ = 1: the gradient is zero near p = 0.19, not at 0.3 (issue 9)."""
+    grid = torch.linspace(0.01, 0.99, 9801, dtype=torch.float64)
+    z = torch.logit(grid)
+    losses = focal_elementwise(z, torch.full_like(z, 0.3), alpha=0.25, gamma=1.0)
+    optimum = float(grid[int(losses.argmin())])
+    assert optimum == pytest.approx(0.19, abs=0.01)
+    assert abs(_soft_cls_gradient(optimum, 0.3, "focal", 1.0)) < 1e-3
+    assert _soft_cls_gradient(0.3, 0.3, "focal", 1.0) > 0.01  # at the teacher's probability it still pushes down
+
+    # by hand: the derivative of α_t(0.3 + 0.4p)·BCE(p, 0.3) w.r.t. the logit changes sign between 0.18 and 0.20
+    def by_hand(p: float) -> float:
+        eps = 1e-6
+        return (focal_by_hand(logit(p) + eps, 0.3, 0.25, 1.0) - focal_by_hand(logit(p) - eps, 0.3, 0.25, 1.0)) / 2e-6
+
+    assert by_hand(0.18) < 0 < by_hand(0.20)
+
+
+@pytest.mark.parametrize("teacher", [0.05, 0.3, 0.8])
+@pytest.mark.parametrize("gamma", [1.0, 2.0])
+def test_quality_focal_soft_target_optimum_is_the_teacher(teacher: float, gamma: float) -> None:
+    assert abs(_soft_cls_gradient(teacher, teacher, "quality_focal", gamma)) < 1e-9
+    assert _soft_cls_gradient(teacher - 0.02, teacher, "quality_focal", gamma) < 0
+    assert _soft_cls_gradient(teacher + 0.02, teacher, "quality_focal", gamma) > 0
+    grid = torch.linspace(0.005, 0.995, 19801, dtype=torch.float64)
+    losses = quality_focal_elementwise(torch.logit(grid), torch.full_like(grid, teacher), alpha=0.25, gamma=gamma)
+    assert float(grid[int(losses.argmin())]) == pytest.approx(teacher, abs=1e-3)
+    # the value by hand: α_t·|t − p|^γ·BCE
+    p, alpha_t = 0.6, 0.25 * teacher + 0.75 * (1 - teacher)
+    bce = -(teacher * math.log(p) + (1 - teacher) * math.log(1 - p))
+    got = quality_focal_elementwise(torch.tensor([logit(p)]), torch.tensor([teacher]), alpha=0.25, gamma=gamma)
+    assert got.item() == pytest.approx(alpha_t * abs(teacher - p) ** gamma * bce, rel=1e-5)
 
 
 def test_all_losses_finite_under_bf16_autocast() -> None:

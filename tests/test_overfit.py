@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from engine.core.settings import LossSettings
 from engine.models import build_model, load_model_config
 from engine.train import objectives as O
-from engine.train.config import load_config
 
 STEPS = 25
 FACTOR = 3.0  # each head's loss must fall at least this much over STEPS steps on its fixed batch
@@ -14,7 +14,7 @@ FACTOR = 3.0  # each head's loss must fall at least this much over STEPS steps o
 
 def test_student_overfits_one_batch_of_each_task():
     torch.manual_seed(0)
-    cfg = load_config(None, ["data.det=x", "data.seg=y"])
+    loss = LossSettings()
     net = build_model(load_model_config("models/student.yaml")).train()
     size = 64
     images_det = torch.randn(2, 3, size, size)
@@ -32,9 +32,9 @@ def test_student_overfits_one_batch_of_each_task():
     history = []
     for _ in range(STEPS):
         optimizer.zero_grad()
-        det = sum(O.detection_supervised(net(images_det), boxes, labels, anchors, cfg["loss"]).values())
+        det = sum(O.detection_supervised(net(images_det), boxes, labels, anchors, loss).values())
         det.backward()
-        seg = sum(O.segmentation_supervised(net(images_seg), mask, cfg["loss"]).values())
+        seg = sum(O.segmentation_supervised(net(images_seg), mask, loss).values())
         seg.backward()
         optimizer.step()
         history.append((det.item(), seg.item()))

@@ -12,7 +12,9 @@ from qgis.core import QgsProcessingException
 from qgis.PyQt.QtGui import QImage
 from qgis_helpers import CapturingFeedback, label_rgb, run_algorithm, scene, write_geotiff
 
+from engine.core.classes import PALETTE, SEG_CLASSES
 from engine.data.isprs import find_isprs_tiles
+from engine.predict.outputs import style_class_map
 from pmtl_qgis.algorithms.train import Train
 from pmtl_qgis.engine_process import ProcessResult
 
@@ -116,14 +118,20 @@ def test_train_failure_in_the_engine_process_shows_its_error_lines(qgis_app, tmp
     assert "cannot be imported: torchvision." in str(raised.value) and "pip install" in str(raised.value)
 
 
-def test_cancelled_training_keeps_the_last_checkpoint_as_result(qgis_app, tmp_path):
+def test_cancelled_training_says_truthfully_what_is_kept(qgis_app, tmp_path):
     feedback = CapturingFeedback()
-    with pytest.raises(QgsProcessingException, match="cancelled before the first checkpoint"):
+    with pytest.raises(QgsProcessingException, match="before the end of its first epoch: no checkpoint was written"):
         Train()._results(ProcessResult(returncode=130, canceled=True), tmp_path, feedback)
     (tmp_path / "last.pt").write_bytes(b"checkpoint")
-    results = Train()._results(ProcessResult(returncode=130, canceled=True), tmp_path, feedback)
+    events = [{"event": "metrics", "epoch": 2, "seg_miou": 0.5}]
+    results = Train()._results(ProcessResult(returncode=130, canceled=True, events=events), tmp_path, feedback)
     assert results["CHECKPOINT"] == results["LAST_CHECKPOINT"] == str(tmp_path / "last.pt")
-    assert any("Training cancelled; the last checkpoint is kept" in w for w in feedback.warnings)
+    assert any("the checkpoint of epoch 2 is kept" in w for w in feedback.warnings)
+    tail = ["error: chip dataset '/x': expected manifest.json, found none"]
+    error = [{"event": "error", "message": "chip dataset '/x': expected manifest.json, found none"}]
+    with pytest.raises(QgsProcessingException) as raised:
+        Train()._results(ProcessResult(returncode=2, canceled=False, events=error, tail=tail), tmp_path, feedback)
+    assert str(raised.value) == "Training failed (exit code 2):\nchip dataset '/x': expected manifest.json, found none"
 
 
 def _write_boxes(path, rect: tuple[float, float, float, float]) -> None:
@@ -145,7 +153,10 @@ def _write_boxes(path, rect: tuple[float, float, float, float]) -> None:
 
 def test_render_map_draws_class_colours_and_boxes(qgis_processing, tmp_path):
     ortho = write_geotiff(tmp_path / "ortho.tif", np.full((3, 100, 200), 128, np.uint8), gsd=1.0)
-    classes = write_geotiff(tmp_path / "classes.tif", np.ones((1, 100, 200), np.uint8), gsd=1.0)  # all building
+    classes = write_geotiff(tmp_path / "classes.tif", np.ones((1, 100, 200), np.uint8), gsd=1.0)  # all "roof"
+    dataset = gdal.Open(str(classes), gdal.GA_Update)  # the class names and colours of a model, as predict writes
+    style_class_map(dataset.GetRasterBand(1), ["water", "roof"], [(0, 0, 200), (200, 0, 0)])
+    dataset = None
     boxes = tmp_path / "boxes.gpkg"
     _write_boxes(boxes, (500020.0, 5399920.0, 500080.0, 5399960.0))  # x 20..80 px, y 40..80 px
     out = tmp_path / "map.png"
@@ -153,11 +164,12 @@ def test_render_map_draws_class_colours_and_boxes(qgis_processing, tmp_path):
     run_algorithm("pmtl:render_map", {**params, "WIDTH": 200, "OUTPUT": str(out)})
     image = QImage(str(out))
     assert image.width() == 200 and image.height() > 100  # the map keeps the ortho's aspect; legend below
-    assert image.pixelColor(150, 20).getRgb()[:3] == (0, 0, 255)  # building blue, opaque
+    assert image.pixelColor(150, 20).getRgb()[:3] == (200, 0, 0)  # "roof" in its colour, opaque
+    car = PALETTE[SEG_CLASSES.index("car")]  # a detection class without a model: the fallback (ISPRS name)
     outline = [image.pixelColor(20, y).getRgb()[:3] for y in range(50, 70)]
-    assert (255, 140, 0) in outline  # the car box outline on its left edge
+    assert car in outline  # the car box outline on its left edge
     legend = {image.pixelColor(x, y).getRgb()[:3] for x in range(200) for y in range(100, image.height())}
-    assert {(255, 255, 255), (0, 0, 255), (255, 255, 0), (230, 0, 230)} <= legend  # class and box swatches
+    assert {(0, 0, 200), (200, 0, 0), car} <= legend  # class and box swatches
 
 
 def test_cancel_stops_an_in_process_engine_job_with_a_clear_message(qgis_processing, tmp_path):

@@ -26,7 +26,7 @@ from engine.core.classes import PALETTE, SEG_CLASSES
 from pmtl_qgis import environment
 from pmtl_qgis.algorithms.generate_synthetic import GenerateSynthetic
 from pmtl_qgis.feedback import FeedbackProgress
-from pmtl_qgis.styling import BOX_COLOURS, apply_class_palette, apply_detection_style
+from pmtl_qgis.styling import apply_class_palette, apply_detection_style
 
 pytestmark = pytest.mark.qgis
 
@@ -149,8 +149,15 @@ def test_feedback_progress_maps_fraction_logs_throttled_and_cancels(qgis_app):
     assert progress.is_canceled()
 
 
-def test_class_raster_gets_isprs_palette_with_names(qgis_app, tmp_path):
+def test_class_raster_gets_its_own_class_names_and_colours(qgis_app, tmp_path):
+    from osgeo import gdal
+
+    from engine.predict.outputs import style_class_map
+
     path = write_geotiff(tmp_path / "classes.tif", np.arange(6, dtype=np.uint8).reshape(1, 2, 3))
+    dataset = gdal.Open(str(path), gdal.GA_Update)
+    style_class_map(dataset.GetRasterBand(1), SEG_CLASSES, PALETTE)  # as engine.predict writes class maps
+    dataset = None
     layer = QgsRasterLayer(str(path), "classes")
     assert layer.isValid()
     apply_class_palette(layer)
@@ -173,11 +180,15 @@ def test_detections_are_outlined_by_class_and_labelled_with_score(qgis_app):
     feature.setGeometry(QgsGeometry.fromRect(QgsRectangle(0, 0, 4, 2)))
     feature.setAttributes(["car", 2, 0.8749])
     layer.dataProvider().addFeature(feature)
-    apply_detection_style(layer)
+    feature.setAttributes(["boat", 3, 0.5])  # a class the model does not list: a fallback colour
+    layer.dataProvider().addFeature(feature)
+    apply_detection_style(layer, (("building", "car"), ((1, 2, 3), (4, 5, 6))))
     renderer = layer.renderer()
     assert renderer.type() == "categorizedSymbol" and renderer.classAttribute() == "class"
-    colours = {c.value(): c.symbol().symbolLayer(0).strokeColor().getRgb()[:3] for c in renderer.categories()}
-    assert colours == BOX_COLOURS
+    colours = {c.value(): c.symbol().symbolLayer(1).strokeColor().getRgb()[:3] for c in renderer.categories()}
+    assert set(colours) == {"building", "car", "boat"}
+    assert colours["building"] == (1, 2, 3) and colours["car"] == (4, 5, 6)
+    assert colours["boat"] not in ((1, 2, 3), (4, 5, 6))
     assert layer.labelsEnabled()
     settings = layer.labeling().settings()
     context = QgsExpressionContext(QgsExpressionContextUtils.globalProjectLayerScopes(layer))

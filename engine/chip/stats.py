@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,7 +92,7 @@ class TileStats:
         var = np.maximum(np.diag(self.gram)[:-1] / n - mean**2, 0.0)
         return (mean / scale).tolist(), (np.sqrt(var) / scale).tolist()
 
-    def class_shares(self) -> dict[str, float]:
-        labelled = self.class_px[: len(SEG_CLASSES)]
+    def class_shares(self, names: Sequence[str] = SEG_CLASSES) -> dict[str, float]:
+        labelled = self.class_px[: len(names)]
         shares = labelled / max(int(labelled.sum()), 1)
-        return {name: round(float(s), 6) for name, s in zip(SEG_CLASSES, shares)}
+        return {name: round(float(s), 6) for name, s in zip(names, shares)}

@@ -91,13 +91,23 @@ class JsonLinesProgress:
     """Machine-readable progress on stdout (one JSON object a line) for a parent process such as QGIS.
 
     Lines look like ``{"event": "progress", "progress": 0.42, "message": "epoch 3/10"}``; other events
-    (``metrics``, ``done``) are written with :meth:`emit`. Cancel is signalled by SIGINT/SIGTERM from the parent.
+    (``metrics``, ``done``, ``error``) are written with :meth:`emit`. A report without a message (a training step)
+    is written at most every ``min_interval_s`` seconds, so per-step progress costs the parent nothing. Cancel comes
+    from the parent through :mod:`engine.core.control`.
     """
 
-    def __init__(self, stream=None) -> None:
+    def __init__(self, stream=None, min_interval_s: float = 0.25) -> None:
         self._stream = stream or sys.stdout
+        self._min_interval_s = min_interval_s
+        self._last = float("-inf")
 
     def report(self, fraction: float | None, message: str = "") -> None:
+        import time
+
+        now = time.monotonic()
+        if not message and fraction is not None and fraction < 1.0 and now - self._last < self._min_interval_s:
+            return
+        self._last = now
         self.emit("progress", progress=fraction, message=message)
 
     def emit(self, event: str, **fields: object) -> None:

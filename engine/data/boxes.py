@@ -16,7 +16,6 @@ masks) at ~1/8 of the cost, which matters because boxes are computed for every c
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +43,7 @@ class BoxParams:
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"box connectivity: expected 4 or 8, found {self.connectivity!r}")
-        numeric = isinstance(self.min_area, int | float | np.integer)
+        numeric = isinstance(self.min_area, (int, float, np.integer))
         if not numeric or int(self.min_area) != self.min_area or self.min_area < 1:
             raise ConfigError(f"box min_area: expected an integer number of pixels >= 1, found {self.min_area!r}")
 
@@ -52,7 +51,7 @@ class BoxParams:
         return {"connectivity": int(self.connectivity), "min_area": int(self.min_area)}
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _runs(mask: np.ndarray, det_index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Row, x0, x1 (exclusive) and detection class of every run of a detection class, in raster order."""
     height, width = mask.shape
     change = np.empty((height, width), bool)
@@ -63,22 +62,25 @@ def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndar
     x0 = starts - rows * width
     following = np.append(starts[1:], height * width)
     x1 = np.minimum(following - rows * width, width)
-    det = _DET_INDEX[mask[rows, x0]]
+    det = det_index[mask[rows, x0]]
     keep = det >= 0
     return rows[keep], x0[keep], x1[keep], det[keep]
 
 
-def boxes_from_masks(masks: np.ndarray, params: BoxParams | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def boxes_from_masks(
+    masks: np.ndarray, params: BoxParams | None = None, det_index: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Boxes of the connected blobs of each detection class in each of N (H, W) class-index masks.
 
     Per mask: int32 (K, 4) ``x0, y0, x1, y1`` in pixels (x1/y1 exclusive) and int64 (K,) detection-class indices
     (into ``DET_CLASSES``), ordered by class, then by the blob's first pixel in raster order. Blobs smaller than
     ``params.min_area`` pixels are dropped. All masks go through one graph, so many chips cost little more than one.
+    ``det_index``: 256-entry segmentation → detection class lookup (-1: not an object class); default ISPRS.
     """
     params = params or BoxParams()
     masks = np.asarray(masks).astype(np.uint8, copy=False)
     count, height, width = masks.shape
-    rows, x0, x1, det = _runs(masks.reshape(count * height, width))
+    rows, x0, x1, det = _runs(masks.reshape(count * height, width), _DET_INDEX if det_index is None else det_index)
     chip = rows // height
     rows = rows - chip * height
     n = len(rows)
@@ -115,7 +117,7 @@ def boxes_from_masks(masks: np.ndarray, params: BoxParams | None = None) -> list
     keep = keep[np.lexsort((keep, labels[keep], owner[keep]))]  # by mask, class, first pixel
     owner, boxes, labels = owner[keep], boxes[keep], labels[keep].astype(np.int64)
     bounds = np.searchsorted(owner, np.arange(count + 1))
-    return [(boxes[a:b], labels[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [(boxes[a:b], labels[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def boxes_from_mask(mask: np.ndarray, params: BoxParams | None = None) -> tuple[np.ndarray, np.ndarray]:

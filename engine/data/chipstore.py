@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.core.atomic import atomic_path
 from engine.core.classes import IGNORE_INDEX
-from engine.core.errors import InputError
+from engine.core.errors import InputError, filesystem_full, output_error
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,12 @@ class ChipWriter:
         bands: int,
         dtype: str,
         overwrite: bool = False,
+        arrays: tuple[str, ...] = ARRAY_NAMES,
     ) -> None:
+        if arrays not in (ARRAY_NAMES, ("images",)):
+            raise ValueError(f"chip arrays: expected {ARRAY_NAMES} or ('images',), found {arrays}")
         self.out = prepare_output_dir(out_dir, overwrite)
+        self.arrays = arrays
         self.counts = {split: int(n) for split, n in counts.items() if n > 0}
         self.chip_size = chip_size
         self.bands = bands
@@ -158,6 +162,8 @@ class ChipWriter:
                 ("masks", np.dtype(np.uint8), (n, chip_size, chip_size)),
                 ("eroded", np.dtype(np.uint8), (n, chip_size, chip_size)),
             ):
+                if name not in self.arrays:
+                    continue
                 path = self.partial / split / f"{name}.npy"
                 array = np.lib.format.open_memmap(path, "w+", kind, shape)
                 offset, per_chip = int(array.offset), int(np.prod(shape[1:])) * kind.itemsize
@@ -175,23 +181,32 @@ class ChipWriter:
         fd, offset, per_chip = self._files[(split, name)]
         if chip.nbytes != per_chip:
             raise ValueError(f"{name} chip of {chip.nbytes} bytes, expected {per_chip}")
-        written = os.pwrite(fd, chip, offset + index * per_chip)
+        try:
+            written = os.pwrite(fd, chip, offset + index * per_chip)
+        except OSError as exc:
+            raise output_error(self.out, exc) from None
         if written != per_chip:
-            raise OSError(f"{self.partial / split / name}.npy: wrote {written} of {per_chip} bytes (disk full?)")
+            raise output_error(self.out, f"wrote {written} of {per_chip} bytes", filesystem_full(self.partial / split))
 
-    def put(self, split: str, index: int, image: np.ndarray, mask: np.ndarray, eroded: np.ndarray) -> None:
-        """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX)."""
-        h, w = mask.shape
+    def put(
+        self, split: str, index: int, image: np.ndarray, mask: np.ndarray | None, eroded: np.ndarray | None
+    ) -> None:
+        """Store one chip; inputs smaller than the chip are padded (image 0, masks IGNORE_INDEX).
+
+        ``mask`` / ``eroded`` are None for an imagery-only writer (``arrays=("images",)``).
+        """
+        h, w = image.shape[:2]
         if (h, w) != self._extent:  # re-pad (windows of one tile share their extent, so this is rare)
             self._image.fill(0)
             self._masks.fill(IGNORE_INDEX)
             self._extent = (h, w)
         self._image[:h, :w] = image
-        self._masks[0, :h, :w] = mask
-        self._masks[1, :h, :w] = eroded
         self._write(split, "images", index, self._image)
-        self._write(split, "masks", index, self._masks[0])
-        self._write(split, "eroded", index, self._masks[1])
+        if "masks" in self.arrays:
+            self._masks[0, :h, :w] = mask
+            self._masks[1, :h, :w] = eroded
+            self._write(split, "masks", index, self._masks[0])
+            self._write(split, "eroded", index, self._masks[1])
 
     def _close(self) -> None:
         for fd, _, _ in self._files.values():
@@ -206,7 +221,7 @@ class ChipWriter:
         self._close()
         for split in self.counts:
             os.replace(self.partial / split, self.out / split)
-        full = {"format": FORMAT, "version": VERSION, "complete": True, **manifest}
+        full = {"format": FORMAT, "version": VERSION, "complete": True, "arrays": list(self.arrays), **manifest}
         with atomic_path(self.out / MANIFEST) as tmp:
             tmp.write_text(_dump_manifest(full), encoding="utf-8")
         shutil.rmtree(self.partial)
@@ -231,12 +246,17 @@ class ChipDataset:
         self.splits: dict[str, int] = {k: int(v) for k, v in manifest["splits"].items()}
         self.bands: list[str] = list(manifest["bands"])
         self.chip_size = int(manifest["chip_size"])
-        self.det_classes: list[str] = list(manifest["det_classes"])
-        self.seg_classes: list[str] = list(manifest["seg_classes"])
-        self.ignore_index = int(manifest["ignore_index"])
+        self.task: str = str(manifest.get("task", "both"))
+        """Which labels the chips carry: det, seg, both (ISPRS) or none (imagery only)."""
+        self.unlabelled = self.task == "none"
+        """An unlabelled dataset (``engine.chip --task none``): imagery only, no label arrays, no boxes."""
+        self.arrays: tuple[str, ...] = tuple(manifest.get("arrays", ("images",) if self.unlabelled else ARRAY_NAMES))
+        self.det_classes: list[str] = list(manifest.get("det_classes", []))
+        self.seg_classes: list[str] = list(manifest.get("seg_classes", []))
+        self.ignore_index = int(manifest.get("ignore_index", IGNORE_INDEX))
         self.value_scaling: dict[str, Any] = dict(manifest["value_scaling"])
-        self.mean = np.asarray(manifest["mean"], np.float64)
-        self.std = np.asarray(manifest["std"], np.float64)
+        self.mean = np.asarray(manifest.get("mean", []), np.float64)
+        self.std = np.asarray(manifest.get("std", []), np.float64)
         self._chips: dict[str, list[dict[str, Any]]] = {split: [{}] * n for split, n in self.splits.items()}
         for chip in manifest["chips"]:
             self._chips[chip["split"]][int(chip["index"])] = chip
@@ -295,7 +315,7 @@ def open_chip_dataset(root: str | os.PathLike[str]) -> ChipDataset:
     dataset = ChipDataset(root, manifest)
     size, bands, dtype = dataset.chip_size, len(dataset.bands), str(dataset.value_scaling.get("dtype"))
     for split, n in dataset.splits.items():
-        for name in ARRAY_NAMES:
+        for name in dataset.arrays:
             file = root / split / f"{name}.npy"
             if not file.is_file():
                 raise InputError(f"{file}: expected the {name} array of split {split!r}, found no such file; {RERUN}")

@@ -6,6 +6,7 @@ their own read-only maps, so the page cache is shared and nothing large crosses 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,14 @@ from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import ChipDataset, open_chip_dataset
 from engine.data.samplers import EpochStreamSampler
 from engine.data.transforms import GeometricAugment, Sample, normalization_from_manifest
+
+
+def _canvas_fill(manifest: Mapping[str, Any]) -> np.ndarray:
+    """The dataset mean in raw values (the zoom-out canvas); 0 for an unlabelled dataset without statistics."""
+    if manifest.get("task") == "none" and "mean" not in manifest:
+        return np.zeros(len(manifest["bands"]), np.float64)
+    mean, _, scale_max = normalization_from_manifest(manifest)
+    return np.asarray(mean, dtype=np.float64) * scale_max
 
 
 class _ChipDataset(Dataset):
@@ -43,8 +52,7 @@ class _ChipDataset(Dataset):
         if split not in splits:
             raise InputError(f"{self.root / 'manifest.json'}: expected split {split!r}, found splits {sorted(splits)}")
         self._length = int(splits[split])
-        mean, _, scale_max = normalization_from_manifest(self.manifest)
-        self.fill = np.asarray(mean, dtype=np.float64) * scale_max
+        self.fill = _canvas_fill(self.manifest)
         """Raw per-band value of the zoom-out canvas: the dataset mean."""
         self.seed: int | None = None
         """Seeds augmentation in the main process (num_workers=0); workers use torch's per-worker seeded RNG."""
@@ -81,7 +89,8 @@ class _ChipDataset(Dataset):
     def _raw(self, index: int) -> Sample:
         if not 0 <= index < self._length:
             raise IndexError(f"chip index {index} out of range for split {self.split!r} ({self._length} chips)")
-        sample: Sample = {"image": np.ascontiguousarray(self._array("images")[index].transpose(2, 0, 1))}
+        # always a copy: for one band the transposed slice is already contiguous, i.e. a read-only view of the map
+        sample: Sample = {"image": np.array(self._array("images")[index].transpose(2, 0, 1), order="C")}
         if "masks" in self.arrays:
             sample["mask"] = np.array(self._array("masks")[index])
             sample["eroded"] = np.array(self._array("eroded")[index])
@@ -152,6 +161,90 @@ class SegmentationChips(_ChipDataset):
         }
 
 
+class _ImageChips(_ChipDataset):
+    """One chip dataset read for its imagery only (labels, if any, are ignored): a part of the unlabelled stream."""
+
+    def __init__(
+        self, root: str | os.PathLike[str], split: str, train: bool, augment: GeometricAugment | None, order: list[int]
+    ) -> None:
+        super().__init__(root, split, train=train, augment=augment)
+        self.order = order
+        """Band order that maps this dataset's bands to the model's (identity unless the names are permuted)."""
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = _split_key(key)
+        sample = self._augmented({"image": self._raw(index)["image"][self.order]}, seed)
+        return torch.from_numpy(np.ascontiguousarray(sample["image"]))
+
+
+def unlabelled_split(manifest: Mapping[str, Any], split: str) -> list[str]:
+    """The splits of an unlabelled dataset the stream reads: ``split`` (train) when it has one, else all of them
+    (an ``engine.chip --task none`` folder of the user's imagery has nothing held out)."""
+    splits = sorted(manifest["splits"])
+    return [split] if split in splits else splits
+
+
+def band_order(root: Path, bands: Sequence[str], model_bands: Sequence[str], key: str) -> list[int]:
+    """Indices that put a dataset's bands in the model's order: same names permuted → reordered, otherwise kept in
+    order (as predict does when no band map is given); a different band COUNT is a ConfigError."""
+    if len(bands) != len(model_bands):
+        raise ConfigError(
+            f"config key '{key}' ({root}): expected chips with {len(model_bands)} bands {list(model_bands)} like the "
+            f"training data, found {len(bands)} bands {list(bands)}; re-chip the imagery with matching bands"
+        )
+    if sorted(bands) == sorted(model_bands) and len(set(bands)) == len(bands):
+        return [list(bands).index(name) for name in model_bands]
+    return list(range(len(bands)))
+
+
+class UnlabelledChips(Dataset):
+    """The unlabelled stream: imagery of one or more chip datasets (``data.unlabelled``), items ``(C,H,W)`` images.
+
+    Any pmtl chip dataset works, labelled or not (``"task": "none"`` manifests have no label arrays); its training
+    split is used when it has one, else every split. Bands are mapped to the model's (:func:`band_order`).
+    """
+
+    def __init__(
+        self,
+        roots: Sequence[str | os.PathLike[str]],
+        split: str,
+        model_bands: Sequence[str],
+        train: bool = True,
+        augment: GeometricAugment | None = None,
+        key: str = "data.unlabelled",
+    ) -> None:
+        self.parts: list[_ImageChips] = []
+        for root in roots:
+            manifest = open_chip_dataset(root).manifest
+            order = band_order(Path(root), manifest["bands"], model_bands, key)
+            for name in unlabelled_split(manifest, split):
+                self.parts.append(_ImageChips(root, name, train, augment, order))
+        self.root = Path(roots[0]) if len(roots) == 1 else Path(os.path.commonpath([str(r) for r in roots]))
+        self.split = split
+        self.manifests = [part.manifest for part in self.parts]
+        scalings = {json.dumps(m["value_scaling"], sort_keys=True) for m in self.manifests}
+        if len(scalings) > 1:
+            raise ConfigError(
+                f"config key '{key}': expected chip datasets with one value scaling (dtype and max), found "
+                f"{sorted(scalings)}; re-chip them alike"
+            )
+        self._offsets = np.cumsum([0, *(len(part) for part in self.parts)])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        index, seed = _split_key(key)
+        part = int(np.searchsorted(self._offsets, index, side="right")) - 1
+        local = index - int(self._offsets[part])
+        return self.parts[part][(local, seed) if seed is not None else local]
+
+
+def collate_unlabelled(items: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stack images (the stream has no targets)."""
+    return {"image": torch.stack(list(items))}
+
+
 def collate_detection(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack images; pad boxes to (B, Kmax, 4) with zeros and labels to (B, Kmax) with -1 (Kmax >= 1)."""
     kmax = max([1, *(len(item["labels"]) for item in items)])
@@ -170,7 +263,7 @@ def collate_segmentation(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[st
 
 
 def make_train_loader(
-    dataset: _ChipDataset,
+    dataset: _ChipDataset | UnlabelledChips,
     batch_size: int,
     num_workers: int,
     seed: int,
@@ -192,7 +285,9 @@ def make_train_loader(
             f"fewer than batch_size {batch_size} per process — lower batch_size or add chips"
         )
     sampler = EpochStreamSampler(len(dataset), per_epoch_batches * batch_size, seed, rank, world_size, start_epoch)
-    collate = collate_detection if isinstance(dataset, DetectionChips) else collate_segmentation
+    collate = {DetectionChips: collate_detection, UnlabelledChips: collate_unlabelled}.get(
+        type(dataset), collate_segmentation
+    )
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -12,7 +12,6 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage
 
 from engine.core.classes import BOUNDARY_COLOR, IGNORE_INDEX, PALETTE
 
@@ -146,11 +145,31 @@ def erode_mask(mask: np.ndarray, radius: int = 3) -> np.ndarray:
 
     A pixel keeps its class only if every pixel within ``radius`` has the same value; tile borders are not
     boundaries (the edge is replicated). For datasets that ship no eroded labels.
+
+    How: the disc is 4-connected, so its pixels all agree exactly when no two 4-neighbours inside it differ. The
+    differing neighbour pairs (edges) are found once; a pixel is a boundary pixel when some edge lies wholly inside
+    its disc, i.e. an OR of the edge maps shifted by each offset that keeps both ends in the disc. This equals a
+    min/max filter over the disc with the border replicated (an edge between replicated pixels is always also one
+    between the real border pixels, nearer to the centre), at a fraction of its cost.
     """
     mask = np.asarray(mask, np.uint8)
     if radius <= 0:
         return mask.copy()
     footprint = disc(radius)
-    low = ndimage.minimum_filter(mask, footprint=footprint, mode="nearest")
-    high = ndimage.maximum_filter(mask, footprint=footprint, mode="nearest")
-    return np.where(low == high, mask, np.uint8(IGNORE_INDEX)).astype(np.uint8)
+    bad = np.zeros(mask.shape, bool)
+    height, width = mask.shape
+    for edges, (sy, sx) in ((mask[:, 1:] != mask[:, :-1], (0, 1)), (mask[1:, :] != mask[:-1, :], (1, 0))):
+        if not edges.any():
+            continue
+        for dy, dx in zip(*np.nonzero(footprint)):
+            oy, ox = dy - radius, dx - radius  # edge (p, p + s) inside the disc around c = p - (oy, ox)
+            y2, x2 = dy + sy, dx + sx
+            if y2 >= footprint.shape[0] or x2 >= footprint.shape[1] or not footprint[y2, x2]:
+                continue
+            eh, ew = edges.shape
+            # c = p - o for every edge start p; keep the c inside the image
+            c_y0, c_y1 = max(0, -oy), min(height, eh - oy)
+            c_x0, c_x1 = max(0, -ox), min(width, ew - ox)
+            if c_y0 < c_y1 and c_x0 < c_x1:
+                bad[c_y0:c_y1, c_x0:c_x1] |= edges[c_y0 + oy : c_y1 + oy, c_x0 + ox : c_x1 + ox]
+    return np.where(bad, np.uint8(IGNORE_INDEX), mask)

@@ -19,6 +19,7 @@ from torch import nn
 
 from engine.core.classes import IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
+from engine.core.settings import RUN_NORMALIZATIONS
 
 Sample = dict[str, np.ndarray]
 """A chip in numpy: "image" (C,H,W) uint8/uint16, optional "mask"/"eroded" (H,W) uint8, "boxes" (K,4) float32
@@ -223,6 +224,7 @@ class GeometricAugment:
 IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
 NORMALIZATIONS = ("dataset", "imagenet")
+"""Per-manifest modes (:func:`normalization_for`); a training run uses :data:`RUN_NORMALIZATIONS`."""
 
 
 def normalization_for(
@@ -262,6 +264,47 @@ def normalization_from_manifest(manifest: Mapping[str, Any]) -> tuple[tuple[floa
     return mean, std, scale_max
 
 
+def stats_pixels(manifest: Mapping[str, Any]) -> float:
+    """How many pixels a manifest's mean/std were computed over: its ``stats_split`` chips (``train`` by default,
+    every split when the chipper said ``all``) times the chip area. The weight of that dataset in a pooled mean."""
+    splits = {k: int(v) for k, v in (manifest.get("splits") or {}).items()}
+    which = manifest.get("stats_split", "train")
+    chips = sum(splits.values()) if which == "all" or which not in splits else splits[which]
+    return float(max(chips, 1)) * float(manifest.get("chip_size", 1)) ** 2
+
+
+def pooled_statistics(manifests: Sequence[Mapping[str, Any]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-band mean/std of the union of several chip datasets' pixels (weighted by their pixel counts).
+
+    Exact for the union: var = Σ wᵢ(σᵢ² + μᵢ²) / Σ wᵢ − μ², with μ = Σ wᵢ μᵢ / Σ wᵢ. One normalisation for every
+    stream is what lets both heads of one deployed model see inputs scaled the way they were trained.
+    """
+    stats = [normalization_from_manifest(m) for m in manifests]
+    if not stats or len({len(mean) for mean, _, _ in stats}) != 1:
+        raise InputError(f"pooled normalisation: expected chip datasets with equal band counts, found {len(stats)}")
+    weights = np.array([stats_pixels(m) for m in manifests])[:, None]
+    means = np.array([mean for mean, _, _ in stats])
+    stds = np.array([std for _, std, _ in stats])
+    mean = (weights * means).sum(0) / weights.sum()
+    second = (weights * (stds**2 + means**2)).sum(0) / weights.sum()
+    std = np.sqrt(np.maximum(second - mean**2, 1e-12))
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+
+def run_normalization(
+    manifests: Sequence[Mapping[str, Any]], mode: str = "pooled"
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a training run applies to every stream: pooled over its chip datasets, or ImageNet's."""
+    if mode == "pooled":
+        return pooled_statistics(manifests)
+    if mode != "imagenet":
+        raise ConfigError(
+            f"config key 'data.normalization': expected one of {list(RUN_NORMALIZATIONS)}, found {mode!r}"
+        )
+    mean, std, _ = normalization_for(manifests[0], "imagenet")
+    return mean, std
+
+
 class DeviceAugment(nn.Module):
     """Batched photometric jitter + float conversion + normalisation, run where the batch lives (GPU).
 
@@ -298,6 +341,18 @@ class DeviceAugment(nn.Module):
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], normalization: str = "dataset", **jitter: float) -> DeviceAugment:
         mean, std, scale_max = normalization_for(manifest, normalization)
+        return cls(mean, std, scale_max, **jitter)
+
+    @classmethod
+    def for_stream(
+        cls, manifest: Mapping[str, Any], mean: Sequence[float], std: Sequence[float], **jitter: float
+    ) -> DeviceAugment:
+        """A stream's raw values scaled by its own dataset's ``value_scaling.max``, then a run-wide mean/std."""
+        try:
+            scale_max = float(manifest["value_scaling"]["max"])
+        except (KeyError, TypeError, ValueError) as exc:
+            where = f"chip manifest of {manifest.get('dataset', '?')!r}"
+            raise InputError(f"{where}: expected 'value_scaling.max', got error {exc!r}") from exc
         return cls(mean, std, scale_max, **jitter)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

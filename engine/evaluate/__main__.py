@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import ConfigError, InputError, PmtlError
-from engine.core.progress import TqdmProgress
+from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 
 TASK_NAMES = {
     "det": ("detection", "--det-chips", "det_classes", "num_det_classes"),
@@ -116,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samples", type=int, default=3, help="chips per dataset in the picture (0: no picture)")
     parser.add_argument("--max-chips", type=int, help="evaluate at most this many chips per dataset (quick look)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
     return parser
 
 
@@ -145,7 +148,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = load_network(args.checkpoint, device)
     check_inputs(net, roots, args.split, args.checkpoint)
 
-    progress = TqdmProgress(f"evaluate {args.checkpoint.name}")
+    inner = JsonLinesProgress() if args.json_progress else TqdmProgress(f"evaluate {args.checkpoint.name}")
+    progress = watch(inner, args.control_stdin)
     try:
         metrics = evaluate_model(
             net,
@@ -170,6 +174,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_report(out, metrics)
     print(format_table(metrics))
     print(f"report: {out}")
+    if args.json_progress:
+        progress.emit("done", report=str(out), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if args.samples > 0:
         heading = f"{args.checkpoint.name} · split '{args.split}' · {_summary(metrics)}".rstrip(" ·")
         print(f"samples: {write_samples_png(net, roots, args.split, args.samples, device, png, heading)}")
@@ -217,9 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(args)
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except (Cancelled, KeyboardInterrupt):
+        print("evaluation cancelled; no report was written", file=sys.stderr)
         return 130
     return 0
 

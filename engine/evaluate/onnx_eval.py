@@ -29,18 +29,18 @@ if TYPE_CHECKING:
 
 
 def band_order(dataset_bands: Sequence[str], info: ModelInfo, where: str) -> list[int]:
-    """Indices into the chips' bands giving the model's band order; InputError when the bands do not match."""
-    if info.bands is None:  # Deepness-only metadata: raster order
-        if len(dataset_bands) != info.channels:
-            raise InputError(f"{where}: chips have {len(dataset_bands)} bands, the model expects {info.channels}")
-        return list(range(info.channels))
-    missing = [b for b in info.bands if b not in dataset_bands]
-    if missing:
+    """Indices into the chips' bands giving the model's band order, as training fed them: the same names permuted
+    are reordered, otherwise bands go in their order (a partial-MTL model's segmentation head learned NIR-R-G
+    chips in the input slots its metadata calls R-G-B); a different band count is an InputError."""
+    if len(dataset_bands) != info.channels:
+        wanted = list(info.bands) if info.bands else f"{info.channels} bands"
         raise InputError(
-            f"{where}: the model expects bands {list(info.bands)}, the chips have {list(dataset_bands)} "
-            f"(missing {missing})"
+            f"{where}: the model expects {wanted}, the chips have {len(dataset_bands)} bands {list(dataset_bands)}"
         )
-    return [list(dataset_bands).index(b) for b in info.bands]
+    names = list(dataset_bands)
+    if info.bands is not None and sorted(names) == sorted(info.bands) and len(set(names)) == len(names):
+        return [names.index(b) for b in info.bands]
+    return list(range(info.channels))
 
 
 def chips_to_tiles(images: np.ndarray, info: ModelInfo, bands: Sequence[int]) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,18 @@ def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def input_normaliser(
+    net: nn.Module, manifest: dict[str, Any], normalization: tuple[Sequence[float], Sequence[float]] | None = None
+) -> DeviceAugment:
+    """Raw chips of ``manifest`` → the network's inputs: ``normalization`` (mean, std), else the one recorded with
+    the network (``net.input_normalization``, set from its checkpoint), else (networks without a record) the
+    dataset's own statistics."""
+    norm = normalization or getattr(net, "input_normalization", None)
+    if norm is None:
+        return DeviceAugment.from_manifest(manifest, "dataset")
+    return DeviceAugment.for_stream(manifest, norm[0], norm[1])
+
+
 @torch.no_grad()
 def evaluate_model(
     net: nn.Module,
@@ -38,12 +51,13 @@ def evaluate_model(
     max_chips: int | None = None,
     progress: Progress | None = None,
     shard: tuple[int, int] = (0, 1),
-    normalization: str | None = None,
+    normalization: tuple[Sequence[float], Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …
 
     ``shard=(rank, world_size)`` under DDP: each rank evaluates every world_size-th chip and the meters are
-    merged across ranks, so every rank returns the metrics of the whole split.
+    merged across ranks, so every rank returns the metrics of the whole split. ``normalization`` = (mean, std)
+    the network was trained with; default :func:`input_normalization` of ``net``.
     """
     device = torch.device(device)
     was_training = net.training
@@ -53,8 +67,7 @@ def evaluate_model(
     for job_index, (task, root) in enumerate(jobs):
         loader = make_eval_loader(root, split, task, batch_size, shard=shard, max_chips=max_chips)
         manifest = loader.dataset.dataset.manifest  # the Subset's chip dataset: manifest read once
-        mode = normalization or getattr(net, "normalization", "dataset")
-        normalise = DeviceAugment.from_manifest(manifest, mode).to(device).eval()
+        normalise = input_normaliser(net, manifest, normalization).to(device).eval()
         world = shard[1]
         anchors: dict[tuple[int, int], torch.Tensor] = {}
         total = len(loader)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from engine.core.atomic import write_json_atomic
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, TqdmProgress
 from engine.experiments.data import prepare_chips
-from engine.experiments.plan import DIRECTIONS, RUNS, run_overrides
+from engine.experiments.plan import DIRECTIONS, RunSpec, run_overrides, selected_runs
 from engine.experiments.tables import build_table, write_tables
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "models" / "presets"
@@ -61,52 +62,126 @@ def train_and_test(
     return result.best_checkpoint, metrics
 
 
-def run_direction(
-    direction: str, preset: dict[str, Any], chips: dict[str, Path], out: Path, seeds: int, progress: Progress | None
-) -> dict[str, dict[int, dict[str, Any]]]:
-    """Train and test every run of one table; returns results[run][seed] = test metrics."""
+def _run_once(
+    spec: RunSpec,
+    run_dir: Path,
+    preset: dict[str, Any],
+    chips: tuple[Path, Path],
+    seed: int,
+    teachers: dict[str, str],
+    progress: Progress | None,
+    train: bool = True,
+) -> dict[str, Any] | None:
+    """Train and test one run unless its ``test_metrics.json`` exists (or training is off: None); its test metrics."""
     from engine.train.config import load_config
 
-    det_set, seg_set = DIRECTIONS[direction]
-    results: dict[str, dict[int, dict[str, Any]]] = {}
+    result_file = run_dir / "test_metrics.json"
+    if not result_file.is_file() and not train:
+        return None
+    if not result_file.is_file():
+        det_root, seg_root = chips
+        overrides = run_overrides(spec, preset, str(det_root), str(seg_root), str(run_dir), seed, teachers)
+        started = time.perf_counter()
+        print(f"[{run_dir.parent.parent.name} {run_dir.parent.name}] training {spec.name}", file=sys.stderr)
+        _, metrics = train_and_test(load_config(None, overrides), det_root, seg_root, progress)
+        flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        flat["train_seconds"] = time.perf_counter() - started
+        write_json_atomic(result_file, {"metrics": flat, "details": metrics})
+    return json.loads(result_file.read_text())["metrics"]
+
+
+def run_tables(
+    directions: list[str],
+    preset: dict[str, Any],
+    chips: dict[str, Path],
+    out: Path,
+    seeds: int,
+    progress: Progress | None,
+    train: bool = True,
+) -> dict[str, dict[str, dict[int, dict[str, Any]]]]:
+    """Train and test every run of the tables; returns results[direction][run][seed] = test metrics.
+
+    The teachers are trained once per direction (seed 0, under ``DIR/teachers``) and shared by every seed's
+    students, as the paper's teachers are fixed networks. Students go seed by seed, both directions within a seed,
+    so an experiment stopped early still has complete tables for its first seeds.
+    """
+    runs = selected_runs(preset)
+    results: dict[str, dict[str, dict[int, dict[str, Any]]]] = {d: {} for d in directions}
+    teachers: dict[str, dict[str, str]] = {d: {} for d in directions}
+    for direction in directions:
+        for spec in (s for s in runs if s.teacher):
+            run_dir = out / direction / "teachers" / spec.name
+            pair = _pair(chips, direction)
+            metrics = _run_once(spec, run_dir, preset, pair, 0, teachers[direction], progress, train)
+            results[direction][spec.name] = {0: metrics} if metrics else {}
+            teachers[direction][spec.tasks[0]] = str(run_dir / "best.pt")
     for seed in range(seeds):
-        teachers: dict[str, str] = {}
-        for spec in RUNS:
-            run_dir = out / direction / f"seed{seed}" / spec.name
-            result_file = run_dir / "test_metrics.json"
-            if not result_file.is_file():
-                overrides = run_overrides(
-                    spec, preset, str(chips[det_set]), str(chips[seg_set]), str(run_dir), seed, teachers
-                )
-                started = time.perf_counter()
-                print(f"[{direction} seed {seed}] training {spec.name}", file=sys.stderr)
-                _, metrics = train_and_test(load_config(None, overrides), chips[det_set], chips[seg_set], progress)
-                flat = {k: v for k, v in metrics.items() if isinstance(v, float)}
-                flat["train_seconds"] = time.perf_counter() - started
-                write_json_atomic(result_file, {"metrics": flat, "details": metrics})
-            flat = json.loads(result_file.read_text())["metrics"]
-            results.setdefault(spec.name, {})[seed] = flat
-            if spec.teacher:
-                teachers[spec.tasks[0]] = str(run_dir / "best.pt")
+        for direction in directions:
+            for spec in (s for s in runs if not s.teacher):
+                run_dir = out / direction / f"seed{seed}" / spec.name
+                pair = _pair(chips, direction)
+                metrics = _run_once(spec, run_dir, preset, pair, seed, teachers[direction], progress, train)
+                if metrics is not None:
+                    results[direction].setdefault(spec.name, {})[seed] = metrics
     return results
+
+
+def _pair(chips: dict[str, Path], direction: str) -> tuple[Path, Path]:
+    det_set, seg_set = DIRECTIONS[direction]
+    return chips[det_set], chips[seg_set]
+
+
+def run_info(argv: list[str], started: float) -> dict[str, Any]:
+    """What a reader needs to reproduce a table: the command, the machine and the wall time."""
+    import platform
+
+    import torch
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "command": "python -m engine.experiments " + " ".join(argv),
+        "machine": {
+            "cpu": cpu,
+            "cores": os.cpu_count(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def _read_lines(path: str) -> list[str]:
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m engine.experiments", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="demo", help="demo (2 CPU cores, minutes) | paper (GPU) | a YAML file")
     parser.add_argument("--direction", choices=[*DIRECTIONS, "both"], default="both")
-    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--seeds", type=int, help="students trained per configuration (default: the preset's, or 1)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--vaihingen-root", type=Path, help="real ISPRS Vaihingen folder (else synthetic)")
     parser.add_argument("--potsdam-root", type=Path, help="real ISPRS Potsdam folder (else synthetic)")
     parser.add_argument(
         "--data-only", action="store_true", help="prepare the chip datasets (needs GDAL) and stop; train elsewhere"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="write the tables from the runs finished so far; train nothing"
+    )
     args = parser.parse_args(argv)
     try:
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds: expected >= 1, found {args.seeds}")
         preset = load_preset(args.preset)
+        seeds = args.seeds if args.seeds is not None else int(preset.get("seeds", 1))
+        if seeds < 1:
+            raise ConfigError(f"--seeds: expected >= 1, found {seeds}")
         started = time.perf_counter()
         roots = {"vaihingen": args.vaihingen_root, "potsdam": args.potsdam_root}
         chips = prepare_chips(preset, args.out / "data", roots)
@@ -114,18 +189,23 @@ def main(argv: list[str] | None = None) -> int:
             print(f"chip datasets ready: {', '.join(str(p) for p in chips.values())}")
             return 0
         directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
-        progress = TqdmProgress("experiments")
-        tables = {}
-        for direction in directions:
-            results = run_direction(direction, preset, chips, args.out, args.seeds, progress)
-            tables[direction] = build_table(results)
+        progress = TqdmProgress("experiments", disable=args.report_only)
+        results = run_tables(directions, preset, chips, args.out, seeds, progress, train=not args.report_only)
+        tables = {direction: build_table(results[direction]) for direction in directions}
         progress.close()
-        markdown = write_tables(args.out, tables, args.seeds)
+        markdown = write_tables(args.out, tables, seeds)
+        info = run_info(sys.argv[1:] if argv is None else list(argv), started)
+        finished = [m for runs in results.values() for per_seed in runs.values() for m in per_seed.values()]
+        info["runs_finished"] = len(finished)
+        info["train_and_test_seconds"] = round(sum(m.get("train_seconds", 0.0) for m in finished), 1)
+        write_json_atomic(args.out / "run_info.json", info)
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown)
-    print(f"tables written to {args.out}/tables.md, tables.json, tables.png ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"tables written to {args.out}/tables.md, tables.json, tables.png, run_info.json ({info['wall_seconds']:.0f} s)"
+    )
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from engine.core.errors import ConfigError
+
 DIRECTIONS: dict[str, tuple[str, str]] = {
     "p2v": ("potsdam", "vaihingen"),
     "v2p": ("vaihingen", "potsdam"),
@@ -60,6 +62,18 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+def selected_runs(preset: dict[str, Any]) -> tuple[RunSpec, ...]:
+    """The runs a preset asks for (``runs:``, default all), plus the teachers any distilled run needs."""
+    names = preset.get("runs") or [spec.name for spec in RUNS]
+    known = {spec.name: spec for spec in RUNS}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(f"preset key 'runs': unknown run(s) {unknown}; expected names from {list(known)}")
+    if any(known[name].uses_kd for name in names):
+        names = [*names, "teacher_det", "teacher_seg"]
+    return tuple(spec for spec in RUNS if spec.name in names)
+
+
 def run_overrides(
     spec: RunSpec,
     preset: dict[str, Any],
@@ -73,10 +87,11 @@ def run_overrides(
     overrides = {f"{k}": v for k, v in (preset.get("train") or {}).items()}
     if spec.teacher:
         overrides.update(preset.get("teacher") or {})
+    models = preset.get("models") or {}
     overrides.update(
         {
             "name": spec.name,
-            "model": spec.model,
+            "model": models.get(spec.name if spec.teacher else "student", spec.model),
             "tasks": list(spec.tasks),
             "data.det": det_chips if "det" in spec.tasks else None,
             "data.seg": seg_chips if "seg" in spec.tasks else None,

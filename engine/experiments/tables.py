@@ -27,12 +27,14 @@ def build_table(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str,
     """``results[run][seed]`` → rows with mean/std per column (None where a run is missing)."""
     table = []
     for row in ROWS:
-        cells: dict[str, Any] = {"label": row.label}
+        cells: dict[str, Any] = {"label": row.label, "runs": 0}
         for task, key, _ in COLUMNS:
             run = row.det_run if task == "det" else row.seg_run
             values = [r[key] for r in results.get(run, {}).values() if r.get(key) is not None]
             cells[key] = _mean_std(values) if values else None
-        table.append(cells)
+            cells["runs"] = max(cells["runs"], len(values))
+        if cells["runs"]:  # rows a preset did not run are left out
+            table.append(cells)
     return table
 
 
@@ -45,8 +47,10 @@ def table_markdown(direction: str, table: list[dict[str, Any]], seeds: int) -> s
         parts = []
         for _, key, _ in COLUMNS:
             cell = cells[key]
-            parts.append("–" if cell is None else f"{100 * cell[0]:.1f} ± {100 * cell[1]:.1f}")
-        lines.append(f"| {cells['label']} | " + " | ".join(parts) + " |")
+            spread = f" ± {100 * cell[1]:.1f}" if cell is not None and cells.get("runs", seeds) > 1 else ""
+            parts.append("–" if cell is None else f"{100 * cell[0]:.1f}{spread}")
+        label = cells["label"] + (" (1 run)" if seeds > 1 and cells.get("runs", seeds) == 1 else "")
+        lines.append(f"| {label} | " + " | ".join(parts) + " |")
     return "\n".join(lines) + "\n"
 
 

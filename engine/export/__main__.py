@@ -10,10 +10,12 @@ import argparse
 import json
 import sys
 
+from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import PmtlError
+from engine.core.progress import JsonLinesProgress, TqdmProgress
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.export", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, help="training checkpoint (EMA weights used when present)")
     parser.add_argument("--out", required=True, help="output .onnx path")
@@ -45,20 +47,32 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--calibration-chips", type=int, default=64, help="training chips used for calibration")
     parser.add_argument("--eval-chips", type=int, default=64, help="validation chips per task for the accuracy cost")
-    args = parser.parse_args(argv)
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
+    return parser
 
-    from engine.core.progress import TqdmProgress
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    inner = (
+        JsonLinesProgress()
+        if args.json_progress
+        else TqdmProgress(f"export {args.precision}", disable=args.precision == "fp32")
+    )
+    # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
+    progress = watch(inner, args.control_stdin, interrupt=True)
+    progress.report(0.0, f"exporting {args.checkpoint}")
+
     from engine.export.onnx_export import export_checkpoint
 
-    progress = TqdmProgress(f"export {args.precision}", disable=args.precision == "fp32")
     try:
         meta = export_checkpoint(
             args.checkpoint,
             args.out,
             tile_size=args.tile_size,
-            role=args.role,
             overlap=args.overlap,
             variant=args.variant,
+            role=args.role,
             score_thresh=args.score_thresh,
             iou_thresh=args.iou_thresh,
             opset=args.opset,
@@ -71,13 +85,22 @@ def main(argv: list[str] | None = None) -> int:
     except PmtlError as exc:
         progress.close()
         print(f"\nerror: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
+    except KeyboardInterrupt:
+        progress.close()
+        print("export cancelled; no model was written", file=sys.stderr)
+        return 130
     progress.close()
     summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"]), "precision": args.precision}
     accuracy = (meta.get("quantization") or {}).get("accuracy")
     if accuracy:
         summary["accuracy_vs_fp32"] = {k: v for k, v in accuracy.items() if k.startswith(("delta_", "pixel_"))}
-    print(json.dumps(summary))
+    if args.json_progress:
+        JsonLinesProgress().emit("done", **summary)
+    else:
+        print(json.dumps(summary))
     return 0
 
 

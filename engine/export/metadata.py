@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import IGNORE_INDEX, PALETTE
+from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import InputError
 
 SCHEMA_VERSION: int = 1
@@ -77,16 +77,23 @@ def build_metadata(
     seg_classes: Sequence[str] = (),
     palette: Sequence[Sequence[int]] = (),
     det_classes: Sequence[str] = (),
+    det_colors: Sequence[Sequence[int]] = (),
     score_thresh: float = 0.3,
     iou_thresh: float = 0.5,
     ios_thresh: float = 0.6,
     variances: Sequence[float] = (0.1, 0.2),
     anchors: Mapping[str, Any] | None = None,
     provenance: Mapping[str, Any] | None = None,
-    seg_thresh: float = 0.5,
+    seg_thresh: float = 0.0,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
+
+    ``seg_thresh`` 0 turns Deepness's probability threshold off: Deepness zeroes probabilities below it before the
+    argmax, which on a multi-class softmax would turn every uncertain pixel into class 0. Each head's class colours
+    are in ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in class order; ``seg.palette`` is the older name
+    of ``seg.colors``, kept for readers of schema version 1).
+    """
     from engine import __version__
 
     meta: dict[str, Any] = {
@@ -108,7 +115,7 @@ def build_metadata(
         "precision": precision,
         "provenance": {
             "engine_version": __version__,
-            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **dict(provenance or {}),
         },
         # Deepness keys
@@ -116,19 +123,20 @@ def build_metadata(
         "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
         "resolution": round(float(gsd) * 100.0, 6),
         "tiles_overlap": round(100.0 * overlap / tile_size),
-        "standardization_mean": [float(v) for v in mean],
-        "standardization_std": [float(v) for v in std],
+        **deepness_standardization(mean, std, float(value_scaling["max"])),
     }
     if "seg" in tasks:
         meta["seg"] = {
             "classes": list(seg_classes),
             "palette": [list(map(int, c)) for c in palette],
+            "colors": [list(map(int, c)) for c in palette],
             "ignore_index": IGNORE_INDEX,
         }
         meta["seg_thresh"] = float(seg_thresh)
     if "det" in tasks:
         meta["det"] = {
             "classes": list(det_classes),
+            "colors": [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)],
             "score_thresh": float(score_thresh),
             "iou_thresh": float(iou_thresh),
             "ios_thresh": float(ios_thresh),
@@ -143,6 +151,21 @@ def build_metadata(
         meta["det_iou_thresh"] = float(iou_thresh)
     validate_metadata(meta, "export")
     return meta
+
+
+DEEPNESS_VALUE_MAX: float = 255.0
+"""Deepness divides every raw input value by 255 before it standardises (its models take uint8 imagery)."""
+
+
+def deepness_standardization(mean: Sequence[float], std: Sequence[float], value_max: float) -> dict[str, list[float]]:
+    """Deepness's ``standardization_mean/std`` giving the model exactly pmtl's input, (raw / max - mean) / std,
+    from Deepness's (raw / 255 - mean') / std': mean' = mean * max / 255, std' = std * max / 255 (the identity for
+    uint8 models)."""
+    factor = float(value_max) / DEEPNESS_VALUE_MAX
+    return {
+        "standardization_mean": [float(v) * factor for v in mean],
+        "standardization_std": [float(v) * factor for v in std],
+    }
 
 
 def to_props(meta: Mapping[str, Any]) -> dict[str, str]:
@@ -180,9 +203,13 @@ class ModelInfo:
     seg_kind: str = "logits"
     seg_classes: tuple[str, ...] = ()
     palette: tuple[tuple[int, int, int], ...] = ()
+    seg_colors: tuple[tuple[int, int, int], ...] = ()
+    """One RGB colour per segmentation class: metadata ``seg.colors``, else ``seg.palette``, else a fallback."""
     det_scores_output: str | None = None
     det_boxes_output: str | None = None
     det_classes: tuple[str, ...] = ()
+    det_colors: tuple[tuple[int, int, int], ...] = ()
+    """One RGB colour per detection class: metadata ``det.colors``, else a fallback (see :func:`class_colors`)."""
     score_thresh: float = 0.3
     iou_thresh: float = 0.5
     ios_thresh: float = 0.6
@@ -191,11 +218,79 @@ class ModelInfo:
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
 
+SEG_COLORS_KEY, DET_COLORS_KEY = "seg.colors", "det.colors"
+"""Optional top-level metadata keys: a JSON list of [r, g, b] per class, in class-id order."""
+
+
+def fallback_color(index: int) -> tuple[int, int, int]:
+    """A deterministic colour for class ``index`` (golden-ratio hue steps: neighbours differ strongly)."""
+    import colorsys
+
+    hue = (0.13 + index * 0.618033988749895) % 1.0
+    value = 0.95 if index % 2 == 0 else 0.75
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, value)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _isprs_color(name: str) -> tuple[int, int, int] | None:
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    return PALETTE[SEG_CLASSES.index(key)] if key in SEG_CLASSES else None
+
+
+def class_colors(names: Sequence[str]) -> tuple[tuple[int, int, int], ...]:
+    """Colours for classes without colours in the metadata: ISPRS colours for ISPRS names, else distinct ones."""
+    colors: list[tuple[int, int, int]] = []
+    step = 0
+    for name in names:
+        color = _isprs_color(name)
+        while color is None or color in colors:
+            color, step = fallback_color(step), step + 1
+        colors.append(color)
+    return tuple(colors)
+
+
+def _parse_colors(value: Any, names: Sequence[str], key: str, origin: str) -> tuple[tuple[int, int, int], ...]:
+    """``[[r, g, b], ...]`` with one colour per class, else an InputError naming the key."""
+    ok = isinstance(value, list) and len(value) == len(names)
+    colors: list[tuple[int, int, int]] = []
+    for item in value if ok else ():
+        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in item)):
+            ok = False
+            break
+        colors.append((item[0], item[1], item[2]))
+    if not ok:
+        raise InputError(
+            f"model '{origin}': metadata key '{key}' must list one [r, g, b] (0-255 integers) per class "
+            f"({len(names)} classes: {list(names)}), found {value!r}"
+        )
+    return tuple(colors)
+
+
+def _colors_of(
+    meta: Mapping[str, Any], key: str, names: Sequence[str], origin: str, palette: Sequence[Sequence[int]] = ()
+) -> tuple[tuple[int, int, int], ...]:
+    """Class colours from ``key`` (``head.colors``: nested under the head, or a top-level dotted key), else
+    ``palette`` when it covers every class, else :func:`class_colors`."""
+    head, _, leaf = key.partition(".")
+    nested = meta.get(head) if isinstance(meta.get(head), Mapping) else {}
+    if leaf in nested:
+        return _parse_colors(nested[leaf], names, key, origin)
+    if key in meta:
+        return _parse_colors(meta[key], names, key, origin)
+    if names and len(palette) == len(names):
+        return tuple((int(c[0]), int(c[1]), int(c[2])) for c in palette)
+    return class_colors(names)
+
+
 def _output_of(meta: Mapping[str, Any], task: str, kinds: tuple[str, ...]) -> tuple[str | None, str]:
     for name, spec in meta["outputs"].items():
         if spec["task"] == task and spec["kind"] in kinds:
             return name, spec["kind"]
     return None, ""
+
+
+def _colors(values: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]:
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in values)
 
 
 def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:
@@ -213,6 +308,7 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
     seg_output, seg_kind = _output_of(meta, "seg", ("logits", "probabilities"))
     scores, _ = _output_of(meta, "det", ("sigmoid_scores",))
     boxes, _ = _output_of(meta, "det", ("boxes_xyxy_px",))
+    seg_classes, det_classes = tuple(seg.get("classes", ())), tuple(det.get("classes", ()))
     return ModelInfo(
         source="pmtl",
         input_name=inp["name"],
@@ -227,11 +323,13 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         overlap=int(meta["overlap"]),
         seg_output=seg_output,
         seg_kind=seg_kind or "logits",
-        seg_classes=tuple(seg.get("classes", ())),
+        seg_classes=seg_classes,
         palette=tuple(tuple(c) for c in seg.get("palette", ())),
+        seg_colors=_colors_of(meta, SEG_COLORS_KEY, seg_classes, origin, seg.get("palette", ())),
         det_scores_output=scores if "det" in meta["tasks"] else None,
         det_boxes_output=boxes if "det" in meta["tasks"] else None,
-        det_classes=tuple(det.get("classes", ())),
+        det_classes=det_classes,
+        det_colors=_colors_of(meta, DET_COLORS_KEY, det_classes, origin),
         score_thresh=float(det.get("score_thresh", 0.3)),
         iou_thresh=float(det.get("iou_thresh", 0.5)),
         ios_thresh=float(det.get("ios_thresh", 0.6)),
@@ -282,7 +380,7 @@ def _deepness_info(
     if resolution is None:
         notes.append("no 'resolution': the raster's GSD is used as is (no resampling)")
     overlap_pct = int(meta.get("tiles_overlap", 10))
-    palette = tuple(PALETTE[i % len(PALETTE)] for i in range(len(classes)))
+    palette = _colors_of(meta, SEG_COLORS_KEY, classes, origin)
     notes.append(f"Deepness-only metadata: bands taken in raster order, uint8 scaling, classes {list(classes)}")
     return ModelInfo(
         source="deepness",
@@ -300,6 +398,7 @@ def _deepness_info(
         seg_kind="probabilities",
         seg_classes=classes,
         palette=palette,
+        seg_colors=palette,
         notes=tuple(notes),
         raw=dict(meta),
     )

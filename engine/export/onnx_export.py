@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress
 from engine.export import metadata as md
@@ -28,6 +28,8 @@ from engine.models.anchors import DEFAULT_VARIANCES, decode
 
 VARIANTS: tuple[str, ...] = ("full", "deepness")
 DEFAULT_OPSET: int = 18
+BATCH_DIM: str = "batch"
+"""The one symbolic dimension of every input and output."""
 
 
 class ExportWrapper(nn.Module):
@@ -61,16 +63,52 @@ class ExportWrapper(nn.Module):
         return tuple(results)
 
 
-def output_specs(tasks: Sequence[str], variant: str, num_seg: int, num_det: int, tile: int) -> dict[str, dict]:
-    """The metadata ``outputs`` entry for a graph exported with these options (order = graph output order)."""
+def output_specs(
+    tasks: Sequence[str], variant: str, num_seg: int, num_det: int, tile: int, num_anchors: int
+) -> dict[str, dict]:
+    """The metadata ``outputs`` entry for a graph exported with these options (order = graph output order).
+
+    Every dimension but the batch is a number: Deepness (and other readers) size their buffers from the declared
+    output shapes, so a symbolic channel dimension breaks them."""
     specs: dict[str, dict] = {}
     if "seg" in tasks:
         name, kind = (md.SEG_PROBS, "probabilities") if variant == "deepness" else (md.SEG_LOGITS, "logits")
-        specs[name] = {"task": "seg", "kind": kind, "shape": ["batch", num_seg, tile, tile]}
+        specs[name] = {"task": "seg", "kind": kind, "shape": [BATCH_DIM, num_seg, tile, tile]}
     if "det" in tasks and variant == "full":
-        specs[md.DET_SCORES] = {"task": "det", "kind": "sigmoid_scores", "shape": ["batch", "anchors", num_det]}
-        specs[md.DET_BOXES] = {"task": "det", "kind": "boxes_xyxy_px", "shape": ["batch", "anchors", 4]}
+        shape = [BATCH_DIM, num_anchors, num_det]
+        specs[md.DET_SCORES] = {"task": "det", "kind": "sigmoid_scores", "shape": shape}
+        specs[md.DET_BOXES] = {"task": "det", "kind": "boxes_xyxy_px", "shape": [BATCH_DIM, num_anchors, 4]}
     return specs
+
+
+def declare_output_shapes(proto: Any, specs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Write the static output shapes into the graph: the exporter leaves some symbolic (e.g. after Softmax)."""
+    for output in proto.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for value in specs[output.name]["shape"]:
+            dim = dims.add()
+            if isinstance(value, str):
+                dim.dim_param = value
+            else:
+                dim.dim_value = int(value)
+
+
+def check_output_shapes(path: Path, specs: Mapping[str, Mapping[str, Any]], channels: int, tile: int) -> None:
+    """Run the written graph once in onnxruntime and compare every output with its declared shape (ONNX shape
+    inference cannot follow Resize/Softmax, so only a run proves the declaration)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = session.run(None, {md.INPUT_NAME: np.zeros((1, channels, tile, tile), np.float32)})
+    for meta, value in zip(session.get_outputs(), results):
+        declared = [1 if isinstance(d, str) else d for d in specs[meta.name]["shape"]]
+        if list(value.shape) != declared:
+            raise ConfigError(
+                f"export: output '{meta.name}' is {list(value.shape)} for one tile, its declared shape is "
+                f"{specs[meta.name]['shape']}"
+            )
 
 
 def _tasks_and_sizes(model: nn.Module, channels: int, tile: int) -> tuple[list[str], int, int, int]:
@@ -112,12 +150,12 @@ def _torch_export(
 ) -> None:
     names = {"input_names": [md.INPUT_NAME], "output_names": outputs}
     if dynamo:
-        batch = torch.export.Dim("batch", min=1, max=4096)
+        batch = torch.export.Dim(BATCH_DIM, min=1, max=4096)
         torch.onnx.export(
             wrapper, (example,), str(path), dynamo=True, opset_version=opset, dynamic_shapes=({0: batch},), **names
         )
     else:
-        axes = {name: {0: "batch"} for name in [md.INPUT_NAME, *outputs]}
+        axes = {name: {0: BATCH_DIM} for name in [md.INPUT_NAME, *outputs]}
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
 
 
@@ -139,8 +177,9 @@ def export_onnx(
 
     ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
     ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
-    ``det_classes`` and provenance (``name``, ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``,
-    ``checkpoint``, ``weights``). ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
+    ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
+    ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
+    ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
@@ -169,13 +208,15 @@ def export_onnx(
     cfg = getattr(model, "cfg", None)
     variances = tuple(cfg.box_variances) if cfg is not None else DEFAULT_VARIANCES
     wrapper = ExportWrapper(model, tasks, anchors, variances, variant).eval()
-    specs = output_specs(tasks, variant, num_seg, num_det, tile)
+    specs = output_specs(tasks, variant, num_seg, num_det, tile, num_anchors)
     graph_tasks = sorted({s["task"] for s in specs.values()}, key=["det", "seg"].index)
 
     provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights")
     provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
     if "model_config" not in provenance and cfg is not None:
         provenance["model_config"] = cfg.to_dict()
+    num_det_out = num_det if "det" in graph_tasks else 0
+    det_names = _names(metadata, "det_classes", DET_CLASSES, num_det_out)
     meta = md.build_metadata(
         tasks=graph_tasks,
         bands=metadata["bands"],
@@ -188,7 +229,8 @@ def export_onnx(
         outputs=specs,
         seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
         palette=_names(metadata, "palette", PALETTE, num_seg),
-        det_classes=_names(metadata, "det_classes", DET_CLASSES, num_det if "det" in graph_tasks else 0),
+        det_classes=det_names,
+        det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
         score_thresh=score_thresh,
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,
@@ -204,12 +246,14 @@ def export_onnx(
         with torch.no_grad():
             _torch_export(wrapper, torch.zeros(2, channels, tile, tile), tmp, list(specs), opset, dynamo)
         proto = onnx.load(str(tmp))
+        declare_output_shapes(proto, specs)
         del proto.metadata_props[:]
         for key, value in md.to_props(meta).items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
+        check_output_shapes(tmp, specs, channels, tile)
     return meta
 
 

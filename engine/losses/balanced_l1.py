@@ -17,7 +17,10 @@ from typing import Literal
 import torch
 
 from engine.core.errors import ConfigError
+from engine.core.settings import LossSettings
 from engine.losses._checks import fp32, require_dims, require_positive, require_same_shape
+
+_LOSS = LossSettings()
 
 BalancedL1Form = Literal["paper", "mmdet"]
 
@@ -25,9 +28,9 @@ BalancedL1Form = Literal["paper", "mmdet"]
 def balanced_l1(
     pred: torch.Tensor,
     target: torch.Tensor,
-    alpha: float = 0.5,
-    gamma: float = 1.5,
-    beta: float = 0.11,
+    alpha: float = _LOSS.bl1_alpha,
+    gamma: float = _LOSS.bl1_gamma,
+    beta: float = _LOSS.bl1_beta,
     form: BalancedL1Form = "paper",
 ) -> torch.Tensor:
     """Element-wise Balanced L1 of ``pred - target`` in float32 (defaults: α=0.5, γ=1.5, β=0.11 of REFERENCE §2)."""
@@ -58,9 +61,9 @@ def detection_box_loss(
     box_deltas: torch.Tensor,
     target_deltas: torch.Tensor,
     labels: torch.Tensor,
-    alpha: float = 0.5,
-    gamma: float = 1.5,
-    beta: float = 0.11,
+    alpha: float = _LOSS.bl1_alpha,
+    gamma: float = _LOSS.bl1_gamma,
+    beta: float = _LOSS.bl1_beta,
     form: BalancedL1Form = "paper",
 ) -> torch.Tensor:
     """Supervised box regression: Balanced L1 averaged over the positive anchors' 4 deltas (labels ≥ 0).

@@ -9,13 +9,13 @@ level-major, then y, x, then the anchors of a location (docs/ARCHITECTURE.md, "M
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from engine.core.errors import ConfigError, InputError
+from engine.core.settings import SOFT_DET_FORMS, KDSettings, LossSettings
 from engine.losses._checks import (
     fp32,
     require_dims,
@@ -23,37 +23,34 @@ from engine.losses._checks import (
     require_non_negative,
     require_positive,
     require_same_shape,
+    require_unit_interval,
 )
 from engine.losses.balanced_l1 import balanced_l1
 from engine.losses.focal import focal_elementwise
 
 FeatureReduction = Literal["level_mean", "pooled"]
+SoftDetForm = Literal["focal", "quality_focal"]
+_KD, _LOSS = KDSettings(), LossSettings()
+"""Default arguments come from the settings dataclasses (the one place defaults live)."""
 
 
-@dataclass(frozen=True)
-class DistillWeights:
-    """Every distillation weight and parameter in one place; defaults are REFERENCE §2's unless noted.
+def quality_focal_elementwise(
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = _LOSS.focal_alpha, gamma: float = _KD.soft_focal_gamma
+) -> torch.Tensor:
+    """Per-element α_t·|t − σ(z)|^γ·BCE(z, t) in float32 for soft targets t (Li et al.'s quality focal loss, GFL).
 
-    ``soft_det_cls`` 5e3 multiplies a mean over all anchor×class elements (tiny per element), as in the reference.
-    ``focal_gamma`` defaults to Lin et al.'s 2 (the reference ran γ=1). ``soft_seg`` and ``temperature`` have no
-    working reference value (its segmentation KD was broken): 1 makes the KL term comparable to the supervised CE.
+    Both factors vanish at σ(z) = t and BCE is minimised there, so the loss is minimised exactly at the target
+    probability for every γ. α_t = α·t + (1 − α)·(1 − t) does not depend on z, so it scales the loss without moving
+    its optimum (it keeps the magnitude comparable with the focal form).
     """
-
-    soft_det_cls: float = 5e3
-    soft_det_box: float = 1.0
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    soft_seg: float = 1.0
-    temperature: float = 1.0
-    feat_mse: float = 5.0
-    pdf_feat: float = 5.0
-    pdf_cls: float = 1.0
-    pdf_box: float = 1.0
-
-    def __post_init__(self) -> None:
-        for field in fields(self):
-            require_non_negative(field.name, getattr(self, field.name))
-        require_positive("temperature", self.temperature)
+    require_unit_interval("alpha", alpha)
+    require_non_negative("gamma", gamma)
+    logits = fp32(logits)
+    targets = targets.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    modulation = (targets - logits.sigmoid()).abs().pow(gamma)
+    alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+    return alpha_t * modulation * bce
 
 
 def soft_detection_kd(
@@ -61,26 +58,38 @@ def soft_detection_kd(
     s_box: torch.Tensor,
     t_cls: torch.Tensor,
     t_box: torch.Tensor,
-    cls_weight: float = 5e3,
-    box_weight: float = 1.0,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
+    cls_weight: float = _KD.soft_det_cls_weight,
+    box_weight: float = _KD.soft_det_box_weight,
+    alpha: float = _LOSS.focal_alpha,
+    gamma: float = _KD.soft_focal_gamma,
     box_loss: Mapping[str, float] | None = None,
+    form: SoftDetForm = "focal",
 ) -> dict[str, torch.Tensor]:
     """Soft detection loss: teacher and student share the anchor layout, so predictions pair anchor by anchor.
 
-    ``soft_cls`` = cls_weight · mean over all anchor×class elements of focal(student logit, target σ(teacher logit));
+    ``soft_cls`` = cls_weight · mean over all anchor×class elements of a per-element loss of the student logit
+    against the soft target σ(teacher logit):
+
+    - ``form="focal"`` (the reference): α_t·(1 − p_t)^γ·BCE with p_t = p·t + (1 − p)·(1 − t). For γ > 0 this is
+      NOT minimised at the teacher's probability: (1 − p_t) grows with p when t < 0.5, so the student is pulled
+      below the teacher (t = 0.3, γ = 1 → optimum p ≈ 0.19) and, for t > 0.5, above it. It sharpens the teacher's
+      soft scores towards 0/1 rather than copying them; only γ = 0 (weighted BCE) copies them.
+    - ``form="quality_focal"``: α_t·|t − p|^γ·BCE (:func:`quality_focal_elementwise`), minimised at p = t.
+
     ``soft_box`` = box_weight · mean over all anchors×4 of Balanced L1(student delta − teacher delta), with
     ``box_loss`` = {alpha, gamma, beta} of the supervised Balanced L1 (its defaults when None).
-    No matching and no NMS (REFERENCE §2). Note the cls term is not 0 for identical predictions: a soft-target
-    BCE bottoms out at the teacher's entropy; only its gradient vanishes there.
+    No matching and no NMS (REFERENCE §2). The cls term is not 0 for identical predictions (a soft-target BCE
+    bottoms out at the teacher's entropy).
     """
+    if form not in SOFT_DET_FORMS:
+        raise ConfigError(f"loss parameter 'form': expected one of {list(SOFT_DET_FORMS)}, found {form!r}")
     require_dims("s_cls", s_cls, 3, "(B, A, num_classes)")
     require_same_shape("s_cls", s_cls, "t_cls", t_cls)
     require_dims("s_box", s_box, 3, "(B, A, 4)")
     require_same_shape("s_box", s_box, "t_box", t_box)
     target = fp32(t_cls.detach()).sigmoid()
-    cls = focal_elementwise(s_cls, target, alpha, gamma).mean()
+    elementwise = focal_elementwise if form == "focal" else quality_focal_elementwise
+    cls = elementwise(s_cls, target, alpha, gamma).mean()
     box = balanced_l1(s_box, t_box.detach(), **(box_loss or {})).mean()
     return {"soft_cls": cls_weight * cls, "soft_box": box_weight * box}
 
@@ -88,9 +97,9 @@ def soft_detection_kd(
 def soft_segmentation_kd(
     s_logits: torch.Tensor,
     t_logits: torch.Tensor,
-    temperature: float = 1.0,
+    temperature: float = _KD.temperature,
     ignore_mask: torch.Tensor | None = None,
-    weight: float = 1.0,
+    weight: float = _KD.soft_seg_weight,
 ) -> torch.Tensor:
     """weight · T² · KL(softmax(t/T) ‖ softmax(s/T)) summed over classes, averaged over non-ignored pixels.
 
@@ -127,14 +136,14 @@ def _check_feature_lists(student_feats: Sequence[torch.Tensor], teacher_feats: S
 def feature_mse(
     student_feats: Sequence[torch.Tensor],
     teacher_feats: Sequence[torch.Tensor],
-    weight: float = 5.0,
-    reduction: FeatureReduction = "level_mean",
+    weight: float = _KD.feature_weight,
+    reduction: FeatureReduction = _KD.feature_reduction,  # type: ignore[assignment]
 ) -> torch.Tensor:
     """Feature distillation by uniform regression of the teacher's neck features (FitNets-style "hint" loss).
 
-    ``level_mean`` (default): weight · (1/L) Σ_levels mean_{b,c,y,x} (f_s − f_t)², so each pyramid level counts
-    equally. ``pooled``: weight · Σ_all (f_s − f_t)² / (number of elements of all levels), the reference's mean over
-    its concatenated features, dominated by the finest level.
+    ``level_mean``: weight · (1/L) Σ_levels mean_{b,c,y,x} (f_s − f_t)², so each pyramid level counts
+    equally. ``pooled`` (default): weight · Σ_all (f_s − f_t)² / (number of elements of all levels), the
+    reference's mean over its concatenated features, dominated by the finest level.
     """
     _check_feature_lists(student_feats, teacher_feats)
     sq = [(fp32(fs) - fp32(ft.detach())).pow(2) for fs, ft in zip(student_feats, teacher_feats)]
@@ -180,9 +189,9 @@ def pdf_distil(
     t_box: torch.Tensor,
     level_shapes: Sequence[tuple[int, int]],
     anchors_per_loc: int = 6,
-    weight: float = 5.0,
-    cls_weight: float = 1.0,
-    box_weight: float = 1.0,
+    weight: float = _KD.feature_weight,
+    cls_weight: float = _KD.pdf_cls_weight,
+    box_weight: float = _KD.pdf_box_weight,
 ) -> dict[str, torch.Tensor]:
     """PDF-Distil as the reference computes it, with the missing guards (REFERENCE §2).
 

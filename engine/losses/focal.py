@@ -11,17 +11,15 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
 from engine.core.errors import InputError
+from engine.core.settings import LossSettings
 from engine.losses._checks import fp32, require_dims, require_non_negative, require_unit_interval
+from engine.models.anchors import IGNORE
 
-IGNORE_ANCHOR: int = -2
-"""Assignment label of anchors between the negative and positive IoU thresholds (no classification loss)."""
-
-NEGATIVE_ANCHOR: int = -1
-"""Assignment label of background anchors (all classes target 0)."""
+_LOSS = LossSettings()
 
 
 def focal_elementwise(
-    logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+    logits: torch.Tensor, targets: torch.Tensor, alpha: float = _LOSS.focal_alpha, gamma: float = _LOSS.focal_gamma
 ) -> torch.Tensor:
     """Per-element focal loss α_t·(1−p_t)^γ·BCE in float32; ``targets`` may be soft (in [0, 1]), as for KD.
 
@@ -37,8 +35,8 @@ def detection_cls_loss(
     cls_logits: torch.Tensor,
     labels: torch.Tensor,
     num_classes: int,
-    alpha: float = 0.25,
-    gamma: float = 2.0,
+    alpha: float = _LOSS.focal_alpha,
+    gamma: float = _LOSS.focal_gamma,
 ) -> torch.Tensor:
     """Supervised detection classification loss: focal loss summed over non-ignored anchors × classes.
 
@@ -56,5 +54,5 @@ def detection_cls_loss(
     positive = labels >= 0
     targets = F.one_hot(labels.clamp(min=0), num_classes).to(torch.float32) * positive.unsqueeze(-1)
     loss = focal_elementwise(cls_logits, targets, alpha, gamma)
-    loss = torch.where((labels != IGNORE_ANCHOR).unsqueeze(-1), loss, torch.zeros_like(loss))
+    loss = torch.where((labels != IGNORE).unsqueeze(-1), loss, torch.zeros_like(loss))
     return loss.sum() / positive.sum().clamp(min=1)

@@ -127,7 +127,9 @@ class Assignment(NamedTuple):
 
 
 NEGATIVE: int = -1
+"""Assignment label of background anchors (all classes target 0). The one definition of the sentinels."""
 IGNORE: int = -2
+"""Assignment label of anchors between the negative and positive IoU thresholds (no classification loss)."""
 
 
 def assign(

@@ -39,12 +39,15 @@ class MultiTaskNet(nn.Module):
         """Neck outputs P3..P6 (the shared encoder; what feature distillation compares)."""
         return self.neck(self.backbone(images))
 
-    def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
+    def forward(self, images: Tensor, heads: tuple[str, ...] | None = None) -> dict[str, Tensor | list[Tensor]]:
+        """``heads`` (default: every head the network has) says which heads run. Training runs only the heads
+        that receive a loss from the batch, so a head's BatchNorm statistics never follow the other task's domain
+        and no compute goes to outputs nobody reads."""
         features = self.encode(images)
         out: dict[str, Tensor | list[Tensor]] = {"features": features}
-        if self.det_head is not None:
+        if self.det_head is not None and (heads is None or "det" in heads):
             out["cls_logits"], out["box_deltas"] = self.det_head(features)
-        if self.seg_head is not None:
+        if self.seg_head is not None and (heads is None or "seg" in heads):
             out["seg_logits"] = self.seg_head(features, images.shape[-2:])
         return out
 

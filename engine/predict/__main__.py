@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from engine.core.errors import ConfigError, PmtlError
+from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--value-max", type=float, help="raw value that maps to 1.0 (default: the model's scaling)")
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     args = parser.parse_args(argv)
+    quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
     from engine.predict.pipeline import predict_raster
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         print("prediction cancelled; no output written", file=sys.stderr)
         return 130
     except (PmtlError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # not mapped to a named output (e.g. the system temp folder): still one line
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -5,15 +5,16 @@ All are created at temporary paths by the caller (engine.core.atomic) and rename
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from engine.core.errors import InputError
+from engine.core.errors import InputError, OutputError, output_error
 from engine.predict.detections import Detections
 from engine.predict.raster import Source, pixel_to_map, srs_of
 
@@ -25,6 +26,55 @@ PROB_SCALE: float = 250.0
 """Probabilities are stored as uint8 p·250 (255 = nodata); band scale 1/250 gives p back in QGIS."""
 
 _TIFF_OPTIONS = ["TILED=YES", "BLOCKXSIZE=256", "BLOCKYSIZE=256", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER"]
+
+
+@contextlib.contextmanager
+def writing(name: str | os.PathLike[str]) -> Iterator[list[str]]:
+    """Run a write of the output ``name``: any GDAL / OGR / OS failure becomes one :class:`OutputError` naming it.
+
+    GDAL's failure messages are collected meanwhile (a handler pushed for this thread only): the exception GDAL
+    raises names only the last symptom ('Write error at scanline 512'), an earlier message the cause ('No space
+    left on device'), and without exceptions, or when a dataset is closed, failures are messages only."""
+    messages: list[str] = []
+
+    def collect(error_class: int, error_number: int, text: str) -> None:
+        if error_class >= gdal.CE_Failure:
+            messages.append(str(text))
+
+    gdal.PushErrorHandler(collect)
+    try:
+        yield messages
+    except OutputError:
+        raise
+    except (RuntimeError, OSError) as exc:
+        raise output_error(name, exc, messages) from None
+    finally:
+        gdal.PopErrorHandler()
+    if messages:
+        raise output_error(name, messages[-1], messages)
+
+
+class RasterOutput:
+    """A GeoTIFF being written, with the output name its errors report (not the hidden temporary file's)."""
+
+    def __init__(self, name: str | os.PathLike[str], ds: gdal.Dataset) -> None:
+        self.name, self.ds = str(name), ds
+
+    def write(self, band: int, array: np.ndarray, x: int, y: int) -> None:
+        with writing(self.name):
+            self.ds.GetRasterBand(band).WriteArray(array, x, y)
+
+    def close(self) -> None:
+        """Flush and close, raising what failed: GDAL reports a failed flush at close as messages only."""
+        ds, self.ds = self.ds, None
+        if ds is not None:
+            with writing(self.name):
+                ds.FlushCache()
+                del ds  # the last reference: the file is closed here, inside the error collection
+
+    def discard(self) -> None:
+        """Drop the dataset without checks (another error is already on its way; the file is removed)."""
+        self.ds = None
 
 
 def check_writable(path: str | os.PathLike[str] | None, parameter: str) -> None:
@@ -92,8 +142,13 @@ def softmax(values: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) -> None:
+def warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str, name: str = "") -> None:
     """Re-grid a working-grid output onto the input raster's exact grid (CRS, geotransform, size)."""
+    with writing(name or out_path):
+        _warp_to_input(work_path, out_path, src, resample)
+
+
+def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) -> None:
     work = gdal.Open(str(work_path))
     target = src.input_ds
     out = gdal.GetDriverByName("GTiff").Create(
@@ -114,12 +169,17 @@ def warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) -
             band.SetScale(source_band.GetScale())
     gdal.Warp(out, work, resampleAlg=resample, srcNodata=NODATA, dstNodata=NODATA, multithread=False)
     out.FlushCache()
-    out = None
+    del out  # closed here, inside the caller's error collection
     work = None
 
 
-def write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source) -> None:
+def write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source, name: str = "") -> None:
     """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS."""
+    with writing(name or path):
+        _write_detections(path, dets, classes, src)
+
+
+def _write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source) -> None:
     gt = src.geotransform
     work_srs = srs_of(src.wkt)
     out_srs = srs_of(src.input_ds.GetProjection())
@@ -155,8 +215,13 @@ def write_detections(path: Path, dets: Detections, classes: Sequence[str], src: 
     vds = None
 
 
-def polygonize(class_map: Path, path: Path, classes: Sequence[str]) -> int:
+def polygonize(class_map: Path, path: Path, classes: Sequence[str], name: str = "") -> int:
     """Polygons of the class map (GDAL polygonize, nodata excluded) with fields class_id and class; returns count."""
+    with writing(name or path):
+        return _polygonize(class_map, path, classes)
+
+
+def _polygonize(class_map: Path, path: Path, classes: Sequence[str]) -> int:
     ds = gdal.Open(str(class_map))
     band = ds.GetRasterBand(1)
     vds = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))

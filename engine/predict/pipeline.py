@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from osgeo import gdal
@@ -20,12 +21,12 @@ from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import Detections, merge_across_tiles, tile_detections, truncated_at_seams
 from engine.predict.model import OnnxModel
-from engine.predict.raster import Source, load_aoi, open_source
+from engine.predict.raster import Source, WindowReader, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
 
-PathLike = str | os.PathLike[str]
+PathLike = Union[str, os.PathLike]
 
 
 @dataclasses.dataclass
@@ -83,16 +84,16 @@ def _batches(src: Source, grid: TileGrid, batch_size: int) -> Iterator[list[_Til
 class _SegWriter:
     """Turns blended final blocks into class ids (and probabilities) written window by window."""
 
-    def __init__(self, kind: str, class_ds: gdal.Dataset | None, prob_ds: gdal.Dataset | None) -> None:
-        self.kind, self.class_ds, self.prob_ds = kind, class_ds, prob_ds
+    def __init__(self, kind: str, classes: out.RasterOutput | None, probs: out.RasterOutput | None) -> None:
+        self.kind, self.classes, self.probs = kind, classes, probs
 
     def write(self, block: FinalBlock, valid: np.ndarray) -> None:
         invalid = ~valid[: block.rows, : block.cols]
-        if self.class_ds is not None:
+        if self.classes is not None:
             ids = block.data.argmax(axis=0).astype(np.uint8)
             ids[invalid] = out.NODATA
-            self.class_ds.GetRasterBand(1).WriteArray(ids, block.x, block.y)
-        if self.prob_ds is not None:
+            self.classes.write(1, ids, block.x, block.y)
+        if self.probs is not None:
             if self.kind == "logits":
                 probs = out.softmax(block.data)
             else:
@@ -100,7 +101,10 @@ class _SegWriter:
             scaled = (probs * out.PROB_SCALE + 0.5).astype(np.uint8)
             scaled[:, invalid] = out.NODATA
             for b in range(scaled.shape[0]):
-                self.prob_ds.GetRasterBand(b + 1).WriteArray(scaled[b], block.x, block.y)
+                self.probs.write(b + 1, scaled[b], block.x, block.y)
+
+    def outputs(self) -> list[out.RasterOutput]:
+        return [o for o in (self.classes, self.probs) if o is not None]
 
 
 def _tile_dets(model: OnnxModel, grid: TileGrid, tile: _Tile, scores: np.ndarray, boxes: np.ndarray, thresh: float):
@@ -173,7 +177,7 @@ def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_poly
 
 def predict_raster(
     model_path: PathLike | OnnxModel,
-    input_path: PathLike,
+    input_path: PathLike | WindowReader,
     out_raster: PathLike | None = None,
     out_vector: PathLike | None = None,
     *,
@@ -192,6 +196,9 @@ def predict_raster(
     progress: Progress | None = None,
 ) -> PredictSummary:
     """Run ``model_path`` over ``input_path`` tile by tile; write the requested outputs on the input's grid.
+
+    ``input_path``: a raster file, a GDAL dataset name (``/vsizip/…``, ``GPKG:file.gpkg:table``) or a
+    :class:`~engine.predict.raster.WindowReader` (e.g. a QGIS layer read through its provider), whose grid is used.
 
     Outputs: ``out_raster`` uint8 class map (ISPRS colours, 255 = nodata), ``out_probs`` per-class uint8
     probabilities (×250), ``out_polygons`` the class map as polygons, ``out_vector`` detections (one layer, fields
@@ -250,24 +257,44 @@ def predict_raster(
             class_work = (scratch(class_final) if src.warped else class_final) if class_final else None
             prob_work = (scratch(final["probs"]) if src.warped else final["probs"]) if out_probs else None
 
-            class_ds = out.create_class_map(class_work, src, info.seg_classes, info.palette) if class_work else None
-            prob_ds = out.create_probabilities(prob_work, src, info.seg_classes) if prob_work else None
+            class_name = requested.get("raster") or requested.get("polygons")
+            writer = _SegWriter(info.seg_kind, None, None)
+            if class_work is not None:
+                with out.writing(class_name):
+                    writer.classes = out.RasterOutput(
+                        class_name, out.create_class_map(class_work, src, info.seg_classes, info.seg_colors)
+                    )
+            if prob_work is not None:
+                with out.writing(requested["probs"]):
+                    writer.probs = out.RasterOutput(
+                        requested["probs"], out.create_probabilities(prob_work, src, info.seg_classes)
+                    )
             try:
-                writer = _SegWriter(info.seg_kind, class_ds, prob_ds) if (class_ds or prob_ds) else None
                 parts, tiles_run = _run_tiles(
-                    model, src, grid, batch_size, writer, out_vector is not None, thresh, progress
+                    model,
+                    src,
+                    grid,
+                    batch_size,
+                    writer if writer.outputs() else None,
+                    out_vector is not None,
+                    thresh,
+                    progress,
                 )
-            finally:
-                class_ds = prob_ds = writer = None  # close (flush) the GeoTIFFs
+            except BaseException:
+                for output in writer.outputs():
+                    output.discard()
+                raise
+            for output in writer.outputs():
+                output.close()  # flushed and checked: a full disk fails here, before any rename
 
             check_cancel(progress)
             if src.warped:
                 if class_work is not None:
-                    out.warp_to_input(class_work, class_final, src, "near")
+                    out.warp_to_input(class_work, class_final, src, "near", class_name)
                 if prob_work is not None:
-                    out.warp_to_input(prob_work, final["probs"], src, "bilinear")
+                    out.warp_to_input(prob_work, final["probs"], src, "bilinear", requested["probs"])
             if out_polygons is not None:
-                count = out.polygonize(class_final, final["polygons"], info.seg_classes)
+                count = out.polygonize(class_final, final["polygons"], info.seg_classes, requested["polygons"])
                 log.info("%d segment polygons", count)
             if out_vector is not None:
                 dets = Detections.concat(parts)
@@ -275,7 +302,7 @@ def predict_raster(
                 kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
                 kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, src.width)
                 kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, src.height)
-                out.write_detections(final["vector"], kept, info.det_classes, src)
+                out.write_detections(final["vector"], kept, info.det_classes, src, requested["vector"])
             check_cancel(progress)
     finally:
         gdal.SetCacheMax(old_cache)

@@ -3,6 +3,10 @@
 When the raster's CRS is geographic, or its GSD is far from the model's, a lazily warped VRT (GDAL warp, with an
 alpha band marking real pixels) is the working grid: still read window by window, so memory stays flat. Outputs
 are computed on the working grid and warped back onto the input grid at the end.
+
+A raster GDAL cannot open (a QGIS XYZ/WMS basemap, a virtual raster) comes in as a :class:`WindowReader`: an object
+that defines its own grid (already at the model's GSD) and returns raw windows; tiling, blending, detection merging
+and the outputs are the same code for both.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import dataclasses
 import logging
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 from osgeo import gdal, ogr, osr
@@ -55,6 +61,60 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+class WindowReader(Protocol):
+    """A raster read window by window on a grid of its own (size, geotransform, CRS), for sources that are not
+    GDAL datasets. ``read`` returns raw values (bands 1-based); ``valid`` a (h, w) bool mask, or None when every
+    pixel of the window holds data."""
+
+    name: str
+    width: int
+    height: int
+    geotransform: tuple[float, ...]
+    wkt: str
+    band_count: int
+    dtype: str
+    alpha_bands: tuple[int, ...]
+
+    def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> np.ndarray: ...
+
+    def valid(self, x: int, y: int, w: int, h: int) -> np.ndarray | None: ...
+
+    def approx_max(self, bands: Sequence[int]) -> float: ...
+
+
+@dataclasses.dataclass
+class GdalWindows:
+    """:class:`WindowReader`-style reads from a GDAL dataset (the working grid: the file or its warped VRT)."""
+
+    ds: gdal.Dataset
+    mask_bands: list[int]  # bands whose GDAL mask must be read (one for a per-dataset alpha); empty: all valid
+
+    def read(self, x: int, y: int, w: int, h: int, bands: Sequence[int]) -> np.ndarray:
+        return _checked(self.ds.ReadAsArray(x, y, w, h, band_list=list(bands))).reshape(len(bands), h, w)
+
+    def valid(self, x: int, y: int, w: int, h: int) -> np.ndarray | None:
+        if not self.mask_bands:
+            return None
+        masks = [_checked(self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h)) for b in self.mask_bands]
+        return np.logical_and.reduce([m > 0 for m in masks])
+
+
+def _checked(values: np.ndarray | None) -> np.ndarray:
+    """GDAL without exceptions returns None for a failed read: raise its message as exceptions mode would."""
+    if values is None:
+        raise RuntimeError(gdal.GetLastErrorMsg() or "GDAL returned no data")
+    return values
+
+
+def grid_dataset(width: int, height: int, geotransform: Sequence[float], wkt: str) -> gdal.Dataset:
+    """A band-less in-memory dataset that only carries a grid (size, geotransform, CRS) for the outputs."""
+    ds = gdal.GetDriverByName("MEM").Create("", int(width), int(height), 0, gdal.GDT_Byte)
+    ds.SetGeoTransform(tuple(float(v) for v in geotransform))
+    if wkt:
+        ds.SetProjection(wkt)
+    return ds
+
+
 @dataclasses.dataclass
 class Source:
     """The working raster: ``ds`` (input or warped VRT), its grid, the model-order band list and scaling."""
@@ -66,7 +126,7 @@ class Source:
     scale: np.ndarray  # (C, 1, 1) multiply raw values
     offset: np.ndarray  # (C, 1, 1) then add: x = raw * scale + offset = (raw / max - mean) / std
     warped: bool
-    mask_bands: list[int]  # bands whose GDAL mask must be read (one for a per-dataset alpha); empty: all valid
+    windows: GdalWindows | WindowReader
     aoi: ogr.Geometry | None = None
     _aoi_store: object = dataclasses.field(default=None, repr=False)
     _aoi_layer: ogr.Layer | None = dataclasses.field(default=None, repr=False)
@@ -91,17 +151,16 @@ class Source:
         """Normalised (C, size, size) float32 tile at (x, y) and its validity mask; pixels past the raster edge,
         nodata and outside the AOI are invalid and set to 0 (the training mean)."""
         w, h = min(size, self.width - x), min(size, self.height - y)
-        raw = self.ds.ReadAsArray(x, y, w, h, band_list=self.bands)
-        raw = raw.reshape(len(self.bands), h, w)
+        try:
+            raw = self.windows.read(x, y, w, h, self.bands)
+            mask = self.windows.valid(x, y, w, h)
+        except RuntimeError as exc:  # GDAL: a truncated / corrupt file fails only when that block is read
+            raise InputError(f"input raster '{self.path}': reading pixels {w}x{h} at ({x}, {y}) failed: {exc}") from exc
         out = np.zeros((len(self.bands), size, size), np.float32)
         np.multiply(raw, self.scale, out=out[:, :h, :w], casting="unsafe")
         out[:, :h, :w] += self.offset
         valid = np.zeros((size, size), bool)
-        if not self.mask_bands:
-            valid[:h, :w] = True
-        else:
-            masks = [self.ds.GetRasterBand(b).GetMaskBand().ReadAsArray(x, y, w, h) for b in self.mask_bands]
-            valid[:h, :w] = np.logical_and.reduce([m > 0 for m in masks])
+        valid[:h, :w] = True if mask is None else mask
         if self.aoi is not None:
             valid &= self._aoi_mask(x, y, size)
         out *= valid[None]
@@ -122,8 +181,10 @@ class Source:
         return mem.GetRasterBand(1).ReadAsArray() > 0
 
 
-def _band_list(ds: gdal.Dataset, path: str, info: ModelInfo, bands: Sequence[int] | None) -> list[int]:
-    count = ds.RasterCount
+def _band_list(
+    count: int, alpha: Sequence[int], names: Sequence[str], path: str, info: ModelInfo, bands: Sequence[int] | None
+) -> list[int]:
+    """The raster bands (1-based) in the model's band order: the mapping given, else every non-alpha band."""
     if bands is not None:
         bands = [int(b) for b in bands]
         if len(bands) != info.channels or not all(1 <= b <= count for b in bands):
@@ -132,27 +193,35 @@ def _band_list(ds: gdal.Dataset, path: str, info: ModelInfo, bands: Sequence[int
                 f"inputs {list(info.bands or [])} (raster '{path}' has {count} bands)"
             )
         return bands
-    data_bands = [b for b in range(1, count + 1) if ds.GetRasterBand(b).GetColorInterpretation() != gdal.GCI_AlphaBand]
+    data_bands = [b for b in range(1, count + 1) if b not in alpha]
     if len(data_bands) != info.channels:
-        names = [gdal.GetColorInterpretationName(ds.GetRasterBand(b).GetColorInterpretation()) for b in data_bands]
         wanted = list(info.bands) if info.bands else f"{info.channels} bands"
         raise InputError(
             f"raster '{path}': the model expects {info.channels} bands {wanted}, the raster has {len(data_bands)} "
-            f"({names}); give a band mapping, e.g. --bands {','.join(str(i + 1) for i in range(info.channels))} "
-            "(raster band numbers in the model's band order)"
+            f"({[names[b - 1] for b in data_bands]}); give a band mapping, e.g. --bands "
+            f"{','.join(str(i + 1) for i in range(info.channels))} (raster band numbers in the model's band order)"
         )
     return data_bands
 
 
-def _value_scale(ds: gdal.Dataset, path: str, bands: list[int], info: ModelInfo, value_max: float | None) -> float:
+def _gdal_bands(ds: gdal.Dataset) -> tuple[list[int], list[str]]:
+    """Alpha band numbers and every band's colour interpretation name."""
+    interp = [ds.GetRasterBand(b).GetColorInterpretation() for b in range(1, ds.RasterCount + 1)]
+    alpha = [b for b, value in enumerate(interp, start=1) if value == gdal.GCI_AlphaBand]
+    return alpha, [gdal.GetColorInterpretationName(value) for value in interp]
+
+
+def _value_scale(
+    dtype: str, approx_max: Callable[[], float], path: str, info: ModelInfo, value_max: float | None
+) -> float:
+    """The raw value that maps to 1.0: given, the model's when the raster has its dtype, else the raster's max."""
     if value_max is not None:
         if value_max <= 0:
             raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
         return float(value_max)
-    dtype = _DTYPES.get(ds.GetRasterBand(bands[0]).DataType, gdal.GetDataTypeName(ds.GetRasterBand(bands[0]).DataType))
     if dtype == info.value_dtype:
         return info.value_max
-    approx = max(float(ds.GetRasterBand(b).ComputeRasterMinMax(True)[1]) for b in bands)
+    approx = approx_max()
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
         "raster '%s' is %s but the model was trained on %s (max %g): scaling by the raster's approximate maximum %g "
@@ -166,6 +235,25 @@ def _value_scale(ds: gdal.Dataset, path: str, bands: list[int], info: ModelInfo,
     return scale
 
 
+def _gdal_dtype(ds: gdal.Dataset, band: int) -> str:
+    data_type = ds.GetRasterBand(band).DataType
+    return _DTYPES.get(data_type, gdal.GetDataTypeName(data_type))
+
+
+def _standardisation(info: ModelInfo, raw_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset) with x = raw * scale + offset = (raw / max - mean) / std, per band (C, 1, 1)."""
+    mean = np.asarray(info.mean, np.float32).reshape(-1, 1, 1)
+    std = np.asarray(info.std, np.float32).reshape(-1, 1, 1)
+    if mean.size != info.channels or std.size != info.channels:
+        raise InputError(f"model metadata: mean/std need {info.channels} values, found {mean.size}/{std.size}")
+    return (1.0 / (raw_max * std)).astype(np.float32), (-mean / std).astype(np.float32)
+
+
+def is_gdal_name(path: str) -> bool:
+    """True for GDAL dataset names that are not plain files: /vsizip/…, /vsicurl/…, GPKG:file.gpkg:table, …"""
+    return path.startswith("/vsi") or re.match(r"^[A-Za-z][A-Za-z0-9_]+:", path) is not None
+
+
 def _warp(ds: gdal.Dataset, srs_wkt: str, res: float | None) -> gdal.Dataset:
     options = {"format": "VRT", "dstSRS": srs_wkt, "resampleAlg": "bilinear", "dstAlpha": True, "multithread": False}
     if res is not None:
@@ -174,17 +262,22 @@ def _warp(ds: gdal.Dataset, srs_wkt: str, res: float | None) -> gdal.Dataset:
 
 
 def open_source(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | WindowReader,
     info: ModelInfo,
     bands: Sequence[int] | None = None,
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
     notes: list[str] | None = None,
 ) -> Source:
-    """Open and check the input raster; choose the working grid (the raster itself, or a warped VRT)."""
+    """Open and check the input raster; choose the working grid (the raster itself, or a warped VRT).
+
+    ``path`` is a file, a GDAL dataset name (``/vsizip/…``, ``GPKG:file:table``) or a :class:`WindowReader`, whose
+    own grid is the working grid (it is made at the model's GSD by whoever built it)."""
     notes = notes if notes is not None else []
+    if not isinstance(path, (str, os.PathLike)):
+        return _reader_source(path, info, bands, value_max)
     path = str(path)
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) and not is_gdal_name(path):
         raise InputError(f"input raster '{path}': expected a raster file, found nothing there")
     try:
         ds = gdal.Open(path, gdal.GA_ReadOnly)
@@ -192,38 +285,15 @@ def open_source(
         raise InputError(f"input raster '{path}': GDAL cannot read it as a raster: {exc}") from exc
     if ds is None or ds.RasterCount == 0:
         raise InputError(f"input raster '{path}': expected a raster with bands, found none")
-    band_list = _band_list(ds, path, info, bands)
-    raw_max = _value_scale(ds, path, band_list, info, value_max)
-    mean = np.asarray(info.mean, np.float32).reshape(-1, 1, 1)
-    std = np.asarray(info.std, np.float32).reshape(-1, 1, 1)
-    if mean.size != info.channels or std.size != info.channels:
-        raise InputError(f"model metadata: mean/std need {info.channels} values, found {mean.size}/{std.size}")
+    alpha, names = _gdal_bands(ds)
+    band_list = _band_list(ds.RasterCount, alpha, names, path, info, bands)
 
-    gt = ds.GetGeoTransform()
-    srs = srs_of(ds.GetProjection())
-    work, warped = ds, False
-    if srs is None:
-        notes.append(f"raster '{path}' has no CRS: GSD not checked, outputs carry no CRS")
-    elif srs.IsGeographic():
-        cx, cy = pixel_to_map(gt, ds.RasterXSize / 2.0, ds.RasterYSize / 2.0)
-        utm = osr.SpatialReference()
-        utm.ImportFromEPSG(utm_epsg(float(cx), float(cy)))
-        probe = _warp(ds, utm.ExportToWkt(), None)
-        res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
-        if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
-            res = info.gsd
-        work, warped = _warp(ds, utm.ExportToWkt(), res), True
-        notes.append(
-            f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
-        )
-    elif info.gsd:
-        gsd = _gsd_m(gt, srs)
-        if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
-            notes.append(
-                f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
-                "(outputs are written on the input grid)"
-            )
-            work, warped = _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
+    def raster_max() -> float:
+        return max(float(ds.GetRasterBand(b).ComputeRasterMinMax(True)[1]) for b in band_list)
+
+    raw_max = _value_scale(_gdal_dtype(ds, band_list[0]), raster_max, path, info, value_max)
+    scale, offset = _standardisation(info, raw_max)
+    work, warped = _working_grid(ds, path, info, gsd_tolerance, notes)
     for note in notes:
         log.warning(note)
     flags = {b: work.GetRasterBand(b).GetMaskFlags() for b in band_list}
@@ -235,10 +305,64 @@ def open_source(
         input_ds=ds,
         ds=work,
         bands=band_list,
-        scale=(1.0 / (raw_max * std)).astype(np.float32),
-        offset=(-mean / std).astype(np.float32),
+        scale=scale,
+        offset=offset,
         warped=warped,
-        mask_bands=mask_bands,
+        windows=GdalWindows(work, mask_bands),
+    )
+
+
+def _working_grid(
+    ds: gdal.Dataset, path: str, info: ModelInfo, gsd_tolerance: float, notes: list[str]
+) -> tuple[gdal.Dataset, bool]:
+    """The raster itself, or a warped VRT when its CRS is geographic or its GSD far from the model's."""
+    gt = ds.GetGeoTransform()
+    srs = srs_of(ds.GetProjection())
+    if srs is None:
+        notes.append(f"raster '{path}' has no CRS: GSD not checked, outputs carry no CRS")
+    elif srs.IsGeographic():
+        cx, cy = pixel_to_map(gt, ds.RasterXSize / 2.0, ds.RasterYSize / 2.0)
+        utm = osr.SpatialReference()
+        utm.ImportFromEPSG(utm_epsg(float(cx), float(cy)))
+        probe = _warp(ds, utm.ExportToWkt(), None)
+        res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
+        if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
+            res = info.gsd
+        notes.append(
+            f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
+        )
+        return _warp(ds, utm.ExportToWkt(), res), True
+    elif info.gsd:
+        gsd = _gsd_m(gt, srs)
+        if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
+            notes.append(
+                f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
+                "(outputs are written on the input grid)"
+            )
+            return _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
+    return ds, False
+
+
+def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] | None, value_max: float | None):
+    """A :class:`Source` over a :class:`WindowReader`: its grid is the working grid and the output grid."""
+    names = [f"band {b}" for b in range(1, reader.band_count + 1)]
+    band_list = _band_list(reader.band_count, reader.alpha_bands, names, reader.name, info, bands)
+
+    def reader_max() -> float:
+        return float(reader.approx_max(band_list))
+
+    raw_max = _value_scale(reader.dtype, reader_max, reader.name, info, value_max)
+    scale, offset = _standardisation(info, raw_max)
+    grid = grid_dataset(reader.width, reader.height, reader.geotransform, reader.wkt)
+    return Source(
+        path=reader.name,
+        input_ds=grid,
+        ds=grid,
+        bands=band_list,
+        scale=scale,
+        offset=offset,
+        warped=False,
+        windows=reader,
     )
 
 

@@ -57,7 +57,7 @@ def _check_args(domain: str, tiles: int | None, tile_size_m: float | None, worke
     if not isinstance(count, int) or not 1 <= count <= spec.max_tiles:
         raise ConfigError(f"tiles: expected an integer from 1 to {spec.max_tiles} for {domain}, found {tiles!r}")
     size_m = spec.default_tile_size_m if tile_size_m is None else tile_size_m
-    size_px = round(size_m / spec.gsd) if isinstance(size_m, int | float) and math.isfinite(size_m) else -1
+    size_px = round(size_m / spec.gsd) if isinstance(size_m, (int, float)) and math.isfinite(size_m) else -1
     if not MIN_TILE_PX <= size_px <= MAX_TILE_PX:
         lo, hi = MIN_TILE_PX * spec.gsd, MAX_TILE_PX * spec.gsd
         raise ConfigError(

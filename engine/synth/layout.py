@@ -8,7 +8,6 @@ Objects are added until each class reaches its (jittered) target share, which ke
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -212,7 +211,7 @@ class Scene:
                 asphalt = self.u(st.asphalt)
                 sidewalk = self.u(st.sidewalk) if self.rng.random() < st.sidewalk_p else 0.0
                 full = axis == 0  # roads along v run through; cross roads may stop at junctions
-                for a, b in itertools.pairwise(cross):
+                for a, b in zip(cross[:-1], cross[1:]):
                     if full or self.rng.random() < st.segment_p:
                         self.roads.append(Road(axis, pos, a, b, asphalt, sidewalk))
         self.roads = _merge_segments(self.roads)

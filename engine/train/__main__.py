@@ -6,42 +6,14 @@ Multi-GPU: ``torchrun --nproc_per_node N -m engine.train --config FILE``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
+from pathlib import Path
 
-from engine.core.errors import PmtlError
+from engine.core.control import STDIN_FLAG, watch
+from engine.core.errors import PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.train.config import load_config
 from engine.train.distributed import DistInfo, init_distributed, shutdown
-
-
-class _SignalCancel:
-    """Turns SIGINT/SIGTERM into a cancel request honoured at the next iteration (checkpoints stay intact)."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.cancelled = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.cancelled = True
-
-    def report(self, fraction, message: str = "") -> None:
-        self.inner.report(fraction, message)
-
-    def emit(self, event: str, **fields) -> None:
-        if hasattr(self.inner, "emit"):
-            self.inner.emit(event, **fields)
-        elif event == "metrics":
-            print(
-                "metrics: "
-                + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items()),
-                file=sys.stderr,
-            )
-
-    def is_canceled(self) -> bool:
-        return self.cancelled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,10 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt exactly where it stopped")
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     parser.add_argument("--print-config", action="store_true", help="print the effective, validated config and exit")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="stop when stdin says 'cancel' or closes (for QGIS)")
     parser.add_argument(
         "overrides", nargs="*", help="dotted key=value overrides, e.g. optim.epochs=5 data.batch_size=4"
     )
     args = parser.parse_args(argv)
+    quiet_gdal_close_errors()
 
     from engine.train.loop import train
 
@@ -67,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)
         info = init_distributed()
@@ -75,13 +50,16 @@ def main(argv: list[str] | None = None) -> int:
             if args.json_progress
             else TqdmProgress(f"train {cfg['name']}", disable=not info.is_main)
         )
-        progress = _SignalCancel(inner)
+        progress = watch(inner, args.control_stdin)
+        progress.report(0.0, "PyTorch loaded: building the model and reading the chip datasets")
         result = train(cfg, progress=progress, resume=args.resume)
     except Cancelled:
-        print("training cancelled; the last checkpoint is kept", file=sys.stderr)
+        print(f"training cancelled; {_what_is_left(cfg)}", file=sys.stderr)
         return 130
-    except PmtlError as exc:
+    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
+        if args.json_progress:
+            JsonLinesProgress().emit("error", message=str(exc))
         return 2
     finally:
         shutdown(info)
@@ -91,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.json_progress:
             JsonLinesProgress().emit("done", best_checkpoint=str(result.best_checkpoint), metrics=result.best_metrics)
     return 0
+
+
+def _what_is_left(cfg: dict | None) -> str:
+    """What a cancelled run leaves behind, truthfully: a checkpoint to resume from, or nothing yet."""
+    last = Path(cfg["runtime"]["out"]) / "last.pt" if cfg else None
+    if last is not None and last.is_file():
+        return f"{last} is kept (resume with --resume)"
+    return "no checkpoint was written yet (cancelled before the end of the first epoch)"
 
 
 if __name__ == "__main__":

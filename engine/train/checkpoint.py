@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from engine.core.atomic import atomic_path
-from engine.core.errors import InputError
+from engine.core.errors import InputError, filesystem_full, output_error
 
 
 def capture_rng() -> dict[str, Any]:
@@ -41,7 +41,10 @@ def restore_rng(state: dict[str, Any]) -> None:
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` under a temporary name, then rename: a crash never leaves a truncated checkpoint."""
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except (OSError, RuntimeError) as exc:  # torch reports a full disk as 'file write failed'
+            raise output_error(path, exc, filesystem_full(tmp)) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -76,5 +79,7 @@ def model_from_checkpoint(
     payload = load_checkpoint(path)
     net = build_model(load_model_config(payload["model_config"]))
     net.load_state_dict(inference_state(payload))
-    net.normalization = (payload.get("metadata") or {}).get("normalization", "dataset")  # how its inputs were scaled
+    meta = payload.get("metadata") or {}
+    net.normalization = meta.get("normalization", "dataset")  # how its inputs were scaled
+    net.input_normalization = (meta["mean"], meta["std"]) if "mean" in meta and "std" in meta else None
     return net.eval().to(device), payload

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from engine.core.errors import ConfigError
+from engine.core.settings import RUN_NORMALIZATIONS, KDSettings, LossSettings, configure_losses, defaults
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
@@ -27,35 +28,19 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 10,
         "num_workers": 2,
         "augment": True,
-        "normalization": "dataset",
+        "normalization": "pooled",
         "max_val_chips": None,
+        "unlabelled": None,
     },
     "kd": {
-        "soft": False,
-        "feature": "none",
         "det_teacher": None,
         "seg_teacher": None,
         "adapter_kernel": 3,
-        "soft_det_cls_weight": 5000.0,
-        "soft_det_box_weight": 1.0,
-        "soft_seg_weight": 1.0,
-        "soft_focal_gamma": 1.0,
-        "temperature": 1.0,
-        "feature_weight": 5.0,
-        "feature_reduction": "pooled",
-        "pdf_cls_weight": 1.0,
-        "pdf_box_weight": 1.0,
+        **defaults(KDSettings),
     },
-    "loss": {
-        "focal_alpha": 0.25,
-        "focal_gamma": 2.0,
-        "bl1_alpha": 0.5,
-        "bl1_gamma": 1.5,
-        "bl1_beta": 0.11,
-        "det_weight": 1.0,
-        "seg_weight": 1.0,
-    },
+    "loss": defaults(LossSettings),
     "optim": {
+        "name": "sgd",
         "lr": 0.01,
         "momentum": 0.9,
         "weight_decay": 0.0005,
@@ -79,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-KD_FEATURES = ("none", "mse", "pdf")
+OPTIMIZERS = ("sgd", "adamw")
 TASKS = ("det", "seg")
 
 
@@ -101,7 +86,7 @@ def _check(node: Any, default: Any, path: str) -> Any:
         if not isinstance(node, bool):
             raise ConfigError(f"config key '{path}': expected true/false, found {node!r}")
         return node
-    if isinstance(default, float) and isinstance(node, int | str) and not isinstance(node, bool):
+    if isinstance(default, float) and isinstance(node, (int, str)) and not isinstance(node, bool):
         try:
             return float(node)  # YAML 1.1 reads "1e-3" as a string
         except ValueError:
@@ -122,27 +107,23 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
     for task in tasks:
         if not cfg["data"][task]:
             raise ConfigError(f"config key 'data.{task}': task '{task}' is trained, so a chip dataset folder is needed")
-    if cfg["kd"]["feature"] not in KD_FEATURES:
-        raise ConfigError(
-            f"config key 'kd.feature': expected one of {list(KD_FEATURES)}, found {cfg['kd']['feature']!r}"
-        )
-    uses_kd = cfg["kd"]["soft"] or cfg["kd"]["feature"] != "none"
-    if uses_kd:
+    if configure_losses(cfg).kd.enabled:  # also validates every loss/KD value
         if tasks != ["det", "seg"] and set(tasks) != set(TASKS):
             raise ConfigError("config key 'kd': distillation fills the missing task, so tasks must be [det, seg]")
         for key in ("det_teacher", "seg_teacher"):
             if not cfg["kd"][key]:
                 raise ConfigError(f"config key 'kd.{key}': distillation is on, so a teacher checkpoint is needed")
-    if cfg["data"]["normalization"] not in ("dataset", "imagenet"):
+    if cfg["data"]["normalization"] not in RUN_NORMALIZATIONS:
         raise ConfigError(
-            f"config key 'data.normalization': expected dataset|imagenet, found {cfg['data']['normalization']!r}"
-        )
-    if cfg["kd"]["feature_reduction"] not in ("pooled", "level_mean"):
-        raise ConfigError(
-            f"config key 'kd.feature_reduction': expected pooled|level_mean, found {cfg['kd']['feature_reduction']!r}"
+            f"config key 'data.normalization': expected {'|'.join(RUN_NORMALIZATIONS)}, "
+            f"found {cfg['data']['normalization']!r}"
         )
     if cfg["kd"]["adapter_kernel"] not in (1, 3):
         raise ConfigError(f"config key 'kd.adapter_kernel': expected 1 or 3, found {cfg['kd']['adapter_kernel']!r}")
+    if cfg["optim"]["name"] not in OPTIMIZERS:
+        raise ConfigError(
+            f"config key 'optim.name': expected one of {'|'.join(OPTIMIZERS)}, found {cfg['optim']['name']!r}"
+        )
     for key in ("lr", "momentum", "weight_decay", "min_lr_ratio", "warmup_factor"):
         if cfg["optim"][key] < 0:
             raise ConfigError(f"config key 'optim.{key}': expected a value >= 0, found {cfg['optim'][key]!r}")
@@ -154,10 +135,30 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'eval.select': expected auto|det|seg|mean, found {cfg['eval']['select']!r}")
 
 
+def unlabelled_roots(cfg: dict[str, Any]) -> list[str]:
+    """The chip dataset folders of ``data.unlabelled`` (one folder or a list; none → [])."""
+    value = cfg["data"]["unlabelled"]
+    roots = [] if value is None else [value] if isinstance(value, str) else value
+    if not isinstance(roots, list) or not all(isinstance(r, str) and r for r in roots):
+        raise ConfigError(
+            f"config key 'data.unlabelled': expected a chip dataset folder or a list of folders, found {value!r}"
+        )
+    return roots
+
+
+def _check_unlabelled(cfg: dict[str, Any]) -> None:
+    if unlabelled_roots(cfg) and not configure_losses(cfg).kd.enabled:
+        raise ConfigError(
+            "config key 'data.unlabelled': unlabelled imagery is trained by distillation only; "
+            "turn on kd.soft and/or kd.feature (with kd.det_teacher and kd.seg_teacher)"
+        )
+
+
 def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     """Merge ``raw`` over the defaults and check every key and type; raise ConfigError naming the key."""
     cfg = _check(raw, DEFAULTS, "")
     _semantic_checks(cfg)
+    _check_unlabelled(cfg)
     return cfg
 
 

@@ -1,46 +1,40 @@
 """The training loop: teachers, single-task baselines, partial MTL and distilled students share it.
 
-One iteration takes one detection batch and one segmentation batch (whichever tasks are trained), back-propagates
-each pass's loss (the shared encoder accumulates both gradients) and makes ONE optimizer step (paper §2). Data
+One iteration takes one batch of every stream (detection, segmentation, whichever tasks are trained, plus the user's
+unlabelled imagery with ``data.unlabelled``), back-propagates each pass's loss (the shared encoder accumulates the
+gradients) and makes ONE optimizer step (paper §2). Data
 order and augmentation are seeded by (seed, epoch), so a run resumed from its last checkpoint repeats exactly what
 the uninterrupted run would have done.
+
+Reading order: :func:`train` → :func:`train_epoch` → :func:`train_step` (→ objectives.batch_objective), then
+:func:`validate`, :func:`epoch_row` and :func:`save_epoch`. Set-up lives in engine.train.setup.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from engine.core.atomic import write_json_atomic
+from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
-from engine.data import datasets as D
-from engine.data import transforms as T
-from engine.data.chipstore import open_chip_dataset
 from engine.evaluate.run import evaluate_model
-from engine.models import build_model, load_model_config
-from engine.models.adapters import FeatureAdapters
 from engine.train import objectives as O
-from engine.train.checkpoint import (
-    capture_rng,
-    inference_state,
-    load_checkpoint,
-    model_from_checkpoint,
-    restore_rng,
-    save_checkpoint,
-)
-from engine.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, pick_device
-from engine.train.schedule import ModelEMA, lr_factor
+from engine.train.checkpoint import capture_rng, inference_state, save_checkpoint
+from engine.train.config import unlabelled_roots
+from engine.train.distributed import DistInfo, all_reduce_mean, barrier
+from engine.train.schedule import lr_factor
+from engine.train.setup import Normalization, Run, RunState, batch_streams, build_run, restore_state
+from engine.viz.curves import plot_curves
 
 
 class NonFiniteLoss(PmtlError, FloatingPointError):
@@ -56,26 +50,41 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on norm layers and biases (REFERENCE §2)."""
-    decay, no_decay = [], []
-    for module in modules:
-        for sub in module.modules():
-            for name, param in sub.named_parameters(recurse=False):
-                if not param.requires_grad:
-                    continue
-                is_norm = isinstance(sub, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
-                (no_decay if is_norm or name == "bias" else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+@dataclass
+class EpochLosses:
+    """Running sums of every loss term over an epoch, kept on the device (no host sync per step)."""
 
+    names: list[str] = field(default_factory=list)
+    sums: torch.Tensor | None = None
+    steps: int = 0
+    images: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    seconds: float = 0.0
+    """Training time of the epoch (validation excluded), set when the epoch ends."""
+    points: list[dict[str, float]] = field(default_factory=list)
+    """Per-step curve points: every ``runtime.log_every`` steps, the mean of each term since the previous point."""
+    _marked: tuple[torch.Tensor | None, int] = (None, 0)
 
-def _load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple[O.Teacher, int]:
-    """A frozen teacher (EMA weights, eval mode, no gradients) and its feature width."""
-    net, payload = model_from_checkpoint(path, device)
-    net.requires_grad_(False)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))
+    def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
+        if not self.names:
+            self.names = list(terms)
+        values = torch.stack([terms[name].detach().float() for name in self.names])
+        self.sums = values if self.sums is None else self.sums + values
+        self.steps += 1
+        self.images += images
+
+    def means(self) -> torch.Tensor:
+        assert self.sums is not None
+        return self.sums / self.steps
+
+    def mark(self, step: int) -> None:
+        """Add a curve point at optimizer step ``step`` (called where the running means are synced anyway)."""
+        assert self.sums is not None
+        previous, count = self._marked
+        window = self.sums - previous if previous is not None else self.sums
+        values = (window / max(1, self.steps - count)).tolist()
+        self.points.append({"step": step, **dict(zip(self.names, values))})
+        self._marked = (self.sums.clone(), self.steps)
 
 
 def _tensorboard(out_dir: Path) -> Any:
@@ -88,24 +97,6 @@ def _tensorboard(out_dir: Path) -> Any:
             "run `.venv/bin/pip install tensorboard` or set runtime.tensorboard=false"
         ) from exc
     return SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-
-
-def _check_teachers(teachers: dict[str, O.Teacher], student_cfg: Any, kd: dict[str, Any]) -> None:
-    """Each teacher must have the head it distils, and the detection teacher the student's anchor layout."""
-    for task, key in (("det", "kd.det_teacher"), ("seg", "kd.seg_teacher")):
-        tasks = teachers[task].net.cfg.tasks
-        if task not in tasks:
-            raise ConfigError(
-                f"config key '{key}' ({kd[key.split('.')[1]]}): expected a {task} teacher, it has {list(tasks)}"
-            )
-    t_cfg = teachers["det"].net.cfg
-    for field_name in ("anchor_base_size", "anchor_scales", "anchor_aspect_ratios", "box_variances", "in_channels"):
-        if getattr(t_cfg, field_name) != getattr(student_cfg, field_name):
-            raise ConfigError(
-                f"config key 'kd.det_teacher' ({kd['det_teacher']}): soft detection KD pairs anchors one by one, "
-                f"so '{field_name}' must match the student's {getattr(student_cfg, field_name)!r}, "
-                f"found {getattr(t_cfg, field_name)!r}"
-            )
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -129,269 +120,216 @@ def _select_score(metrics: dict[str, Any], select: str, tasks: list[str]) -> flo
     return {"det": det, "seg": seg, "mean": 0.5 * (det + seg)}[select]
 
 
-def _dataset_info(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Bands, classes and normalisation of the chip datasets (they must agree on bands)."""
-    info: dict[str, Any] = {}
-    for task in cfg["tasks"]:
-        manifest = open_chip_dataset(cfg["data"][task]).manifest
-        info[task] = manifest
-    bands = {task: len(m["bands"]) for task, m in info.items()}
-    if len(set(bands.values())) > 1:
-        raise ConfigError(
-            f"config keys 'data.det'/'data.seg': chip datasets have different band counts {bands}; "
-            "re-chip one of them with matching bands"
-        )
-    return info
+def prepare_batch(run: Run, stream: str, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Move a batch to the device; photometric jitter (train mode) and the run's normalisation on its images."""
+    batch = _to_device(batch, run.device)
+    images = run.device_aug[stream](batch["image"], generator=run.aug_generator)
+    if run.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch
+
+
+def set_learning_rate(run: Run, step: int) -> None:
+    optim_cfg = run.cfg["optim"]
+    factor = lr_factor(
+        step, run.total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"]
+    )
+    for group in run.optimizer.param_groups:
+        group["lr"] = optim_cfg["lr"] * factor
+
+
+def train_step(
+    run: Run, step: int, streams: dict[str, Iterator[dict[str, torch.Tensor]]]
+) -> tuple[dict[str, torch.Tensor], int]:
+    """ONE optimizer step over one batch of every stream; returns its loss terms and the images it saw.
+
+    Each stream's loss is back-propagated on its own (the encoder accumulates the gradients); under DDP only the
+    last backward all-reduces (``no_sync`` before), so the step costs one gradient exchange.
+    """
+    set_learning_rate(run, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms: dict[str, torch.Tensor] = {}
+    seen = 0
+    for index, stream in enumerate(run.streams):
+        images, batch = prepare_batch(run, stream, next(streams[stream]))
+        last = index == len(run.streams) - 1
+        sync = contextlib.nullcontext() if not run.info.enabled or last else run.model.no_sync()
+        with sync:
+            with run.autocast():
+                stream_terms = O.batch_objective(
+                    run.model,
+                    stream,
+                    images,
+                    batch,
+                    run.teachers,
+                    run.settings,
+                    run.anchors_for,
+                    tuple(run.model_cfg.box_variances),
+                )
+            sum(stream_terms.values()).backward()
+        terms |= stream_terms
+        seen += images.shape[0]
+    grad_clip = run.cfg["optim"]["grad_clip"]
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), grad_clip)
+    run.optimizer.step()
+    if run.ema is not None:
+        run.ema.update(run.student)
+    return terms, seen
+
+
+def report_progress(
+    run: Run, state: RunState, epoch: int, it: int, losses: EpochLosses, progress: Progress | None
+) -> None:
+    """Every ``runtime.log_every`` steps: stop on a non-finite loss (one host sync) and report the running means."""
+    means = losses.means().tolist()
+    _check_finite(dict(zip(losses.names, means)), state.step, run.info, run.device)
+    if progress is None:
+        return
+    rate = losses.images * run.info.world_size / max(1e-9, time.perf_counter() - losses.started)
+    parts = " ".join(f"{k}={v:.3f}" for k, v in zip(losses.names, means))
+    progress.report(
+        (epoch * run.iters + it + 1) / run.total_steps,
+        f"epoch {epoch + 1}/{run.cfg['optim']['epochs']} {parts} {rate:.1f} img/s",
+    )
+
+
+def train_epoch(
+    run: Run,
+    state: RunState,
+    epoch: int,
+    streams: dict[str, Iterator[dict[str, torch.Tensor]]],
+    progress: Progress | None,
+) -> EpochLosses:
+    """``run.iters`` optimizer steps; advances ``state.step``; returns the epoch's summed loss terms."""
+    run.wrapped.train()
+    for aug in run.device_aug.values():
+        aug.train(run.cfg["data"]["augment"])
+    run.aug_generator.manual_seed(run.stream_seed[run.streams[0]] * 7919 + epoch)
+    losses = EpochLosses()
+    for it in range(run.iters):
+        check_cancel(progress)
+        terms, seen = train_step(run, state.step, streams)
+        state.step += 1
+        losses.add(terms, seen)
+        if it % run.cfg["runtime"]["log_every"] == 0 or it == run.iters - 1:
+            report_progress(run, state, epoch, it, losses, progress)
+            losses.mark(state.step)
+        elif progress is not None:  # every step moves the bar (no message: no device sync)
+            progress.report((epoch * run.iters + it + 1) / run.total_steps)
+    losses.seconds = time.perf_counter() - losses.started
+    return losses
+
+
+def validate(run: Run) -> dict[str, Any]:
+    """Metrics of the EMA weights on the validation split of each trained task (sharded across ranks)."""
+    data_cfg = run.cfg["data"]
+    return evaluate_model(
+        run.eval_net,
+        det_root=data_cfg["det"] if "det" in run.tasks else None,
+        seg_root=data_cfg["seg"] if "seg" in run.tasks else None,
+        split=data_cfg["val_split"],
+        device=run.device,
+        batch_size=run.per_rank_batch,
+        score_thresh=run.cfg["eval"]["score_thresh"],
+        nms_iou=run.cfg["eval"]["nms_iou"],
+        max_chips=data_cfg["max_val_chips"],
+        progress=None,
+        shard=(run.info.rank, run.info.world_size),
+        normalization=run.norm,
+    )
+
+
+def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metrics: dict[str, Any]) -> dict[str, Any]:
+    """One line of metrics.jsonl: epoch, step, lr, throughput, mean loss terms (all ranks), validation scalars."""
+    means = all_reduce_mean(losses.means(), run.info).tolist()
+    return {
+        "epoch": epoch + 1,
+        "step": state.step,
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "train_img_per_s": losses.images * run.info.world_size / max(1e-9, losses.seconds),
+        **{f"loss_{k}": v for k, v in zip(losses.names, means)},
+        **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        "steps": losses.points,
+    }
+
+
+def record_epoch(run: Run, state: RunState, row: dict[str, Any], metrics: dict[str, Any]) -> bool:
+    """Append the row to the history and keep the best epoch (``eval.select``); True when this one is best."""
+    state.history.append(row)
+    state.epoch = int(row["epoch"])
+    score = _select_score(metrics, run.cfg["eval"]["select"], run.tasks)
+    if score > state.best_score:
+        state.best_score, state.best_metrics = score, dict(row)
+        return True
+    return False
+
+
+def checkpoint_payload(run: Run, state: RunState, row: dict[str, Any]) -> dict[str, Any]:
+    """last.pt: everything a resumed run needs (weights, EMA, adapters, optimiser, RNGs, progress, config)."""
+    return {
+        "model_config": run.model_cfg.to_dict(),
+        "model": run.student.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "adapters": run.adapters.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "rng": capture_rng(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "best": {"score": state.best_score, "metrics": state.best_metrics},
+        "history": state.history,
+        "config": run.cfg,
+        "metadata": checkpoint_metadata(run.cfg, run.manifests, row, run.norm),
+    }
+
+
+def save_epoch(
+    run: Run, state: RunState, row: dict[str, Any], improved: bool, writer: Any, progress: Progress | None
+) -> None:
+    """Rank 0: best.pt (when improved), last.pt, a metrics.jsonl line, progress event, TensorBoard scalars."""
+    if run.info.is_main:
+        payload = checkpoint_payload(run, state, row)
+        if improved:  # best first: a crash in between never leaves last.pt pointing at an unsaved best
+            save_checkpoint(run.out_dir / "best.pt", inference_payload(payload))
+        save_checkpoint(run.out_dir / "last.pt", payload)
+        with (run.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if k != "steps"}  # the per-step curve points stay in the files
+        if progress is not None and hasattr(progress, "emit"):
+            progress.emit("metrics", **scalars)
+        if writer is not None:
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, state.step)
+            writer.flush()
+    barrier(run.info)
+
+
+def finish(run: Run, state: RunState, writer: Any) -> TrainResult:
+    """Close the logs; rank 0 writes history.json and curves.png."""
+    if writer is not None:
+        writer.close()
+    if run.info.is_main:
+        write_json_atomic(run.out_dir / "history.json", state.history)
+        with contextlib.suppress(Exception):
+            plot_curves(state.history, run.out_dir / "curves.png")
+    return TrainResult(run.out_dir, run.out_dir / "best.pt", run.out_dir / "last.pt", state.best_metrics, state.history)
 
 
 def train(cfg: dict[str, Any], progress: Progress | None = None, resume: bool = False) -> TrainResult:
     """Train one model as ``cfg`` says; returns where the checkpoints are and the best validation metrics."""
-    info = init_distributed()
-    device = pick_device(cfg["runtime"]["device"], info)
-    rt, optim_cfg, data_cfg, kd = cfg["runtime"], cfg["optim"], cfg["data"], cfg["kd"]
-    seed = int(rt["seed"])
-    torch.manual_seed(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
-    out_dir = Path(rt["out"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tasks: list[str] = list(cfg["tasks"])
-    manifests = _dataset_info(cfg)
-    first = manifests[tasks[0]]
-    use_cuda = device.type == "cuda"
-    channels_last = use_cuda and rt["channels_last"]
-
-    model_cfg = dataclasses.replace(
-        load_model_config(cfg["model"]), tasks=tuple(tasks), in_channels=len(first["bands"])
-    )
-    student = build_model(model_cfg)
-    uses_kd = kd["soft"] or kd["feature"] != "none"
-    teachers: dict[str, O.Teacher] = {}
-    adapters = nn.ModuleDict()
-    if uses_kd:
-        for task in ("det", "seg"):
-            teachers[task], width = _load_teacher(kd[f"{task}_teacher"], device, channels_last)
-            adapters[task] = FeatureAdapters(model_cfg.channels, width, kernel_size=kd["adapter_kernel"])
-        _check_teachers(teachers, model_cfg, kd)
-    wrapped = O.StudentWithAdapters(student, adapters)
-    if info.enabled and use_cuda:  # small per-GPU batches: batch statistics over all ranks
-        wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
-        student = wrapped.student
-    wrapped = wrapped.to(device)
-    if channels_last:
-        wrapped = wrapped.to(memory_format=torch.channels_last)
-    model: nn.Module = wrapped
-    if info.enabled:
-        model = DistributedDataParallel(
-            wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
-        )
-    optimizer = torch.optim.SGD(
-        _param_groups([wrapped], optim_cfg["weight_decay"]), lr=optim_cfg["lr"], momentum=optim_cfg["momentum"]
-    )
-    ema = ModelEMA(student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
-
-    geometric = T.GeometricAugment() if data_cfg["augment"] else None
-    datasets_train = {
-        "det": lambda: D.DetectionChips(data_cfg["det"], data_cfg["train_split"], train=True, augment=geometric),
-        "seg": lambda: D.SegmentationChips(data_cfg["seg"], data_cfg["train_split"], train=True, augment=geometric),
-    }
-    per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
-    train_sets = {task: datasets_train[task]() for task in tasks}
-    for task, dataset in train_sets.items():
-        if len(dataset) // info.world_size < per_rank_batch:
-            raise ConfigError(
-                f"config key 'data.{task}' ({data_cfg[task]}): split '{data_cfg['train_split']}' has {len(dataset)} "
-                f"chips, fewer than a batch of {per_rank_batch} per process; lower data.batch_size or add chips"
-            )
-    # batches and augmentation come from streams that differ per rank and per task, fixed by (seed, epoch)
-    stream_seed = {task: seed + 7_919 * info.rank + 104_729 * index for index, task in enumerate(tasks)}
-    norm_mode = data_cfg["normalization"]
-    device_aug = {task: T.DeviceAugment.from_manifest(manifests[task], norm_mode).to(device) for task in tasks}
-    aug_generator = torch.Generator(device=device)
-    iters = optim_cfg["iters_per_epoch"] or max(
-        len(dataset) // info.world_size // per_rank_batch for dataset in train_sets.values()
-    )
-    total_steps = iters * optim_cfg["epochs"]
-
-    start_epoch, step, best_score, best_metrics = 0, 0, -math.inf, {}
-    history: list[dict[str, Any]] = []
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    if resume and last_path.is_file():
-        state = load_checkpoint(last_path, map_location="cpu")
-        student.load_state_dict(state["model"])
-        if state.get("adapters"):
-            adapters.load_state_dict(state["adapters"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        restore_rng(state["rng"])
-        start_epoch, step = int(state["epoch"]), int(state["step"])
-        best_score, best_metrics = float(state["best"]["score"]), dict(state["best"]["metrics"])
-        history = list(state.get("history", []))
-    elif resume:
-        raise ConfigError(f"--resume: no checkpoint at '{last_path}' to resume from")
-
-    writer = _tensorboard(out_dir) if rt["tensorboard"] and info.is_main else None
-    if info.is_main:
-        write_json_atomic(out_dir / "config.json", cfg)
-    amp = rt["amp"] and use_cuda
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    metrics_log = out_dir / "metrics.jsonl"
-    eval_net = ema.module if ema is not None else student
-    anchors_cache: dict[tuple[int, int], torch.Tensor] = {}
-    variances = tuple(model_cfg.box_variances)
-    feature_kd = kd["feature"] != "none"
-
-    def anchors_for(images: torch.Tensor) -> torch.Tensor:
-        key = (int(images.shape[-2]), int(images.shape[-1]))
-        if key not in anchors_cache:
-            anchors_cache[key] = student.anchors_for(key, device=device)
-        return anchors_cache[key]
-
-    def prepare(task: str, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-        batch = _to_device(batch, device)
-        images = device_aug[task](batch["image"], generator=aug_generator)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images, batch
-
-    def objective(task: str, images: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        other = "seg" if task == "det" else "det"
-        out = model(images, adapt=other if uses_kd and feature_kd else None)
-        if task == "det":
-            terms = O.detection_supervised(
-                out, batch["boxes"], batch["labels"], anchors_for(images), cfg["loss"], variances
-            )
-            if uses_kd:
-                terms |= O.distill_segmentation(out, teachers["seg"], images, kd)
-        else:
-            terms = O.segmentation_supervised(out, batch["mask"], cfg["loss"])
-            if uses_kd:
-                terms |= O.distill_detection(out, teachers["det"], images, kd, cfg["loss"])
-        return terms
-
-    streams = {
-        task: D.make_train_loader(
-            train_sets[task],
-            per_rank_batch,
-            data_cfg["num_workers"],
-            stream_seed[task],
-            iters,
-            start_epoch,
-            info.rank,
-            info.world_size,
-        )
-        for task in tasks
-    }
-    for epoch in range(start_epoch, optim_cfg["epochs"]):
-        wrapped.train()
-        for aug in device_aug.values():
-            aug.train(data_cfg["augment"])
-        aug_generator.manual_seed(stream_seed[tasks[0]] * 7919 + epoch)
-        names: list[str] = []
-        sums = torch.zeros(0, device=device)  # running sums of every loss term, kept on the device (no syncs)
-        seen, t0 = 0, time.perf_counter()
-        for it in range(iters):
-            check_cancel(progress)
-            factor = lr_factor(
-                step, total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"]
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = optim_cfg["lr"] * factor
-            optimizer.zero_grad(set_to_none=True)
-            step_terms: dict[str, torch.Tensor] = {}
-            for index, task in enumerate(tasks):
-                images, batch = prepare(task, next(streams[task]))
-                sync = contextlib.nullcontext() if not info.enabled or index == len(tasks) - 1 else model.no_sync()
-                with sync:
-                    with autocast():
-                        terms = objective(task, images, batch)
-                    sum(terms.values()).backward()
-                step_terms |= terms
-                seen += images.shape[0]
-            if optim_cfg["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(wrapped.parameters(), optim_cfg["grad_clip"])
-            optimizer.step()
-            if ema is not None:
-                ema.update(student)
-            step += 1
-            if not names:
-                names = list(step_terms)
-                sums = torch.zeros(len(names), device=device)
-            sums += torch.stack([step_terms[name].detach().float() for name in names])
-            if it % rt["log_every"] == 0 or it == iters - 1:
-                means = (sums / (it + 1)).tolist()  # one sync per log line
-                _check_finite(dict(zip(names, means)), step, info, device)
-                if progress is not None:
-                    rate = seen * info.world_size / max(1e-9, time.perf_counter() - t0)
-                    parts = " ".join(f"{k}={v:.3f}" for k, v in zip(names, means))
-                    progress.report(
-                        (epoch * iters + it + 1) / total_steps,
-                        f"epoch {epoch + 1}/{optim_cfg['epochs']} {parts} {rate:.1f} img/s",
-                    )
-
-        train_time = time.perf_counter() - t0
-        metrics = evaluate_model(
-            eval_net,
-            det_root=data_cfg["det"] if "det" in tasks else None,
-            seg_root=data_cfg["seg"] if "seg" in tasks else None,
-            split=data_cfg["val_split"],
-            device=device,
-            batch_size=per_rank_batch,
-            score_thresh=cfg["eval"]["score_thresh"],
-            nms_iou=cfg["eval"]["nms_iou"],
-            max_chips=data_cfg["max_val_chips"],
-            progress=None,
-            shard=(info.rank, info.world_size),
-            normalization=norm_mode,
-        )
-        epoch_means = all_reduce_mean(sums / iters, info).tolist()
-        row = {
-            "epoch": epoch + 1,
-            "step": step,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_img_per_s": seen * info.world_size / max(1e-9, train_time),
-            **{f"loss_{k}": v for k, v in zip(names, epoch_means)},
-            **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-        }
-        history.append(row)
-        score = _select_score(metrics, cfg["eval"]["select"], tasks)
-        improved = score > best_score
-        if improved:
-            best_score, best_metrics = score, dict(row)
-        if info.is_main:
-            payload = {
-                "model_config": model_cfg.to_dict(),
-                "model": student.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "adapters": adapters.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": capture_rng(),
-                "epoch": epoch + 1,
-                "step": step,
-                "best": {"score": best_score, "metrics": best_metrics},
-                "history": history,
-                "config": cfg,
-                "metadata": checkpoint_metadata(cfg, manifests, row),
-            }
-            if improved:  # best first: a crash in between never leaves last.pt pointing at an unsaved best
-                save_checkpoint(best_path, inference_payload(payload))
-            save_checkpoint(last_path, payload)
-            with metrics_log.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(row) + "\n")
-            if progress is not None and hasattr(progress, "emit"):
-                progress.emit("metrics", **row)
-            if writer is not None:
-                for key, value in row.items():
-                    writer.add_scalar(key, value, step)
-                writer.flush()
-        barrier(info)
-
-    if writer is not None:
-        writer.close()
-    if info.is_main:
-        write_json_atomic(out_dir / "history.json", history)
-        with contextlib.suppress(Exception):
-            plot_curves(history, out_dir / "curves.png")
-    return TrainResult(out_dir, best_path, last_path, best_metrics, history)
+    run = build_run(cfg)
+    state = restore_state(run, resume)
+    writer = _tensorboard(run.out_dir) if cfg["runtime"]["tensorboard"] and run.info.is_main else None
+    if run.info.is_main:
+        write_json_atomic(run.out_dir / "config.json", cfg)
+    streams = batch_streams(run, state.epoch)
+    for epoch in range(state.epoch, cfg["optim"]["epochs"]):
+        losses = train_epoch(run, state, epoch, streams, progress)
+        metrics = validate(run)
+        row = epoch_row(run, state, epoch, losses, metrics)
+        improved = record_epoch(run, state, row, metrics)
+        save_epoch(run, state, row, improved, writer, progress)
+    return finish(run, state, writer)
 
 
 def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -400,10 +338,28 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
-def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
-    """What export needs to describe the model: classes, bands, scaling, normalisation, provenance, metrics."""
+def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
+    """Names and colours of each head's classes, each from its own task's chip dataset."""
+    out: dict[str, Any] = {}
+    if "seg" in manifests:
+        seg, _ = tables_from_manifest(manifests["seg"])
+        out.update(seg_classes=list(seg.names), palette=[list(c) for c in seg.colours])
+    if "det" in manifests:
+        _, det = tables_from_manifest(manifests["det"])
+        out.update(det_classes=list(det.names), det_palette=[list(c) for c in det.colours])
+    return out
+
+
+def checkpoint_metadata(
+    cfg: dict[str, Any],
+    manifests: dict[str, Any],
+    row: dict[str, Any],
+    norm: Normalization,
+) -> dict[str, Any]:
+    """What export needs to describe the model: classes, bands, scaling, the ONE input normalisation every stream
+    was trained with (so both heads of the deployed model see inputs as in training), provenance, metrics."""
     first = next(iter(manifests.values()))
-    mean, std, _ = T.normalization_for(first, cfg["data"]["normalization"])
+    mean, std = norm
     return {
         "name": cfg["name"],
         "tasks": list(cfg["tasks"]),
@@ -414,9 +370,7 @@ def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dic
         "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
-        "seg_classes": first["seg_classes"],
-        "palette": first["palette"],
-        "det_classes": first["det_classes"],
+        **class_metadata(manifests),
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },
@@ -427,32 +381,5 @@ def checkpoint_metadata(cfg: dict[str, Any], manifests: dict[str, Any], row: dic
             "seg_teacher": cfg["kd"]["seg_teacher"],
         },
         "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},
+        **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }
-
-
-def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
-    """Loss and validation curves, one PNG per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from engine.core.atomic import atomic_path
-
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(10, 4))
-    for key in sorted({k for row in history for k in row if k.startswith("loss_")}):
-        ax_loss.plot(epochs, [row.get(key, float("nan")) for row in history], label=key[5:])
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_title("training losses")
-    ax_loss.legend(fontsize=7)
-    for key in ("det_map", "det_ap50", "seg_miou", "seg_oa"):
-        if any(key in row for row in history):
-            ax_val.plot(epochs, [row.get(key, float("nan")) for row in history], label=key)
-    ax_val.set_xlabel("epoch")
-    ax_val.set_title("validation (EMA weights)")
-    ax_val.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)

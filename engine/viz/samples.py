@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import open_chip_dataset
-from engine.data.transforms import DeviceAugment
+from engine.evaluate.run import input_normaliser
 from engine.models.postprocess import postprocess_detections
 from engine.viz.predictions import plot_predictions
 
@@ -73,8 +73,7 @@ def predict_samples(
         return samples
     images = np.stack([np.asarray(dataset.images(split)[i]) for i in rows])
     raw = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-    mode = getattr(net, "normalization", "dataset")  # set by model_from_checkpoint
-    normalise = DeviceAugment.from_manifest(dataset.manifest, mode).to(device).eval()
+    normalise = input_normaliser(net, dataset.manifest).to(device).eval()
     was_training = net.training
     net.eval()
     out = net(normalise(raw))

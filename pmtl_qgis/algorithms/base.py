@@ -15,7 +15,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
 )
-from qgis.PyQt.QtCore import QCoreApplication
+from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..environment import PLUGIN_DIR, import_engine, install_message, missing_modules
@@ -40,8 +40,11 @@ def with_help(parameter: QgsProcessingParameterDefinition, text: str) -> QgsProc
 
 
 def is_unset(parameters: dict[str, Any], name: str) -> bool:
-    """True when an optional parameter was left empty (None or '')."""
+    """True when an optional parameter was left empty: missing, None, '' or QGIS's NULL (a null QVariant, which
+    the algorithm dialog passes for an empty optional field)."""
     value = parameters.get(name)
+    if isinstance(value, QVariant):
+        value = None if value.isNull() or not value.isValid() else value.value()
     return value is None or (isinstance(value, str) and not value.strip())
 
 

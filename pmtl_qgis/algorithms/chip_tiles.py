@@ -1,4 +1,5 @@
-"""pmtl:chip_tiles: an ISPRS folder, or one raster + label raster, → a chip dataset folder for training."""
+"""pmtl:chip_tiles: an ISPRS folder, one raster + ISPRS label raster, or your own rasters with your own labels
+(polygon layer or class raster, an area of interest) → a chip dataset folder for training."""
 
 from __future__ import annotations
 
@@ -6,13 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
@@ -25,6 +30,9 @@ DATASETS = ("vaihingen", "potsdam")
 POTSDAM_BANDS = ("RGB", "IRRG", "RGBIR")
 SPLITS = ("train", "val", "test")
 CONNECTIVITY = (4, 8)
+TASKS = ("both", "det", "seg", "none")
+SPLIT_BY = ("block", "tile")
+VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
 
 
 def raster_path(layer: QgsRasterLayer | None, what: str) -> str | None:
@@ -51,7 +59,12 @@ class ChipTiles(PmtlAlgorithm):
         "/ car, and a manifest with every chip's source tile, pixel window and georeferencing).\n\n"
         "Give EITHER an ISPRS dataset folder (Vaihingen or Potsdam layout, standard train/val split) OR an image "
         "raster layer with its label raster (and optionally the eroded 'noBoundary' label), which all go to the "
-        "chosen split. The stride is a real stride: stride < size makes overlapping chips; the last chip of a row "
+        "chosen split. OR your own data: 'Image rasters' (any band count) with a polygon layer (optional class "
+        "field; boxes are the polygons' envelopes, masks their rasterisation, background elsewhere) or a class "
+        "raster in 'Label raster' (integer values; nodata ignored), for the chosen task, with an optional area of "
+        "interest (outside it nothing is labelled); chips are split into train/val/test by blocks or by raster "
+        "(task 'none': imagery only, for distillation onto unlabelled data).\n\nThe stride is a real stride: "
+        "stride < size makes overlapping chips; the last chip of a row "
         "is aligned to the tile border.\n\n"
         "Example (qgis_process): qgis_process run pmtl:chip_tiles -- INPUT_FOLDER=/data/vaihingen DATASET=0 "
         "SIZE=320 STRIDE=320 OUTPUT=/data/chips_vaihingen"
@@ -71,6 +84,15 @@ class ChipTiles(PmtlAlgorithm):
     VALUE_MAX = "VALUE_MAX"
     BAND_NAMES = "BAND_NAMES"
     SPLITS_FILE = "SPLITS_FILE"
+    IMAGES = "IMAGES"
+    POLYGONS = "POLYGONS"
+    CLASS_FIELD = "CLASS_FIELD"
+    TASK = "TASK"
+    AOI = "AOI"
+    CLASSES_FILE = "CLASSES_FILE"
+    VAL_FRACTION = "VAL_FRACTION"
+    SPLIT_BY = "SPLIT_BY"
+    SEED = "SEED"
     OVERWRITE = "OVERWRITE"
     OUTPUT = "OUTPUT"
 
@@ -118,6 +140,7 @@ class ChipTiles(PmtlAlgorithm):
                 "Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
             )
         )
+        self._add_own_data_parameters()
         self.addParameter(
             with_help(
                 QgsProcessingParameterEnum(
@@ -229,10 +252,93 @@ class ChipTiles(PmtlAlgorithm):
             )
         )
 
+    def _add_own_data_parameters(self) -> None:
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterMultipleLayers(
+                    self.IMAGES, self.tr("Image rasters (your own data)"), QgsProcessing.TypeRaster, optional=True
+                ),
+                "Your orthophotos (1 to N bands, same bands in each), labelled by the polygon layer or the class "
+                "raster in 'Label raster'.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFeatureSource(
+                    self.POLYGONS, self.tr("Label polygons"), [QgsProcessing.TypeVectorPolygon], optional=True
+                ),
+                "Objects / areas you labelled (any CRS: reprojected to each image's). Invalid geometries are repaired "
+                "or skipped and counted.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterField(
+                    self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS, optional=True
+                ),
+                "Attribute holding each polygon's class; its distinct values become the classes (empty: one class).",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterEnum(self.TASK, self.tr("Labels are for"), list(TASKS), defaultValue=0),
+                "both: detection boxes and segmentation masks; det / seg: one task (partial labels); none: imagery "
+                "only.",
+            )
+        )
+        self.addParameter(
+            with_help(
+                QgsProcessingParameterFeatureSource(
+                    self.AOI, self.tr("Area of interest"), [QgsProcessing.TypeVectorPolygon], optional=True
+                ),
+                "Where the labels are complete: pixels outside are ignored and no detection chip is cut there.",
+            )
+        )
+        for parameter, text in (
+            (
+                QgsProcessingParameterFile(
+                    self.CLASSES_FILE, self.tr("Class table (YAML/JSON)"), fileFilter="YAML/JSON (*.yaml *.yml "
+                    "*.json)", optional=True,
+                ),
+                "List of {name, value, colour}: value = class field value or class raster value.",
+            ),
+            (
+                QgsProcessingParameterNumber(
+                    self.VAL_FRACTION, self.tr("Validation fraction"), QgsProcessingParameterNumber.Double, 0.2,
+                    minValue=0.0, maxValue=0.9,
+                ),
+                "Share of blocks (or rasters) held out for validation.",
+            ),
+            (
+                QgsProcessingParameterEnum(self.SPLIT_BY, self.tr("Split by"), list(SPLIT_BY), defaultValue=0),
+                "block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across "
+                "splits.",
+            ),
+            (
+                QgsProcessingParameterNumber(self.SEED, self.tr("Split seed"), QgsProcessingParameterNumber.Integer, 0),
+                "The same seed gives the same split.",
+            ),
+        ):  # fmt: skip
+            self.addParameter(advanced(with_help(parameter, text)))
+
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         folder = not is_unset(parameters, self.INPUT_FOLDER)
         image = not is_unset(parameters, self.INPUT)
         label = not is_unset(parameters, self.LABEL)
+        own = not is_unset(parameters, self.IMAGES) and bool(parameters.get(self.IMAGES))
+        if own:
+            if folder or image:
+                return (
+                    "'Image rasters' (your own data) go alone: leave 'ISPRS dataset folder' and 'Image raster' empty."
+                )
+            polygons = not is_unset(parameters, self.POLYGONS)
+            task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
+            if task != "none" and polygons == label:
+                return (
+                    "Your own data: give exactly one of 'Label polygons' or 'Label raster' (a class raster) for "
+                    f"task '{task}' (found {'both' if polygons else 'neither'})."
+                )
+            return None
         if folder == (image or label):
             return (
                 "Give either 'ISPRS dataset folder' or 'Image raster' + 'Label raster', not both and not neither "
@@ -257,7 +363,9 @@ class ChipTiles(PmtlAlgorithm):
             options["connectivity"] = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
         options["min_area"] = self.optional_number(parameters, self.MIN_AREA, context, integer=True)
         options["scale_max"] = self.optional_number(parameters, self.VALUE_MAX, context)
-        if not is_unset(parameters, self.INPUT_FOLDER):
+        if not is_unset(parameters, self.IMAGES) and parameters.get(self.IMAGES):
+            self._chip_own_data(parameters, context, feedback, options)
+        elif not is_unset(parameters, self.INPUT_FOLDER):
             dataset = DATASETS[self.parameterAsEnum(parameters, self.DATASET, context)]
             if dataset == "potsdam" and not is_unset(parameters, self.POTSDAM):
                 options["bands"] = POTSDAM_BANDS[self.parameterAsEnum(parameters, self.POTSDAM, context)]
@@ -277,6 +385,50 @@ class ChipTiles(PmtlAlgorithm):
             ]
             self.call_engine(chip.chip_tiles, feedback, tiles=[tile], band_names=names or None, **options)
         return {self.OUTPUT: str(out_dir)}
+
+    def _vector_path(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> str | None:
+        """A file OGR reads for a feature source (memory layers and selections are saved to a temporary file)."""
+        if is_unset(parameters, name):
+            return None
+        return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
+
+    def _chip_own_data(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+        options: dict[str, Any],
+    ) -> None:
+        userdata = self.engine("engine.chip.userdata")
+        splits = self.engine("engine.chip.splits")
+        layers = self.parameterAsLayerList(parameters, self.IMAGES, context)
+        images = [raster_path(layer, "Image rasters") for layer in layers]
+        task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
+        polygons = self._vector_path(parameters, self.POLYGONS, context, feedback)
+        raster = raster_path(self.parameterAsRasterLayer(parameters, self.LABEL, context), "Label raster")
+        field = self.parameterAsString(parameters, self.CLASS_FIELD, context) or None
+        classes = self.parameterAsFile(parameters, self.CLASSES_FILE, context) or None
+        labels = userdata.LabelSource(
+            task, None if task == "none" else (polygons or raster), field if polygons else None, None, classes,
+            self._vector_path(parameters, self.AOI, context, feedback),
+        )  # fmt: skip
+        size = options["size"]
+        try:
+            plan = splits.SplitPlan(
+                SPLIT_BY[self.parameterAsEnum(parameters, self.SPLIT_BY, context)],
+                self.parameterAsDouble(parameters, self.VAL_FRACTION, context), 0.0,
+                self.parameterAsInt(parameters, self.SEED, context), 2 * size,
+            )  # fmt: skip
+        except self.engine("engine.core.errors").PmtlError as exc:
+            raise QgsProcessingException(str(exc)) from exc
+        feedback.pushInfo(f"Chipping {len(images)} raster(s) for task '{task}' with labels {labels.path}")
+        options = {k: v for k, v in options.items() if k not in ("out_dir",)}
+        self.call_engine(
+            userdata.chip_images, feedback, images=images, out_dir=self.parameterAsString(parameters, self.OUTPUT,
+            context), labels=labels, plan=plan, **options,
+        )  # fmt: skip
 
     def _tile_spec(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
         isprs = self.engine("engine.data.isprs")

@@ -29,15 +29,17 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
+    QgsRasterLayer,
+    QgsRectangle,
     QgsVectorFileWriter,
     QgsVectorLayer,
     QgsWkbTypes,
 )
 from qgis.PyQt.QtCore import QVariant
 
+from ..layer_reader import LayerError, prediction_input
 from ..styling import style_on_load
 from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
-from .chip_tiles import raster_path
 
 PRECISIONS = ("as exported", "fp32", "int8", "fp16")
 
@@ -62,6 +64,9 @@ class DetectSegment(PmtlAlgorithm):
         "(1) a class-map raster (ISPRS classes, same grid and CRS as the input, ISPRS colours) and (2) one layer "
         "of detected objects (building, tree, car) as boxes with fields class, class_id and score, objects cut "
         "by tile seams reported once. Optionally the class map as polygons and per-class probabilities.\n\n"
+        "Any raster layer works: files and GeoPackage rasters are read with GDAL; XYZ / WMS basemaps and virtual "
+        "rasters through QGIS at the model's resolution over the area of interest (needed for world-wide "
+        "basemaps); their outputs are on that grid, in the layer's CRS.\n\n"
         "Limit the work to an area with a polygon layer or an extent. 'Bands' maps input bands onto the model's "
         "bands in order (e.g. bands 4,1,2 of an R-G-B-NIR ortho for a NIR-R-G model); 16-bit input is scaled as "
         "the model says, nodata is not predicted, a different resolution is resampled. Uses the GPU when "
@@ -223,13 +228,14 @@ class DetectSegment(PmtlAlgorithm):
     ) -> dict[str, Any]:
         predict = self.engine("engine.predict")
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        input_path = raster_path(layer, "Input raster")
         model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         onnx_model = self.call_engine(
             self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device
         )
         info = onnx_model.info
+        aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
+        raster_input = self._raster_input(layer, info.gsd, aoi_geometries, feedback)
         precision = info.raw.get("precision", "fp32") if info.source == "pmtl" else "fp32"
         wanted = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
         if wanted != PRECISIONS[0] and wanted != precision:
@@ -256,10 +262,10 @@ class DetectSegment(PmtlAlgorithm):
             predict.predict_raster,
             feedback,
             model_path=onnx_model,  # opened once: its metadata decided the outputs above
-            input_path=input_path,
+            input_path=raster_input,
             out_raster=out_raster,
             out_vector=tmp_vector,
-            aoi=self._aoi_file(parameters, context, layer.crs()),
+            aoi=self._aoi_file(aoi_geometries, layer.crs(), context),
             bands=bands,
             overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
             batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
@@ -272,16 +278,16 @@ class DetectSegment(PmtlAlgorithm):
         results: dict[str, Any] = {}
         if out_raster:
             results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.palette))
+            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.seg_colors))
         results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
             parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
         )
-        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections")
+        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections", (info.det_classes, info.det_colors))
         if tmp_polygons:
             results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
                 parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
             )
-            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.palette))
+            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.seg_colors))
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
         text = json.dumps(summary.as_dict() if hasattr(summary, "as_dict") else summary, default=str)
@@ -289,10 +295,34 @@ class DetectSegment(PmtlAlgorithm):
         results[self.SUMMARY] = text
         return results
 
-    def _aoi_file(
+    @staticmethod
+    def _raster_input(
+        layer: QgsRasterLayer, gsd: float | None, aoi: list[QgsGeometry], feedback: QgsProcessingFeedback
+    ) -> Any:
+        """The layer as the engine reads it: a GDAL name, or a provider reader (XYZ, WMS, virtual rasters, …) at the
+        model's GSD over the area of interest's bounding box."""
+        area = None
+        for geometry in aoi:
+            if area is None:
+                area = QgsRectangle(geometry.boundingBox())
+            else:
+                area.combineExtentWith(geometry.boundingBox())
+        try:
+            source = prediction_input(layer, gsd, area)
+        except LayerError as exc:
+            raise QgsProcessingException(f"Input raster: {exc}") from exc
+        if not isinstance(source, str):
+            rx, ry = source.geotransform[1], -source.geotransform[5]
+            feedback.pushInfo(
+                f"Reading {source.name} through its QGIS provider: {source.width} x {source.height} px of "
+                f"{rx:.6g} x {ry:.6g} map units ({layer.crs().authid()})"
+            )
+        return source
+
+    def _aoi_geometries(
         self, parameters: dict[str, Any], context: QgsProcessingContext, crs: QgsCoordinateReferenceSystem
-    ) -> str | None:
-        """The AOI (polygons or extent) as a GeoPackage in the raster's CRS, for the engine (GDAL) to read."""
+    ) -> list[QgsGeometry]:
+        """The area of interest (polygons or extent) in the raster's CRS; empty when none was given."""
         geometries: list[QgsGeometry] = []
         if not is_unset(parameters, self.AOI):
             source = self.parameterAsSource(parameters, self.AOI, context)
@@ -306,7 +336,14 @@ class DetectSegment(PmtlAlgorithm):
                 raise QgsProcessingException("Area of interest (polygons): the layer has no polygon to process.")
         elif not is_unset(parameters, self.EXTENT):
             geometries.append(self.parameterAsExtentGeometry(parameters, self.EXTENT, context, crs))
-        else:
+        return geometries
+
+    @staticmethod
+    def _aoi_file(
+        geometries: list[QgsGeometry], crs: QgsCoordinateReferenceSystem, context: QgsProcessingContext
+    ) -> str | None:
+        """The AOI as a GeoPackage in the raster's CRS, for the engine (GDAL) to read."""
+        if not geometries:
             return None
         path = QgsProcessingUtils.generateTempFilename("pmtl_aoi.gpkg")
         options = QgsVectorFileWriter.SaveVectorOptions()
@@ -316,6 +353,7 @@ class DetectSegment(PmtlAlgorithm):
         )
         for geometry in geometries:
             feature = QgsFeature()
+            geometry = QgsGeometry(geometry)
             geometry.convertToMultiType()
             feature.setGeometry(geometry)
             writer.addFeature(feature)

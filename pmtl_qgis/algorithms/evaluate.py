@@ -152,5 +152,5 @@ class Evaluate(PmtlAlgorithm):
         results: dict[str, Any] = {self.OUTPUT: str(out_path)}
         for name, key, _ in NUMBERS:
             value = metrics.get(key)
-            results[name] = float(value) if isinstance(value, int | float) else None
+            results[name] = float(value) if isinstance(value, (int, float)) else None
         return results

@@ -1,4 +1,4 @@
-"""pmtl:render_map: a PNG map rendered by QGIS — orthophoto, class map (ISPRS palette) and labelled boxes."""
+"""pmtl:render_map: a PNG map rendered by QGIS — orthophoto, class map in its class colours and labelled boxes."""
 
 from __future__ import annotations
 
@@ -22,24 +22,33 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QRect, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage, QPainter, QPen
 
-from ..styling import BOX_COLOURS, apply_class_palette, apply_detection_style
+from ..styling import apply_class_palette, apply_detection_style
 from .base import PmtlAlgorithm, with_help
 
 LEGEND_ROW_PX = 22
 
 
-def legend_entries() -> list[tuple[str, tuple[int, int, int], bool]]:
-    """(label, colour, is_box) for the class colours and then the box outline colours."""
-    from engine.core.classes import PALETTE, SEG_CLASSES
-
-    classes = [(name.replace("_", " "), rgb, False) for name, rgb in zip(SEG_CLASSES, PALETTE)]
-    return classes + [(f"{name} box", rgb, True) for name, rgb in BOX_COLOURS.items()]
+Legend = list[tuple[str, tuple[int, int, int], bool]]
+"""(label, colour, is_box) rows of the legend."""
 
 
-def draw_legend(painter: QPainter, top: int, width: int) -> None:
+def legend_entries(classes: QgsRasterLayer | None, boxes: QgsVectorLayer | None) -> Legend:
+    """The class colours of the styled class map, then the box outline colour of each detected class."""
+    entries: Legend = []
+    if classes is not None:
+        for entry in classes.renderer().classes():
+            entries.append((entry.label.replace("_", " "), entry.color.getRgb()[:3], False))
+    if boxes is not None:
+        for category in boxes.renderer().categories():
+            outline = category.symbol().symbolLayer(category.symbol().symbolLayerCount() - 1)
+            entries.append((f"{category.label()} box", outline.strokeColor().getRgb()[:3], True))
+    return entries
+
+
+def draw_legend(painter: QPainter, entries: Legend, top: int, width: int) -> None:
     """One or more rows of swatches with labels under the map."""
     x, y = 8, top + 4
-    for label, rgb, is_box in legend_entries():
+    for label, rgb, is_box in entries:
         text_width = painter.fontMetrics().horizontalAdvance(label)
         if x + 22 + text_width > width:
             x, y = 8, y + LEGEND_ROW_PX
@@ -56,10 +65,10 @@ def draw_legend(painter: QPainter, top: int, width: int) -> None:
         x += 20 + text_width + 16
 
 
-def legend_height(width: int) -> int:
+def legend_height(entries: Legend, width: int) -> int:
     """Pixel height the legend needs at this image width (rough: entries of ~110 px)."""
     per_row = max(1, (width - 16) // 110)
-    return LEGEND_ROW_PX * -(-len(legend_entries()) // per_row) + 8
+    return LEGEND_ROW_PX * -(-len(entries) // per_row) + 8
 
 
 class RenderMap(PmtlAlgorithm):
@@ -69,8 +78,8 @@ class RenderMap(PmtlAlgorithm):
     GROUP_NAME = "Inference"
     HELP = (
         "Draws what 'Detect and segment' found the way QGIS shows it: the orthophoto, the class map on top with "
-        "the ISPRS colours (half transparent), and the detected boxes outlined by class and labelled with their "
-        "score, over the orthophoto's extent, into a PNG, with a legend underneath. Useful headless (qgis_process) "
+        "its class colours (half transparent), and the detected boxes outlined by class and labelled with their score,"
+        " over the orthophoto's extent, into a PNG, with a legend underneath. Useful headless (qgis_process) "
         "for reports and demos.\n\n"
         "Example (qgis_process): qgis_process run pmtl:render_map -- INPUT=/data/ortho.tif "
         "CLASS_MAP=/out/classes.tif DETECTIONS=/out/detections.gpkg WIDTH=1600 OUTPUT=/out/map.png"
@@ -91,7 +100,7 @@ class RenderMap(PmtlAlgorithm):
         self.addParameter(
             with_help(
                 QgsProcessingParameterRasterLayer(self.CLASS_MAP, self.tr("Class map"), optional=True),
-                "The class raster of 'Detect and segment', drawn with the ISPRS palette.",
+                "The class raster of 'Detect and segment', drawn with its class colours.",
             )
         )
         self.addParameter(
@@ -133,20 +142,23 @@ class RenderMap(PmtlAlgorithm):
         ortho_in = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         ortho = QgsRasterLayer(ortho_in.source(), "ortho", ortho_in.providerType())
         layers: list[QgsMapLayer] = [ortho]
+        classes, boxes = None, None
         classes_in = self.parameterAsRasterLayer(parameters, self.CLASS_MAP, context)
         if classes_in is not None:
             classes = QgsRasterLayer(classes_in.source(), "classes", classes_in.providerType())
-            apply_class_palette(classes)
-            classes.renderer().setOpacity(self.parameterAsDouble(parameters, self.OPACITY, context))
             layers.insert(0, classes)
         boxes_in = self.parameterAsVectorLayer(parameters, self.DETECTIONS, context)
         if boxes_in is not None:
             boxes = QgsVectorLayer(boxes_in.source(), "detections", boxes_in.providerType())
-            apply_detection_style(boxes)
             layers.insert(0, boxes)
         if not all(layer.isValid() for layer in layers):
             bad = [layer.name() for layer in layers if not layer.isValid()]
             raise QgsProcessingException(f"Could not open the layer(s) {', '.join(bad)} for rendering.")
+        if classes is not None:
+            apply_class_palette(classes)
+            classes.renderer().setOpacity(self.parameterAsDouble(parameters, self.OPACITY, context))
+        if boxes is not None:
+            apply_detection_style(boxes)
         extent = ortho.extent()
         width = self.parameterAsInt(parameters, self.WIDTH, context)
         height = max(1, round(width * extent.height() / extent.width()))
@@ -158,14 +170,16 @@ class RenderMap(PmtlAlgorithm):
         settings.setBackgroundColor(QColor(255, 255, 255))
         settings.setFlag(QgsMapSettings.Antialiasing, True)
         settings.setTransformContext(context.transformContext())
-        extra = legend_height(width) if self.parameterAsBool(parameters, self.LEGEND, context) else 0
+        entries = legend_entries(classes, boxes)
+        legend = self.parameterAsBool(parameters, self.LEGEND, context) and bool(entries)
+        extra = legend_height(entries, width) if legend else 0
         image = QImage(QSize(width, height + extra), QImage.Format_ARGB32_Premultiplied)
         image.fill(QColor(255, 255, 255))
         painter = QPainter(image)
         job = QgsMapRendererCustomPainterJob(settings, painter)
         job.renderSynchronously()
         if extra:
-            draw_legend(painter, height, width)
+            draw_legend(painter, entries, height, width)
         painter.end()
         out_path = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         if not image.save(out_path, "PNG"):

@@ -22,7 +22,7 @@ from qgis.core import (
     QgsProcessingParameterString,
 )
 
-from ..engine_process import ProcessResult, run_streaming
+from ..engine_process import ProcessResult, engine_command, run_streaming
 from ..environment import activate, engine_root, install_message, subprocess_environment
 from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
 
@@ -45,17 +45,29 @@ CHECKPOINT_FILTER = "PyTorch checkpoints (*.pt *.pth);;All files (*.*)"
 
 
 def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
-    """The ``python -m engine.train`` command line (JSON progress on stdout for the parent)."""
-    command = [str(python), "-u", "-m", "engine.train", "--json-progress"]
-    if config:
-        command += ["--config", config]
+    """The ``python -m engine.train`` command line (JSON progress on stdout, cancel on stdin)."""
+    arguments = ["--config", config] if config else []
     if resume:
-        command.append("--resume")
-    return command + overrides
+        arguments.append("--resume")
+    return engine_command(python, "engine.train", arguments + overrides)
+
+
+def split_overrides(text: str) -> list[str]:
+    """``key=value`` items separated by spaces; quotes group, backslashes stay (``data.det=C:\\Users\\me``)."""
+    lexer = shlex.shlex(text, posix=True)
+    lexer.whitespace_split = True
+    lexer.escape = ""
+    try:
+        return list(lexer)
+    except ValueError as exc:  # an unclosed quote
+        raise QgsProcessingException(f"Config overrides: {exc} in {text!r}.") from exc
 
 
 def error_lines(result: ProcessResult) -> str:
-    """The engine's own error lines if it printed some, else the last lines of its output."""
+    """The engine's error event if it sent one, else its error lines, else the last lines of its output."""
+    error = result.last_event("error")
+    if error is not None and error.get("message"):
+        return str(error["message"])
     errors = [line for line in result.tail if line.startswith("error:") or "Error:" in line]
     return "\n".join(errors[-5:] or result.tail[-15:])
 
@@ -257,8 +269,9 @@ class Train(PmtlAlgorithm):
         device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
         if device != "auto":
             items.append(f"runtime.device={device}")
-        extra = self.parameterAsString(parameters, self.OVERRIDES, context)
-        return items + (shlex.split(extra) if extra else [])
+        if is_unset(parameters, self.OVERRIDES):
+            return items
+        return items + split_overrides(self.parameterAsString(parameters, self.OVERRIDES, context))
 
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -282,6 +295,7 @@ class Train(PmtlAlgorithm):
             self.parameterAsBool(parameters, self.RESUME, context),
         )
         feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
+        feedback.pushInfo("Starting the engine (loading PyTorch)…")
         result = run_streaming(command, feedback, env=subprocess_environment(env), cwd=engine_root())
         return self._results(result, out_dir, feedback)
 
@@ -296,9 +310,7 @@ class Train(PmtlAlgorithm):
         if done and done[-1].get("best_checkpoint"):
             best = Path(str(done[-1]["best_checkpoint"]))
         if result.canceled:
-            if not last.exists():
-                raise QgsProcessingException("Training was cancelled before the first checkpoint was written.")
-            feedback.pushWarning(f"Training cancelled; the last checkpoint is kept: {last} (use 'Resume' to go on).")
+            self._report_cancel(result, last, feedback)
         elif result.returncode != 0:
             raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{error_lines(result)}")
         metrics = done[-1].get("metrics", {}) if done else {}
@@ -312,3 +324,17 @@ class Train(PmtlAlgorithm):
         if self.CHECKPOINT not in results:
             raise QgsProcessingException(f"Training ended but wrote no checkpoint in {out_dir}.")
         return results
+
+    @staticmethod
+    def _report_cancel(result: ProcessResult, last: Path, feedback: QgsProcessingFeedback) -> None:
+        """Say what a cancelled run leaves: a checkpoint to resume from (and of which epoch), or nothing."""
+        if not last.exists():
+            raise QgsProcessingException(
+                "Training was cancelled before the end of its first epoch: no checkpoint was written, so there is "
+                "nothing to resume from."
+            )
+        metrics = result.last_event("metrics")
+        epoch = f"epoch {metrics['epoch']}" if metrics and "epoch" in metrics else "an earlier run"
+        feedback.pushWarning(
+            f"Training cancelled; the checkpoint of {epoch} is kept: {last} (tick 'Resume' and run again to continue)."
+        )

@@ -1,0 +1,360 @@
+"""Everything a training run builds once before its first step: model, teachers, optimiser, data streams, state.
+
+:func:`build_run` returns a :class:`Run` (what stays fixed during the run) and :func:`restore_state` a
+:class:`RunState` (what each epoch advances, and what a checkpoint saves). The loop (engine.train.loop) only reads
+them, so each of its pieces can be read on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from engine.core.errors import ConfigError
+from engine.core.settings import Objectives, configure_losses
+from engine.data import datasets as D
+from engine.data import transforms as T
+from engine.data.chipstore import open_chip_dataset
+from engine.models import build_model, load_model_config
+from engine.models.adapters import FeatureAdapters
+from engine.models.config import ModelConfig
+from engine.train import objectives as O
+from engine.train.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
+from engine.train.config import unlabelled_roots
+from engine.train.distributed import DistInfo, init_distributed, pick_device
+from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16
+
+Normalization = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+@dataclass
+class Run:
+    """What one training run holds from start to end (built once by :func:`build_run`)."""
+
+    cfg: dict[str, Any]
+    info: DistInfo
+    device: torch.device
+    out_dir: Path
+    streams: list[str]
+    """Batch kinds drawn for every optimizer step, in order (a subset of objectives.STREAMS)."""
+    tasks: list[str]
+    manifests: dict[str, dict[str, Any]]
+    """Chip dataset manifest of each trained task."""
+    norm: Normalization
+    settings: Objectives
+    model_cfg: ModelConfig
+    student: nn.Module
+    wrapped: O.StudentWithAdapters
+    model: nn.Module
+    """``wrapped``, or its DDP wrapper: what the forward passes call."""
+    adapters: nn.ModuleDict
+    teachers: dict[str, O.Teacher]
+    optimizer: torch.optim.Optimizer
+    ema: ModelEMA | None
+    datasets: dict[str, Any]
+    device_aug: dict[str, T.DeviceAugment]
+    aug_generator: torch.Generator
+    stream_seed: dict[str, int]
+    per_rank_batch: int
+    iters: int
+    channels_last: bool
+    amp: bool
+    anchors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.iters * int(self.cfg["optim"]["epochs"])
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The weights validation and checkpoints use: the EMA when kept."""
+        return self.ema.module if self.ema is not None else self.student
+
+    def anchors_for(self, images: torch.Tensor) -> torch.Tensor:
+        """The student's anchors for an input size (cached: every batch of a run has the chip size)."""
+        key = (int(images.shape[-2]), int(images.shape[-1]))
+        if key not in self.anchors:
+            self.anchors[key] = self.student.anchors_for(key, device=self.device)
+        return self.anchors[key]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast when ``runtime.amp`` on CUDA or a CPU with native bf16; nothing otherwise."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+
+@dataclass
+class RunState:
+    """What each epoch advances; saved in last.pt and restored by ``--resume``."""
+
+    epoch: int = 0
+    step: int = 0
+    best_score: float = -math.inf
+    best_metrics: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on norm layers and biases (REFERENCE §2)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                is_norm = isinstance(sub, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple[O.Teacher, int]:
+    """A frozen teacher (EMA weights, eval mode, no gradients) and its feature width."""
+    net, payload = model_from_checkpoint(path, device)
+    net.requires_grad_(False)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))
+
+
+def check_teachers(teachers: dict[str, O.Teacher], student_cfg: ModelConfig, kd: dict[str, Any]) -> None:
+    """Each teacher must have the head it distils, and the detection teacher the student's anchor layout."""
+    for task, key in (("det", "kd.det_teacher"), ("seg", "kd.seg_teacher")):
+        tasks = teachers[task].net.cfg.tasks
+        if task not in tasks:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): expected a {task} teacher, it has {list(tasks)}"
+            )
+    t_cfg = teachers["det"].net.cfg
+    for field_name in ("anchor_base_size", "anchor_scales", "anchor_aspect_ratios", "box_variances", "in_channels"):
+        if getattr(t_cfg, field_name) != getattr(student_cfg, field_name):
+            raise ConfigError(
+                f"config key 'kd.det_teacher' ({kd['det_teacher']}): soft detection KD pairs anchors one by one, "
+                f"so '{field_name}' must match the student's {getattr(student_cfg, field_name)!r}, "
+                f"found {getattr(t_cfg, field_name)!r}"
+            )
+    for task, key, size in (("det", "kd.det_teacher", "num_det_classes"), ("seg", "kd.seg_teacher", "num_seg_classes")):
+        theirs, ours = getattr(teachers[task].net.cfg, size), getattr(student_cfg, size)
+        if theirs != ours:
+            raise ConfigError(
+                f"config key '{key}' ({kd[key.split('.')[1]]}): the teacher has {theirs} {task} classes, the "
+                f"student's {task} chip dataset has {ours}; train the teacher on chips with the same class table"
+            )
+
+
+def dataset_info(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Manifests of the trained tasks' chip datasets (they must agree on bands)."""
+    info = {task: open_chip_dataset(cfg["data"][task]).manifest for task in cfg["tasks"]}
+    bands = {task: len(m["bands"]) for task, m in info.items()}
+    if len(set(bands.values())) > 1:
+        raise ConfigError(
+            f"config keys 'data.det'/'data.seg': chip datasets have different band counts {bands}; "
+            "re-chip one of them with matching bands"
+        )
+    for task, manifest in info.items():
+        labelled = manifest.get("task", "both")
+        if labelled not in (task, "both"):
+            raise ConfigError(
+                f"config key 'data.{task}' ({cfg['data'][task]}): expected a chip dataset with {task} labels, "
+                f"found one chipped with --task {labelled}"
+            )
+    return info
+
+
+def head_sizes(manifests: dict[str, Any]) -> dict[str, int]:
+    """Classes per trained head, from the class table of that task's chip dataset."""
+    sizes = {}
+    if "det" in manifests:
+        sizes["num_det_classes"] = len(manifests["det"]["det_classes"])
+    if "seg" in manifests:
+        sizes["num_seg_classes"] = len(manifests["seg"]["seg_classes"])
+    return sizes
+
+
+@dataclass
+class _Networks:
+    model_cfg: ModelConfig
+    student: nn.Module
+    wrapped: O.StudentWithAdapters
+    model: nn.Module
+    adapters: nn.ModuleDict
+    teachers: dict[str, O.Teacher]
+
+
+def build_networks(
+    cfg: dict[str, Any],
+    settings: Objectives,
+    manifests: dict[str, dict[str, Any]],
+    info: DistInfo,
+    device: torch.device,
+    channels_last: bool,
+) -> _Networks:
+    """Student (seeded: same initial weights on every rank; heads sized from the chip datasets' class tables),
+    adaptation layers, frozen teachers, DDP wrapper."""
+    bands = len(next(iter(manifests.values()))["bands"])
+    model_cfg = dataclasses.replace(
+        load_model_config(cfg["model"]), tasks=tuple(cfg["tasks"]), in_channels=bands, **head_sizes(manifests)
+    )
+    student = build_model(model_cfg)
+    teachers: dict[str, O.Teacher] = {}
+    adapters = nn.ModuleDict()
+    if settings.kd.enabled:
+        for task in ("det", "seg"):
+            teachers[task], width = load_teacher(cfg["kd"][f"{task}_teacher"], device, channels_last)
+            adapters[task] = FeatureAdapters(model_cfg.channels, width, kernel_size=cfg["kd"]["adapter_kernel"])
+        check_teachers(teachers, model_cfg, cfg["kd"])
+    wrapped = O.StudentWithAdapters(student, adapters)
+    use_cuda = device.type == "cuda"
+    if info.enabled and use_cuda:  # small per-GPU batches: batch statistics over all ranks
+        wrapped = nn.SyncBatchNorm.convert_sync_batchnorm(wrapped)
+        student = wrapped.student
+    wrapped = wrapped.to(device)
+    if channels_last:
+        wrapped = wrapped.to(memory_format=torch.channels_last)
+    model: nn.Module = wrapped
+    if info.enabled:
+        model = DistributedDataParallel(
+            wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
+        )
+    return _Networks(model_cfg, student, wrapped, model, adapters, teachers)
+
+
+def _require_a_batch(dataset: Any, key: str, root: Any, split: str, per_rank_batch: int, world_size: int) -> None:
+    if len(dataset) // world_size < per_rank_batch:
+        raise ConfigError(
+            f"config key '{key}' ({root}): split '{split}' has {len(dataset)} chips, fewer than a batch of "
+            f"{per_rank_batch} per process; lower data.batch_size or add chips"
+        )
+
+
+def training_datasets(
+    cfg: dict[str, Any], tasks: list[str], model_bands: list[str], per_rank_batch: int, world_size: int
+) -> dict[str, Any]:
+    """The training split of each task's chip dataset and, with ``data.unlabelled``, the unlabelled imagery (its
+    bands mapped to ``model_bands``); geometric augmentation when ``data.augment``."""
+    data_cfg = cfg["data"]
+    geometric = T.GeometricAugment() if data_cfg["augment"] else None
+    kinds = {"det": D.DetectionChips, "seg": D.SegmentationChips}
+    split = data_cfg["train_split"]
+    datasets: dict[str, Any] = {}
+    for task in tasks:
+        datasets[task] = kinds[task](data_cfg[task], split, train=True, augment=geometric)
+        _require_a_batch(datasets[task], f"data.{task}", data_cfg[task], split, per_rank_batch, world_size)
+    roots = unlabelled_roots(cfg)
+    if roots:
+        datasets["unlabelled"] = D.UnlabelledChips(roots, split, model_bands, train=True, augment=geometric)
+        _require_a_batch(datasets["unlabelled"], "data.unlabelled", roots, split, per_rank_batch, world_size)
+    return datasets
+
+
+def stream_manifest(run_manifests: dict[str, dict[str, Any]], datasets: dict[str, Any], stream: str) -> dict:
+    """The manifest whose value scaling a stream's raw images use."""
+    return datasets[stream].manifests[0] if stream == "unlabelled" else run_manifests[stream]
+
+
+def build_run(cfg: dict[str, Any]) -> Run:
+    """Set up a run from a validated config: devices, networks, optimiser, EMA, datasets, normalisation."""
+    info = init_distributed()
+    device = pick_device(cfg["runtime"]["device"], info)
+    rt, optim_cfg, data_cfg = cfg["runtime"], cfg["optim"], cfg["data"]
+    seed = int(rt["seed"])
+    torch.manual_seed(seed)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    out_dir = Path(rt["out"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tasks: list[str] = list(cfg["tasks"])
+    manifests = dataset_info(cfg)
+    channels_last = device.type == "cuda" and rt["channels_last"]
+    settings = configure_losses(cfg)
+    nets = build_networks(cfg, settings, {t: manifests[t] for t in tasks}, info, device, channels_last)
+    optimizer = build_optimizer(param_groups([nets.wrapped], optim_cfg["weight_decay"]), optim_cfg)
+    ema = ModelEMA(nets.student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
+    per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
+    model_bands = list(manifests[tasks[0]]["bands"])
+    datasets = training_datasets(cfg, tasks, model_bands, per_rank_batch, info.world_size)
+    streams = [*tasks, *(["unlabelled"] if "unlabelled" in datasets else [])]  # labelled first, in config order
+    # batches and augmentation come from streams that differ per rank and per stream, fixed by (seed, epoch)
+    stream_seed = {name: seed + 7_919 * info.rank + 104_729 * index for index, name in enumerate(streams)}
+    # ONE normalisation, pooled over the labelled training sets, for every stream (unlabelled imagery included)
+    norm = T.run_normalization(list(manifests.values()), data_cfg["normalization"])
+    device_aug = {
+        name: T.DeviceAugment.for_stream(stream_manifest(manifests, datasets, name), *norm).to(device)
+        for name in streams
+    }
+    iters = optim_cfg["iters_per_epoch"] or max(  # an epoch is set by the labelled data; unlabelled cycles
+        len(datasets[task]) // info.world_size // per_rank_batch for task in tasks
+    )
+    return Run(
+        cfg=cfg,
+        info=info,
+        device=device,
+        out_dir=out_dir,
+        streams=streams,
+        tasks=tasks,
+        manifests=manifests,
+        norm=norm,
+        settings=settings,
+        model_cfg=nets.model_cfg,
+        student=nets.student,
+        wrapped=nets.wrapped,
+        model=nets.model,
+        adapters=nets.adapters,
+        teachers=nets.teachers,
+        optimizer=optimizer,
+        ema=ema,
+        datasets=datasets,
+        device_aug=device_aug,
+        aug_generator=torch.Generator(device=device),
+        stream_seed=stream_seed,
+        per_rank_batch=per_rank_batch,
+        iters=iters,
+        channels_last=channels_last,
+        amp=bool(rt["amp"]) and (device.type == "cuda" or cpu_has_fast_bf16()),
+    )
+
+
+def restore_state(run: Run, resume: bool) -> RunState:
+    """A fresh state, or (``resume``) the weights, optimiser, EMA, RNGs and progress saved in OUT/last.pt."""
+    last_path = run.out_dir / "last.pt"
+    if not resume:
+        return RunState()
+    if not last_path.is_file():
+        raise ConfigError(f"--resume: no checkpoint at '{last_path}' to resume from")
+    saved = load_checkpoint(last_path, map_location="cpu")
+    run.student.load_state_dict(saved["model"])
+    if saved.get("adapters"):
+        run.adapters.load_state_dict(saved["adapters"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    if run.ema is not None and saved.get("ema"):
+        run.ema.load_state_dict(saved["ema"])
+    restore_rng(saved["rng"])
+    return RunState(
+        epoch=int(saved["epoch"]),
+        step=int(saved["step"]),
+        best_score=float(saved["best"]["score"]),
+        best_metrics=dict(saved["best"]["metrics"]),
+        history=list(saved.get("history", [])),
+    )
+
+
+def batch_streams(run: Run, start_epoch: int) -> dict[str, Iterator[dict[str, torch.Tensor]]]:
+    """One endless, resumable loader per stream (seeded per stream and rank, sharded across ranks)."""
+    return {
+        name: D.make_train_loader(
+            run.datasets[name],
+            run.per_rank_batch,
+            run.cfg["data"]["num_workers"],
+            run.stream_seed[name],
+            run.iters,
+            start_epoch,
+            run.info.rank,
+            run.info.world_size,
+        )
+        for name in run.streams
+    }
