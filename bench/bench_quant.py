@@ -13,7 +13,8 @@
 
 Targets (issue 13): int8 throughput >= 2x fp32, agreement >= 97 %, mIoU and AP50 cost <= 1 point, int8 file <=
 35 % of fp32, predict / raw onnxruntime >= 0.9 for every precision.
-``python -m bench.bench_quant [--size 1536] [--iters 150] [--repeats 2] [--threads 2] [--checkpoint CK --chips DIR]``
+``python -m bench.bench_quant [--size 1024] [--iters 60] [--eval-chips 32] [--repeats 2] [--threads 2]
+[--checkpoint CK --chips DIR]``
 prints one text line per result and one JSON line.
 """
 
@@ -53,6 +54,7 @@ def make_chips(root: Path) -> Path:
 
 def train_student(chips: Path, out: Path, iters: int) -> Path:
     """The partial-MTL student trained ``iters`` steps (detection and segmentation on the same chips)."""
+    from engine.core.progress import TqdmProgress
     from engine.train.config import load_config
     from engine.train.loop import train
 
@@ -70,7 +72,11 @@ def train_student(chips: Path, out: Path, iters: int) -> Path:
         "ema.tau=20.0",
         f"runtime.out={out}",
     ]
-    return train(load_config("models/train/student_mtl.yaml", overrides)).best_checkpoint
+    bar = TqdmProgress("bench student")
+    try:
+        return train(load_config("models/train/student_mtl.yaml", overrides), progress=bar).best_checkpoint
+    finally:
+        bar.close()
 
 
 def make_ortho(root: Path, size: int) -> Path:
@@ -81,7 +87,7 @@ def make_ortho(root: Path, size: int) -> Path:
     return next((root / "ortho").rglob(f"{summary.tiles[0]}*.tif"))
 
 
-def export_all(checkpoint: Path, chips: Path, root: Path) -> dict[str, dict[str, Any]]:
+def export_all(checkpoint: Path, chips: Path, root: Path, eval_chips: int) -> dict[str, dict[str, Any]]:
     from engine.export import export_checkpoint
 
     models = {}
@@ -89,7 +95,13 @@ def export_all(checkpoint: Path, chips: Path, root: Path) -> dict[str, dict[str,
         path = root / f"model_{precision}.onnx"
         started = time.perf_counter()
         meta = export_checkpoint(
-            checkpoint, path, tile_size=TILE, overlap=OVERLAP, precision=precision, calibration=[chips]
+            checkpoint,
+            path,
+            tile_size=TILE,
+            overlap=OVERLAP,
+            precision=precision,
+            calibration=[chips],
+            quantization={"eval_chips": eval_chips},
         )
         models[precision] = {
             "path": path,
@@ -147,12 +159,12 @@ def agreement(root: Path, precision: str) -> float:
     return float((ref[valid] == other[valid]).mean())
 
 
-def test_split_metrics(models: dict[str, dict], chips: Path, threads: int) -> dict[str, dict]:
-    """mIoU / AP50 / mAP of every model on the held-out test chips (one pass, same chips for all)."""
+def test_split_metrics(models: dict[str, dict], chips: Path, threads: int, count: int) -> dict[str, dict]:
+    """mIoU / AP50 / mAP of every model on the first ``count`` held-out test chips (same chips for all)."""
     from engine.evaluate.onnx_eval import compare_onnx
 
     paths = [m["path"] for m in models.values()]
-    results, _ = compare_onnx(paths, chips, chips, "test", threads=threads)
+    results, _ = compare_onnx(paths, chips, chips, "test", threads=threads, max_chips=count)
     keys = ("seg_miou", "det_ap50", "det_map")
     return {p: {k: r.get(k) for k in keys} for p, r in zip(models, results)}
 
@@ -186,10 +198,10 @@ def run(args: argparse.Namespace) -> dict:
         chips = args.chips or make_chips(root / "data")
         checkpoint = args.checkpoint or train_student(chips, root / "run", args.iters)
         prepared = time.perf_counter() - started
-        models = export_all(checkpoint, chips, root)
+        models = export_all(checkpoint, chips, root, args.eval_chips)
         ortho = make_ortho(root / "data", args.size)
         speed = throughput(models, ortho, root, args.threads, args.repeats, args.batch)
-        tests = test_split_metrics(models, chips, args.threads)
+        tests = test_split_metrics(models, chips, args.threads, args.eval_chips)
         record: dict[str, Any] = {
             "cpu_count": os.cpu_count(),
             "threads": args.threads,
@@ -239,8 +251,9 @@ def summary_lines(record: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_quant", description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1536, help="side of the ortho in px")
-    parser.add_argument("--iters", type=int, default=150, help="training steps of the bench's student")
+    parser.add_argument("--size", type=int, default=1024, help="side of the ortho in px")
+    parser.add_argument("--iters", type=int, default=60, help="training steps of the bench's student")
+    parser.add_argument("--eval-chips", type=int, default=32, help="val / test chips per task for the accuracy cost")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (2 cores)")
     parser.add_argument("--batch", type=int, default=4)

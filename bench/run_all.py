@@ -14,6 +14,7 @@ BENCHES = (
     "bench.bench_train",
     "bench.bench_predict",
     "bench.bench_demo_quality",
+    "bench.bench_quant",
 )
 
 

@@ -11,6 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from chipfixtures import write_chip_dataset
+from osgeo import gdal, osr
 from torch import nn
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
@@ -24,6 +25,7 @@ from engine.export.__main__ import main as export_main
 from engine.export.onnx_export import export_int8_or_fp32
 from engine.export.quantize import ChipSource, convert_precision, float_tail_nodes
 from engine.models import ModelConfig, build_model
+from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
 from engine.train.checkpoint import model_from_checkpoint, save_checkpoint
 
@@ -241,3 +243,32 @@ def test_int8_or_fp32_falls_back_below_the_agreement_target(setup, tmp_path):
     assert meta["precision"] == "fp32" and _props(out)["precision"] == "fp32"
     rejected = meta["int8_rejected"]
     assert rejected["min_agreement"] == 1.01 and 0.0 <= rejected["accuracy"]["pixel_agreement"] <= 1.0
+
+
+def _mosaic(path: Path, chips: Path) -> Path:
+    """The 4 test chips as one 2×2 georeferenced ortho (128² px)."""
+    images = np.load(chips / "test" / "images.npy")
+    mosaic = np.concatenate([np.concatenate(images[:2], 1), np.concatenate(images[2:4], 1)], 0).transpose(2, 0, 1)
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), mosaic.shape[2], mosaic.shape[1], 3, gdal.GDT_Byte)
+    ds.SetGeoTransform((500000.0, 0.09, 0.0, 5400000.0, 0.0, -0.09))
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    ds.SetSpatialRef(srs)
+    ds.WriteArray(mosaic)
+    ds = None
+    return path
+
+
+def test_predict_runs_every_precision_and_says_when_fp16_runs_on_the_cpu(setup, tmp_path):
+    ortho = _mosaic(tmp_path / "ortho.tif", setup["chips"])
+    maps = {}
+    for precision in ("fp32", "int8", "fp16"):
+        out = tmp_path / f"classes_{precision}.tif"
+        summary = predict_raster(setup[precision], ortho, out, tmp_path / f"det_{precision}.gpkg", device="auto")
+        maps[precision] = gdal.Open(str(out)).ReadAsArray()
+        on_cpu_fp16 = precision == "fp16" and summary.provider == "CPUExecutionProvider"
+        assert any("fp16 model on the CPU provider" in w for w in summary.warnings) == on_cpu_fp16
+    assert maps["fp32"].shape == (128, 128)
+    assert (maps["fp16"] == maps["fp32"]).mean() > 0.99
+    recorded = _props(setup["int8"])["quantization"]["accuracy"]["pixel_agreement"]
+    assert (maps["int8"] == maps["fp32"]).mean() >= recorded - 0.05  # as close on an ortho as on the val chips

@@ -49,13 +49,14 @@ class Detections:
 
 
 def _area(boxes: np.ndarray) -> np.ndarray:
-    return np.clip(boxes[..., 2] - boxes[..., 0], 0, None) * np.clip(boxes[..., 3] - boxes[..., 1], 0, None)
+    return np.maximum(boxes[..., 2] - boxes[..., 0], 0) * np.maximum(boxes[..., 3] - boxes[..., 1], 0)
 
 
 def _intersection(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Called once per kept box in NMS and the merge: np.maximum, not np.clip (10x its Python overhead)."""
     w = np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0])
     h = np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1])
-    return np.clip(w, 0, None) * np.clip(h, 0, None)
+    return np.maximum(w, 0) * np.maximum(h, 0)
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: float) -> np.ndarray:
