@@ -211,7 +211,7 @@ def compose_map(panels: list[tuple[str, Path]], png: Path, direction: str) -> Pa
         seg = "labels from this domain" if domain == seg_set else "no labels here (shared encoder)"
         ax.set_title(PANEL_TITLES[domain].format(det=det, seg=seg), fontsize=12)
     fig.suptitle("One model, both tasks, both domains: fresh tiles the model never saw", fontsize=15)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     with atomic_path(png) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     plt.close(fig)
