@@ -49,6 +49,21 @@ class ProcessResult:
         found = [event for event in self.events if event.get("event") == name]
         return found[-1] if found else None
 
+    def error_text(self) -> str:
+        """The engine's error event if it sent one, else its error lines, else the last lines of its output."""
+        error = self.last_event("error")
+        if error is not None and error.get("message"):
+            return str(error["message"])
+        errors = [line for line in self.tail if line.startswith("error:") or "Error:" in line]
+        return "\n".join(errors[-5:] or self.tail[-15:])
+
+    def missing_module(self) -> str | None:
+        """The top-level module of a ``No module named ...`` failure, or None."""
+        lines = [line for line in self.tail if "No module named" in line]
+        if self.returncode == 0 or not lines:
+            return None
+        return lines[-1].split("No module named")[-1].strip(" '\"").split(".")[0]
+
 
 def engine_command(python: str | Path, module: str, arguments: Sequence[str]) -> list[str]:
     """``python -u -m MODULE --json-progress --control-stdin ARGUMENTS``: an engine CLI as the plugin runs it.

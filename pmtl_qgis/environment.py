@@ -2,7 +2,8 @@
 
 QGIS runs its own Python (the system one on Linux), which usually has GDAL and numpy but not torch. pmtl keeps
 its heavy dependencies in a separate environment (a venv made with ``--system-site-packages``) and adds that
-environment's ``site-packages`` to ``sys.path``. The environment is found, first match wins, from:
+environment's ``site-packages`` to ``sys.path`` only while one of its algorithms runs
+(:func:`engine_paths`). The environment is found, first match wins, from:
 
 1. the ``PMTL_PYTHON`` environment variable: path to that environment's Python interpreter;
 2. the Processing setting *pmtl → Python interpreter* (Settings › Options › Processing › Providers);
@@ -10,21 +11,25 @@ environment's ``site-packages`` to ``sys.path``. The environment is found, first
 4. a ``.venv`` next to the engine (a pmtl checkout after ``make setup``);
 5. QGIS's own Python (everything installed there).
 
+Whichever wins, the folder filled by the *Install Python dependencies* algorithm (``installer.managed_dir``: in the
+QGIS profile) is searched too, last: QGIS's own packages and the environment above take precedence.
+
 The engine itself comes from ``vendor/`` in the plugin folder (the packaged zip) or from the checkout that
 contains the plugin folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 ENV_VAR = "PMTL_PYTHON"
@@ -125,7 +130,16 @@ def _qgis_python() -> str:
 
 
 def find_python_env() -> PythonEnv:
-    """Decide which Python environment holds torch & co (see the module docstring for the order)."""
+    """Decide which Python environment holds torch & co (see the module docstring for the order); the installer's
+    managed folder comes last in its ``site_packages``."""
+    from .installer import managed_paths
+
+    env = _find_python_env()
+    env.site_packages += [p for p in managed_paths() if p not in env.site_packages]
+    return env
+
+
+def _find_python_env() -> PythonEnv:
     root = engine_root()
     choices = [
         (os.environ.get(ENV_VAR, "").strip(), f"the {ENV_VAR} environment variable"),
@@ -148,18 +162,24 @@ def find_python_env() -> PythonEnv:
     return PythonEnv(Path(_qgis_python()), [], "QGIS's Python", None)
 
 
-def activate() -> PythonEnv:
-    """Put the engine and the dependency environment on ``sys.path`` (idempotent) and return what was found."""
+@contextlib.contextmanager
+def engine_paths() -> Iterator[PythonEnv]:
+    """``sys.path`` with the engine (first: the name ``engine`` must be ours) and the dependency environment (last:
+    QGIS's own numpy and GDAL bindings win) for the duration of a call; restored exactly afterwards, so other
+    plugins never import from pmtl's environment. Modules imported meanwhile stay loaded."""
+    saved = list(sys.path)
     env = find_python_env()
     root = engine_root()
-    paths = [str(p) for p in env.site_packages]
-    if root is not None:
-        paths.insert(0, str(root))
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
+    if root is not None and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    for path in env.site_packages:
+        if str(path) not in sys.path:
+            sys.path.append(str(path))
     importlib.invalidate_caches()
-    return env
+    try:
+        yield env
+    finally:
+        sys.path[:] = saved
 
 
 def subprocess_environment(env: PythonEnv) -> dict[str, str]:
@@ -178,16 +198,16 @@ def subprocess_environment(env: PythonEnv) -> dict[str, str]:
 
 def missing_modules(modules: tuple[str, ...] | list[str]) -> list[str]:
     """Top-level modules among ``modules`` that cannot be found (without importing them: cheap)."""
-    activate()
-    missing = []
-    for name in modules:
-        top = name.split(".")[0]
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found and top not in missing:
-            missing.append(top)
+    missing: list[str] = []
+    with engine_paths():
+        for name in modules:
+            top = name.split(".")[0]
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found and top not in missing:
+                missing.append(top)
     return missing
 
 
@@ -202,6 +222,11 @@ def install_message(missing: list[str]) -> str:
     system = [SYSTEM_PACKAGES[m] for m in missing if m in SYSTEM_PACKAGES]
     pip = [PIP_NAMES.get(m, m) for m in missing if m not in SYSTEM_PACKAGES]
     lines = [f"pmtl needs Python modules that cannot be imported: {', '.join(missing)}."]
+    if not system:
+        lines.append(
+            "Easiest: run Processing › pmtl › Setup › 'Install Python dependencies' (or Plugins › pmtl › Install "
+            "Python dependencies…), profile 'inference' to run models, 'training' to train them. Or by hand:"
+        )
     if env.problem:
         lines.append(f"Python environment from {env.source}: {env.problem}.")
     if system:
@@ -220,18 +245,3 @@ def install_message(missing: list[str]) -> str:
             f"which is found automatically."
         )
     return "\n".join(lines)
-
-
-def import_engine(module: str) -> ModuleType:
-    """Import an engine module; a missing dependency becomes an :class:`ImportError` with the install message."""
-    activate()
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        name = exc.name or module
-        if name.split(".")[0] == "engine" and engine_root() is not None:
-            raise ImportError(
-                f"The pmtl engine at {engine_root()} has no module {name!r}: this plugin version needs a newer engine "
-                f"(rebuild the plugin zip with scripts/package_plugin.py)."
-            ) from exc
-        raise ImportError(install_message([name.split(".")[0]])) from exc

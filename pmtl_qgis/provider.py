@@ -7,7 +7,7 @@ from qgis.PyQt.QtGui import QIcon
 
 from .algorithms import ALGORITHMS
 from .algorithms.base import ICON_PATH
-from .environment import ENV_VAR, SETTING_NAME, activate
+from .environment import ENV_VAR, SETTING_NAME
 
 
 class PmtlProvider(QgsProcessingProvider):
@@ -27,7 +27,6 @@ class PmtlProvider(QgsProcessingProvider):
 
     def load(self) -> bool:
         self._add_setting()
-        activate()
         self.refreshAlgorithms()
         return True
 

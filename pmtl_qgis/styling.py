@@ -29,7 +29,7 @@ from qgis.core import (
 from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor
 
-from .environment import import_engine
+from .scope import import_engine
 
 SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
 """Label expression of a detection: class name and score with two decimals."""
@@ -132,9 +132,34 @@ def _field_values(layer: QgsVectorLayer, field: str) -> list[str]:
     return sorted(str(v) for v in layer.uniqueValues(index) if v is not None) if index >= 0 else []
 
 
+def detection_classes(layer: QgsVectorLayer) -> Classes | None:
+    """The model's classes a pmtl detections GeoPackage carries (layer metadata ``CLASS_NAMES`` /
+    ``CLASS_COLORS``); None for other layers."""
+    import json
+
+    from osgeo import gdal
+
+    path, _, option = layer.source().partition("|")
+    gdal.PushErrorHandler("CPLQuietErrorHandler")  # scoped: GDAL's error mode stays as QGIS set it
+    try:
+        dataset = gdal.OpenEx(path, gdal.OF_VECTOR | gdal.OF_READONLY)
+        name = option.split("=", 1)[1] if option.startswith("layername=") else None
+        found = (dataset.GetLayerByName(name) if name else dataset.GetLayer(0)) if dataset is not None else None
+        names, colours = (found.GetMetadataItem(k) for k in ("CLASS_NAMES", "CLASS_COLORS")) if found else (None, None)
+        parsed = (json.loads(names), json.loads(colours)) if names and colours else None
+    except (RuntimeError, ValueError):  # another plugin turned GDAL exceptions on / not our JSON
+        parsed = None
+    finally:
+        gdal.PopErrorHandler()
+    if not parsed or len(parsed[0]) != len(parsed[1]):
+        return None
+    return [str(n) for n in parsed[0]], [tuple(int(v) for v in c[:3]) for c in parsed[1]]
+
+
 def apply_detection_style(layer: QgsVectorLayer, classes: Classes | None = None) -> None:
-    """Boxes outlined in their class colour and labelled ``class score`` (the score with two decimals)."""
-    names, colours = complete_classes(classes, _field_values(layer, "class"))
+    """Boxes outlined in their class colour and labelled ``class score`` (the score with two decimals); without
+    ``classes``, the model's classes the GeoPackage carries, else fallback colours per class name."""
+    names, colours = complete_classes(classes or detection_classes(layer), _field_values(layer, "class"))
     layer.setRenderer(_categorized("class", names, colours, _box_symbol))
     settings = QgsPalLayerSettings()
     settings.fieldName = SCORE_LABEL

@@ -278,16 +278,12 @@ def tiny_onnx_model(
     path: Path,
     seg_classes: tuple[str, ...] = ("impervious", "building", "low_vegetation", "tree", "car", "clutter"),
     det_classes: tuple[str, ...] = ("building", "tree", "car"),
-    props: dict[str, Any] | None = None,
+    seg_colors: list[list[int]] | None = None,
+    det_colors: list[list[int]] | None = None,
     tile: int = 32,
 ) -> Path:
-    """A small untrained network with both heads exported through the real exporter (a second or so).
-
-    ``props``: extra metadata keys (JSON values) written into the ONNX file after export, e.g. ``seg.colors``.
-    """
-    import json
-
-    import onnx
+    """A small untrained network with both heads exported through the real exporter (a second or so), with the
+    given class colours in its metadata (default: the engine's colours for the names)."""
     import torch
     from torch import nn
 
@@ -324,14 +320,9 @@ def tiny_onnx_model(
         "std": [0.25, 0.25, 0.25],
         "gsd": 0.09,
         "seg_classes": list(seg_classes),
-        "palette": [list(c) for c in class_colors(seg_classes)],
+        "palette": seg_colors or [list(c) for c in class_colors(seg_classes)],
         "det_classes": list(det_classes),
+        **({"det_palette": det_colors} if det_colors else {}),
     }
     export_onnx(TinyNet(), path, describe, tile, overlap=4, score_thresh=0.5)
-    if props:
-        proto = onnx.load(str(path))
-        for key, value in props.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
-        onnx.save(proto, str(path))
     return path

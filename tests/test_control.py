@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,3 +66,33 @@ def test_export_cli_cancelled_from_stdin_exits_130_and_leaves_no_file(tmp_path):
     out, _ = child.communicate(timeout=20)
     assert child.returncode == 130 and "cancelled" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_process_forked_while_listening_does_not_deadlock():
+    """DataLoader workers are forked while the listener waits on stdin; multiprocessing then closes sys.stdin in the
+    worker, which must not wait for a lock held by a thread that does not exist there."""
+    script = (
+        "import multiprocessing, time\n"
+        "from engine.core.control import watch\n"
+        "from engine.core.progress import NullProgress\n"
+        "watch(NullProgress(), True)\n"
+        "time.sleep(0.3)  # the listener is blocked reading stdin\n"
+        "worker = multiprocessing.get_context('fork').Process(target=print, args=('worker ran',))\n"
+        "worker.start(); worker.join(20)\n"
+        "print('exit code', worker.exitcode, flush=True)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    timer = threading.Timer(30, os.killpg, (child.pid, signal.SIGKILL))  # a deadlocked worker hangs the child
+    timer.start()
+    out = child.stdout.read()  # stdin stays open (the listener blocked on it) until the child has finished
+    child.wait()
+    timer.cancel()
+    child.stdin.close()
+    assert "worker ran" in out and "exit code 0" in out

@@ -148,3 +148,43 @@ def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):
     chips = prepare_chips(load_preset("paper"), tmp_path / "data", {"vaihingen": None, "potsdam": None})
     assert chips == {"vaihingen": tmp_path / "data/chips/vaihingen", "potsdam": tmp_path / "data/chips/potsdam"}
     assert not any(m.startswith("engine.synth") for m in sys.modules)
+
+
+def test_unlabelled_target_experiment_tiny(tmp_path):
+    """--unlabelled-target: teachers once, the student with and without the held-out town's imagery, one table."""
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
+                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB"},
+                "train": {
+                    "data.batch_size": 2,
+                    "data.num_workers": 0,
+                    "data.max_val_chips": 2,
+                    "optim.epochs": 1,
+                    "optim.iters_per_epoch": 1,
+                    "optim.warmup_iters": 1,
+                },
+                "teacher": {},
+                "target": {"variant": "mtl_soft", "synthetic": {"tiles": 3, "tile_size_m": 17}},
+            }
+        )
+    )
+    out = tmp_path / "exp"
+    args = ["--preset", str(preset), "--direction", "p2v", "--unlabelled-target", "suburb", "--out", str(out)]
+    assert main(args) == 0
+    result = json.loads((out / "unlabelled.json").read_text())
+    rows = {row["row"]: row for row in result["tables"]["p2v"]}
+    assert list(rows) == ["teachers", "student", "student_unlabelled"]
+    for name in ("student", "student_unlabelled"):
+        for key in ("target_seg_miou", "target_det_ap50", "source_seg_miou", "source_det_ap50"):
+            assert 0.0 <= rows[name][key][0] <= 1.0
+    with_target = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "config.json").read_text())
+    assert with_target["data"]["unlabelled"] == str(out / "data" / "chips" / "suburb_RGB")
+    history = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "history.json").read_text())
+    assert any(k.startswith("loss_unlabelled_") for k in history[0])
+    assert "unlabelled target: suburb" in (out / "unlabelled.md").read_text()
+    manifest = json.loads((out / "data" / "chips" / "suburb_RGB" / "manifest.json").read_text())
+    assert manifest["gsd"] == pytest.approx(0.13) and set(manifest["splits"]) == {"train", "val", "test"}

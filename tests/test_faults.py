@@ -19,7 +19,7 @@ from torch import nn
 
 from engine.core.atomic import atomic_path, remove_stale_partials
 from engine.core.classes import SEG_CLASSES
-from engine.core.errors import OutputError
+from engine.core.errors import InputError, OutputError
 from engine.export import export_onnx
 from engine.predict import predict_raster
 
@@ -242,3 +242,14 @@ def test_remove_stale_partials_rules(tmp_path):
         assert tmp.name.startswith(f".seg.tif.{os.getpid()}-") and tmp.name.endswith(".partial.tif")
         tmp.write_bytes(b"done")
     assert (tmp_path / "seg.tif").read_bytes() == b"done"
+
+
+def test_truncated_rasters_while_chipping_name_the_file(tmp_path):
+    from engine.data.isprs import read_image, read_label
+
+    image = write_raster(tmp_path / "top.tif", 400, ("TILED=YES", "COMPRESS=DEFLATE"))
+    os.truncate(image, image.stat().st_size // 2)
+    with pytest.raises(InputError, match=rf"^raster '{image}': reading its pixels failed: .*TIFFReadEncodedTile"):
+        read_image(image)
+    with pytest.raises(InputError, match=rf"^raster '{image}': reading its pixels failed: "):
+        read_label(image, boundary_is_ignore=False)

@@ -16,7 +16,8 @@ from engine.core.classes import ISPRS_DET, ISPRS_SEG, PALETTE, ClassTable, table
 from engine.export.onnx_export import export_onnx
 from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
-from engine.train.loop import class_metadata, head_sizes
+from engine.train.loop import class_metadata
+from engine.train.setup import head_sizes
 from tests.test_predict import GSD, TILE, read_detections, scene, write_tif
 
 gdal.UseExceptions()
@@ -95,6 +96,10 @@ def test_user_classes_reach_onnx_metadata_and_every_predict_output(tmp_path: Pat
     image = scene(96, 100, [(20, 24), (60, 60)], bands=1).astype(np.uint16) * 8  # 1-band uint16 "pan"
     src = write_tif(tmp_path / "pan.tif", image)
     predict_raster(model, src, tmp_path / "seg.tif", tmp_path / "det.gpkg", out_polygons=tmp_path / "poly.gpkg")
+    detections = ogr.Open(str(tmp_path / "det.gpkg"))
+    layer_meta = detections.GetLayer(0).GetMetadata()
+    assert json.loads(layer_meta["CLASS_NAMES"]) == ["shed", "house"]
+    assert json.loads(layer_meta["CLASS_COLORS"]) == [[10, 20, 30], [250, 128, 0]]
     rows, _ = read_detections(tmp_path / "det.gpkg")
     assert sorted((r["class"], r["class_id"]) for r in rows) == [("house", 1), ("house", 1)]
     seg_ds = gdal.Open(str(tmp_path / "seg.tif"))

@@ -76,3 +76,30 @@ def test_chip_tiles_own_data_needs_exactly_one_label_layer(qgis_processing, tmp_
     image = write_geotiff(tmp_path / "ortho.tif", np.full((3, 64, 64), 90, np.uint8))
     with pytest.raises(QgsProcessingException, match="exactly one of 'Label polygons' or 'Label raster'"):
         run_algorithm("pmtl:chip_tiles", {"IMAGES": [str(image)], "TASK": 1, "OUTPUT": str(tmp_path / "c")})
+
+
+def test_detections_gpkg_is_styled_in_the_colours_of_the_model_it_carries(qgis_processing, tmp_path):
+    from osgeo import ogr
+
+    from pmtl_qgis.styling import apply_detection_style
+
+    path = tmp_path / "det.gpkg"
+    dataset = ogr.GetDriverByName("GPKG").CreateDataSource(str(path))
+    layer = dataset.CreateLayer("detections", None, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
+    layer.CreateField(ogr.FieldDefn("score", ogr.OFTReal))
+    layer.SetMetadataItem("CLASS_NAMES", '["building", "pool"]')
+    layer.SetMetadataItem("CLASS_COLORS", "[[230, 25, 75], [0, 130, 200]]")
+    feature = ogr.Feature(layer.GetLayerDefn())
+    feature.SetField("class", "building")
+    feature.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((0 0,1 0,1 1,0 1,0 0))"))
+    layer.CreateFeature(feature)
+    dataset = None
+    boxes = QgsVectorLayer(str(path), "boxes", "ogr")
+    apply_detection_style(boxes)
+    colours = {}
+    for category in boxes.renderer().categories():
+        symbol = category.symbol()
+        colours[category.value()] = symbol.symbolLayer(symbol.symbolLayerCount() - 1).strokeColor().getRgb()[:3]
+    assert colours["building"] == (230, 25, 75)  # the model's colour, not the ISPRS blue of 'building'
+    assert colours["pool"] == (0, 130, 200)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
@@ -18,8 +16,8 @@ OUTPUTS = {
 GRAPH = [(name, spec["shape"]) for name, spec in OUTPUTS.items()]
 
 
-def _props(seg_classes, det_classes, palette=(), **extra) -> dict[str, str]:
-    meta = build_metadata(
+def _meta(seg_classes, det_classes, seg_colors=(), det_colors=()) -> dict:
+    return build_metadata(
         tasks=["seg", "det"],
         bands=["r", "g", "b"],
         value_scaling={"dtype": "uint8", "max": 255},
@@ -30,51 +28,46 @@ def _props(seg_classes, det_classes, palette=(), **extra) -> dict[str, str]:
         overlap=8,
         outputs=OUTPUTS,
         seg_classes=seg_classes,
-        palette=palette,
+        palette=seg_colors or class_colors(seg_classes),
         det_classes=det_classes,
+        det_colors=det_colors,
     )
-    props = to_props(meta)
-    props.update({key: json.dumps(value) for key, value in extra.items()})
-    return props
 
 
-def _info(props):
-    return model_info(props, "m.onnx", "images", ["batch", 3, 64, 64], GRAPH)
+def _info(meta: dict):
+    return model_info(to_props(meta), "m.onnx", "images", ["batch", 3, 64, 64], GRAPH)
 
 
 def test_colors_come_from_the_metadata_keys():
-    props = _props(
-        ["water", "field", "road"],
-        ["boat", "tractor"],
-        **{
-            "seg.colors": [[0, 0, 200], [10, 200, 10], [90, 90, 90]],
-            "det.colors": [[1, 2, 3], [4, 5, 6]],
-        },
-    )
-    info = _info(props)
+    seg_colors, det_colors = [[0, 0, 200], [10, 200, 10], [90, 90, 90]], [[1, 2, 3], [4, 5, 6]]
+    meta = _meta(["water", "field", "road"], ["boat", "tractor"], seg_colors, det_colors)
+    assert meta["seg"]["colors"] == seg_colors and meta["det"]["colors"] == det_colors  # what export writes
+    info = _info(meta)
     assert info.seg_colors == ((0, 0, 200), (10, 200, 10), (90, 90, 90))
     assert info.det_colors == ((1, 2, 3), (4, 5, 6))
 
 
-def test_without_color_keys_isprs_names_get_isprs_colours_and_others_distinct_ones():
-    info = _info(_props(["building", "solar panel", "Tree"], ["car", "boat", "pool"]))
+def test_older_metadata_without_colors_falls_back_isprs_names_first():
+    meta = _meta(["building", "solar panel", "Tree"], ["car", "boat", "pool"])
+    for head in ("seg", "det"):
+        meta[head].pop("colors", None)
+    info = _info(meta)
     building, tree, car = (PALETTE[SEG_CLASSES.index(n)] for n in ("building", "tree", "car"))
-    assert info.seg_colors[0] == building and info.seg_colors[2] == tree
+    assert info.seg_colors[0] == building and info.seg_colors[2] == tree  # from seg.palette
     assert info.det_colors[0] == car
     assert info.seg_colors[1] not in PALETTE
     assert len(set(info.det_colors)) == 3 and len(set(info.seg_colors)) == 3
-    # Deterministic: the same names give the same colours.
+
+
+def test_fallback_colours_are_deterministic_and_distinct():
     assert class_colors(["a", "b", "c"]) == class_colors(["a", "b", "c"])
     assert len(set(class_colors([f"c{i}" for i in range(12)]))) == 12
-
-
-def test_the_seg_palette_is_used_when_it_covers_every_class():
-    palette = [[9, 9, 9], [8, 8, 8]]
-    info = _info(_props(["a", "b"], list(DET_CLASSES), palette=palette))
-    assert info.seg_colors == ((9, 9, 9), (8, 8, 8))
+    assert class_colors(list(DET_CLASSES)) == tuple(PALETTE[SEG_CLASSES.index(n)] for n in DET_CLASSES)
 
 
 @pytest.mark.parametrize("bad", [[[1, 2, 3]], [[1, 2, 300], [0, 0, 0]], "red", [[1, 2], [3, 4]]])
-def test_malformed_color_keys_are_one_line_errors(bad):
-    with pytest.raises(InputError, match=r"'seg\.colors'.*2 classes"):
-        _info(_props(["a", "b"], ["car"], **{"seg.colors": bad}))
+def test_malformed_colors_are_one_line_errors(bad):
+    meta = _meta(["a", "b"], ["car"])
+    meta["seg"]["colors"] = bad
+    with pytest.raises(InputError, match=r"seg.*colors"):
+        _info(meta)

@@ -45,7 +45,7 @@ def chain(qgis_processing, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("dialog")
     synth = run_as_dialog(
         "pmtl:generate_synthetic",
-        {"DOMAIN": 0, "SEED": 0, "TILES": 2, "TILE_SIZE_M": 6.0, "OVERWRITE": False, "OUTPUT": str(root / "synth")},
+        {"DOMAIN": 0, "SEED": 0, "TILES": 2, "TILE_SIZE_M": 12.0, "OVERWRITE": False, "OUTPUT": str(root / "synth")},
     )
     chips = run_as_dialog(
         "pmtl:chip_tiles",
@@ -53,8 +53,8 @@ def chain(qgis_processing, tmp_path_factory) -> dict[str, Path]:
             "INPUT_FOLDER": synth["OUTPUT"],
             "DATASET": 0,
             "SPLIT": 0,
-            "SIZE": 32,
-            "STRIDE": 32,
+            "SIZE": 64,
+            "STRIDE": 64,
             "OUTPUT": str(root / "c"),
         },
     )

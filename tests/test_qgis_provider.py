@@ -30,7 +30,16 @@ from pmtl_qgis.styling import apply_class_palette, apply_detection_style
 
 pytestmark = pytest.mark.qgis
 
-STABLE_IDS = {"generate_synthetic", "chip_tiles", "train", "export_onnx", "detect_segment", "evaluate", "render_map"}
+STABLE_IDS = {
+    "generate_synthetic",
+    "chip_tiles",
+    "train",
+    "export_onnx",
+    "detect_segment",
+    "evaluate",
+    "render_map",
+    "install_dependencies",
+}
 
 
 def test_provider_registers_the_algorithms_with_help_and_typed_parameters(qgis_processing):
@@ -51,8 +60,8 @@ def test_expert_parameters_are_advanced_and_main_ones_are_not(qgis_processing):
     flags = {
         p.name(): bool(p.flags() & QgsProcessingParameterDefinition.FlagAdvanced) for p in train.parameterDefinitions()
     }
-    assert flags["OVERRIDES"] and flags["LR"] and flags["RESUME"] and flags["DEVICE"]
-    assert not flags["DET_DATA"] and not flags["SEG_DATA"] and not flags["KD"] and not flags["OUTPUT"]
+    assert flags["OVERRIDES"] and flags["LR"] and flags["DEVICE"]
+    assert not any(flags[name] for name in ("DET_DATA", "SEG_DATA", "KD", "OUTPUT", "RESUME"))
     outputs = {o.name(): o.type() for o in train.outputDefinitions()}
     assert outputs["CHECKPOINT"] == "outputFile"  # chains into export_onnx / evaluate in a model
 

@@ -59,8 +59,7 @@ def test_styles_use_the_models_classes_and_colours(qgis_processing, tmp_path, or
     det = ("boat", "truck")
     seg_colors = [[0, 0, 200], [128, 128, 128], [200, 30, 30]]
     det_colors = [[250, 0, 250], [0, 250, 250]]
-    props = {"seg.colors": seg_colors, "det.colors": det_colors}
-    model = tiny_onnx_model(tmp_path / "m.onnx", seg_classes=seg, det_classes=det, props=props)
+    model = tiny_onnx_model(tmp_path / "m.onnx", seg, det, seg_colors=seg_colors, det_colors=det_colors)
     project = QgsProject.instance()
     project.removeAllMapLayers()
     feedback = CapturingFeedback()

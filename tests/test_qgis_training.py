@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from qgis.core import QgsProcessingException
-from qgis_helpers import CapturingFeedback, run_algorithm
+from qgis.core import QgsApplication, QgsProcessingException
+from qgis_helpers import CapturingFeedback, ensure_provider, run_algorithm
 
 pytestmark = pytest.mark.qgis
 
-FAST = "data.num_workers=0 data.max_val_chips=2 optim.warmup_iters=1 runtime.log_every=1000"
+FAST = "data.num_workers=0 data.max_val_chips=2 optim.warmup_iters=1 optim.lr=0.002 runtime.log_every=1000"
 """No loader workers, a tiny validation, and log lines only at the end of an epoch: the bar must move anyway."""
 
 
@@ -38,10 +38,10 @@ class CancelWhen(CapturingFeedback):
 def chips(qgis_processing, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("training")
     synth = run_algorithm(
-        "pmtl:generate_synthetic", {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 6.0, "OUTPUT": str(root / "synth")}
+        "pmtl:generate_synthetic", {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 12.0, "OUTPUT": str(root / "synth")}
     )
     out = run_algorithm(
-        "pmtl:chip_tiles", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 32, "STRIDE": 32, "OUTPUT": str(root / "chips")}
+        "pmtl:chip_tiles", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 64, "STRIDE": 64, "OUTPUT": str(root / "chips")}
     )
     return Path(out["OUTPUT"])
 
@@ -71,7 +71,7 @@ def test_cancel_in_the_first_epoch_stops_the_engine_and_says_nothing_is_kept(chi
     assert not (tmp_path / "run" / "last.pt").exists()
 
 
-def test_the_bar_moves_per_step_and_a_cancel_after_an_epoch_keeps_its_checkpoint(chips, tmp_path):
+def test_the_bar_moves_per_step_a_cancel_keeps_the_epoch_and_resume_finishes_the_run(chips, tmp_path):
     feedback = CancelWhen(text="metrics: epoch=1")
     results = run_algorithm("pmtl:train", _params(chips, tmp_path / "run", 3, 8), feedback)
     steps = [value for value in feedback.progress_values if 0.0 < value < 100.0 / 3]
@@ -80,3 +80,31 @@ def test_the_bar_moves_per_step_and_a_cancel_after_an_epoch_keeps_its_checkpoint
     assert Path(results["LAST_CHECKPOINT"]).is_file()
     assert any("checkpoint of epoch 1 is kept" in w and "Resume" in w for w in feedback.warnings)
     assert not any(line.startswith("metrics: epoch=3") for line in feedback.infos)  # it did stop
+
+    message = _fails("pmtl:train", _params(chips, tmp_path / "run", 3, 8))  # a new run must not overwrite it
+    assert "already holds a training run" in message and "Resume" in message
+    feedback = CapturingFeedback()
+    results = run_algorithm("pmtl:train", {**_params(chips, tmp_path / "run", 3, 8), "RESUME": True}, feedback)
+    epochs = [line for line in feedback.infos if line.startswith("metrics: epoch=")]
+    assert [line.split()[1] for line in epochs] == ["epoch=2", "epoch=3"]  # continued, not restarted
+    assert Path(results["CHECKPOINT"]).is_file()
+
+
+def test_output_defaults_to_a_new_visible_folder_and_resume_needs_a_run(qgis_processing, tmp_path, monkeypatch):
+    monkeypatch.setenv("PMTL_RUNS", str(tmp_path / "runs"))
+    ensure_provider()
+    alg = QgsApplication.processingRegistry().createAlgorithmById("pmtl:train")
+    default = Path(alg.parameterDefinition("OUTPUT").defaultValue())
+    assert default.parent == tmp_path / "runs" and default.name.startswith("train-")
+    old = tmp_path / "runs" / "train-20260101-120000"
+    old.mkdir(parents=True)
+    (old / "last.pt").write_bytes(b"x")
+    message = _fails("pmtl:train", {"SEG_DATA": str(tmp_path), "RESUME": True, "OUTPUT": str(tmp_path / "new")})
+    assert f"{tmp_path / 'new'} holds no last.pt" in message and str(old) in message
+
+
+def _fails(alg_id: str, parameters: dict) -> str:
+    feedback = CapturingFeedback()
+    with pytest.raises(QgsProcessingException) as raised:
+        run_algorithm(alg_id, parameters, feedback)
+    return "\n".join([*feedback.errors, str(raised.value)])

@@ -300,3 +300,27 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(args) == 2
     assert "not empty" in capsys.readouterr().err
     assert cli_main([*args, "--overwrite"]) == 0
+
+
+def test_suburb_is_a_third_domain_in_the_potsdam_layout(tmp_path: Path) -> None:
+    """The held-out town (issue 11): coarser GSD, its own sensor balance and autumn vegetation, readable by the
+    Potsdam reader (so engine.chip takes it unchanged)."""
+    from engine.data.isprs import find_isprs_tiles
+    from engine.synth.materials import REFLECTANCE, M, seasonal_reflectance
+
+    spec = DOMAINS["suburb"]
+    assert spec.gsd == 0.13 and spec.season == "autumn" and spec.style == "suburb"
+    root = tmp_path / "suburb"
+    generate("suburb", root, seed=3, tiles=2, tile_size_m=26.0)
+    tiles = find_isprs_tiles("potsdam", root, "RGB")
+    assert len(tiles) == 2 and {t.split for t in tiles} == {"train", "val"}
+    image = gdal.Open(str(tiles[0].image))
+    assert image.GetGeoTransform()[1] == pytest.approx(0.13) and image.RasterXSize == 200
+    autumn = seasonal_reflectance("autumn")
+    assert autumn[int(M.TREE), 3] < REFLECTANCE[int(M.TREE), 3]  # yellowing crowns reflect less NIR
+    assert np.array_equal(autumn[int(M.ROOF_RED)], REFLECTANCE[int(M.ROOF_RED)])
+    # a different look from the Potsdam twin of the same tile: the band balance tips towards blue
+    potsdam = make_tile(DOMAINS["potsdam"], "top_potsdam_2_10", 3, 200)
+    suburb = make_tile(spec, "top_potsdam_2_10", 3, 200)
+    ratio = lambda arrays: arrays.bands["blue"].mean() / arrays.bands["red"].mean()  # noqa: E731
+    assert ratio(suburb) > 1.1 * ratio(potsdam)

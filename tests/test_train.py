@@ -314,38 +314,10 @@ def _shift_brightness(root: Path, factor: float) -> Path:
     return root
 
 
-def _onnx_metrics(onnx_path: Path, det_root: Path, seg_root: Path, split: str) -> dict[str, float]:
-    """Metrics of the exported ONNX model on chips, with only what a deployed model has: its metadata."""
-    import numpy as np
-
-    from engine.data.chipstore import open_chip_dataset
-    from engine.evaluate.detection import DetectionMeter
-    from engine.evaluate.segmentation import SegmentationMeter
-    from engine.predict.detections import tile_detections
-    from engine.predict.model import OnnxModel
-
-    model = OnnxModel(onnx_path, device="cpu")
-    info = model.info
-    mean, std = np.array(info.mean)[None, :, None, None], np.array(info.std)[None, :, None, None]
-
-    def inputs(dataset) -> np.ndarray:
-        raw = np.asarray(dataset.images(split)).transpose(0, 3, 1, 2).astype(np.float32)
-        return ((raw / info.value_max - mean) / std).astype(np.float32)
-
-    det, seg = open_chip_dataset(det_root), open_chip_dataset(seg_root)
-    det_out, seg_out = model.run(inputs(det)), model.run(inputs(seg))
-    det_meter = DetectionMeter(det.det_classes)
-    for k, (gt_boxes, gt_labels) in enumerate(det.boxes(split)):
-        boxes, scores, labels = tile_detections(det_out.scores[k], det_out.boxes[k], 0.05, 0.5, info.tile_size)
-        det_meter.update(boxes, scores, labels, gt_boxes, gt_labels)
-    seg_meter = SegmentationMeter(len(seg.seg_classes), class_names=seg.seg_classes)
-    seg_meter.update(torch.from_numpy(seg_out.seg.argmax(1)), torch.from_numpy(np.asarray(seg.eroded(split))).long())
-    return {"det_map": det_meter.compute()["map"], "seg_miou": seg_meter.compute()["miou"]}
-
-
 def test_exported_onnx_scores_like_torch_evaluation_on_both_datasets(tmp_path):
     """One input normalisation (pooled over both training sets) for every stream, recorded once: the deployed
     ONNX model, normalising with its metadata, scores what the torch evaluation scores on each dataset."""
+    from engine.evaluate.onnx_eval import evaluate_onnx
     from engine.evaluate.run import evaluate_model
     from engine.export.onnx_export import export_checkpoint
     from engine.train.checkpoint import model_from_checkpoint
@@ -374,7 +346,7 @@ def test_exported_onnx_scores_like_torch_evaluation_on_both_datasets(tmp_path):
     onnx_path = tmp_path / "model.onnx"
     export_checkpoint(result.best_checkpoint, onnx_path)
     torch_metrics = evaluate_model(net, det, seg, split="test")
-    onnx_metrics = _onnx_metrics(onnx_path, det, seg, "test")
+    onnx_metrics = evaluate_onnx(onnx_path, det, seg, split="test")  # only what a deployed model has: metadata
     # the data make the choice matter: with the detection set's statistics (what the export recorded before) the
     # segmentation scores differ from the torch evaluation by more than the tolerance below
     det_stats = evaluate_model(net, None, seg, split="test", normalization=(det_m["mean"], det_m["std"]))
@@ -428,11 +400,11 @@ def small_teachers(chips, tmp_path_factory) -> dict[str, Path]:
                 [
                     *TINY,
                     "optim.epochs=1",
-                    "runtime.amp=false",
                     f"tasks=[{task}]",
                     f"data.{task}={chips[task]}",
                     f"runtime.out={out / task}",
-                ],
+                    "runtime.amp=false",
+                ],  # fp32: the golden runs below distil from them
             )
         ).best_checkpoint
         for task in ("det", "seg")

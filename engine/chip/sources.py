@@ -79,7 +79,7 @@ class ImageGrid:
         return self.pixel * 111_320.0 * max(math.cos(math.radians(0.5 * (miny + maxy))), 1e-6)
 
 
-def _open_raster(path: str | os.PathLike[str]) -> gdal.Dataset:
+def open_raster(path: str | os.PathLike[str]) -> gdal.Dataset:
     try:
         ds = gdal.OpenEx(str(path), gdal.OF_RASTER)
     except RuntimeError as exc:
@@ -91,7 +91,7 @@ def _open_raster(path: str | os.PathLike[str]) -> gdal.Dataset:
 
 def image_grid(path: str | os.PathLike[str]) -> ImageGrid:
     """Header of an image: size, bands, type, north-up geotransform and CRS (InputError without them)."""
-    ds = _open_raster(path)
+    ds = open_raster(path)
     gt = ds.GetGeoTransform(can_return_null=True)
     if gt is None:
         raise InputError(f"{path}: expected a georeferenced image (geotransform), found none")
@@ -293,7 +293,7 @@ def _same_grid(ds: gdal.Dataset, grid: ImageGrid) -> bool:
 
 def class_raster_values(path: str | os.PathLike[str]) -> tuple[np.ndarray, float | None]:
     """The distinct values of a 1-band class raster (without its nodata) and its nodata value."""
-    ds = _open_raster(path)
+    ds = open_raster(path)
     if ds.RasterCount != 1:
         raise InputError(f"{path}: expected a 1-band class raster, found {ds.RasterCount} bands")
     band = ds.GetRasterBand(1)
@@ -308,7 +308,7 @@ def class_raster_values(path: str | os.PathLike[str]) -> tuple[np.ndarray, float
 
 def class_raster_on_grid(path: str | os.PathLike[str], grid: ImageGrid) -> np.ndarray:
     """(H, W) int32 class-raster values on the image grid; :data:`_OUTSIDE` where nodata or outside the raster."""
-    ds = _open_raster(path)
+    ds = open_raster(path)
     band = ds.GetRasterBand(1)
     nodata = band.GetNoDataValue()
     if _same_grid(ds, grid):

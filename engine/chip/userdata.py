@@ -152,7 +152,7 @@ def _resolve_labels(spec: LabelSource) -> _Labels:
         return _Labels("vector", ct.with_background(objects), objects, vector=vector, object_ids=ids)
     if spec.class_field:
         raise ConfigError(f"--class-field: {spec.path} is a raster; class fields belong to vector labels")
-    header = src._open_raster(spec.path)
+    header = src.open_raster(spec.path)
     if header.RasterCount == 3 and src.gdal_array_dtype(header.GetRasterBand(1).DataType) == "uint8":
         return _Labels("palette", ISPRS_SEG, ISPRS_DET)  # ISPRS RGB colours, on the image grid
     values, _ = src.class_raster_values(spec.path)
@@ -199,7 +199,9 @@ def _label_image(labels: _Labels, spec: LabelSource, image: _Image, aoi: np.ndar
     return covered
 
 
-def _candidates(image: _Image, task: str, has_data: np.ndarray, covered: np.ndarray | None, size: int, stride: int):
+def _candidates(
+    image: _Image, task: str, has_data: np.ndarray, covered: np.ndarray | None, size: int, stride: int
+) -> list[Window]:
     """Windows with image data and, per task, labelled pixels (seg) / wholly inside the labelled area (det)."""
     grid = image.grid
     kept = []
@@ -238,9 +240,10 @@ def _first_pass(
         if aoi_mask is not None:
             image.aoi_pixels = int(aoi_mask.sum())
         covered = _label_image(labels, spec, image, aoi_mask) if labels.kind != "none" else aoi_mask
-        pixels = read_image(path)
-        has_data = src.image_valid(pixels, image.grid.nodata)
-        del pixels
+        if any(v is not None for v in image.grid.nodata):  # only then can a pixel lack data (read the image twice)
+            has_data = src.image_valid(read_image(path), image.grid.nodata)
+        else:
+            has_data = np.ones((image.grid.height, image.grid.width), bool)
         if aoi_mask is not None:
             has_data &= aoi_mask
         if image.mask is not None:

@@ -11,9 +11,11 @@ period terminates the child.
 from __future__ import annotations
 
 import _thread
+import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 CANCEL_LINE = "cancel"
@@ -43,7 +45,7 @@ class CancelWatch:
             raise KeyboardInterrupt(self.reason)
 
     def _listen(self, stream: TextIO) -> None:
-        for line in iter(stream.readline, ""):
+        for line in _lines(stream):
             if line.strip() == CANCEL_LINE:
                 self._cancel("cancel requested by the parent process")
                 return
@@ -77,6 +79,28 @@ class CancelWatch:
     def close(self) -> None:
         if hasattr(self.inner, "close"):
             self.inner.close()
+
+
+def _lines(stream: TextIO) -> Iterator[str]:
+    """Lines of ``stream``, read from its file descriptor when it has one. Not through ``sys.stdin``'s buffer: this
+    thread would hold its lock while blocked, and a process forked meanwhile (a DataLoader worker) deadlocks when
+    multiprocessing closes its copy of ``sys.stdin``."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        yield from iter(stream.readline, "")
+        return
+    pending = b""
+    while True:
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        pending += chunk
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            yield line.decode("utf-8", "replace")
+    if pending:
+        yield pending.decode("utf-8", "replace")
 
 
 def watch(inner: Any, control_stdin: bool, interrupt: bool = False) -> CancelWatch:

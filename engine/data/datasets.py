@@ -7,6 +7,7 @@ their own read-only maps, so the page cache is shared and nothing large crosses 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import ChipDataset, open_chip_dataset
 from engine.data.samplers import EpochStreamSampler
 from engine.data.transforms import GeometricAugment, Sample, normalization_from_manifest
+
+log = logging.getLogger(__name__)
 
 
 def _canvas_fill(manifest: Mapping[str, Any]) -> np.ndarray:
@@ -194,6 +197,8 @@ def band_order(root: Path, bands: Sequence[str], model_bands: Sequence[str], key
         )
     if sorted(bands) == sorted(model_bands) and len(set(bands)) == len(bands):
         return [list(bands).index(name) for name in model_bands]
+    if list(bands) != list(model_bands):
+        log.warning("%s: bands %s are used in order as the model's %s", root, list(bands), list(model_bands))
     return list(range(len(bands)))
 
 

@@ -7,12 +7,13 @@ slice (H, W, C) windows without a transpose copy.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,7 +178,20 @@ def check_tile(tile: TileSpec) -> RasterInfo:
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     """Read a whole raster as an (H, W, C) array in its native data type (one pixel-interleaved GDAL read)."""
     ds = _open(Path(path))
-    return ds.ReadAsArray(interleave="pixel").reshape(ds.RasterYSize, ds.RasterXSize, ds.RasterCount)
+    with _reading(path):
+        values = ds.ReadAsArray(interleave="pixel")
+        if values is None:  # GDAL without exceptions
+            raise RuntimeError(gdal.GetLastErrorMsg() or "no data returned")
+    return values.reshape(ds.RasterYSize, ds.RasterXSize, ds.RasterCount)
+
+
+@contextlib.contextmanager
+def _reading(path: str | os.PathLike[str]) -> Iterator[None]:
+    """A raster that opens but fails mid-read (truncated, corrupt): one line naming it and GDAL's cause."""
+    try:
+        yield
+    except RuntimeError as exc:
+        raise InputError(f"raster '{path}': reading its pixels failed: {exc}") from None
 
 
 def read_label(path: str | os.PathLike[str], *, boundary_is_ignore: bool) -> DecodedLabel:
@@ -187,6 +201,11 @@ def read_label(path: str | os.PathLike[str], *, boundary_is_ignore: bool) -> Dec
     colours → nearest, counted and logged). 1-band labels are class indices (0..5, IGNORE_INDEX = ignore).
     """
     path = Path(path)
+    with _reading(path):
+        return _read_label(path, boundary_is_ignore)
+
+
+def _read_label(path: Path, boundary_is_ignore: bool) -> DecodedLabel:
     ds = _open(path)
     height, width = ds.RasterYSize, ds.RasterXSize
     if ds.RasterCount == 1:

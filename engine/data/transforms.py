@@ -339,7 +339,9 @@ class DeviceAugment(nn.Module):
         self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], normalization: str = "dataset", **jitter: float) -> DeviceAugment:
+    def from_manifest(
+        cls, manifest: Mapping[str, Any], normalization: str = "dataset", **jitter: float
+    ) -> DeviceAugment:
         mean, std, scale_max = normalization_for(manifest, normalization)
         return cls(mean, std, scale_max, **jitter)
 

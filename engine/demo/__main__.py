@@ -187,8 +187,8 @@ def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any
 
 
 PANEL_TITLES = {
-    "potsdam": "Potsdam-like (R-G-B, 5 cm): detection {det}, segmentation {seg}",
-    "vaihingen": "Vaihingen-like (NIR-R-G, 9 cm): detection {det}, segmentation {seg}",
+    "potsdam": "Potsdam-like (R-G-B, 5 cm)\ndetection: {det} · segmentation: {seg}",
+    "vaihingen": "Vaihingen-like (NIR-R-G, 9 cm)\ndetection: {det} · segmentation: {seg}",
 }
 
 
@@ -207,8 +207,8 @@ def compose_map(panels: list[tuple[str, Path]], png: Path, direction: str) -> Pa
     for ax, (domain, path) in zip(axes, panels):
         ax.imshow(plt.imread(path))
         ax.set_axis_off()
-        det = "learned here (labels)" if domain == det_set else "from the other domain's labels"
-        seg = "learned here (labels)" if domain == seg_set else "from the other domain's labels"
+        det = "labels from this domain" if domain == det_set else "no labels here (shared encoder)"
+        seg = "labels from this domain" if domain == seg_set else "no labels here (shared encoder)"
         ax.set_title(PANEL_TITLES[domain].format(det=det, seg=seg), fontsize=12)
     fig.suptitle("One model, both tasks, both domains: fresh tiles the model never saw", fontsize=15)
     fig.tight_layout()

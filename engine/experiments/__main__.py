@@ -24,6 +24,7 @@ from engine.core.progress import Progress, TqdmProgress
 from engine.experiments.data import prepare_chips
 from engine.experiments.plan import DIRECTIONS, RunSpec, run_overrides, selected_runs
 from engine.experiments.tables import build_table, write_tables
+from engine.experiments.target import run_target_experiment
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "models" / "presets"
 
@@ -176,6 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="write the tables from the runs finished so far; train nothing"
     )
+    parser.add_argument(
+        "--unlabelled-target",
+        metavar="DOMAIN",
+        help="instead of the tables: the distilled student with/without a held-out synthetic town's unlabelled "
+        "imagery (e.g. suburb), scored on its labels → OUT/unlabelled.md",
+    )
     args = parser.parse_args(argv)
     try:
         preset = load_preset(args.preset)
@@ -190,6 +197,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
         progress = TqdmProgress("experiments", disable=args.report_only)
+        if args.unlabelled_target:
+            markdown = run_target_experiment(
+                args.unlabelled_target, preset, chips, args.out / "data", args.out, directions, seeds, progress
+            )
+            progress.close()
+            info = run_info(sys.argv[1:] if argv is None else list(argv), started)
+            write_json_atomic(args.out / "unlabelled_run_info.json", info)
+            print(markdown)
+            print(f"written to {args.out}/unlabelled.md, unlabelled.json, unlabelled_run_info.json")
+            return 0
         results = run_tables(directions, preset, chips, args.out, seeds, progress, train=not args.report_only)
         tables = {direction: build_table(results[direction]) for direction in directions}
         progress.close()

@@ -63,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     progress = watch(inner, args.control_stdin, interrupt=True)
     progress.report(0.0, f"exporting {args.checkpoint}")
 
-    from engine.export.onnx_export import export_checkpoint
-
     try:
+        from engine.export.onnx_export import export_checkpoint  # torch loads here: a cancel may already come
+
         meta = export_checkpoint(
             args.checkpoint,
             args.out,

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES, det_colours_for
+from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES
 from engine.core.errors import InputError
 
 SCHEMA_VERSION: int = 1
@@ -129,14 +129,14 @@ def build_metadata(
         meta["seg"] = {
             "classes": list(seg_classes),
             "palette": [list(map(int, c)) for c in palette],
-            "colors": [list(map(int, c)) for c in palette],
             "ignore_index": IGNORE_INDEX,
         }
+        if palette and len(palette) == len(seg_classes):  # else readers fall back to class_colors()
+            meta["seg"]["colors"] = [list(map(int, c)) for c in palette]
         meta["seg_thresh"] = float(seg_thresh)
     if "det" in tasks:
         meta["det"] = {
             "classes": list(det_classes),
-            "colors": [list(map(int, c)) for c in det_colors or det_colours_for(det_classes)],
             "score_thresh": float(score_thresh),
             "iou_thresh": float(iou_thresh),
             "ios_thresh": float(ios_thresh),
@@ -147,6 +147,8 @@ def build_metadata(
                 "anchors": dict(anchors or {}),
             },
         }
+        if det_colors and len(det_colors) == len(det_classes):
+            meta["det"]["colors"] = [list(map(int, c)) for c in det_colors]
         meta["det_conf"] = float(score_thresh)
         meta["det_iou_thresh"] = float(iou_thresh)
     validate_metadata(meta, "export")
@@ -269,14 +271,14 @@ def _parse_colors(value: Any, names: Sequence[str], key: str, origin: str) -> tu
 def _colors_of(
     meta: Mapping[str, Any], key: str, names: Sequence[str], origin: str, palette: Sequence[Sequence[int]] = ()
 ) -> tuple[tuple[int, int, int], ...]:
-    """Class colours from ``key`` (``head.colors``: nested under the head, or a top-level dotted key), else
-    ``palette`` when it covers every class, else :func:`class_colors`."""
+    """Class colours from ``key`` (``head.colors``: a top-level dotted key, which wins, or nested under the head as
+    pmtl writes it), else ``palette`` when it covers every class, else :func:`class_colors`."""
     head, _, leaf = key.partition(".")
     nested = meta.get(head) if isinstance(meta.get(head), Mapping) else {}
-    if leaf in nested:
-        return _parse_colors(nested[leaf], names, key, origin)
     if key in meta:
         return _parse_colors(meta[key], names, key, origin)
+    if leaf in nested:
+        return _parse_colors(nested[leaf], names, key, origin)
     if names and len(palette) == len(names):
         return tuple((int(c[0]), int(c[1]), int(c[2])) for c in palette)
     return class_colors(names)

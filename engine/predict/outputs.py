@@ -173,13 +173,26 @@ def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) 
     work = None
 
 
-def write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source, name: str = "") -> None:
-    """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS."""
+def write_detections(
+    path: Path,
+    dets: Detections,
+    classes: Sequence[str],
+    src: Source,
+    name: str = "",
+    colours: Sequence[Sequence[int]] = (),
+) -> None:
+    """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS.
+
+    The model's class names and colours go into the layer metadata (``CLASS_NAMES``, ``CLASS_COLORS``, JSON), as
+    class maps carry theirs, so a styler that only has the file draws each class in the model's colour.
+    """
     with writing(name or path):
-        _write_detections(path, dets, classes, src)
+        _write_detections(path, dets, classes, src, colours)
 
 
-def _write_detections(path: Path, dets: Detections, classes: Sequence[str], src: Source) -> None:
+def _write_detections(
+    path: Path, dets: Detections, classes: Sequence[str], src: Source, colours: Sequence[Sequence[int]]
+) -> None:
     gt = src.geotransform
     work_srs = srs_of(src.wkt)
     out_srs = srs_of(src.input_ds.GetProjection())
@@ -191,6 +204,9 @@ def _write_detections(path: Path, dets: Detections, classes: Sequence[str], src:
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
     layer.CreateField(ogr.FieldDefn("score", ogr.OFTReal))
+    layer.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
+    if len(colours) == len(classes):
+        layer.SetMetadataItem("CLASS_COLORS", json.dumps([[int(v) for v in c[:3]] for c in colours]))
     defn = layer.GetLayerDefn()
     layer.StartTransaction()
     for box, score, label in zip(dets.boxes, dets.scores, dets.labels):

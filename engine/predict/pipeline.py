@@ -326,7 +326,9 @@ def predict_raster(
                 kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
                 kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, src.width)
                 kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, src.height)
-                out.write_detections(final["vector"], kept, info.det_classes, src, requested["vector"])
+                out.write_detections(
+                    final["vector"], kept, info.det_classes, src, requested["vector"], colours=info.det_colors
+                )
             check_cancel(progress)
     finally:
         gdal.SetCacheMax(old_cache)

@@ -1,4 +1,5 @@
-"""CLI: ``python -m engine.synth --domain {vaihingen,potsdam} --out DIR --seed S [--tiles N] [--tile-size-m M]``."""
+"""CLI: ``python -m engine.synth --domain {vaihingen,potsdam,suburb} --out DIR --seed S [--tiles N] [--tile-size-m M]``
+(``suburb``: the held-out town of issue 11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""The two ISPRS-like domains: sensor facts, default sizes, and the real ISPRS file layout of each (REFERENCE §3)."""
+"""The synthetic domains: sensor facts, default sizes, and the real ISPRS file layout of each (REFERENCE §3).
+
+``vaihingen`` and ``potsdam`` are the ISPRS twins the method trains on. ``suburb`` is a third, held-out town for
+measuring adaptation to a user's own imagery (issue 11): coarser GSD, another sensor's band balance, detached
+houses with other roof styles, and autumn (dry lawns, yellowing trees). It is written in the Potsdam file layout
+(RGB / IRRG / RGBIR variants) so every reader and the chipper take it unchanged; its labels are for evaluation only.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +40,14 @@ class DomainSpec:
     train_tiles: tuple[str, ...]
     val_tiles: tuple[str, ...]
     origin: tuple[float, float]
+    layout: str = ""
+    """ISPRS file layout written (vaihingen|potsdam); defaults to the domain's own name."""
+    season: str = "summer"
+    """Vegetation appearance (engine.synth.materials.SEASONS)."""
+
+    @property
+    def file_layout(self) -> str:
+        return self.layout or self.name
 
     @property
     def max_tiles(self) -> int:
@@ -71,6 +85,23 @@ DOMAINS: dict[str, DomainSpec] = {
         val_tiles=_split_tiles("potsdam", "top_potsdam_", "val"),
         origin=(366_000.0, 5_808_000.0),
     ),
+    "suburb": DomainSpec(
+        name="suburb",
+        gsd=0.13,
+        bands=("red", "green", "blue"),
+        sensor="held-out town: another camera (blue-heavy balance, softer optics, more noise), 13 cm, autumn",
+        style="suburb",
+        blur_sigma_px=1.0,
+        noise_dn=2.2,
+        gain={"blue": 860.0, "green": 650.0, "red": 560.0, "nir": 420.0},
+        default_tiles=6,
+        default_tile_size_m=110.0,
+        train_tiles=_split_tiles("potsdam", "top_potsdam_", "train"),
+        val_tiles=_split_tiles("potsdam", "top_potsdam_", "val"),
+        origin=(580_000.0, 5_300_000.0),
+        layout="potsdam",
+        season="autumn",
+    ),
 }
 
 LAYOUT_DIRS: dict[str, tuple[str, ...]] = {
@@ -103,7 +134,7 @@ def select_tiles(spec: DomainSpec, count: int) -> list[tuple[str, str]]:
 
 def tile_grid_index(spec: DomainSpec, tile: str) -> tuple[int, int]:
     """(row, col) of a tile on the synthetic map, so every tile has its own, non-overlapping origin."""
-    if spec.name == "potsdam":
+    if spec.file_layout == "potsdam":
         r, c = tile.rsplit("_", 2)[-2:]
         return int(r), int(c)
     area = int(tile.rsplit("area", 1)[1])
@@ -112,14 +143,14 @@ def tile_grid_index(spec: DomainSpec, tile: str) -> tuple[int, int]:
 
 def image_paths(spec: DomainSpec, root: Path, tile: str) -> dict[str, Path]:
     """Image files of one tile: variant name -> path (Vaihingen has one, Potsdam three)."""
-    if spec.name == "potsdam":
+    if spec.file_layout == "potsdam":
         return {v: root / folder / f"{tile}_{v}.tif" for v, (folder, _) in POTSDAM_VARIANTS.items()}
     return {"IRRG": root / "top" / f"{tile}.tif"}
 
 
 def label_paths(spec: DomainSpec, root: Path, tile: str) -> tuple[Path, Path]:
     """(label, eroded label) files of one tile, named as in the ISPRS downloads."""
-    if spec.name == "potsdam":
+    if spec.file_layout == "potsdam":
         return (
             root / "5_Labels_all" / f"{tile}_label.tif",
             root / "5_Labels_all_noBoundary" / f"{tile}_label_noBoundary.tif",

@@ -92,7 +92,7 @@ def generate(
     progress: Progress | None = None,
     workers: int = 1,
 ) -> SynthSummary:
-    """Write a synthetic ``domain`` dataset (vaihingen|potsdam) under ``out_dir`` in the real ISPRS layout.
+    """Write a synthetic ``domain`` dataset (vaihingen|potsdam|suburb) under ``out_dir`` in the real ISPRS layout.
 
     Tiles are named from the standard train/val split lists, so readers apply the default split. Each tile
     depends only on (seed, domain, tile name, size): the same seed gives identical files whatever ``tiles`` or

@@ -1,8 +1,10 @@
 """Scene layout in metres (REFERENCE §4): ground → soil → road grid + sidewalks → buildings → paved areas → cars
 → clutter → tree crowns, painted onto a :class:`Canvas`.
 
-Two styles: ``village`` (Vaihingen-like: small gable-roofed, mostly red houses along a loose street grid) and
-``city`` (Potsdam-like: long flat grey blocks along wide streets, courtyards, parking lots, street trees).
+Three styles: ``village`` (Vaihingen-like: small gable-roofed, mostly red houses along a loose street grid),
+``city`` (Potsdam-like: long flat grey blocks along wide streets, courtyards, parking lots, street trees) and
+``suburb`` (the held-out town: detached houses set back in large gardens, dark slate and light roofs, hipped or
+flat, few street trees).
 Objects are added until each class reaches its (jittered) target share, which keeps class shares near ISPRS's.
 """
 
@@ -101,6 +103,31 @@ STYLES: dict[str, Style] = {
         elevation=(35.0, 55.0),
         meadow=3,
         soil_size=(6.0, 22.0),
+    ),
+    "suburb": Style(
+        block=(70.0, 120.0),
+        asphalt=(5.5, 7.5),
+        sidewalk=(1.2, 2.0),
+        sidewalk_p=0.4,
+        segment_p=0.8,
+        frontage=(11.0, 18.0),
+        depth=(10.0, 15.0),
+        setback=(6.0, 12.0),
+        gap=(6.0, 14.0),
+        eave=(3.0, 7.0),
+        roofs=((M.ROOF_DARK, 0.45, 0.6), (M.ROOF_LIGHT, 0.25, 0.1), (M.ROOF_GREY, 0.2, 0.5), (M.ROOF_RED, 0.1, 0.9)),
+        building_margin=1.5,
+        fill_size=(12.0, 24.0),
+        crown=(2.0, 5.0),
+        tree_top=(6.0, 15.0),
+        street_tree_p=0.15,
+        car_gap=28.0,
+        parked_p=0.55,
+        parking_lot_p=0.15,
+        targets={BLD: 0.22, TREE: 0.14, IMP: 0.28, CLU: 0.04},
+        elevation=(22.0, 38.0),  # autumn: a lower sun, longer shadows
+        meadow=8,
+        soil_size=(5.0, 14.0),
     ),
 }
 

@@ -78,3 +78,24 @@ SHADOW_FACTOR: np.ndarray = np.array([0.36, 0.31, 0.28, 0.24], dtype=np.float32)
 
 CAR_PAINTS: tuple[M, ...] = (M.CAR_WHITE, M.CAR_SILVER, M.CAR_BLACK, M.CAR_RED, M.CAR_BLUE)
 CAR_PAINT_P: tuple[float, ...] = (0.28, 0.27, 0.25, 0.1, 0.1)
+
+
+SEASONS: dict[str, dict[M, tuple[float, float, float, float]]] = {
+    "summer": {},
+    "autumn": {
+        M.GRASS: (0.060, 0.095, 0.105, 0.26),  # dry lawn: less chlorophyll, browner, lower NIR plateau
+        M.MEADOW: (0.085, 0.110, 0.140, 0.23),
+        M.TREE: (0.045, 0.095, 0.120, 0.27),  # yellowing and thinning crowns
+    },
+}
+"""Reflectance overrides of a season (blue, green, red, nir); materials not listed keep their summer colour."""
+
+
+def seasonal_reflectance(season: str) -> np.ndarray:
+    """(materials, 4) reflectance table of ``season``."""
+    if season not in SEASONS:
+        raise ValueError(f"season: expected one of {sorted(SEASONS)}, found {season!r}")
+    table = REFLECTANCE.copy()
+    for material, values in SEASONS[season].items():
+        table[int(material)] = values
+    return table

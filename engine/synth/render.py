@@ -14,7 +14,7 @@ from engine.core.classes import BOUNDARY_COLOR, IGNORE_INDEX, PALETTE
 from engine.synth.canvas import Canvas, cast_shadows
 from engine.synth.domains import DomainSpec
 from engine.synth.layout import Sun
-from engine.synth.materials import BAND_INDEX, MATERIAL_CLASS, REFLECTANCE, SHADOW_FACTOR, M
+from engine.synth.materials import BAND_INDEX, MATERIAL_CLASS, SHADOW_FACTOR, M, seasonal_reflectance
 
 # texture amplitudes per material: (fine ~0.15 m, clumps ~0.6 m, patches ~6 m)
 _TEXTURE: dict[M, tuple[float, float, float]] = {
@@ -70,8 +70,12 @@ def smooth_noise(shape: tuple[int, int], cell_px: float, rng: np.random.Generato
     return up
 
 
-def reflectance(canvas: Canvas, sun: Sun, bands: tuple[str, ...], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-band reflectance maps (float32) of a laid-out canvas, with textures and cast shadows."""
+def reflectance(
+    canvas: Canvas, sun: Sun, bands: tuple[str, ...], rng: np.random.Generator, season: str = "summer"
+) -> dict[str, np.ndarray]:
+    """Per-band reflectance maps (float32) of a laid-out canvas, with textures and cast shadows; ``season``
+    changes the vegetation's colours (engine.synth.materials.SEASONS)."""
+    table = seasonal_reflectance(season)
     mat = canvas.mat
     g = canvas.gsd
     light = np.ones(mat.shape, dtype=np.float32)
@@ -86,7 +90,7 @@ def reflectance(canvas: Canvas, sun: Sun, bands: tuple[str, ...], rng: np.random
     out: dict[str, np.ndarray] = {}
     for band in bands:
         b = BAND_INDEX[band]
-        refl = REFLECTANCE[:, b][mat]
+        refl = table[:, b][mat]
         refl *= light
         refl *= 1.0 + shadow * np.float32(SHADOW_FACTOR[b] - 1.0)
         out[band] = refl

@@ -46,7 +46,7 @@ def make_tile(spec: DomainSpec, tile: str, seed: int, size_px: int) -> TileArray
     rng = tile_rng(spec.name, tile, seed)
     canvas = Canvas(size_px, size_px, spec.gsd)
     sun = layout_scene(canvas, spec.style, rng)
-    refl = reflectance(canvas, sun, ALL_BANDS[spec.name], rng)
+    refl = reflectance(canvas, sun, ALL_BANDS[spec.file_layout], rng, season=spec.season)
     bands = sensor(refl, spec, rng)
     label = class_map(canvas)
     return TileArrays(bands=bands, label=label, eroded=erode_boundaries(label, radius=3))
@@ -64,7 +64,7 @@ def geotransform(spec: DomainSpec, tile: str, size_px: int) -> tuple[float, ...]
 def write_tile(spec: DomainSpec, root: Path, tile: str, arrays: TileArrays, transform: tuple[float, ...]) -> None:
     """Write image variant(s), label and eroded label of one tile under ``root`` (each file atomically)."""
     images = image_paths(spec, root, tile)
-    if spec.name == "potsdam":
+    if spec.file_layout == "potsdam":
         for variant, path in images.items():
             order = POTSDAM_VARIANTS[variant][1]
             write_geotiff(path, arrays.image(order), transform, order)

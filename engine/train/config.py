@@ -56,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "runtime": {
         "device": "auto",
         "amp": True,
+        "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (2x faster steps); opt-in: tiny chips can NaN
         "channels_last": True,
         "seed": 0,
         "out": "runs/run",

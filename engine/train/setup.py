@@ -315,7 +315,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
         per_rank_batch=per_rank_batch,
         iters=iters,
         channels_last=channels_last,
-        amp=bool(rt["amp"]) and (device.type == "cuda" or cpu_has_fast_bf16()),
+        amp=bool(rt["amp"]) and (device.type == "cuda" or (bool(rt["cpu_bf16"]) and cpu_has_fast_bf16())),
     )
 
 

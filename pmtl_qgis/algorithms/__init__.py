@@ -5,10 +5,20 @@ from .detect_segment import DetectSegment
 from .evaluate import Evaluate
 from .export_onnx import ExportOnnx
 from .generate_synthetic import GenerateSynthetic
+from .install_dependencies import InstallDependencies
 from .render_map import RenderMap
 from .train import Train
 
-ALGORITHMS = (GenerateSynthetic, ChipTiles, Train, ExportOnnx, DetectSegment, Evaluate, RenderMap)
+ALGORITHMS = (
+    GenerateSynthetic,
+    ChipTiles,
+    Train,
+    ExportOnnx,
+    DetectSegment,
+    Evaluate,
+    RenderMap,
+    InstallDependencies,
+)
 
 __all__ = [
     "ALGORITHMS",
@@ -17,6 +27,7 @@ __all__ = [
     "Evaluate",
     "ExportOnnx",
     "GenerateSynthetic",
+    "InstallDependencies",
     "RenderMap",
     "Train",
 ]

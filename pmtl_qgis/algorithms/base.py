@@ -1,9 +1,10 @@
-"""What every pmtl algorithm shares: ids and help, the dependency check, and calling the engine safely."""
+"""What every pmtl algorithm shares: ids and help, declaring parameters, the dependency check, and calling the engine
+(in QGIS's process for GDAL/onnxruntime work, in a child process for anything that needs PyTorch)."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+import shlex
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -14,29 +15,21 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterDefinition,
+    QgsProcessingParameterEnum,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
-from ..environment import PLUGIN_DIR, import_engine, install_message, missing_modules
+from ..engine_process import ProcessResult, engine_command, run_streaming
+from ..environment import PLUGIN_DIR, engine_root, find_python_env, install_message, missing_modules
+from ..environment import subprocess_environment as child_environment
 from ..feedback import FeedbackProgress
+from ..scope import engine_scope, import_engine
 
 HOMEPAGE = "https://github.com/pmtl/pmtl"
 DEVICES = ("auto", "cpu", "cuda")
 """Device choices of the engine (auto: CUDA when available, else the CPU)."""
 ICON_PATH = PLUGIN_DIR / "icon.svg"
-
-
-def advanced(parameter: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
-    """Flag a parameter as expert-only (shown under 'Advanced Parameters')."""
-    parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
-    return parameter
-
-
-def with_help(parameter: QgsProcessingParameterDefinition, text: str) -> QgsProcessingParameterDefinition:
-    """Attach a help string (the tooltip in the dialog, the description in ``qgis_process help``)."""
-    parameter.setHelp(text)
-    return parameter
 
 
 def is_unset(parameters: dict[str, Any], name: str) -> bool:
@@ -49,13 +42,14 @@ def is_unset(parameters: dict[str, Any], name: str) -> bool:
 
 
 class PmtlAlgorithm(QgsProcessingAlgorithm):
-    """Base class: subclasses set the class attributes and implement ``initAlgorithm`` / ``processAlgorithm``."""
+    """Base class: subclasses set the class attributes and implement ``initAlgorithm`` and ``process``."""
 
     ALG_ID = ""
     DISPLAY_NAME = ""
     GROUP_ID = ""
     GROUP_NAME = ""
     HELP = ""
+    DEVICE = "DEVICE"
     REQUIRED_MODULES: tuple[str, ...] = ()
     """Modules the algorithm needs; checked (without importing) before it runs, with an install message."""
 
@@ -86,6 +80,37 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def tr(self, text: str) -> str:
         return QCoreApplication.translate("pmtl", text)
 
+    # Declaring parameters -------------------------------------------------------------------------------------
+
+    def param(
+        self, kind: type, name: str, label: str, *, help: str, advanced: bool = False, **options: Any
+    ) -> QgsProcessingParameterDefinition:
+        """Add a ``kind`` parameter (keyword ``options`` as in its constructor) with a translated label and help
+        text (the dialog's tooltip, ``qgis_process help``); ``advanced`` puts it under Advanced Parameters."""
+        parameter = kind(name, self.tr(label), **options)
+        parameter.setHelp(self.tr(help))
+        if advanced:
+            parameter.setFlags(parameter.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(parameter)
+        return parameter
+
+    def device_param(self, help: str) -> None:
+        """The advanced 'Device' choice (auto, cpu, cuda) under the name DEVICE."""
+        self.param(
+            QgsProcessingParameterEnum,
+            self.DEVICE,
+            "Device",
+            help=help,
+            advanced=True,
+            options=list(DEVICES),
+            defaultValue=0,
+        )
+
+    def device(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
+        return DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+
+    # Checks ---------------------------------------------------------------------------------------------------
+
     def checkParameterValues(self, parameters: dict[str, Any], context: QgsProcessingContext) -> tuple[bool, str]:
         ok, message = super().checkParameterValues(parameters, context)
         if not ok:
@@ -100,6 +125,20 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         """Cross-parameter checks; return a message naming the parameter when something is wrong."""
         return None
 
+    # Running --------------------------------------------------------------------------------------------------
+
+    def processAlgorithm(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        """Runs :meth:`process` with the engine's imports and GDAL settings, restored for everybody else after."""
+        with engine_scope():
+            return self.process(parameters, context, feedback)
+
+    def process(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
     def engine(self, module: str) -> ModuleType:
         """Import an engine module or fail with Processing's error saying what to install."""
         try:
@@ -107,35 +146,49 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         except ImportError as exc:
             raise QgsProcessingException(str(exc)) from exc
 
-    def call_engine(self, function: Callable[..., Any], feedback: QgsProcessingFeedback, **kwargs: Any) -> Any:
-        """Call an engine function with the feedback as its progress; engine errors become Processing errors.
+    @staticmethod
+    def progress(feedback: QgsProcessingFeedback) -> FeedbackProgress:
+        """The engine's Progress on this feedback: the bar, the log and the Cancel button."""
+        return FeedbackProgress(feedback)
 
-        ``None`` values of optional arguments are left out (the engine's defaults apply). Options the installed
-        engine does not accept are dropped with a warning, so an older engine still runs.
-        """
+    def call_engine(self, function: Callable[..., Any], feedback: QgsProcessingFeedback, **kwargs: Any) -> Any:
+        """``function(**kwargs)`` in QGIS's process; engine errors become Processing errors (one line, no
+        traceback). Arguments go as given: None is the engine's "use the default"."""
         progress_module = self.engine("engine.core.progress")
         errors = self.engine("engine.core.errors")
-        accepted = inspect.signature(function).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-        call = {}
-        for key, value in kwargs.items():
-            required = key in accepted and accepted[key].default is inspect.Parameter.empty
-            if value is None and not required:
-                continue
-            if takes_any or key in accepted:
-                call[key] = value
-            else:
-                feedback.pushWarning(f"This engine's {function.__name__}() has no option {key!r}: ignored.")
-        if "progress" in accepted:
-            call["progress"] = FeedbackProgress(feedback)
         try:
-            return function(**call)
+            return function(**kwargs)
         except progress_module.Cancelled as exc:
             raise QgsProcessingException(f"{self.displayName()} was cancelled; no output was written.") from exc
         except errors.PmtlError as exc:
             raise QgsProcessingException(str(exc)) from exc
         except ModuleNotFoundError as exc:
             raise QgsProcessingException(install_message([(exc.name or "?").split(".")[0]])) from exc
+
+    def run_engine(self, module: str, arguments: Sequence[str], feedback: QgsProcessingFeedback) -> ProcessResult:
+        """``python -m MODULE ARGUMENTS`` in the dependency environment, streamed into ``feedback``; torch is never
+        imported into QGIS, a crash there cannot take QGIS down, Cancel works on every OS."""
+        env = find_python_env()
+        if env.problem or env.python is None:
+            raise QgsProcessingException(install_message(list(self.REQUIRED_MODULES) or ["torch"]))
+        command = engine_command(env.python, module, arguments)
+        feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
+        feedback.pushInfo("Starting the engine (loading PyTorch)…")
+        return run_streaming(command, feedback, env=child_environment(env), cwd=engine_root())
+
+    def check_engine_result(self, result: ProcessResult) -> None:
+        """Raise the Processing error for a child that failed, lacked a module, or was cancelled."""
+        missing = result.missing_module()
+        if missing:
+            raise QgsProcessingException(install_message([missing]))
+        if result.canceled:
+            raise QgsProcessingException(f"{self.displayName()} was cancelled; no output was written.")
+        if result.returncode != 0:
+            raise QgsProcessingException(
+                f"{self.displayName()} failed (exit code {result.returncode}):\n{result.error_text()}"
+            )
+
+    # Reading parameters ---------------------------------------------------------------------------------------
 
     def optional_number(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, integer: bool = False
@@ -146,6 +199,13 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         if integer:
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
+
+    def optional_file(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> Path | None:
+        """An optional file/folder parameter as an existing path, or None when left empty."""
+        if is_unset(parameters, name):
+            return None
+        definition = self.parameterDefinition(name)
+        return self.existing_path(self.parameterAsFile(parameters, name, context), definition.description())
 
     @staticmethod
     def existing_path(value: str, what: str) -> Path:

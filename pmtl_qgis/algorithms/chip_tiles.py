@@ -24,7 +24,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
-from .base import PmtlAlgorithm, advanced, is_unset, with_help
+from .base import PmtlAlgorithm, is_unset
 
 DATASETS = ("vaihingen", "potsdam")
 POTSDAM_BANDS = ("RGB", "IRRG", "RGBIR")
@@ -97,229 +97,229 @@ class ChipTiles(PmtlAlgorithm):
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(
-                    self.INPUT_FOLDER,
-                    self.tr("ISPRS dataset folder"),
-                    behavior=QgsProcessingParameterFile.Folder,
-                    optional=True,
-                ),
-                "Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data').",
-            )
+        file, enum, raster = QgsProcessingParameterFile, QgsProcessingParameterEnum, QgsProcessingParameterRasterLayer
+        number = QgsProcessingParameterNumber
+        self.param(
+            file,
+            self.INPUT_FOLDER,
+            "ISPRS dataset folder",
+            behavior=QgsProcessingParameterFile.Folder,
+            optional=True,
+            help="Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data').",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(
-                    self.DATASET, self.tr("Dataset layout"), options=list(DATASETS), defaultValue=0
-                ),
-                "Layout of the dataset folder (ignored for raster layers).",
-            )
+        self.param(
+            enum,
+            self.DATASET,
+            "Dataset layout",
+            options=list(DATASETS),
+            defaultValue=0,
+            help="Layout of the dataset folder (ignored for raster layers).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.INPUT, self.tr("Image raster (instead of a folder)"), optional=True
-                ),
-                "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
-            )
+        self.param(
+            raster,
+            self.INPUT,
+            "Image raster (instead of a folder)",
+            optional=True,
+            help="An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.LABEL, self.tr("Label raster (ISPRS RGB colours)"), optional=True
-                ),
-                "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
-            )
+        self.param(
+            raster,
+            self.LABEL,
+            "Label raster (ISPRS RGB colours)",
+            optional=True,
+            help="Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(
-                    self.ERODED, self.tr("Eroded label raster (noBoundary)"), optional=True
-                ),
-                "Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
-            )
+        self.param(
+            raster,
+            self.ERODED,
+            "Eroded label raster (noBoundary)",
+            optional=True,
+            help="Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
         )
         self._add_own_data_parameters()
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(
-                    self.SPLIT, self.tr("Split for the raster layers"), list(SPLITS), defaultValue=0
-                ),
-                "Which split the chips of the raster layers belong to.",
-            )
+        self.param(
+            enum,
+            self.SPLIT,
+            "Split for the raster layers",
+            options=list(SPLITS),
+            defaultValue=0,
+            help="Which split the chips of the raster layers belong to.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.SIZE, self.tr("Chip size (px)"), QgsProcessingParameterNumber.Integer, 320, minValue=16
-                ),
-                "Side of the square chips (the paper: 320).",
-            )
+        self.param(
+            number,
+            self.SIZE,
+            "Chip size (px)",
+            type=number.Integer,
+            defaultValue=320,
+            minValue=16,
+            help="Side of the square chips (the paper: 320).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.STRIDE, self.tr("Stride (px)"), QgsProcessingParameterNumber.Integer, 320, minValue=1
-                ),
-                "Step between chips; smaller than the size gives overlapping chips.",
-            )
+        self.param(
+            number,
+            self.STRIDE,
+            "Stride (px)",
+            type=number.Integer,
+            defaultValue=320,
+            minValue=1,
+            help="Step between chips; smaller than the size gives overlapping chips.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(
-                        self.POTSDAM, self.tr("Potsdam bands"), list(POTSDAM_BANDS), defaultValue=0, optional=True
-                    ),
-                    "Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR.",
-                )
-            )
+        self.param(
+            enum,
+            self.POTSDAM,
+            "Potsdam bands",
+            options=list(POTSDAM_BANDS),
+            defaultValue=0,
+            optional=True,
+            advanced=True,
+            help="Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(
-                        self.CONNECTIVITY,
-                        self.tr("Box connectivity"),
-                        [str(c) for c in CONNECTIVITY],
-                        optional=True,
-                    ),
-                    "Pixel connectivity of the blobs that become boxes (empty: the engine's default).",
-                )
-            )
+        self.param(
+            enum,
+            self.CONNECTIVITY,
+            "Box connectivity",
+            options=[str(c) for c in CONNECTIVITY],
+            optional=True,
+            advanced=True,
+            help="Pixel connectivity of the blobs that become boxes (empty: the engine's default).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.MIN_AREA,
-                        self.tr("Minimum box area (px)"),
-                        QgsProcessingParameterNumber.Integer,
-                        None,
-                        True,
-                        0,
-                    ),
-                    "Blobs smaller than this give no box (empty: the engine's default).",
-                )
-            )
+        self.param(
+            number,
+            self.MIN_AREA,
+            "Minimum box area (px)",
+            type=number.Integer,
+            optional=True,
+            minValue=0,
+            advanced=True,
+            help="Blobs smaller than this give no box (empty: the engine's default).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.VALUE_MAX,
-                        self.tr("Value scaling maximum (uint16 imagery)"),
-                        QgsProcessingParameterNumber.Double,
-                        None,
-                        True,
-                        1.0,
-                    ),
-                    "Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors.",
-                )
-            )
+        self.param(
+            number,
+            self.VALUE_MAX,
+            "Value scaling maximum (uint16 imagery)",
+            type=number.Double,
+            optional=True,
+            minValue=1.0,
+            advanced=True,
+            help="Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterString(self.BAND_NAMES, self.tr("Band names (raster layers)"), optional=True),
-                    "Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
-                    "They travel into the model and let 'Detect and segment' check its input.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterString,
+            self.BAND_NAMES,
+            "Band names (raster layers)",
+            optional=True,
+            advanced=True,
+            help="Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
+            "They travel into the model and let 'Detect and segment' check its input.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterFile(
-                        self.SPLITS_FILE, self.tr("Split override (JSON)"), fileFilter="JSON (*.json)", optional=True
-                    ),
-                    "Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only).",
-                )
-            )
+        self.param(
+            file,
+            self.SPLITS_FILE,
+            "Split override (JSON)",
+            fileFilter="JSON (*.json)",
+            optional=True,
+            advanced=True,
+            help="Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite an existing chip dataset"), False),
-                    "Without it, an output folder that already has files is refused.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.OVERWRITE,
+            "Overwrite an existing chip dataset",
+            defaultValue=False,
+            advanced=True,
+            help="Without it, an output folder that already has files is refused.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Chip dataset folder")),
-                "Written with manifest.json last: an interrupted run never looks complete.",
-            )
+        self.param(
+            QgsProcessingParameterFolderDestination,
+            self.OUTPUT,
+            "Chip dataset folder",
+            help="Written with manifest.json last: an interrupted run never looks complete.",
         )
 
     def _add_own_data_parameters(self) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterMultipleLayers(
-                    self.IMAGES, self.tr("Image rasters (your own data)"), QgsProcessing.TypeRaster, optional=True
-                ),
-                "Your orthophotos (1 to N bands, same bands in each), labelled by the polygon layer or the class "
-                "raster in 'Label raster'.",
-            )
+        source, number = QgsProcessingParameterFeatureSource, QgsProcessingParameterNumber
+        polygon = [QgsProcessing.TypeVectorPolygon]
+        self.param(
+            QgsProcessingParameterMultipleLayers,
+            self.IMAGES,
+            "Image rasters (your own data)",
+            layerType=QgsProcessing.TypeRaster,
+            optional=True,
+            help="Your orthophotos (1 to N bands, same bands in each), labelled by the polygon layer or the class "
+            "raster in 'Label raster'.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFeatureSource(
-                    self.POLYGONS, self.tr("Label polygons"), [QgsProcessing.TypeVectorPolygon], optional=True
-                ),
-                "Objects / areas you labelled (any CRS: reprojected to each image's). Invalid geometries are repaired "
-                "or skipped and counted.",
-            )
+        self.param(
+            source,
+            self.POLYGONS,
+            "Label polygons",
+            types=polygon,
+            optional=True,
+            help="Objects / areas you labelled (any CRS: reprojected to each image's). Invalid geometries are "
+            "repaired or skipped and counted.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterField(
-                    self.CLASS_FIELD, self.tr("Class field"), parentLayerParameterName=self.POLYGONS, optional=True
-                ),
-                "Attribute holding each polygon's class; its distinct values become the classes (empty: one class).",
-            )
+        self.param(
+            QgsProcessingParameterField,
+            self.CLASS_FIELD,
+            "Class field",
+            parentLayerParameterName=self.POLYGONS,
+            optional=True,
+            help="Attribute holding each polygon's class; its distinct values become the classes (empty: one class).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(self.TASK, self.tr("Labels are for"), list(TASKS), defaultValue=0),
-                "both: detection boxes and segmentation masks; det / seg: one task (partial labels); none: imagery "
-                "only.",
-            )
+        self.param(
+            QgsProcessingParameterEnum,
+            self.TASK,
+            "Labels are for",
+            options=list(TASKS),
+            defaultValue=0,
+            help="both: detection boxes and segmentation masks; det / seg: one task (partial labels); none: imagery "
+            "only.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFeatureSource(
-                    self.AOI, self.tr("Area of interest"), [QgsProcessing.TypeVectorPolygon], optional=True
-                ),
-                "Where the labels are complete: pixels outside are ignored and no detection chip is cut there.",
-            )
+        self.param(
+            source,
+            self.AOI,
+            "Area of interest",
+            types=polygon,
+            optional=True,
+            help="Where the labels are complete: pixels outside are ignored and no detection chip is cut there.",
         )
-        for parameter, text in (
-            (
-                QgsProcessingParameterFile(
-                    self.CLASSES_FILE, self.tr("Class table (YAML/JSON)"), fileFilter="YAML/JSON (*.yaml *.yml "
-                    "*.json)", optional=True,
-                ),
-                "List of {name, value, colour}: value = class field value or class raster value.",
-            ),
-            (
-                QgsProcessingParameterNumber(
-                    self.VAL_FRACTION, self.tr("Validation fraction"), QgsProcessingParameterNumber.Double, 0.2,
-                    minValue=0.0, maxValue=0.9,
-                ),
-                "Share of blocks (or rasters) held out for validation.",
-            ),
-            (
-                QgsProcessingParameterEnum(self.SPLIT_BY, self.tr("Split by"), list(SPLIT_BY), defaultValue=0),
-                "block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across "
-                "splits.",
-            ),
-            (
-                QgsProcessingParameterNumber(self.SEED, self.tr("Split seed"), QgsProcessingParameterNumber.Integer, 0),
-                "The same seed gives the same split.",
-            ),
-        ):  # fmt: skip
-            self.addParameter(advanced(with_help(parameter, text)))
+        self.param(
+            QgsProcessingParameterFile,
+            self.CLASSES_FILE,
+            "Class table (YAML/JSON)",
+            fileFilter="YAML/JSON (*.yaml *.yml *.json)",
+            optional=True,
+            advanced=True,
+            help="List of {name, value, colour}: value = class field value or class raster value.",
+        )
+        self.param(
+            number,
+            self.VAL_FRACTION,
+            "Validation fraction",
+            type=number.Double,
+            defaultValue=0.2,
+            minValue=0.0,
+            maxValue=0.9,
+            advanced=True,
+            help="Share of blocks (or rasters) held out for validation.",
+        )
+        self.param(
+            QgsProcessingParameterEnum,
+            self.SPLIT_BY,
+            "Split by",
+            options=list(SPLIT_BY),
+            defaultValue=0,
+            advanced=True,
+            help="block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across "
+            "splits.",
+        )
+        self.param(
+            number,
+            self.SEED,
+            "Split seed",
+            type=number.Integer,
+            defaultValue=0,
+            advanced=True,
+            help="The same seed gives the same split.",
+        )
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         folder = not is_unset(parameters, self.INPUT_FOLDER)
@@ -348,43 +348,46 @@ class ChipTiles(PmtlAlgorithm):
             return "'Image raster' and 'Label raster' go together: both are needed to chip raster layers."
         return None
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         chip = self.engine("engine.chip")
-        out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context))
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        connectivity = None
+        if not is_unset(parameters, self.CONNECTIVITY):
+            connectivity = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
         options: dict[str, Any] = {
             "out_dir": out_dir,
             "size": self.parameterAsInt(parameters, self.SIZE, context),
             "stride": self.parameterAsInt(parameters, self.STRIDE, context),
             "overwrite": self.parameterAsBool(parameters, self.OVERWRITE, context),
+            "connectivity": connectivity,  # None: the engine's defaults
+            "min_area": self.optional_number(parameters, self.MIN_AREA, context, integer=True),
+            "scale_max": self.optional_number(parameters, self.VALUE_MAX, context),
+            "progress": self.progress(feedback),
         }
-        if not is_unset(parameters, self.CONNECTIVITY):
-            options["connectivity"] = CONNECTIVITY[self.parameterAsEnum(parameters, self.CONNECTIVITY, context)]
-        options["min_area"] = self.optional_number(parameters, self.MIN_AREA, context, integer=True)
-        options["scale_max"] = self.optional_number(parameters, self.VALUE_MAX, context)
+        root = self.optional_file(parameters, self.INPUT_FOLDER, context)
         if not is_unset(parameters, self.IMAGES) and parameters.get(self.IMAGES):
             self._chip_own_data(parameters, context, feedback, options)
-        elif not is_unset(parameters, self.INPUT_FOLDER):
+        elif root is not None:
             dataset = DATASETS[self.parameterAsEnum(parameters, self.DATASET, context)]
+            bands = None
             if dataset == "potsdam" and not is_unset(parameters, self.POTSDAM):
-                options["bands"] = POTSDAM_BANDS[self.parameterAsEnum(parameters, self.POTSDAM, context)]
-            if not is_unset(parameters, self.SPLITS_FILE):
-                options["splits"] = self.existing_path(
-                    self.parameterAsFile(parameters, self.SPLITS_FILE, context), "Split override"
-                )
-            root = self.existing_path(
-                self.parameterAsFile(parameters, self.INPUT_FOLDER, context), "ISPRS dataset folder"
+                bands = POTSDAM_BANDS[self.parameterAsEnum(parameters, self.POTSDAM, context)]
+            splits = self.optional_file(parameters, self.SPLITS_FILE, context)
+            self.call_engine(
+                chip.chip_dataset, feedback, dataset=dataset, root=root, bands=bands, splits=splits, **options
             )
-            self.call_engine(chip.chip_dataset, feedback, dataset=dataset, root=root, **options)
         else:
             tile = self._tile_spec(parameters, context)
             feedback.pushInfo(f"Chipping {tile.image} with labels {tile.label} into split '{tile.split}'")
-            names = [
-                n.strip() for n in self.parameterAsString(parameters, self.BAND_NAMES, context).split(",") if n.strip()
-            ]
+            names = [] if is_unset(parameters, self.BAND_NAMES) else self._band_names(parameters, context)
             self.call_engine(chip.chip_tiles, feedback, tiles=[tile], band_names=names or None, **options)
         return {self.OUTPUT: str(out_dir)}
+
+    def _band_names(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        text = self.parameterAsString(parameters, self.BAND_NAMES, context)
+        return [name.strip() for name in text.split(",") if name.strip()]
 
     def _vector_path(
         self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -424,10 +427,11 @@ class ChipTiles(PmtlAlgorithm):
         except self.engine("engine.core.errors").PmtlError as exc:
             raise QgsProcessingException(str(exc)) from exc
         feedback.pushInfo(f"Chipping {len(images)} raster(s) for task '{task}' with labels {labels.path}")
-        options = {k: v for k, v in options.items() if k not in ("out_dir",)}
+        # chip_images has plain defaults for connectivity / min_area: leave out what the user left empty
+        options = {k: v for k, v in options.items() if k != "out_dir" and v is not None}
         self.call_engine(
-            userdata.chip_images, feedback, images=images, out_dir=self.parameterAsString(parameters, self.OUTPUT,
-            context), labels=labels, plan=plan, **options,
+            userdata.chip_images, feedback, images=images, out_dir=self.parameterAsFileOutput(parameters,
+            self.OUTPUT, context), labels=labels, plan=plan, **options,
         )  # fmt: skip
 
     def _tile_spec(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:

@@ -39,7 +39,7 @@ from qgis.PyQt.QtCore import QVariant
 
 from ..layer_reader import LayerError, prediction_input
 from ..styling import style_on_load
-from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
+from .base import PmtlAlgorithm, is_unset
 
 PRECISIONS = ("as exported", "fp32", "int8", "fp16")
 
@@ -61,9 +61,9 @@ class DetectSegment(PmtlAlgorithm):
     REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal")
     HELP = (
         "Runs an ONNX model exported by pmtl over an orthophoto of any size, in overlapping tiles, and writes "
-        "(1) a class-map raster (ISPRS classes, same grid and CRS as the input, ISPRS colours) and (2) one layer "
-        "of detected objects (building, tree, car) as boxes with fields class, class_id and score, objects cut "
-        "by tile seams reported once. Optionally the class map as polygons and per-class probabilities.\n\n"
+        "(1) a class-map raster (the model's classes and colours, same grid and CRS as the input) and (2) one layer "
+        "of detected objects (the model's detection classes) as boxes with fields class, class_id and score, "
+        "objects cut by tile seams reported once. Optionally the class map as polygons and per-class probabilities.\n\n"
         "Any raster layer works: files and GeoPackage rasters are read with GDAL; XYZ / WMS basemaps and virtual "
         "rasters through QGIS at the model's resolution over the area of interest (needed for world-wide "
         "basemaps); their outputs are on that grid, in the layer's CRS.\n\n"
@@ -93,128 +93,109 @@ class DetectSegment(PmtlAlgorithm):
     SUMMARY = "SUMMARY"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Input raster")), "An orthophoto (GDAL file)."
-            )
+        number, sink = QgsProcessingParameterNumber, QgsProcessingParameterFeatureSink
+        self.param(QgsProcessingParameterRasterLayer, self.INPUT, "Input raster", help="An orthophoto (GDAL file).")
+        self.param(
+            QgsProcessingParameterFile,
+            self.MODEL,
+            "ONNX model",
+            fileFilter="ONNX models (*.onnx)",
+            help="A model written by 'Export a checkpoint to ONNX'.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.MODEL, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)"),
-                "A model written by 'Export a checkpoint to ONNX'.",
-            )
+        self.param(
+            QgsProcessingParameterBand,
+            self.BANDS,
+            "Bands (model order)",
+            parentLayerParameterName=self.INPUT,
+            optional=True,
+            allowMultiple=True,
+            help="Input band numbers in the model's band order; empty: the first bands as they are.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterBand(
-                    self.BANDS, self.tr("Bands (model order)"), None, self.INPUT, optional=True, allowMultiple=True
-                ),
-                "Input band numbers in the model's band order; empty: the first bands as they are.",
-            )
+        self.param(
+            QgsProcessingParameterFeatureSource,
+            self.AOI,
+            "Area of interest (polygons)",
+            types=[QgsProcessing.TypeVectorPolygon],
+            optional=True,
+            help="Only pixels inside these polygons are processed; outside is nodata.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFeatureSource(
-                    self.AOI, self.tr("Area of interest (polygons)"), [QgsProcessing.TypeVectorPolygon], optional=True
-                ),
-                "Only pixels inside these polygons are processed; outside is nodata.",
-            )
+        self.param(
+            QgsProcessingParameterExtent,
+            self.EXTENT,
+            "Area of interest (extent)",
+            optional=True,
+            help="A rectangle instead of polygons.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterExtent(self.EXTENT, self.tr("Area of interest (extent)"), optional=True),
-                "A rectangle instead of polygons.",
-            )
+        for name, label, kind, minimum, maximum, text in (
+            (self.OVERLAP, "Tile overlap (px)", number.Integer, 0, None, "Empty: the overlap the model recommends."),
+            (
+                self.BATCH_SIZE,
+                "Batch size",
+                number.Integer,
+                1,
+                None,
+                "Tiles per inference batch (empty: the engine's default).",
+            ),
+            (
+                self.SCORE_THRESHOLD,
+                "Detection score threshold",
+                number.Double,
+                0.0,
+                1.0,
+                "Boxes scoring below it are dropped (empty: the threshold stored in the model).",
+            ),
+            (
+                self.VALUE_MAX,
+                "Input value maximum",
+                number.Double,
+                1.0,
+                None,
+                "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained).",
+            ),
+        ):
+            limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
+            self.param(number, name, label, type=kind, optional=True, advanced=True, help=text, **limits)
+        self.device_param("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran).")
+        self.param(
+            QgsProcessingParameterEnum,
+            self.PRECISION,
+            "Model precision",
+            options=list(PRECISIONS),
+            defaultValue=0,
+            advanced=True,
+            help="The precision the model must have (its metadata says which): int8 runs fastest on CPUs, fp16 on "
+            "CUDA GPUs; export one with 'Export a checkpoint to ONNX'. 'as exported' accepts any.",
         )
-        number = QgsProcessingParameterNumber
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(self.OVERLAP, self.tr("Tile overlap (px)"), number.Integer, None, True, 0),
-                    "Empty: the overlap the model recommends.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterRasterDestination,
+            self.OUTPUT_RASTER,
+            "Class map",
+            help="GeoTIFF, uint8 class index per pixel with the model's class colours; nodata outside the data / AOI.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, None, True, 1),
-                    "Tiles per inference batch (empty: the engine's default).",
-                )
-            )
+        self.param(
+            sink,
+            self.OUTPUT_DETECTIONS,
+            "Detections",
+            type=QgsProcessing.TypeVectorPolygon,
+            help="One box polygon per object with fields class, class_id, score, in the raster's CRS.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(
-                        self.SCORE_THRESHOLD, self.tr("Detection score threshold"), number.Double, None, True, 0.0, 1.0
-                    ),
-                    "Boxes scoring below it are dropped (empty: the threshold stored in the model).",
-                )
-            )
+        self.param(
+            sink,
+            self.OUTPUT_POLYGONS,
+            "Class polygons",
+            type=QgsProcessing.TypeVectorPolygon,
+            optional=True,
+            createByDefault=False,
+            help="The class map as polygons (GDAL polygonize); not written unless asked for.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(self.VALUE_MAX, self.tr("Input value maximum"), number.Double, None, True, 1.0),
-                    "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained).",
-                )
-            )
-        )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
-                    "auto: CUDA when onnxruntime has it, else the CPU (the log says which ran).",
-                )
-            )
-        )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(
-                        self.PRECISION, self.tr("Model precision"), list(PRECISIONS), defaultValue=0
-                    ),
-                    "The precision the model must have (its metadata says which): int8 runs fastest on CPUs, fp16 "
-                    "on CUDA GPUs; export one with 'Export a checkpoint to ONNX'. 'as exported' accepts any.",
-                )
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterDestination(self.OUTPUT_RASTER, self.tr("Class map")),
-                "GeoTIFF, uint8 class index per pixel with the ISPRS colour table; nodata outside the data / AOI.",
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFeatureSink(
-                    self.OUTPUT_DETECTIONS, self.tr("Detections"), QgsProcessing.TypeVectorPolygon
-                ),
-                "One box polygon per object with fields class, class_id, score, in the raster's CRS.",
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFeatureSink(
-                    self.OUTPUT_POLYGONS,
-                    self.tr("Class polygons"),
-                    QgsProcessing.TypeVectorPolygon,
-                    optional=True,
-                    createByDefault=False,
-                ),
-                "The class map as polygons (GDAL polygonize); not written unless asked for.",
-            )
-        )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterRasterDestination(
-                        self.OUTPUT_PROBS, self.tr("Class probabilities"), optional=True, createByDefault=False
-                    ),
-                    "One band per class with the blended softmax probability.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterRasterDestination,
+            self.OUTPUT_PROBS,
+            "Class probabilities",
+            optional=True,
+            createByDefault=False,
+            advanced=True,
+            help="One band per class with the blended softmax probability.",
         )
         self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Run summary (JSON)")))
 
@@ -223,13 +204,13 @@ class DetectSegment(PmtlAlgorithm):
             return "Give the area of interest as polygons or as an extent, not both."
         return None
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         predict = self.engine("engine.predict")
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
         model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        device = self.device(parameters, context)
         onnx_model = self.call_engine(
             self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device
         )
@@ -274,6 +255,7 @@ class DetectSegment(PmtlAlgorithm):
             device=device,
             score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
             value_max=self.optional_number(parameters, self.VALUE_MAX, context),
+            progress=self.progress(feedback),
         )
         results: dict[str, Any] = {}
         if out_raster:

@@ -7,17 +7,17 @@ from typing import Any
 
 from qgis.core import (
     QgsProcessingContext,
+    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
 )
 
-from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
-from .train import CHECKPOINT_FILTER
+from .base import PmtlAlgorithm, is_unset
+from .train import CHECKPOINT_FILTER, FOLDER, INTEGER
 
 NUMBERS = (
     ("DET_MAP", "det_map", "Detection mAP@[.5:.95]"),
@@ -39,7 +39,7 @@ class Evaluate(PmtlAlgorithm):
         "0.50:0.05:0.95 (all-point interpolation, VOC2010+) and AP50 per class on the detection dataset; "
         "segmentation IoU per class, mIoU, overall accuracy and F1 on the eroded (noBoundary) masks of the "
         "segmentation dataset. Writes the full report as JSON and returns the headline numbers, so a model "
-        "can compare runs.\n\n"
+        "can compare runs. Runs in a separate Python process (python -m engine.evaluate), like training.\n\n"
         "Example (qgis_process): qgis_process run pmtl:evaluate -- CHECKPOINT=/runs/student/best.pt "
         "DET_DATA=/data/chips_potsdam SEG_DATA=/data/chips_vaihingen SPLIT=val OUTPUT=/runs/student/eval.json"
     )
@@ -48,69 +48,65 @@ class Evaluate(PmtlAlgorithm):
     DET_DATA = "DET_DATA"
     SEG_DATA = "SEG_DATA"
     SPLIT = "SPLIT"
-    DEVICE = "DEVICE"
     BATCH_SIZE = "BATCH_SIZE"
     MAX_CHIPS = "MAX_CHIPS"
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        folder = QgsProcessingParameterFile.Folder
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.CHECKPOINT, self.tr("Checkpoint"), fileFilter=CHECKPOINT_FILTER),
-                "best.pt or last.pt written by 'Train'.",
-            )
+        file, number = QgsProcessingParameterFile, QgsProcessingParameterNumber
+        self.param(
+            file, self.CHECKPOINT, "Checkpoint", fileFilter=CHECKPOINT_FILTER, help="best.pt or last.pt of 'Train'."
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.DET_DATA, self.tr("Detection chip dataset"), folder, optional=True),
-                "Scored with mAP (needs a detection head).",
-            )
+        self.param(
+            file,
+            self.DET_DATA,
+            "Detection chip dataset",
+            behavior=FOLDER,
+            optional=True,
+            help="Scored with mAP (needs a detection head).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.SEG_DATA, self.tr("Segmentation chip dataset"), folder, optional=True),
-                "Scored with mIoU on eroded masks (needs a segmentation head).",
-            )
+        self.param(
+            file,
+            self.SEG_DATA,
+            "Segmentation chip dataset",
+            behavior=FOLDER,
+            optional=True,
+            help="Scored with mIoU on eroded masks (needs a segmentation head).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterString(self.SPLIT, self.tr("Split"), defaultValue="val"),
-                "Name of the split in the chip datasets (val; test if your datasets have one).",
-            )
+        self.param(
+            QgsProcessingParameterString,
+            self.SPLIT,
+            "Split",
+            defaultValue="val",
+            help="Name of the split in the chip datasets (val; test if your datasets have one).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
-                    "auto: the GPU when PyTorch sees one, else the CPU.",
-                )
-            )
+        self.device_param("auto: the GPU when PyTorch sees one, else the CPU.")
+        self.param(
+            number,
+            self.BATCH_SIZE,
+            "Batch size",
+            type=INTEGER,
+            defaultValue=8,
+            minValue=1,
+            advanced=True,
+            help="Chips per forward pass.",
         )
-        number = QgsProcessingParameterNumber
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(self.BATCH_SIZE, self.tr("Batch size"), number.Integer, 8, False, 1),
-                    "Chips per forward pass.",
-                )
-            )
+        self.param(
+            number,
+            self.MAX_CHIPS,
+            "At most this many chips",
+            type=INTEGER,
+            optional=True,
+            minValue=1,
+            advanced=True,
+            help="For a quick look; empty: all chips of the split.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    number(self.MAX_CHIPS, self.tr("At most this many chips"), number.Integer, None, True, 1),
-                    "For a quick look; empty: all chips of the split.",
-                )
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFileDestination(
-                    self.OUTPUT, self.tr("Report (JSON)"), fileFilter="JSON (*.json)"
-                ),
-                "Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy.",
-            )
+        self.param(
+            QgsProcessingParameterFileDestination,
+            self.OUTPUT,
+            "Report (JSON)",
+            fileFilter="JSON (*.json)",
+            help="Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy.",
         )
         for name, _, description in NUMBERS:
             self.addOutput(QgsProcessingOutputNumber(name, self.tr(description)))
@@ -120,35 +116,30 @@ class Evaluate(PmtlAlgorithm):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
         return None
 
-    def processAlgorithm(
+    def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_path: Path) -> list[str]:
+        """The ``python -m engine.evaluate`` arguments for these parameters (no sample picture)."""
+        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
+        arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path), "--samples", "0"]
+        for flag, name in (("--det-chips", self.DET_DATA), ("--seg-chips", self.SEG_DATA)):
+            path = self.optional_file(parameters, name, context)
+            if path is not None:
+                arguments += [flag, str(path)]
+        arguments += ["--split", self.parameterAsString(parameters, self.SPLIT, context)]
+        arguments += ["--batch-size", str(self.parameterAsInt(parameters, self.BATCH_SIZE, context))]
+        arguments += ["--device", self.device(parameters, context)]
+        max_chips = self.optional_number(parameters, self.MAX_CHIPS, context, integer=True)
+        return arguments + (["--max-chips", str(max_chips)] if max_chips is not None else [])
+
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        checkpoint = self.engine("engine.train.checkpoint")
-        run = self.engine("engine.evaluate.run")
-        report = self.engine("engine.evaluate.report")
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
-        if device == "auto":
-            device = "cuda" if self.engine("torch").cuda.is_available() else "cpu"
-        path = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
-        roots = {}
-        for key, name in (("det_root", self.DET_DATA), ("seg_root", self.SEG_DATA)):
-            if not is_unset(parameters, name):
-                roots[key] = self.existing_path(self.parameterAsFile(parameters, name, context), key)
-        net, _ = self.call_engine(checkpoint.model_from_checkpoint, feedback, path=path, device=device)
-        metrics = self.call_engine(
-            run.evaluate_model,
-            feedback,
-            net=net,
-            det_root=roots.get("det_root"),
-            seg_root=roots.get("seg_root"),
-            split=self.parameterAsString(parameters, self.SPLIT, context),
-            device=device,
-            batch_size=self.parameterAsInt(parameters, self.BATCH_SIZE, context),
-            max_chips=self.optional_number(parameters, self.MAX_CHIPS, context, integer=True),
-        )
         out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        report.write_report(out_path, metrics)
-        feedback.pushInfo(report.format_table({k: v for k, v in metrics.items() if isinstance(v, dict)}))
+        result = self.run_engine("engine.evaluate", self.arguments(parameters, context, out_path), feedback)
+        self.check_engine_result(result)
+        done = result.last_event("done")
+        if done is None or not out_path.is_file():
+            raise QgsProcessingException(f"Evaluation ended without a report at {out_path}:\n{result.error_text()}")
+        metrics = done.get("metrics") or {}
         results: dict[str, Any] = {self.OUTPUT: str(out_path)}
         for name, key, _ in NUMBERS:
             value = metrics.get(key)

@@ -7,6 +7,7 @@ from typing import Any
 
 from qgis.core import (
     QgsProcessingContext,
+    QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
@@ -14,8 +15,8 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import PmtlAlgorithm, advanced, with_help
-from .train import CHECKPOINT_FILTER
+from .base import PmtlAlgorithm
+from .train import CHECKPOINT_FILTER, DOUBLE, INTEGER
 
 VARIANTS = ("full", "deepness")
 PRECISIONS = ("fp32", "int8", "fp16")
@@ -32,7 +33,8 @@ class ExportOnnx(PmtlAlgorithm):
         "'Detect and segment' runs with onnxruntime, without PyTorch. The file carries versioned metadata: "
         "classes and colours, input bands and value scaling, normalisation, ground sampling distance, tile size, "
         "recommended overlap, detection thresholds and provenance (datasets, distillation, validation metrics); "
-        "also the keys the Deepness plugin reads.\n\n"
+        "also the keys the Deepness plugin reads. Runs in a separate Python process (python -m engine.export); "
+        "Cancel stops it without leaving a partial file.\n\n"
         "Precision: fp32; int8 (about 3x faster on CPUs, a quarter of the size; calibrated on the training chip "
         "datasets the checkpoint records, its accuracy cost against fp32 on their validation chips is stored in the "
         "metadata); fp16 for GPUs (CUDA).\n\n"
@@ -49,76 +51,89 @@ class ExportOnnx(PmtlAlgorithm):
     OPSET = "OPSET"
     OUTPUT = "OUTPUT"
 
+    OPTIONS = (
+        (TILE_SIZE, "--tile-size", True),
+        (OVERLAP, "--overlap", True),
+        (SCORE_THRESHOLD, "--score-thresh", False),
+        (OPSET, "--opset", True),
+    )
+    """Optional numbers and the engine.export flag each one sets (left out when empty: the engine's default)."""
+
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.CHECKPOINT, self.tr("Checkpoint"), fileFilter=CHECKPOINT_FILTER),
-                "best.pt or last.pt written by 'Train'.",
-            )
-        )
         number = QgsProcessingParameterNumber
+        self.param(
+            QgsProcessingParameterFile,
+            self.CHECKPOINT,
+            "Checkpoint",
+            fileFilter=CHECKPOINT_FILTER,
+            help="best.pt or last.pt written by 'Train'.",
+        )
         for name, label, kind, minimum, text in (
-            (self.TILE_SIZE, "Tile size (px)", number.Integer, 16, "Inference tile side (empty: the chip size)."),
-            (self.OVERLAP, "Recommended overlap (px)", number.Integer, 0, "Stored for inference (empty: engine)."),
+            (self.TILE_SIZE, "Tile size (px)", INTEGER, 16, "Inference tile side (empty: the chip size)."),
+            (self.OVERLAP, "Recommended overlap (px)", INTEGER, 0, "Stored for inference (empty: engine)."),
             (
                 self.SCORE_THRESHOLD,
                 "Detection score threshold",
-                number.Double,
+                DOUBLE,
                 0.0,
                 "Detections below it are dropped at inference (empty: the engine's default).",
             ),
         ):
-            self.addParameter(advanced(with_help(number(name, self.tr(label), kind, None, True, minimum), text)))
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(self.VARIANT, self.tr("Graph outputs"), list(VARIANTS), defaultValue=0),
-                    "full: class map + detections (pmtl); deepness: the segmentation output as the Deepness "
-                    "plugin expects it.",
-                )
-            )
+            self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
+        self.param(
+            QgsProcessingParameterEnum,
+            self.VARIANT,
+            "Graph outputs",
+            options=list(VARIANTS),
+            defaultValue=0,
+            advanced=True,
+            help="full: class map + detections (pmtl); deepness: the segmentation output as the Deepness plugin "
+            "expects it.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(self.PRECISION, self.tr("Precision"), list(PRECISIONS), defaultValue=0),
-                "fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs.",
-            )
+        self.param(
+            QgsProcessingParameterEnum,
+            self.PRECISION,
+            "Precision",
+            options=list(PRECISIONS),
+            defaultValue=0,
+            help="fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.OPSET, self.tr("ONNX opset"), QgsProcessingParameterNumber.Integer, None, True, 18
-                    ),
-                    "Empty: the engine's default (≥ 18).",
-                )
-            )
+        self.param(
+            number,
+            self.OPSET,
+            "ONNX opset",
+            type=INTEGER,
+            optional=True,
+            minValue=18,
+            advanced=True,
+            help="Empty: the engine's default (≥ 18).",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFileDestination(
-                    self.OUTPUT, self.tr("ONNX model"), fileFilter="ONNX models (*.onnx)"
-                ),
-                "The .onnx file for 'Detect and segment' (or the Deepness plugin).",
-            )
+        self.param(
+            QgsProcessingParameterFileDestination,
+            self.OUTPUT,
+            "ONNX model",
+            fileFilter="ONNX models (*.onnx)",
+            help="The .onnx file for 'Detect and segment' (or the Deepness plugin).",
         )
 
-    def processAlgorithm(
+    def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_path: Path) -> list[str]:
+        """The ``python -m engine.export`` arguments for these parameters."""
+        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
+        arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path)]
+        arguments += ["--variant", VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]]
+        arguments += ["--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
+        for name, flag, integer in self.OPTIONS:
+            value = self.optional_number(parameters, name, context, integer=integer)
+            if value is not None:
+                arguments += [flag, str(value)]
+        return arguments
+
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        export = self.engine("engine.export")
-        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
         out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
-        self.call_engine(
-            export.export_checkpoint,
-            feedback,
-            ckpt_path=checkpoint,
-            out_path=out_path,
-            tile_size=self.optional_number(parameters, self.TILE_SIZE, context, integer=True),
-            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
-            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
-            variant=VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)],
-            opset=self.optional_number(parameters, self.OPSET, context, integer=True),
-            precision=PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)],
-        )
+        result = self.run_engine("engine.export", self.arguments(parameters, context, out_path), feedback)
+        self.check_engine_result(result)
+        if not out_path.is_file():
+            raise QgsProcessingException(f"Export ended without writing {out_path}:\n{result.error_text()}")
         return {self.OUTPUT: str(out_path)}

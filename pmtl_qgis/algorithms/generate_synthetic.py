@@ -16,7 +16,7 @@ from qgis.core import (
     QgsProcessingParameterNumber,
 )
 
-from .base import PmtlAlgorithm, advanced, with_help
+from .base import PmtlAlgorithm
 
 DOMAINS = ("vaihingen", "potsdam")
 
@@ -59,69 +59,68 @@ class GenerateSynthetic(PmtlAlgorithm):
     DATASET = "DATASET"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(self.DOMAIN, self.tr("Domain"), options=list(DOMAINS), defaultValue=0),
-                "vaihingen: NIR-R-G, 9 cm, small red-roof houses; potsdam: R-G-B, 5 cm, large grey flat-roof blocks.",
-            )
+        number = QgsProcessingParameterNumber
+        self.param(
+            QgsProcessingParameterEnum,
+            self.DOMAIN,
+            "Domain",
+            options=list(DOMAINS),
+            defaultValue=0,
+            help="vaihingen: NIR-R-G, 9 cm, small red-roof houses; potsdam: R-G-B, 5 cm, large grey flat-roof blocks.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, 0, minValue=0
-                ),
-                "Same seed, same scenes.",
-            )
+        self.param(
+            number,
+            self.SEED,
+            "Random seed",
+            type=number.Integer,
+            defaultValue=0,
+            minValue=0,
+            help="Same seed, same scenes.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.TILES, self.tr("Number of tiles"), QgsProcessingParameterNumber.Integer, None, True, 1
-                    ),
-                    "How many tiles to write (empty: the engine's default, the benchmark's tile count).",
-                )
-            )
+        self.param(
+            number,
+            self.TILES,
+            "Number of tiles",
+            type=number.Integer,
+            optional=True,
+            minValue=1,
+            advanced=True,
+            help="How many tiles to write (empty: the engine's default, the benchmark's tile count).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterNumber(
-                        self.TILE_SIZE_M,
-                        self.tr("Tile side (metres)"),
-                        QgsProcessingParameterNumber.Double,
-                        None,
-                        True,
-                        3.0,
-                    ),
-                    "Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes).",
-                )
-            )
+        self.param(
+            number,
+            self.TILE_SIZE_M,
+            "Tile side (metres)",
+            type=number.Double,
+            optional=True,
+            minValue=3.0,
+            advanced=True,
+            help="Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes).",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterBoolean(self.OVERWRITE, self.tr("Overwrite a non-empty folder"), False),
-                    "Without it, an output folder that already has files is refused.",
-                )
-            )
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.OVERWRITE,
+            "Overwrite a non-empty folder",
+            defaultValue=False,
+            advanced=True,
+            help="Without it, an output folder that already has files is refused.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Output dataset folder")),
-                "Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …).",
-            )
+        self.param(
+            QgsProcessingParameterFolderDestination,
+            self.OUTPUT,
+            "Output dataset folder",
+            help="Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …).",
         )
         self.addOutput(QgsProcessingOutputRasterLayer(self.IMAGE, self.tr("Sample image tile (held out)")))
         self.addOutput(QgsProcessingOutputRasterLayer(self.LABEL, self.tr("Label of the sample tile")))
         self.addOutput(QgsProcessingOutputString(self.DATASET, self.tr("Dataset kind (vaihingen|potsdam)")))
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         synth = self.engine("engine.synth")
         domain = DOMAINS[self.parameterAsEnum(parameters, self.DOMAIN, context)]
-        out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context))
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
         self.call_engine(
             synth.generate,
             feedback,
@@ -131,6 +130,7 @@ class GenerateSynthetic(PmtlAlgorithm):
             tiles=self.optional_number(parameters, self.TILES, context, integer=True),
             tile_size_m=self.optional_number(parameters, self.TILE_SIZE_M, context),
             overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            progress=self.progress(feedback),
         )
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.DATASET: domain}
         sample = sample_tile(out_dir, domain)

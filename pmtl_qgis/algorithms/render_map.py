@@ -23,7 +23,7 @@ from qgis.PyQt.QtCore import QRect, QSize, Qt
 from qgis.PyQt.QtGui import QColor, QImage, QPainter, QPen
 
 from ..styling import apply_class_palette, apply_detection_style
-from .base import PmtlAlgorithm, with_help
+from .base import PmtlAlgorithm
 
 LEGEND_ROW_PX = 22
 
@@ -94,48 +94,54 @@ class RenderMap(PmtlAlgorithm):
     OUTPUT = "OUTPUT"
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        self.addParameter(
-            with_help(QgsProcessingParameterRasterLayer(self.INPUT, self.tr("Orthophoto")), "Drawn at the bottom.")
+        raster, number = QgsProcessingParameterRasterLayer, QgsProcessingParameterNumber
+        self.param(raster, self.INPUT, "Orthophoto", help="Drawn at the bottom.")
+        self.param(
+            raster,
+            self.CLASS_MAP,
+            "Class map",
+            optional=True,
+            help="The class raster of 'Detect and segment', drawn with its class colours.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterRasterLayer(self.CLASS_MAP, self.tr("Class map"), optional=True),
-                "The class raster of 'Detect and segment', drawn with its class colours.",
-            )
+        self.param(
+            QgsProcessingParameterVectorLayer,
+            self.DETECTIONS,
+            "Detections",
+            optional=True,
+            help="The detections layer (fields class and score), drawn on top.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterVectorLayer(self.DETECTIONS, self.tr("Detections"), optional=True),
-                "The detections layer (fields class and score), drawn on top.",
-            )
+        self.param(
+            number,
+            self.OPACITY,
+            "Class map opacity",
+            type=number.Double,
+            defaultValue=0.45,
+            minValue=0.0,
+            maxValue=1.0,
+            help="0: invisible, 1: opaque.",
         )
-        number = QgsProcessingParameterNumber
-        self.addParameter(
-            with_help(
-                number(self.OPACITY, self.tr("Class map opacity"), number.Double, 0.45, False, 0.0, 1.0),
-                "0: invisible, 1: opaque.",
-            )
+        self.param(
+            number,
+            self.WIDTH,
+            "Image width (px)",
+            type=number.Integer,
+            defaultValue=1200,
+            minValue=64,
+            maxValue=20000,
+            help="The height follows the orthophoto's aspect ratio.",
         )
-        self.addParameter(
-            with_help(
-                number(self.WIDTH, self.tr("Image width (px)"), number.Integer, 1200, False, 64, 20000),
-                "The height follows the orthophoto's aspect ratio.",
-            )
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.LEGEND,
+            "Add a legend",
+            defaultValue=True,
+            help="Class colours and box colours under the map.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterBoolean(self.LEGEND, self.tr("Add a legend"), True),
-                "Class colours and box colours under the map.",
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFileDestination(self.OUTPUT, self.tr("Map image"), fileFilter="PNG (*.png)"),
-                "PNG file.",
-            )
+        self.param(
+            QgsProcessingParameterFileDestination, self.OUTPUT, "Map image", fileFilter="PNG (*.png)", help="PNG file."
         )
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         # New layers from the sources: never restyle the user's layers, and safe in a worker thread.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import os
 import shlex
-import sys
 from pathlib import Path
 from typing import Any
 
 from qgis.core import (
+    QgsProcessing,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
@@ -18,13 +20,16 @@ from qgis.core import (
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
     QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterString,
+    QgsProcessingUtils,
+    QgsRasterLayer,
 )
 
-from ..engine_process import ProcessResult, engine_command, run_streaming
-from ..environment import activate, engine_root, install_message, subprocess_environment
-from .base import DEVICES, PmtlAlgorithm, advanced, is_unset, with_help
+from ..engine_process import ProcessResult, engine_command
+from ..environment import engine_root, install_message
+from .base import PmtlAlgorithm, is_unset
 
 MODELS = (
     ("as in the config (student without a config)", None),
@@ -42,6 +47,44 @@ KD_VARIANTS = (
     ("soft + pdf", (True, "pdf")),
 )
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pt *.pth);;All files (*.*)"
+RUNS_ENV_VAR = "PMTL_RUNS"
+FOLDER = QgsProcessingParameterFile.Folder
+INTEGER, DOUBLE = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
+
+
+def runs_root() -> Path:
+    """Where training runs go by default: ``$PMTL_RUNS``, else ``~/pmtl/runs`` (visible, kept after QGIS exits)."""
+    return Path(os.environ.get(RUNS_ENV_VAR) or Path.home() / "pmtl" / "runs").expanduser()
+
+
+def new_run_folder(now: datetime.datetime | None = None) -> Path:
+    """A fresh default output folder, ``runs_root()/train-YYYYmmdd-HHMMSS`` (each dialog opening gets its own)."""
+    stamp = (now or datetime.datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return runs_root() / f"train-{stamp}"
+
+
+def resumable_runs(root: Path, limit: int = 5) -> list[Path]:
+    """The most recent run folders under ``root`` that hold a last.pt, newest first."""
+    runs = [p.parent for p in root.glob("*/last.pt")] if root.is_dir() else []
+    return sorted(runs, key=lambda p: (p / "last.pt").stat().st_mtime, reverse=True)[:limit]
+
+
+def yaml_path(path: Path | str) -> str:
+    """A path as a config override value: JSON-quoted (JSON is YAML), so spaces, colons, '#' and Windows
+    backslashes survive the engine's YAML parsing."""
+    return json.dumps(str(path))
+
+
+def chip_size_of(datasets: list[Path], default: int = 320) -> int:
+    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike."""
+    for root in datasets:
+        try:
+            size = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("chip_size")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(size, int) and size > 0:
+            return size
+    return default
 
 
 def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
@@ -53,7 +96,7 @@ def training_command(python: Path, config: str | None, overrides: list[str], res
 
 
 def split_overrides(text: str) -> list[str]:
-    """``key=value`` items separated by spaces; quotes group, backslashes stay (``data.det=C:\\Users\\me``)."""
+    """``key=value`` items separated by spaces; quotes group, backslashes stay (``data.det=C:\\\\Users\\\\me``)."""
     lexer = shlex.shlex(text, posix=True)
     lexer.whitespace_split = True
     lexer.escape = ""
@@ -61,15 +104,6 @@ def split_overrides(text: str) -> list[str]:
         return list(lexer)
     except ValueError as exc:  # an unclosed quote
         raise QgsProcessingException(f"Config overrides: {exc} in {text!r}.") from exc
-
-
-def error_lines(result: ProcessResult) -> str:
-    """The engine's error event if it sent one, else its error lines, else the last lines of its output."""
-    error = result.last_event("error")
-    if error is not None and error.get("message"):
-        return str(error["message"])
-    errors = [line for line in result.tail if line.startswith("error:") or "Error:" in line]
-    return "\n".join(errors[-5:] or result.tail[-15:])
 
 
 class Train(PmtlAlgorithm):
@@ -85,10 +119,11 @@ class Train(PmtlAlgorithm):
         "distillation, pdf weighted by teacher-student disagreement). Give a detection dataset, a segmentation "
         "dataset or both; the tasks follow from what is given. Teachers are trained with the same tool (model = "
         "detection / segmentation teacher, one dataset).\n\n"
-        "Training runs in a separate Python process (python -m engine.train): QGIS stays responsive, the log "
-        "shows losses and validation metrics per epoch, and Cancel stops it after the current step, keeping the "
-        "last checkpoint ('Resume' continues from it). Checkpoints: OUTPUT/best.pt (best on the validation "
-        "split, never the test split) and OUTPUT/last.pt.\n\n"
+        "Training runs in a separate Python process (python -m engine.train): QGIS stays responsive, the bar moves "
+        "every step, the log shows losses and validation metrics per epoch, and Cancel stops it after the current "
+        "step. Checkpoints: OUTPUT/best.pt (best on the validation split, never the test split) and OUTPUT/last.pt "
+        "(after every epoch). The output folder defaults to a new folder under ~/pmtl/runs (or $PMTL_RUNS), kept "
+        "after QGIS exits; to continue a cancelled or interrupted run, choose its folder and tick 'Resume'.\n\n"
         "Example (qgis_process): qgis_process run pmtl:train -- DET_DATA=/data/chips_potsdam "
         "SEG_DATA=/data/chips_vaihingen KD=6 DET_TEACHER=/runs/tdet/best.pt SEG_TEACHER=/runs/tseg/best.pt "
         "EPOCHS=70 OUTPUT=/runs/student"
@@ -105,215 +140,301 @@ class Train(PmtlAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     LR = "LR"
     ITERS = "ITERS_PER_EPOCH"
-    DEVICE = "DEVICE"
     SEED = "SEED"
     RESUME = "RESUME"
+    UNLABELLED = "UNLABELLED"
     OVERRIDES = "OVERRIDES"
     OUTPUT = "OUTPUT"
     CHECKPOINT = "CHECKPOINT"
     LAST_CHECKPOINT = "LAST_CHECKPOINT"
     METRICS = "METRICS"
 
+    NUMBERS = (
+        (EPOCHS, "optim.epochs", True),
+        (BATCH_SIZE, "data.batch_size", True),
+        (LR, "optim.lr", False),
+        (ITERS, "optim.iters_per_epoch", True),
+        (SEED, "runtime.seed", True),
+    )
+    """Number parameters and the config key each one overrides (when set)."""
+
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        folder = QgsProcessingParameterFile.Folder
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.DET_DATA, self.tr("Detection chip dataset"), folder, optional=True),
-                "A chip dataset folder ('Chip tiles'); its boxes train the detection head.",
-            )
+        file, number = QgsProcessingParameterFile, QgsProcessingParameterNumber
+        self.param(
+            file,
+            self.DET_DATA,
+            "Detection chip dataset",
+            behavior=FOLDER,
+            optional=True,
+            help="A chip dataset folder ('Chip tiles'); its boxes train the detection head.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFile(self.SEG_DATA, self.tr("Segmentation chip dataset"), folder, optional=True),
-                "A chip dataset folder; its class masks train the segmentation head.",
-            )
+        self.param(
+            file,
+            self.SEG_DATA,
+            "Segmentation chip dataset",
+            behavior=FOLDER,
+            optional=True,
+            help="A chip dataset folder; its class masks train the segmentation head.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(self.MODEL, self.tr("Network"), [m[0] for m in MODELS], defaultValue=0),
-                "The student is what you deploy; teachers (larger) are trained first for distillation.",
-            )
+        self.param(
+            QgsProcessingParameterEnum,
+            self.MODEL,
+            "Network",
+            options=[m[0] for m in MODELS],
+            defaultValue=0,
+            help="The student is what you deploy; teachers (larger) are trained first for distillation.",
         )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterEnum(
-                    self.KD, self.tr("Knowledge distillation"), [k[0] for k in KD_VARIANTS], defaultValue=0
-                ),
-                "Needs both datasets and both teachers. The paper's best: soft + pdf.",
-            )
+        self.param(
+            QgsProcessingParameterEnum,
+            self.KD,
+            "Knowledge distillation",
+            options=[k[0] for k in KD_VARIANTS],
+            defaultValue=0,
+            help="Needs both datasets and both teachers. The paper's best: soft + pdf.",
         )
-        for name, label in (
-            (self.DET_TEACHER, "Detection teacher checkpoint"),
-            (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
-        ):
-            self.addParameter(
-                with_help(
-                    QgsProcessingParameterFile(name, self.tr(label), fileFilter=CHECKPOINT_FILTER, optional=True),
-                    "best.pt of a teacher trained with this tool (used only with distillation).",
-                )
-            )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterNumber(
-                    self.EPOCHS, self.tr("Epochs"), QgsProcessingParameterNumber.Integer, None, True, 1
-                ),
-                "Empty: the config's value (70 by default, as in the paper).",
-            )
+        self.param(
+            QgsProcessingParameterMultipleLayers,
+            self.UNLABELLED,
+            "Unlabelled imagery (distillation only)",
+            layerType=QgsProcessing.TypeFile,
+            optional=True,
+            help="Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
+            "raster files, which are chipped first into CHECKPOINT FOLDER/unlabelled/ at the training chip size. "
+            "The teachers label them: needs a distillation variant and both teacher checkpoints.",
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterFile(
-                        self.CONFIG, self.tr("Training config (YAML)"), fileFilter="YAML (*.yaml *.yml)", optional=True
-                    ),
-                    "A training config; the parameters above override it. Shipped: "
-                    f"{engine_root() or '.'}/models/train/ (teacher_det, teacher_seg, student_mtl, student_kd).yaml",
-                )
+        for name, label in ((self.DET_TEACHER, "Detection teacher"), (self.SEG_TEACHER, "Segmentation teacher")):
+            self.param(
+                file,
+                name,
+                f"{label} checkpoint",
+                fileFilter=CHECKPOINT_FILTER,
+                optional=True,
+                help="best.pt of a teacher trained with this tool (used only with distillation).",
             )
+        self.param(
+            number,
+            self.EPOCHS,
+            "Epochs",
+            type=INTEGER,
+            optional=True,
+            minValue=1,
+            help="Empty: the config's value (70 by default, as in the paper).",
         )
-        number = QgsProcessingParameterNumber
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.RESUME,
+            "Resume the run in the checkpoint folder",
+            defaultValue=False,
+            help="Continue a cancelled or interrupted run exactly where it stopped: choose its folder as the "
+            "checkpoint folder (it holds last.pt).",
+        )
+        self.param(
+            file,
+            self.CONFIG,
+            "Training config (YAML)",
+            fileFilter="YAML (*.yaml *.yml)",
+            optional=True,
+            advanced=True,
+            help="A training config; the parameters above override it. Shipped: "
+            f"{engine_root() or '.'}/models/train/ (teacher_det, teacher_seg, student_mtl, student_kd).yaml",
+        )
         for name, label, kind, minimum, text in (
-            (self.BATCH_SIZE, "Batch size", number.Integer, 1, "Images per batch and task (empty: config)."),
-            (self.LR, "Learning rate", number.Double, 0.0, "Peak SGD learning rate (empty: config, 0.01)."),
-            (self.ITERS, "Iterations per epoch", number.Integer, 1, "Empty: one pass over the larger dataset."),
-            (self.SEED, "Random seed", number.Integer, 0, "Empty: config (0)."),
+            (self.BATCH_SIZE, "Batch size", INTEGER, 1, "Images per batch and task (empty: config)."),
+            (self.LR, "Learning rate", DOUBLE, 0.0, "Peak SGD learning rate (empty: config, 0.01)."),
+            (self.ITERS, "Iterations per epoch", INTEGER, 1, "Empty: one pass over the larger dataset."),
+            (self.SEED, "Random seed", INTEGER, 0, "Empty: config (0)."),
         ):
-            self.addParameter(advanced(with_help(number(name, self.tr(label), kind, None, True, minimum), text)))
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterEnum(self.DEVICE, self.tr("Device"), list(DEVICES), defaultValue=0),
-                    "auto: CUDA when PyTorch sees a GPU, else the CPU.",
-                )
-            )
+            self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
+        self.device_param("auto: CUDA when PyTorch sees a GPU, else the CPU.")
+        self.param(
+            QgsProcessingParameterString,
+            self.OVERRIDES,
+            "Config overrides",
+            optional=True,
+            advanced=True,
+            help="Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1' "
+            '(quote a value with spaces: "data.det=C:\\My chips").',
         )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterBoolean(self.RESUME, self.tr("Resume from OUTPUT/last.pt"), False),
-                    "Continue a cancelled or interrupted run exactly where it stopped.",
-                )
-            )
-        )
-        self.addParameter(
-            advanced(
-                with_help(
-                    QgsProcessingParameterString(self.OVERRIDES, self.tr("Config overrides"), optional=True),
-                    "Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1'.",
-                )
-            )
-        )
-        self.addParameter(
-            with_help(
-                QgsProcessingParameterFolderDestination(self.OUTPUT, self.tr("Checkpoint folder")),
-                "Receives best.pt, last.pt, the effective config, metrics per epoch and training curves.",
-            )
+        self.param(
+            QgsProcessingParameterFolderDestination,
+            self.OUTPUT,
+            "Checkpoint folder",
+            defaultValue=str(new_run_folder()),
+            help="Receives best.pt, last.pt, the effective config, metrics per epoch and training curves. Default: "
+            "a new folder under ~/pmtl/runs ($PMTL_RUNS), kept after QGIS exits.",
         )
         self.addOutput(QgsProcessingOutputFile(self.CHECKPOINT, self.tr("Best checkpoint (best.pt)")))
         self.addOutput(QgsProcessingOutputFile(self.LAST_CHECKPOINT, self.tr("Last checkpoint (last.pt)")))
         self.addOutput(QgsProcessingOutputString(self.METRICS, self.tr("Best validation metrics (JSON)")))
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if (
-            is_unset(parameters, self.DET_DATA)
-            and is_unset(parameters, self.SEG_DATA)
-            and is_unset(parameters, self.CONFIG)
-        ):
+        if all(is_unset(parameters, name) for name in (self.DET_DATA, self.SEG_DATA, self.CONFIG)):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
-        if KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1] not in (None, (False, "none")):
-            missing = [
-                label
-                for name, label in (
-                    (self.DET_DATA, "Detection chip dataset"),
-                    (self.SEG_DATA, "Segmentation chip dataset"),
-                    (self.DET_TEACHER, "Detection teacher checkpoint"),
-                    (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
-                )
-                if is_unset(parameters, name)
-            ]
+        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
+        if self._has_unlabelled(parameters) and kd == (False, "none"):
+            return (
+                "Unlabelled imagery is learnt by distillation only: choose a distillation variant (e.g. soft + pdf) "
+                "and give both teacher checkpoints, or leave 'Unlabelled imagery' empty."
+            )
+        if kd not in (None, (False, "none")):
+            needed = (
+                (self.DET_DATA, "Detection chip dataset"),
+                (self.SEG_DATA, "Segmentation chip dataset"),
+                (self.DET_TEACHER, "Detection teacher checkpoint"),
+                (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
+            )
+            missing = [label for name, label in needed if is_unset(parameters, name)]
             if missing:
                 return f"Distillation needs both datasets and both teachers; missing: {', '.join(missing)}."
+        return self._check_output(parameters, context)
+
+    def _has_unlabelled(self, parameters: dict[str, Any]) -> bool:
+        return not is_unset(parameters, self.UNLABELLED) and bool(parameters.get(self.UNLABELLED))
+
+    def _check_output(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        """Resume needs a run to continue; a new run must not overwrite one."""
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        last = out_dir / "last.pt"
+        if self.parameterAsBool(parameters, self.RESUME, context) and not last.is_file():
+            runs = resumable_runs(runs_root())
+            hint = f" Runs that can be resumed: {', '.join(map(str, runs))}." if runs else ""
+            return f"Resume: the checkpoint folder {out_dir} holds no last.pt to continue from.{hint}"
+        if not self.parameterAsBool(parameters, self.RESUME, context) and last.is_file():
+            return (
+                f"Checkpoint folder: {out_dir} already holds a training run (last.pt). Tick 'Resume' to continue "
+                "it, or choose another folder."
+            )
         return None
 
     def overrides(self, parameters: dict[str, Any], context: QgsProcessingContext, out_dir: Path) -> list[str]:
         """Dotted ``key=value`` overrides of the engine's training config for the parameters the user set."""
         root = engine_root() or Path.cwd()
-        items = [f"runtime.out={out_dir}"]
+        items = [f"runtime.out={yaml_path(out_dir)}"]
         datasets = {}
         for task, name in (("det", self.DET_DATA), ("seg", self.SEG_DATA)):
-            if not is_unset(parameters, name):
-                datasets[task] = self.existing_path(self.parameterAsFile(parameters, name, context), f"{task} dataset")
-                items.append(f"data.{task}={datasets[task].resolve()}")
+            path = self.optional_file(parameters, name, context)
+            if path is not None:
+                datasets[task] = path.resolve()
+                items.append(f"data.{task}={yaml_path(datasets[task])}")
         if datasets:
             items.append(f"tasks=[{','.join(datasets)}]")
         model = MODELS[self.parameterAsEnum(parameters, self.MODEL, context)][1]
         if model:
-            items.append(f"model={(root / model).resolve()}")
+            items.append(f"model={yaml_path((root / model).resolve())}")
         kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
         if kd is not None:
             items += [f"kd.soft={'true' if kd[0] else 'false'}", f"kd.feature={kd[1]}"]
         for task, name in (("det", self.DET_TEACHER), ("seg", self.SEG_TEACHER)):
-            if not is_unset(parameters, name):
-                path = self.existing_path(self.parameterAsFile(parameters, name, context), f"{task} teacher")
-                items.append(f"kd.{task}_teacher={path.resolve()}")
-        for name, key, integer in (
-            (self.EPOCHS, "optim.epochs", True),
-            (self.BATCH_SIZE, "data.batch_size", True),
-            (self.LR, "optim.lr", False),
-            (self.ITERS, "optim.iters_per_epoch", True),
-            (self.SEED, "runtime.seed", True),
-        ):
+            path = self.optional_file(parameters, name, context)
+            if path is not None:
+                items.append(f"kd.{task}_teacher={yaml_path(path.resolve())}")
+        for name, key, integer in self.NUMBERS:
             value = self.optional_number(parameters, name, context, integer=integer)
             if value is not None:
                 items.append(f"{key}={value}")
-        device = DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
+        device = self.device(parameters, context)
         if device != "auto":
             items.append(f"runtime.device={device}")
         if is_unset(parameters, self.OVERRIDES):
             return items
         return items + split_overrides(self.parameterAsString(parameters, self.OVERRIDES, context))
 
-    def processAlgorithm(
+    def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        env = activate()
-        if env.problem:
-            raise QgsProcessingException(install_message(["torch"]))
-        out_dir = Path(self.parameterAsString(parameters, self.OUTPUT, context)).resolve()
-        config = None
-        if not is_unset(parameters, self.CONFIG):
-            config = str(
-                self.existing_path(self.parameterAsFile(parameters, self.CONFIG, context), "Training config").resolve()
-            )
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()
+        config = self.optional_file(parameters, self.CONFIG, context)
+        config_path = None if config is None else str(config.resolve())
         overrides = self.overrides(parameters, context, out_dir)
-        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads.
-        self.call_engine(self.engine("engine.train.config").load_config, feedback, path=config, overrides=overrides)
-        command = training_command(
-            env.python or Path(sys.executable),
-            config,
-            overrides,
-            self.parameterAsBool(parameters, self.RESUME, context),
+        unlabelled = self._has_unlabelled(parameters)
+        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads (and
+        # before any unlabelled raster is chipped).
+        pending = ['data.unlabelled=["(chipped next)"]'] if unlabelled else []
+        self.call_engine(
+            self.engine("engine.train.config").load_config, feedback, path=config_path, overrides=overrides + pending
         )
-        feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
-        feedback.pushInfo("Starting the engine (loading PyTorch)…")
-        result = run_streaming(command, feedback, env=subprocess_environment(env), cwd=engine_root())
+        if unlabelled:
+            roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
+            overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
+        arguments = ["--config", config_path] if config_path else []
+        if self.parameterAsBool(parameters, self.RESUME, context):
+            arguments.append("--resume")
+        result = self.run_engine("engine.train", arguments + overrides, feedback)
         return self._results(result, out_dir, feedback)
 
+    def unlabelled_roots(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        out_dir: Path,
+        feedback: QgsProcessingFeedback,
+    ) -> list[Path]:
+        """Chip dataset folders for ``data.unlabelled``: folders as given, rasters chipped (task none) into
+        ``out_dir/unlabelled/NAME`` first — reused when already complete, so a resumed run does not chip again."""
+        labelled = [self.optional_file(parameters, name, context) for name in (self.DET_DATA, self.SEG_DATA)]
+        size = chip_size_of([root for root in labelled if root is not None])
+        roots: list[Path] = []
+        for entry in self.parameterAsFileList(parameters, self.UNLABELLED, context):
+            path = Path(entry)
+            if path.is_dir() and (path / "manifest.json").is_file():
+                roots.append(path.resolve())
+                continue
+            raster = path if path.is_file() else self._project_raster(entry, context)
+            if raster is None:
+                raise QgsProcessingException(
+                    f"Unlabelled imagery: {entry!r} is neither a chip dataset folder (with manifest.json) nor a "
+                    "raster file or raster layer."
+                )
+            roots.append(self._chip_unlabelled(raster, out_dir / "unlabelled" / raster.stem, size, feedback))
+        return roots
+
+    @staticmethod
+    def _project_raster(entry: str, context: QgsProcessingContext) -> Path | None:
+        """The file behind a raster layer given by id or name (qgis_process / models pass layers so)."""
+        layer = QgsProcessingUtils.mapLayerFromString(entry, context)
+        if isinstance(layer, QgsRasterLayer) and layer.providerType() == "gdal":
+            source = Path(layer.source().split("|")[0])
+            return source if source.is_file() else None
+        return None
+
+    def _chip_unlabelled(self, raster: Path, out: Path, size: int, feedback: QgsProcessingFeedback) -> Path:
+        """Chip one raster with no labels (all chips in the train split), like ``engine.chip --task none``."""
+        try:
+            if json.loads((out / "manifest.json").read_text(encoding="utf-8")).get("complete"):
+                feedback.pushInfo(f"Unlabelled imagery: reusing the chips of {raster} in {out}")
+                return out.resolve()
+        except (OSError, ValueError):
+            pass
+        userdata = self.engine("engine.chip.userdata")
+        plan = self.engine("engine.chip.splits").SplitPlan(mode="tile", val=0.0)
+        feedback.pushInfo(f"Unlabelled imagery: chipping {raster} into {out} ({size} px chips)")
+        self.call_engine(
+            userdata.chip_images,
+            feedback,
+            images=[str(raster)],
+            out_dir=out,
+            labels=userdata.LabelSource(task="none"),
+            size=size,
+            stride=size,
+            plan=plan,
+            overwrite=True,
+            progress=self.progress(feedback),
+        )
+        return out.resolve()
+
     def _results(self, result: ProcessResult, out_dir: Path, feedback: QgsProcessingFeedback) -> dict[str, Any]:
-        if result.returncode != 0 and any("No module named" in line for line in result.tail):
-            missing = [
-                line.split("No module named")[-1].strip(" '\"") for line in result.tail if "No module named" in line
-            ]
-            raise QgsProcessingException(install_message([missing[-1].split(".")[0]]))
+        missing = result.missing_module()
+        if missing:
+            raise QgsProcessingException(install_message([missing]))
         best, last = out_dir / "best.pt", out_dir / "last.pt"
-        done = [e for e in result.events if e.get("event") == "done"]
-        if done and done[-1].get("best_checkpoint"):
-            best = Path(str(done[-1]["best_checkpoint"]))
+        done = result.last_event("done")
+        if done and done.get("best_checkpoint"):
+            best = Path(str(done["best_checkpoint"]))
         if result.canceled:
             self._report_cancel(result, last, feedback)
         elif result.returncode != 0:
-            raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{error_lines(result)}")
-        metrics = done[-1].get("metrics", {}) if done else {}
+            raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{result.error_text()}")
+        metrics = done.get("metrics", {}) if done else {}
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
         if best.exists():
             results[self.CHECKPOINT] = str(best)
