@@ -13,7 +13,7 @@
 
 Targets (issue 13): int8 throughput >= 2x fp32, agreement >= 97 %, mIoU and AP50 cost <= 1 point, int8 file <=
 35 % of fp32, predict / raw onnxruntime >= 0.9 for every precision.
-``python -m bench.bench_quant [--size 1024] [--iters 60] [--eval-chips 32] [--repeats 2] [--threads 2]
+``python -m bench.bench_quant [--size 1024] [--iters 40] [--eval-chips 32] [--repeats 2] [--threads 2]
 [--checkpoint CK --chips DIR]``
 prints one text line per result and one JSON line.
 """
@@ -252,7 +252,7 @@ def summary_lines(record: dict) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_quant", description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024, help="side of the ortho in px")
-    parser.add_argument("--iters", type=int, default=60, help="training steps of the bench's student")
+    parser.add_argument("--iters", type=int, default=40, help="training steps of the bench's student")
     parser.add_argument("--eval-chips", type=int, default=32, help="val / test chips per task for the accuracy cost")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (2 cores)")

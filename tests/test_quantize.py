@@ -272,3 +272,32 @@ def test_predict_runs_every_precision_and_says_when_fp16_runs_on_the_cpu(setup, 
     assert (maps["fp16"] == maps["fp32"]).mean() > 0.99
     recorded = _props(setup["int8"])["quantization"]["accuracy"]["pixel_agreement"]
     assert (maps["int8"] == maps["fp32"]).mean() >= recorded - 0.05  # as close on an ortho as on the val chips
+
+
+class _EchoModel:
+    """Stands in for an OnnxModel: 'class' = the first input band's rounded value, so crops can be checked."""
+
+    def __init__(self, info) -> None:
+        self.info = info
+
+    def run(self, tiles: np.ndarray):
+        band = np.rint(tiles[:, 0]).astype(np.int64)
+        seg = np.stack([(band == c).astype(np.float32) for c in range(6)], axis=1)
+        return type("Out", (), {"seg": seg})()
+
+
+def test_mosaic_packs_chips_and_crops_each_back(setup):
+    """Segmentation chips run k×k per tile; every chip's class map is cropped from exactly where it was put."""
+    import dataclasses
+
+    from engine.evaluate.onnx_eval import _mosaic_classes, mosaic_chips
+
+    base = OnnxModel(setup["fp32"], device="cpu").info
+    info = dataclasses.replace(base, tile_size=200, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), value_max=1.0)
+    rng = np.random.default_rng(0)
+    chips = rng.integers(0, 6, (11, 64, 64, 3)).astype(np.uint8)  # 3×3 chips a tile: 2 tiles, the last partly
+    tiles, slots = mosaic_chips(chips, info, [0, 1, 2])
+    assert tiles.shape == (2, 3, 200, 200) and slots[:4] == [(0, 0, 0), (0, 0, 64), (0, 0, 128), (0, 64, 0)]
+    assert slots[9] == (1, 0, 0) and np.all(tiles[:, :, 192:, :] == 0) and np.all(tiles[1, :, 64:, :] == 0)
+    classes = _mosaic_classes(_EchoModel(info), chips, [0, 1, 2])
+    np.testing.assert_array_equal(classes, chips[..., 0])

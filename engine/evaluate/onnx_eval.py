@@ -1,8 +1,10 @@
 """Score exported ONNX models (any precision) on chip datasets with the meters checkpoint evaluation uses.
 
-Chips go through the model exactly as inference feeds tiles: bands in the model's order, raw / value max,
-standardised with the mean/std in the model's metadata, then zero-padded (= the mean colour) right and bottom up to
-the model's fixed tile size; outputs are cropped back to the chip. Detections: every anchor×class above
+Chips go through the model as inference feeds tiles: bands in the model's order, raw / value max, standardised
+with the mean/std in the model's metadata. Detection chips: one per tile, zero-padded (= the mean colour) right and
+bottom up to the model's fixed tile size. Segmentation chips: packed k×k per tile (k = tile // chip, the rest
+padded; k = 1 when the model was exported at the chip size), so the network sees ortho-like context. Outputs are
+cropped back to each chip. Detections: every anchor×class above
 ``score_thresh``, boxes clipped to the chip, per-class NMS (``engine.predict.detections.tile_detections``, the numpy
 mirror of ``postprocess_detections``). Segmentation: argmax of the logits against the eroded masks.
 
@@ -55,6 +57,32 @@ def chips_to_tiles(images: np.ndarray, info: ModelInfo, bands: Sequence[int]) ->
     out = np.zeros((n, len(bands), tile, tile), np.float32)
     out[:, :, :h, :w] = (x - mean) / std
     return out
+
+
+def chips_per_tile(chip: int, info: ModelInfo) -> int:
+    """How many chips a side fit into one model tile (at least 1)."""
+    return max(1, info.tile_size // chip)
+
+
+def mosaic_chips(
+    images: np.ndarray, info: ModelInfo, bands: Sequence[int]
+) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """(N, H, W, C) raw chips packed k×k per model tile in row-major order (k = tile // chip; the rest zero-padded):
+    the tiles (M, C, T, T) and each chip's (tile index, y, x). Consecutive chips of a tile are usually neighbours on
+    the ground, so a mosaic shows the network ortho-like context instead of a chip alone in a mostly empty tile
+    (whose class maps are far less certain than on a real ortho)."""
+    n, h, w, _ = images.shape
+    side = chips_per_tile(max(h, w), info)
+    per_tile = side * side
+    singles = chips_to_tiles(images, info, bands)
+    tiles = np.zeros((-(-n // per_tile), len(bands), info.tile_size, info.tile_size), np.float32)
+    slots = []
+    for k in range(n):
+        t, r = divmod(k, per_tile)
+        y, x = (r // side) * h, (r % side) * w
+        tiles[t, :, y : y + h, x : x + w] = singles[k, :, :h, :w]
+        slots.append((t, y, x))
+    return tiles, slots
 
 
 def open_model(model: ModelLike, threads: int | None = None, device: str = "cpu") -> OnnxModel:
@@ -112,6 +140,14 @@ def _update_det(meter: Any, outputs: Any, rows: range, truth: list, size: int, t
         meter.update(boxes, scores, labels, *truth[row])
 
 
+def _mosaic_classes(model: Any, raw: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """Class ids (N, H, W) of raw chips run as a mosaic (see :func:`mosaic_chips`)."""
+    h, w = raw.shape[1:3]
+    tiles, slots = mosaic_chips(raw, model.info, order)
+    seg = model.run(tiles).seg
+    return np.stack([seg[t, :, y : y + h, x : x + w].argmax(axis=0) for t, y, x in slots]).astype(np.int64)
+
+
 def _score_task(
     task: str,
     models: Sequence[Any],
@@ -134,17 +170,17 @@ def _score_task(
     meters = [_meter(task, store) for _ in models]
     agree = total = 0
     bar, start, span = progress
-    for rows in _batches(count, batch_size):
+    chunk = batch_size if task == "det" else batch_size * chips_per_tile(store.chip_size, models[0].info) ** 2
+    for rows in _batches(count, chunk):
         check_cancel(bar)
         raw = np.asarray(images[rows.start : rows.stop])
-        h, w = raw.shape[1:3]
         maps = []
         for model, order, meter in zip(models, orders, meters):
-            outputs = model.run(chips_to_tiles(raw, model.info, order))
-            if task == "det":
+            if task == "det":  # one chip per tile: a box must not straddle two chips
+                outputs = model.run(chips_to_tiles(raw, model.info, order))
                 _update_det(meter, outputs, rows, truth, store.chip_size, score_thresh, nms_iou)
             else:
-                classes = outputs.seg[:, :, :h, :w].argmax(axis=1).astype(np.int64)
+                classes = _mosaic_classes(model, raw, order)
                 meter.update(classes, np.asarray(eroded[rows.start : rows.stop]).astype(np.int64))
                 maps.append(classes)
         if len(maps) > 1:

@@ -86,7 +86,8 @@ def _calibration_rows(sources: Sequence[ChipSource], split: str, count: int) -> 
 
 
 class ChipCalibrationReader(CalibrationDataReader):
-    """Training chips as graph inputs, ``batch_size`` at a time, for onnxruntime's calibrator."""
+    """Training chips as graph inputs, ``batch_size`` tiles at a time (chips packed k×k per tile as evaluation
+    packs segmentation chips), for onnxruntime's calibrator."""
 
     def __init__(
         self,
@@ -97,7 +98,7 @@ class ChipCalibrationReader(CalibrationDataReader):
         batch_size: int = 4,
         progress: Progress | None = None,
     ) -> None:
-        from engine.evaluate.onnx_eval import band_order
+        from engine.evaluate.onnx_eval import band_order, chips_per_tile
 
         self.info = info
         self.batches: list[tuple[Any, np.ndarray, list[int]]] = []
@@ -105,15 +106,16 @@ class ChipCalibrationReader(CalibrationDataReader):
         for store, rows in _calibration_rows(sources, split, count):
             order = band_order(store.bands, info, f"calibration chips '{store.root}'")
             self.used.append({"path": str(store.root), "dataset": store.manifest.get("dataset"), "chips": len(rows)})
-            for k in range(0, len(rows), batch_size):
-                self.batches.append((store, rows[k : k + batch_size], order))
+            step = batch_size * chips_per_tile(store.chip_size, info) ** 2  # chips packed as in evaluation
+            for k in range(0, len(rows), step):
+                self.batches.append((store, rows[k : k + step], order))
         self.split = split
         self.chips = sum(u["chips"] for u in self.used)
         self.progress = progress
         self._next = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from engine.evaluate.onnx_eval import chips_to_tiles
+        from engine.evaluate.onnx_eval import mosaic_chips
 
         check_cancel(self.progress)
         if self._next >= len(self.batches):
@@ -123,7 +125,7 @@ class ChipCalibrationReader(CalibrationDataReader):
         if self.progress is not None:
             self.progress.report(self._next / len(self.batches), f"calibrating ({self._next}/{len(self.batches)})")
         images = np.stack([store.images(self.split)[r] for r in rows])
-        return {self.info.input_name: chips_to_tiles(images, self.info, order)}
+        return {self.info.input_name: mosaic_chips(images, self.info, order)[0]}
 
     def rewind(self) -> None:
         self._next = 0
