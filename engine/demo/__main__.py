@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n=== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     print(f"  chip previews:  {out}/preview_*.png")
     print(
-        f"  table:          {out}/tables.md (+ tables.json, tables.png); training curves: {out}/runs/*/*/*/curves.png"
+        f"  table:          {out}/tables.md (+ tables.json, tables.png); curves: {out}/runs/*/seed0/*/curves.png"
     )
     print(f"  ONNX model:     {out}/model.onnx")
     print(f"  fresh tiles:    {out}/quality.json")
