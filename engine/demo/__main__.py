@@ -117,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
     print("\n=== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     print(f"  chip previews:  {out}/preview_*.png")
-    print(
-        f"  table:          {out}/tables.md (+ tables.json, tables.png); curves: {out}/runs/*/seed0/*/curves.png"
-    )
+    print(f"  table:          {out}/tables.md (+ tables.json, tables.png); curves: {out}/runs/*/seed0/*/curves.png")
     print(f"  ONNX model:     {out}/model.onnx")
     print(f"  fresh tiles:    {out}/quality.json")
     print(f"  map layers:     {out}/map_*/classes.tif, {out}/map_*/detections.gpkg")
