@@ -24,6 +24,7 @@ from engine.evaluate.detection import DetectionMeter
 from engine.evaluate.segmentation import SegmentationMeter
 from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
+from engine.predict.raster import pixel_to_map
 
 SCORE_THRESH = 0.05
 """Detections kept for AP (the evaluation convention of REFERENCE §2, lower than a map's display threshold)."""
@@ -45,22 +46,17 @@ def _read_class_map(path: Path) -> np.ndarray:
 
 def _read_boxes(path: Path, image: Path, class_names: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detections of the GeoPackage as pixel boxes (xyxy) of ``image``'s grid, with scores and class ids."""
-    inv = gdal.InvGeoTransform(gdal.OpenEx(str(image), gdal.OF_RASTER).GetGeoTransform())
-    ds = ogr.Open(str(path))
-    layer = ds.GetLayer(0)
-    boxes, scores, labels = [], [], []
-    for feature in layer:
-        x0, x1, y0, y1 = feature.GetGeometryRef().GetEnvelope()
-        px = [inv[0] + inv[1] * x + inv[2] * y for x, y in ((x0, y0), (x1, y1))]
-        py = [inv[3] + inv[4] * x + inv[5] * y for x, y in ((x0, y0), (x1, y1))]
-        boxes.append([min(px), min(py), max(px), max(py)])
+    inverse = gdal.InvGeoTransform(gdal.OpenEx(str(image), gdal.OF_RASTER).GetGeoTransform())
+    envelopes, scores, labels = [], [], []
+    source = ogr.Open(str(path))  # kept referenced while its layer is read (GDAL frees the layer with it)
+    for feature in source.GetLayer(0):
+        envelopes.append(feature.GetGeometryRef().GetEnvelope())  # minx, maxx, miny, maxy
         scores.append(feature.GetField("score"))
         labels.append(list(class_names).index(feature.GetField("class")))
-    return (
-        np.asarray(boxes, np.float64).reshape(-1, 4),
-        np.asarray(scores, np.float64),
-        np.asarray(labels, np.int64),
-    )
+    env = np.asarray(envelopes, np.float64).reshape(-1, 4)
+    px, py = pixel_to_map(inverse, env[:, [0, 1]], env[:, [2, 3]])  # the inverse transform: map → pixel
+    boxes = np.stack([px.min(1), py.min(1), px.max(1), py.max(1)], axis=1)
+    return boxes, np.asarray(scores, np.float64), np.asarray(labels, np.int64)
 
 
 def score_scenes(
