@@ -11,6 +11,7 @@ from engine.core.errors import ConfigError, InputError
 from engine.core.settings import KDSettings, LossSettings, configure_losses
 from engine.losses import (
     balanced_l1,
+    class_balance_weights,
     detection_box_loss,
     detection_cls_loss,
     feature_mse,
@@ -181,6 +182,26 @@ def test_segmentation_ce_all_ignored_is_zero() -> None:
     assert (logits.grad == 0).all()
     with pytest.raises(InputError, match="mask"):
         segmentation_ce_loss(logits, torch.zeros(2, 8, 8, dtype=torch.long))
+
+
+def test_segmentation_ce_class_weights_by_hand() -> None:
+    logits = torch.zeros(1, 2, 1, 3)  # every labelled pixel costs ln 2
+    mask = torch.tensor([[[0, 1, 255]]])
+    weighted = segmentation_ce_loss(logits, mask, class_weights=torch.tensor([1.0, 3.0]))
+    # (1·ln2 + 3·ln2) over the 2 labelled pixels (the pixel count, not the weight sum)
+    assert weighted.item() == pytest.approx(2 * math.log(2), rel=1e-6)
+
+
+def test_class_balance_weights_by_hand() -> None:
+    # shares .6 .3 .1 0 → share^-0.5 = 1.29099, 1.82574, 3.16228 (absent class: the rarest present's), scaled by
+    # the pixel mean .6·1.29099 + .3·1.82574 + .1·3.16228 = 1.638548
+    weights = class_balance_weights([600, 300, 100, 0], 0.5)
+    assert weights == pytest.approx([0.78789, 1.11424, 1.92993, 1.92993], rel=1e-4)
+    # power 1: 1/.999 and 1/.001 → capped at 10× the smallest, pixel mean .999·1.001 + .001·10.01 = 1.01001
+    assert class_balance_weights([999, 1], 1.0) == pytest.approx([0.99108, 9.9108], rel=1e-4)
+    assert class_balance_weights([5, 7], 0.0) == pytest.approx([1.0, 1.0])
+    with pytest.raises(InputError, match="labelled pixels"):
+        class_balance_weights([0, 0], 0.5)
 
 
 def test_soft_dice_by_hand() -> None:

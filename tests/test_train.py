@@ -132,6 +132,29 @@ def test_partial_mtl_with_kd_trains_and_writes_outputs(chips, teachers, tmp_path
     assert saved["epoch"] == 2 and saved["ema"] is not None and saved["metadata"]["bands"] == ["nir", "red", "green"]
 
 
+def test_class_balance_weights_come_from_the_seg_training_labels(chips, tmp_path):
+    import numpy as np
+
+    from engine.core.settings import configure_losses
+    from engine.data.chipstore import open_chip_dataset
+    from engine.train.setup import with_class_weights
+
+    cfg = load_config(None, _overrides(chips, tmp_path, "loss.seg_class_balance=0.5"))
+    assert (
+        with_class_weights(
+            configure_losses(load_config(None, _overrides(chips, tmp_path))), cfg, ["det", "seg"]
+        ).seg_class_weights
+        is None
+    )
+    weights = with_class_weights(configure_losses(cfg), cfg, ["det", "seg"]).seg_class_weights
+    masks = np.asarray(open_chip_dataset(chips["seg"]).masks("train")).reshape(-1)
+    labelled = masks[masks != 255]
+    shares = np.bincount(labelled, minlength=len(weights)) / labelled.size
+    assert float(np.dot(shares, weights)) == pytest.approx(1.0, rel=1e-5)  # the average pixel weighs 1
+    rarest, commonest = int(np.argmin(np.where(shares > 0, shares, 2))), int(np.argmax(shares))
+    assert weights[rarest] > weights[commonest]
+
+
 def test_nan_loss_stops_with_named_term_and_keeps_last_checkpoint(chips, tmp_path):
     from engine.train.loop import NonFiniteLoss, train
 

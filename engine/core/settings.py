@@ -49,6 +49,11 @@ class LossSettings:
     seg_dice_weight: float = 0.0
     """Soft Dice added to the cross-entropy (ours, not the paper's: 0 = off). Small classes (cars) are learned in
     far fewer steps with it; the demo preset uses 1."""
+    seg_class_balance: float = 0.0
+    """Exponent p of inverse-frequency class weights in the segmentation cross-entropy (ours, not the paper's: 0 =
+    off): w_c ∝ share_c^-p, shares counted on the training split's labels, scaled so the average pixel weighs 1 and
+    capped at 10× the lightest class. 0.5 (inverse square root) lets a class of 1-2 % of the pixels (clutter) win
+    some argmaxes within a few hundred steps."""
 
     def __post_init__(self) -> None:
         _non_negative(self, "loss")
@@ -128,6 +133,9 @@ class Objectives:
 
     loss: LossSettings
     kd: KDSettings
+    seg_class_weights: tuple[float, ...] | None = None
+    """Per-class cross-entropy weights from ``loss.seg_class_balance`` and the training labels (None = unweighted);
+    data, not config, so the run's setup fills it in."""
 
 
 def defaults(cls: type) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from engine.losses.distill import (
     soft_segmentation_kd,
 )
 from engine.losses.focal import detection_cls_loss, focal_elementwise
-from engine.losses.segmentation import segmentation_ce_loss, soft_dice_loss
+from engine.losses.segmentation import class_balance_weights, segmentation_ce_loss, soft_dice_loss
 
 __all__ = [
     "KDSettings",
@@ -19,6 +19,7 @@ __all__ = [
     "Objectives",
     "UnlabelledWeights",
     "balanced_l1",
+    "class_balance_weights",
     "configure_losses",
     "detection_box_loss",
     "detection_cls_loss",

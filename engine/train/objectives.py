@@ -114,8 +114,12 @@ def detection_supervised(
     return {"det_cls": loss.det_weight * cls, "det_box": loss.det_weight * box}
 
 
-def segmentation_supervised(out: dict[str, Any], mask: torch.Tensor, loss: LossSettings) -> dict[str, torch.Tensor]:
-    terms = {"seg_ce": loss.seg_weight * L.segmentation_ce_loss(out["seg_logits"].float(), mask)}
+def segmentation_supervised(
+    out: dict[str, Any], mask: torch.Tensor, loss: LossSettings, class_weights: tuple[float, ...] | None = None
+) -> dict[str, torch.Tensor]:
+    weights = None if class_weights is None else torch.tensor(class_weights)
+    ce = L.segmentation_ce_loss(out["seg_logits"].float(), mask, class_weights=weights)
+    terms = {"seg_ce": loss.seg_weight * ce}
     if loss.seg_dice_weight > 0:
         terms["seg_dice"] = loss.seg_dice_weight * L.soft_dice_loss(out["seg_logits"].float(), mask)
     return terms
@@ -205,7 +209,7 @@ def batch_objective(
     if stream == "det":
         terms |= detection_supervised(out, batch["boxes"], batch["labels"], anchors_for(images), loss, variances)
     elif stream == "seg":
-        terms |= segmentation_supervised(out, batch["mask"], loss)
+        terms |= segmentation_supervised(out, batch["mask"], loss, settings.seg_class_weights)
     if not kd.enabled:
         return terms
     if stream in ("det", "unlabelled"):

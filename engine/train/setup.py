@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -24,6 +25,7 @@ from engine.core.settings import Objectives, configure_losses
 from engine.data import datasets as D
 from engine.data import transforms as T
 from engine.data.chipstore import open_chip_dataset
+from engine.losses import class_balance_weights
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
 from engine.models.config import ModelConfig
@@ -259,6 +261,19 @@ def stream_manifest(run_manifests: dict[str, dict[str, Any]], datasets: dict[str
     return datasets[stream].manifests[0] if stream == "unlabelled" else run_manifests[stream]
 
 
+def with_class_weights(settings: Objectives, cfg: dict[str, Any], tasks: list[str]) -> Objectives:
+    """``settings`` with the segmentation CE's class weights when ``loss.seg_class_balance`` > 0, from the pixel
+    counts of the segmentation training split's labels (every rank counts the same chips)."""
+    power = settings.loss.seg_class_balance
+    if power <= 0 or "seg" not in tasks:
+        return settings
+    store = open_chip_dataset(cfg["data"]["seg"])
+    masks = store.masks(cfg["data"]["train_split"])
+    counts = np.bincount(np.asarray(masks).reshape(-1), minlength=256)[: len(store.seg_classes)]
+    weights = class_balance_weights(counts.tolist(), power)
+    return dataclasses.replace(settings, seg_class_weights=tuple(weights))
+
+
 def build_run(cfg: dict[str, Any]) -> Run:
     """Set up a run from a validated config: devices, networks, optimiser, EMA, datasets, normalisation."""
     info = init_distributed()
@@ -271,7 +286,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
     tasks: list[str] = list(cfg["tasks"])
     manifests = dataset_info(cfg)
     channels_last = device.type == "cuda" and rt["channels_last"]
-    settings = configure_losses(cfg)
+    settings = with_class_weights(configure_losses(cfg), cfg, tasks)
     nets = build_networks(cfg, settings, {t: manifests[t] for t in tasks}, info, device, channels_last)
     optimizer = build_optimizer(param_groups([nets.wrapped], optim_cfg["weight_decay"]), optim_cfg)
     ema = ModelEMA(nets.student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
