@@ -20,7 +20,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -33,25 +32,18 @@ TINY_TRAINING = f"{SHORT_STEPS} optim.iters_per_epoch=2"
 
 
 def orchestrate(out: Path) -> int:
-    """Outside QGIS: zip → fresh profile (engine Python = this venv) → ``qgis --code`` this file → verdict."""
+    """Outside QGIS: the session in a fresh QGIS, then the verdict from its report."""
     sys.path.insert(0, str(REPO / "scripts"))
-    import package_plugin
+    from qgis_desktop import run_in_fresh_qgis
 
-    work = Path(tempfile.mkdtemp(prefix="pmtl_session_"))
-    profile = work / "profiles" / "default"
-    zip_path = package_plugin.build_zip(work / "pmtl_qgis.zip")
-    package_plugin.install(zip_path, profile, REPO / ".venv" / "bin" / "python", enable=True)
     if out.exists():
         shutil.rmtree(out)
     (out / "logs").mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PMTL_PYTHON", "QT_QPA_PLATFORM")}
-    env.update({INSIDE: str(out.resolve()), "XDG_RUNTIME_DIR": str(work), "PMTL_SESSION_WORK": str(work / "data")})
-    env["PMTL_RUNS"] = str(work / "runs")  # the default runs folder of the Train dialog, inside the sandbox
-    command = ["qgis", "--profiles-path", str(work), "--nologo", "--noversioncheck", "--code", __file__]
-    try:
-        subprocess.run(command, env=env, timeout=3600)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+
+    def extra_env(work: Path) -> dict[str, str]:  # the Train dialog's default runs folder stays in the sandbox
+        return {INSIDE: str(out.resolve()), "PMTL_SESSION_WORK": str(work / "data"), "PMTL_RUNS": str(work / "runs")}
+
+    run_in_fresh_qgis(__file__, extra_env, timeout=3600)
     report = out / "session.json"
     if not report.is_file():
         print(f"{report}: not written (QGIS ended before the session finished)", file=sys.stderr)
@@ -329,10 +321,9 @@ class Session:
 
     # ---------------------------------------------------------------- ending
     def save(self, widget: Any, name: str) -> None:
-        from qgis.PyQt.QtGui import QImage
+        from qgis_desktop import grab
 
-        image = widget.grab().toImage().convertToFormat(QImage.Format_Indexed8)
-        image.save(str(self.out / f"{name}.png"))
+        grab(widget, self.out / f"{name}.png")
 
     def final_screenshot(self) -> bool:
         self.iface.mapCanvas().refreshAllLayers()
@@ -350,17 +341,15 @@ class Session:
         return True
 
     def quit(self) -> None:
-        from qgis.core import QgsProject
-        from qgis.PyQt.QtCore import QTimer
-        from qgis.PyQt.QtWidgets import QApplication
+        from qgis_desktop import quit_qgis
 
-        QgsProject.instance().setDirty(False)
-        QApplication.exit(0)
-        QTimer.singleShot(5000, lambda: os._exit(0))
+        quit_qgis()
 
 
 def inside_qgis() -> None:
     from qgis.PyQt.QtCore import QTimer
+
+    sys.path.insert(0, os.environ["PMTL_SCRIPTS"])  # this harness's own helpers (QGIS exec()s this file)
 
     session = Session(Path(os.environ[INSIDE]), Path(os.environ["PMTL_SESSION_WORK"]))
     globals()["_session"] = session  # kept alive for the timers

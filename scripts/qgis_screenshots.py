@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 INSIDE = "PMTL_SHOTS_OUT"
@@ -42,22 +40,16 @@ def _ortho(path: Path) -> Path:
 
 
 def orchestrate(out: Path) -> int:
-    """Outside QGIS: zip → fresh profile → qgis --code this file."""
+    """Outside QGIS: the screenshots taken in a fresh QGIS."""
     sys.path.insert(0, str(REPO / "scripts"))
-    import package_plugin
+    from qgis_desktop import run_in_fresh_qgis
 
-    work = Path(tempfile.mkdtemp(prefix="pmtl_shots_"))
-    profile = work / "profiles" / "default"
-    zip_path = package_plugin.build_zip(work / "pmtl_qgis.zip")
-    package_plugin.install(zip_path, profile, REPO / ".venv" / "bin" / "python", enable=True)
-    ortho = _ortho(work / "synth")
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PMTL_PYTHON", "QT_QPA_PLATFORM")}
-    env.update({INSIDE: str(out.resolve()), "PMTL_SHOTS_ORTHO": str(ortho), "XDG_RUNTIME_DIR": str(work)})
-    command = ["qgis", "--profiles-path", str(work), "--nologo", "--noversioncheck", "--code", __file__]
-    done = subprocess.run(command, env=env, timeout=240)
-    shutil.rmtree(work, ignore_errors=True)
-    return done.returncode
+
+    def extra_env(work: Path) -> dict[str, str]:
+        return {INSIDE: str(out.resolve()), "PMTL_SHOTS_ORTHO": str(_ortho(work / "synth"))}
+
+    return run_in_fresh_qgis(__file__, extra_env, timeout=240)
 
 
 class Shooter:
@@ -85,10 +77,9 @@ class Shooter:
             QTimer.singleShot(2500, self.next)
 
     def save(self, widget, name: str) -> None:
-        from qgis.PyQt.QtGui import QImage
+        from qgis_desktop import grab
 
-        image = widget.grab().toImage().convertToFormat(QImage.Format_Indexed8)  # 256 colours: small files
-        image.save(str(self.out / f"{name}.png"))
+        grab(widget, self.out / f"{name}.png")
 
     def load_ortho(self) -> None:
         layer = self.iface.addRasterLayer(os.environ["PMTL_SHOTS_ORTHO"], "ortho (NIR-R-G)")
@@ -152,17 +143,15 @@ class Shooter:
         self.dialog = None
 
     def quit(self) -> None:
-        from qgis.core import QgsProject
-        from qgis.PyQt.QtCore import QTimer
-        from qgis.PyQt.QtWidgets import QApplication
+        from qgis_desktop import quit_qgis
 
-        QgsProject.instance().setDirty(False)
-        QApplication.exit(0)
-        QTimer.singleShot(5000, lambda: os._exit(0))  # a throwaway profile: nothing to save if QGIS lingers
+        quit_qgis()
 
 
 def inside_qgis() -> None:
     from qgis.PyQt.QtCore import QTimer
+
+    sys.path.insert(0, os.environ["PMTL_SCRIPTS"])  # this harness's own helpers (QGIS exec()s this file)
 
     shooter = Shooter(Path(os.environ[INSIDE]))
     globals()["_shooter"] = shooter  # kept alive for the timers
