@@ -270,6 +270,11 @@ def with_class_weights(settings: Objectives, cfg: dict[str, Any], tasks: list[st
     store = open_chip_dataset(cfg["data"]["seg"])
     masks = store.masks(cfg["data"]["train_split"])
     counts = np.bincount(np.asarray(masks).reshape(-1), minlength=256)[: len(store.seg_classes)]
+    if counts.sum() == 0:
+        raise ConfigError(
+            f"config key 'loss.seg_class_balance' needs labelled pixels: split '{cfg['data']['train_split']}' of "
+            f"{cfg['data']['seg']} has none"
+        )
     weights = class_balance_weights(counts.tolist(), power)
     return dataclasses.replace(settings, seg_class_weights=tuple(weights))
 
