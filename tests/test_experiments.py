@@ -188,3 +188,11 @@ def test_unlabelled_target_experiment_tiny(tmp_path):
     assert "unlabelled target: suburb" in (out / "unlabelled.md").read_text()
     manifest = json.loads((out / "data" / "chips" / "suburb_RGB" / "manifest.json").read_text())
     assert manifest["gsd"] == pytest.approx(0.13) and set(manifest["splits"]) == {"train", "val", "test"}
+    # a sources-only student finished by a tables run (test_metrics.json, no "done", last.pt cleaned away) is reused
+    shared = out / "p2v" / "seed0" / "mtl_soft"
+    (shared / "done").unlink()
+    (shared / "last.pt").unlink()
+    (shared / "test_metrics.json").write_text("{}")
+    trained_at = (shared / "best.pt").stat().st_mtime_ns
+    assert main(args) == 0
+    assert (shared / "best.pt").stat().st_mtime_ns == trained_at

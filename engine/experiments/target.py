@@ -125,7 +125,8 @@ def _train_cached(overrides: list[str], run_dir: Path, progress: Progress | None
 
     cfg = load_config(None, overrides)
     best = run_dir / "best.pt"
-    if not (run_dir / "done").is_file():
+    # finished here ("done") or by a tables run (its test_metrics.json is written after training): never retrained
+    if not ((run_dir / "done").is_file() or (run_dir / "test_metrics.json").is_file()):
         print(f"training {run_dir}", file=sys.stderr)
         train(cfg, progress=progress, resume=(run_dir / "last.pt").is_file())
         (run_dir / "done").write_text("ok\n")
