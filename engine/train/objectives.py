@@ -9,6 +9,7 @@ supervised loss. Only the heads that receive a loss from a batch run (:func:`hea
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -114,10 +115,16 @@ def detection_supervised(
     return {"det_cls": loss.det_weight * cls, "det_box": loss.det_weight * box}
 
 
+@functools.lru_cache(maxsize=8)
+def _weights_on(class_weights: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    """The run's class weights as a tensor on its device, built once (not a host-to-device copy every step)."""
+    return torch.tensor(class_weights, dtype=torch.float32, device=device)
+
+
 def segmentation_supervised(
     out: dict[str, Any], mask: torch.Tensor, loss: LossSettings, class_weights: tuple[float, ...] | None = None
 ) -> dict[str, torch.Tensor]:
-    weights = None if class_weights is None else torch.tensor(class_weights)
+    weights = None if class_weights is None else _weights_on(class_weights, mask.device)
     ce = L.segmentation_ce_loss(out["seg_logits"].float(), mask, class_weights=weights)
     terms = {"seg_ce": loss.seg_weight * ce}
     if loss.seg_dice_weight > 0:
