@@ -9,7 +9,7 @@ import pytest
 
 from engine.core.errors import ConfigError, InputError
 from engine.experiments.__main__ import load_preset, main
-from engine.experiments.data import holdout_splits
+from engine.experiments.data import chip_geometry, holdout_splits
 from engine.experiments.plan import RUNS, run_overrides, selected_runs
 from engine.experiments.tables import build_table, table_markdown
 from engine.train.config import load_config
@@ -54,6 +54,16 @@ def test_holdout_moves_every_fifth_train_tile_to_val_and_standard_val_to_test():
     assert splits["v0"] == "test" and splits["t0"] == "train"
     with pytest.raises(InputError, match="at least 2 training tiles"):
         holdout_splits([SimpleNamespace(name="a", split="train")])
+
+
+def test_a_domain_can_have_its_own_chip_size_and_stride():
+    chips = {"size": 128, "stride": 64, "potsdam": {"size": 192}}
+    assert chip_geometry(chips, "potsdam") == (192, 64)
+    assert chip_geometry(chips, "vaihingen") == (128, 64)
+    with pytest.raises(InputError, match=r"'chips.potsdam': expected a mapping with size and/or stride"):
+        chip_geometry({**chips, "potsdam": {"size": 192, "sise": 3}}, "potsdam")
+    with pytest.raises(InputError, match=r"'chips.potsdam': expected positive integer size and stride"):
+        chip_geometry({**chips, "potsdam": {"stride": 0}}, "potsdam")
 
 
 def test_table_mean_and_sample_std_over_seeds():

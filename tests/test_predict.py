@@ -28,7 +28,16 @@ from engine.core.progress import Cancelled
 from engine.export.onnx_export import export_onnx
 from engine.predict import predict_raster
 from engine.predict.__main__ import main as predict_main
-from engine.predict.detections import Detections, merge_across_tiles
+from engine.predict.detections import (
+    BOTTOM,
+    LEFT,
+    RIGHT,
+    TOP,
+    Detections,
+    fuse_seam_fragments,
+    merge_across_tiles,
+    truncated_at_seams,
+)
 from engine.predict.tiling import Blender, TileGrid
 
 gdal.UseExceptions()
@@ -206,6 +215,72 @@ def test_merge_drops_truncated_views_and_keeps_distinct_objects():
     # without the seam flag the cut view (higher score, IoU 0.24) would have survived
     dets.truncated[:] = False
     assert 1 in merge_across_tiles(dets, 0.5, 0.6).tolist()
+
+
+def tile_views(obj: tuple[float, float, float, float], grid: TileGrid, score: float, label: int = 0) -> Detections:
+    """What each tile of ``grid`` reports for one object: its part inside the tile, flagged at the seams it touches."""
+    parts = []
+    for i, j in grid.tiles():
+        x, y = grid.origin(i, j)
+        box = np.array([[obj[0] - x, obj[1] - y, obj[2] - x, obj[3] - y]], np.float32).clip(0, grid.tile)
+        if box[0, 2] - box[0, 0] < 2 or box[0, 3] - box[0, 1] < 2:
+            continue
+        cut = truncated_at_seams(box, grid.tile, j > 0, j < len(grid.xs) - 1, i > 0, i < len(grid.ys) - 1)
+        shift = np.array([x, y, x, y], np.float32)
+        parts.append(Detections(box + shift, np.array([score], np.float32), np.array([label]), np.array([[i, j]]), cut))
+    return Detections.concat(parts)
+
+
+def test_seam_flags_say_which_side_is_cut():
+    boxes = np.array([[0, 10, 20, 20], [40, 0, 64, 64], [10, 10, 20, 20]], np.float32)
+    flags = truncated_at_seams(boxes, 64, True, True, True, True)
+    assert flags.tolist() == [LEFT, TOP | RIGHT | BOTTOM, 0]
+    assert truncated_at_seams(boxes, 64, False, True, False, True).tolist() == [0, RIGHT | BOTTOM, 0]
+
+
+def test_object_larger_than_the_overlap_becomes_one_box_across_seams():
+    # tiles of 64 px overlapping by 16 (origins 0, 48, 96): a 70 × 60 px building that no tile sees whole,
+    # cut by a vertical and a horizontal seam (four parts)
+    grid = TileGrid(width=160, height=160, tile=64, overlap=16)
+    dets = tile_views((20.0, 30.0, 90.0, 90.0), grid, 0.8)
+    assert len(dets) == 4 and all(dets.truncated)
+    # without fusing, the parts survive as fragments: none is the building (IoU < 0.5 with it)
+    unfused = dets.take(merge_across_tiles(dets, 0.5, 0.6))
+    assert len(unfused) >= 2
+    fused = fuse_seam_fragments(dets)
+    kept = fused.take(merge_across_tiles(fused, 0.5, 0.6))
+    assert len(kept) == 1 and kept.truncated[0] == 0 and kept.scores[0] == pytest.approx(0.8)
+    np.testing.assert_allclose(kept.boxes[0], [20, 30, 90, 90])
+
+
+def test_seam_fusion_joins_facing_parts_only_one_to_one():
+    boxes = np.array(
+        [
+            [30, 10, 64, 40],  # tile (0, 0), cut at its right border
+            [48, 11, 90, 41],  # tile (0, 1), cut at its left border: its continuation → one box 30..90
+            [48, 12, 80, 40],  # tile (0, 1), another low-score box aligned with the same part: left alone
+            [50, 100, 64, 120],  # tile (0, 0), cut on the right, but rows 100..120 continue nothing
+            [48, 60, 70, 90],  # tile (0, 1), cut on the left, rows 60..90: no part faces it
+            [40, 150, 64, 170],  # tile (2, 0) cut at the right; tile (2, 1)'s box below is another class
+            [48, 150, 60, 170],
+        ],
+        np.float32,
+    )
+    dets = Detections(
+        boxes=boxes,
+        scores=np.array([0.9, 0.7, 0.2, 0.6, 0.5, 0.4, 0.4], np.float32),
+        labels=np.array([0, 0, 0, 0, 0, 1, 2]),
+        tiles=np.array([[0, 0], [0, 1], [0, 1], [0, 0], [0, 1], [2, 0], [2, 1]]),
+        truncated=np.array([RIGHT, LEFT, LEFT, RIGHT, LEFT, RIGHT, LEFT], np.uint8),
+    )
+    fused = fuse_seam_fragments(dets)
+    assert len(fused) == 6
+    np.testing.assert_allclose(fused.boxes[0], [30, 10, 90, 41])
+    assert fused.scores[0] == pytest.approx(0.9) and fused.truncated[0] == 0
+    np.testing.assert_allclose(fused.boxes[1:], boxes[2:])  # everything else unchanged, in order
+    # parts cut on sides that do not face each other are not joined (boxes cut at the top of their tile)
+    dets.truncated[1:3] = TOP
+    assert len(fuse_seam_fragments(dets)) == 7
 
 
 # --- end to end with the known-answer model ------------------------------------------------------------------------

@@ -52,6 +52,18 @@ def resample_layout(src_root: Path, dst_root: Path, gsd: float) -> Path:
     return dst_root
 
 
+def chip_geometry(chips_cfg: dict[str, Any], dataset: str) -> tuple[int, int]:
+    """(size, stride) in px for ``dataset``: ``chips.<dataset>: {size, stride}`` where the preset sets one, else
+    ``chips.size`` / ``chips.stride`` (a domain whose objects are larger gets larger chips, so whole objects fit)."""
+    own = chips_cfg.get(dataset) or {}
+    if not isinstance(own, dict) or set(own) - {"size", "stride"}:
+        raise InputError(f"preset key 'chips.{dataset}': expected a mapping with size and/or stride, found {own!r}")
+    size, stride = own.get("size", chips_cfg["size"]), own.get("stride", chips_cfg["stride"])
+    if not (isinstance(size, int) and isinstance(stride, int) and size > 0 and stride > 0):
+        raise InputError(f"preset key 'chips.{dataset}': expected positive integer size and stride, found {own!r}")
+    return size, stride
+
+
 def prepare_chips(preset: dict[str, Any], data_dir: Path, roots: dict[str, Path | None]) -> dict[str, Path]:
     """Chip both datasets (generating the synthetic twin where no real root is given); reuse finished ones.
 
@@ -79,7 +91,6 @@ def prepare_chips(preset: dict[str, Any], data_dir: Path, roots: dict[str, Path 
             root = resample_layout(root, data_dir / f"resampled_{chips_cfg['gsd']:g}m" / dataset, chips_cfg["gsd"])
         bands = chips_cfg.get("potsdam_bands", "RGB") if dataset == "potsdam" else None
         splits = holdout_splits(find_isprs_tiles(dataset, root, bands))
-        chip_dataset(
-            dataset, root, chip_root, chips_cfg["size"], chips_cfg["stride"], bands=bands, splits=splits, overwrite=True
-        )
+        size, stride = chip_geometry(chips_cfg, dataset)
+        chip_dataset(dataset, root, chip_root, size, stride, bands=bands, splits=splits, overwrite=True)
     return out

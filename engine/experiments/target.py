@@ -19,7 +19,7 @@ from typing import Any
 from engine.core.atomic import atomic_path, write_json_atomic
 from engine.core.errors import ConfigError
 from engine.core.progress import Progress
-from engine.experiments.data import holdout_splits, resample_layout
+from engine.experiments.data import chip_geometry, holdout_splits, resample_layout
 from engine.experiments.plan import DIRECTIONS, RUNS, RunSpec, run_overrides
 
 TARGET_DEFAULTS: dict[str, Any] = {
@@ -85,7 +85,8 @@ def prepare_target_chips(domain: str, preset: dict[str, Any], data_dir: Path, ba
     layout = spec.file_layout
     splits = holdout_splits(find_isprs_tiles(layout, root, bands if layout == "potsdam" else None))
     product = bands if layout == "potsdam" else None
-    chip_dataset(layout, root, chip_root, chips["size"], chips["stride"], bands=product, splits=splits, overwrite=True)
+    size, stride = chip_geometry(chips, domain)
+    chip_dataset(layout, root, chip_root, size, stride, bands=product, splits=splits, overwrite=True)
     return chip_root
 
 

@@ -31,7 +31,7 @@ class Detections:
             np.zeros(0, np.float32),
             np.zeros(0, np.int64),
             np.zeros((0, 2), np.int64),
-            np.zeros(0, bool),
+            np.zeros(0, np.uint8),
         )
 
     def __len__(self) -> int:
@@ -93,20 +93,116 @@ def tile_detections(
     return picked[keep], picked_scores[keep], labels[keep].astype(np.int64)
 
 
+LEFT, TOP, RIGHT, BOTTOM = 1, 2, 4, 8
+"""Bits of :attr:`Detections.truncated`: which tile border a box touches."""
+
+
 def truncated_at_seams(
     boxes: np.ndarray, tile: int, has_left: bool, has_right: bool, has_top: bool, has_bottom: bool, margin: float = 1.0
 ) -> np.ndarray:
-    """True for tile-pixel boxes touching a tile side behind which another tile lies."""
-    out = np.zeros(len(boxes), bool)
-    if has_left:
-        out |= boxes[:, 0] <= margin
-    if has_top:
-        out |= boxes[:, 1] <= margin
-    if has_right:
-        out |= boxes[:, 2] >= tile - margin
-    if has_bottom:
-        out |= boxes[:, 3] >= tile - margin
+    """Per tile-pixel box, the sides (bit mask) where it touches a tile border behind which another tile lies."""
+    out = np.zeros(len(boxes), np.uint8)
+    for present, side, cut in (
+        (has_left, LEFT, boxes[:, 0] <= margin),
+        (has_top, TOP, boxes[:, 1] <= margin),
+        (has_right, RIGHT, boxes[:, 2] >= tile - margin),
+        (has_bottom, BOTTOM, boxes[:, 3] >= tile - margin),
+    ):
+        if present:
+            out |= np.where(cut, side, 0).astype(np.uint8)
     return out
+
+
+def _span_iou(a0: float, a1: float, b0: float, b1: float) -> float:
+    """Intersection over union of two intervals."""
+    inter = max(min(a1, b1) - max(a0, b0), 0.0)
+    union = (a1 - a0) + (b1 - b0) - inter
+    return inter / union if union > 0 else 0.0
+
+
+_SEAMS = ((RIGHT, LEFT, (0, 1)), (BOTTOM, TOP, (1, 0)))
+"""(side of box a, facing side of box b, offset of b's tile from a's): the two kinds of seam between tiles."""
+
+
+def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float) -> bool:
+    """Box ``b`` (next tile to the right / below) continues box ``a`` across their seam: it starts before ``a``
+    ends, and along the seam they span mostly the same extent (1-D IoU ≥ ``min_overlap``)."""
+    if side == RIGHT:
+        return bool(a[2] > b[0]) and _span_iou(a[1], a[3], b[1], b[3]) >= min_overlap
+    return bool(a[3] > b[1]) and _span_iou(a[0], a[2], b[0], b[2]) >= min_overlap
+
+
+def _seam_matches(dets: Detections, cut_a: list[int], cut_b: list[int], side: int, min_overlap: float):
+    """One-to-one matches across one seam, most confident pairs first (a pair's confidence: its lower score), so
+    that a confident part is joined to its confident continuation, not to a low-score box that happens to align."""
+    candidates = [
+        (min(dets.scores[a], dets.scores[b]), a, b)
+        for a in cut_a
+        for b in cut_b
+        if dets.labels[a] == dets.labels[b] and _continues_across(dets.boxes[a], dets.boxes[b], side, min_overlap)
+    ]
+    used: set[int] = set()
+    pairs = []
+    for _, a, b in sorted(candidates, key=lambda c: -c[0]):
+        if a not in used and b not in used:
+            used.update((a, b))
+            pairs.append((a, b))
+    return pairs
+
+
+def _facing_pairs(dets: Detections, min_overlap: float) -> list[tuple[int, int]]:
+    """Pairs (a, b) of same-class boxes from side-by-side tiles, each cut on the side facing the other, one
+    continuing the other across the seam (matched one-to-one per seam)."""
+    by_tile: dict[tuple[int, int], list[int]] = defaultdict(list)
+    for k in np.flatnonzero(dets.truncated):
+        by_tile[(int(dets.tiles[k, 0]), int(dets.tiles[k, 1]))].append(int(k))
+    pairs = []
+    for (ti, tj), members in by_tile.items():
+        for side, facing, (di, dj) in _SEAMS:
+            cut_a = [m for m in members if dets.truncated[m] & side]
+            cut_b = [m for m in by_tile.get((ti + di, tj + dj), ()) if dets.truncated[m] & facing]
+            pairs += _seam_matches(dets, cut_a, cut_b, side, min_overlap)
+    return pairs
+
+
+def _components(count: int, pairs: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components (union-find) of ``count`` items joined by ``pairs``, in order of their first item."""
+    parent = list(range(count))
+    for a, b in pairs:
+        ra, rb = a, b
+        while parent[ra] != ra:
+            ra = parent[ra]
+        while parent[rb] != rb:
+            rb = parent[rb]
+        parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for k in range(count):
+        r = k
+        while parent[r] != r:
+            r = parent[r]
+        groups[r].append(k)
+    return list(groups.values())
+
+
+def fuse_seam_fragments(dets: Detections, min_overlap: float = 0.7) -> Detections:
+    """Join the parts of objects larger than the tile overlap, which no tile sees whole.
+
+    Each tile reports the part of such an object it sees, cut at its border; two parts from side-by-side tiles (same
+    class, each cut on the side facing the other, overlapping across the shared band, and covering along the seam
+    mostly the same extent: 1-D overlap over the shorter ≥ ``min_overlap``) are one object. Connected parts become
+    their union box, with the highest score and the tile of that part, no longer truncated; the rest is unchanged.
+    """
+    pairs = _facing_pairs(dets, min_overlap)
+    if not pairs:
+        return dets
+    groups = _components(len(dets), pairs)
+    fused = dets.take(np.asarray([max(g, key=lambda k: dets.scores[k]) for g in groups], np.int64))
+    for n, members in enumerate(groups):
+        if len(members) > 1:
+            parts = dets.boxes[members]
+            fused.boxes[n] = [*parts[:, :2].min(axis=0), *parts[:, 2:].max(axis=0)]
+            fused.truncated[n] = 0
+    return fused
 
 
 def merge_across_tiles(dets: Detections, iou_thresh: float, ios_thresh: float) -> np.ndarray:
@@ -120,7 +216,7 @@ def merge_across_tiles(dets: Detections, iou_thresh: float, ios_thresh: float) -
     """
     if len(dets) == 0:
         return np.zeros(0, np.int64)
-    order = np.lexsort((-dets.scores, dets.truncated))
+    order = np.lexsort((-dets.scores, dets.truncated > 0))
     areas = _area(dets.boxes)
     kept_by_tile: dict[tuple[int, int], list[int]] = defaultdict(list)
     keep: list[int] = []

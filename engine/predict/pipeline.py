@@ -19,7 +19,13 @@ from engine.core.atomic import atomic_path, temporary_sibling
 from engine.core.errors import ConfigError
 from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
-from engine.predict.detections import Detections, merge_across_tiles, tile_detections, truncated_at_seams
+from engine.predict.detections import (
+    Detections,
+    fuse_seam_fragments,
+    merge_across_tiles,
+    tile_detections,
+    truncated_at_seams,
+)
 from engine.predict.model import OnnxModel
 from engine.predict.raster import Source, WindowReader, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
@@ -321,7 +327,7 @@ def predict_raster(
                 count = out.polygonize(class_final, final["polygons"], info.seg_classes, requested["polygons"])
                 log.info("%d segment polygons", count)
             if out_vector is not None:
-                dets = Detections.concat(parts)
+                dets = fuse_seam_fragments(Detections.concat(parts))
                 raw_count = len(dets)
                 kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
                 kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, src.width)
