@@ -57,4 +57,5 @@ def test_cpu_presets_work_at_the_working_gsd_with_the_lite_student(preset):
     from engine.experiments.__main__ import load_preset
 
     spec = load_preset(preset)
-    assert spec["chips"]["gsd"] == pytest.approx(0.2) and spec["models"]["student"] == "models/student_lite.yaml"
+    assert spec["chips"]["gsd"] == pytest.approx(0.2)
+    assert spec["models"]["student"] == {"demo": "models/student_map.yaml", "cpu": "models/student_lite.yaml"}[preset]

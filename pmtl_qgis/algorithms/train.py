@@ -34,6 +34,10 @@ from .base import PmtlAlgorithm, is_unset
 MODELS = (
     ("as in the config (student without a config)", None),
     ("student: ResNet18 + FPN", "models/student.yaml"),
+    (
+        "CPU student: ResNet18 + FPN, narrow neck, small-object anchors (the demo's map model)",
+        "models/student_map.yaml",
+    ),
     ("detection teacher: ResNet50 + PAFPN", "models/teacher_det.yaml"),
     ("segmentation teacher: ResNet50 + PAFPN", "models/teacher_seg.yaml"),
 )
