@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from engine.core.errors import ConfigError, InputError
 from engine.evaluate import DetectionMeter, SegmentationMeter, all_point_ap, format_table, write_report
+from engine.evaluate.detection import f1_optimal_score
 
 # ---------------------------------------------------------------- segmentation
 
@@ -138,6 +139,25 @@ def test_detection_hand_pr_curve() -> None:
     _det(meter, [BOX_A, BOX_FAR2, BOX_FAR], [0.9, 0.8, 0.7], [0, 0, 0], [BOX_A, BOX_FAR], [0, 0])
     m = meter.compute()
     assert m["map"] == pytest.approx(0.5 + 0.5 * 2 / 3)
+
+
+def test_f1_optimal_score_threshold_by_hand() -> None:
+    # 3 objects; by score TP (.9) FP (.8) TP (.6) FP (.3): F1 = 2·TP / (kept + 3) = 2/4, 2/5, 4/6, 4/7 → keep ≥ .6
+    scores, hits = np.array([0.3, 0.9, 0.6, 0.8]), np.array([False, True, True, False])
+    assert f1_optimal_score(scores, hits, 3) == (pytest.approx(0.6), pytest.approx(2 / 3))
+    # a threshold keeps every detection of its score: the two at .5 (TP, FP) go together, F1 4/5 — not the 4/4
+    # that cutting between them would claim
+    assert f1_optimal_score(np.array([0.9, 0.5, 0.5]), np.array([True, True, False]), 2) == (0.5, pytest.approx(0.8))
+    assert f1_optimal_score(np.array([0.9]), np.array([False]), 2) == (None, 0.0)
+
+
+def test_meter_reports_each_classes_best_f1_threshold() -> None:
+    meter = DetectionMeter(["building", "car"])
+    _det(meter, [BOX_A, BOX_FAR2, BOX_FAR], [0.9, 0.8, 0.7], [0, 0, 0], [BOX_A, BOX_FAR], [0, 0])
+    per_class = meter.compute()["per_class"]
+    # TP .9, FP .8, TP .7 against 2 GT: F1 2/3 at .9, 2/4 at .8, 4/5 at .7
+    assert per_class["building"]["f1_score_thresh"] == pytest.approx(0.7) and per_class["building"]["f1"] == 0.8
+    assert per_class["car"]["f1_score_thresh"] is None
 
 
 def test_all_point_envelope() -> None:

@@ -339,6 +339,18 @@ def test_car_across_a_tile_seam_is_reported_once(models, tmp_path):
     np.testing.assert_allclose(rows[0]["env"], map_box(52, 24), atol=1e-6)
 
 
+def test_per_class_thresholds_recorded_by_training_are_the_default(tmp_path):
+    meta = {**describe(), "det_score_thresholds": {"building": None, "tree": 0.2, "car": 0.99995}}
+    path = tmp_path / "m.onnx"
+    written = export_onnx(BlobNet(), path, meta, TILE, overlap=OVERLAP)
+    assert written["det"]["class_score_thresh"] == pytest.approx([0.3, 0.2, 0.99995])  # none recorded: 0.3
+    src = write_tif(tmp_path / "in.tif", scene(64, 112, [(20, 24)]))  # a car scoring sigmoid(9) ≈ 0.99988
+    assert predict_raster(path, src, out_vector=tmp_path / "a.gpkg").detections == 0  # below the car's own
+    assert predict_raster(path, src, out_vector=tmp_path / "b.gpkg", score_thresh=0.5).detections == 1
+    # a threshold given at export is the one for every class (no per-class record)
+    assert "class_score_thresh" not in export_onnx(BlobNet(), path, meta, TILE, score_thresh=0.4)["det"]
+
+
 def test_tiled_segmentation_equals_whole_image(models, tmp_path):
     """Blended tiles vs the same network run once on the whole image (pointwise seg → must be identical)."""
     rng = np.random.default_rng(1)

@@ -220,15 +220,19 @@ def test_torchrun_two_processes_gloo(chips, tmp_path):
     assert time.time() - started < 600
 
 
-def test_tensorboard_scalars_are_written(chips, tmp_path):
+def test_tensorboard_scalars_and_per_class_score_thresholds_are_written(chips, tmp_path):
+    from engine.train.checkpoint import load_checkpoint
     from engine.train.loop import train
 
-    cfg = load_config(
-        None, _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null", "runtime.tensorboard=true")
-    )
-    train(cfg)
+    cfg = load_config(None, _overrides(chips, tmp_path, "optim.epochs=1", "runtime.tensorboard=true"))
+    result = train(cfg)
     events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
+    # the best epoch's per-class validation thresholds travel to export in the checkpoint (not as scalars)
+    meta = load_checkpoint(result.best_checkpoint)["metadata"]
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
+    assert set(meta["det_score_thresholds"]) == set(meta["det_classes"]) == set(row["det_score_thresholds"])
+    assert all(isinstance(v, float) for v in meta["validation"].values())
 
 
 def test_imagenet_normalization_is_recorded_and_used_for_evaluation(chips, tmp_path):

@@ -173,7 +173,8 @@ def detect_and_render(model: Path, scene: Any, folder: Path, spec: dict[str, Any
     classes, detections, png = folder / "classes.tif", folder / "detections.gpkg", folder / "map.png"
     run_qgis(
         ["run", "pmtl:detect_segment", "--", f"INPUT={scene.image}", f"MODEL={model}", f"OUTPUT_RASTER={classes}",
-         f"OUTPUT_DETECTIONS={detections}", f"SCORE_THRESHOLD={spec.get('score_thresh', 0.5)}"],
+         f"OUTPUT_DETECTIONS={detections}",
+         *([f"SCORE_THRESHOLD={spec['score_thresh']}"] if spec.get("score_thresh") is not None else [])],
         folder / "qgis_detect_segment.log",
     )  # fmt: skip
     run_qgis(

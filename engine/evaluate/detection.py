@@ -117,6 +117,20 @@ def all_point_ap(true_pos: np.ndarray, num_gt: int) -> float:
     return float(np.sum(steps * envelope[1:]))
 
 
+def f1_optimal_score(scores: np.ndarray, true_pos: np.ndarray, num_gt: int) -> tuple[float | None, float]:
+    """(score threshold, F1) keeping the detections with score >= threshold that maximise F1 against ``num_gt``
+    objects; (None, 0.0) when nothing is found. The threshold is the lowest kept score (ties kept together)."""
+    if num_gt <= 0 or len(scores) == 0 or not np.any(true_pos):
+        return None, 0.0
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], np.cumsum(true_pos[order], dtype=np.float64)
+    last_of_tie = np.append(ranked[1:] != ranked[:-1], True)  # a threshold keeps all detections of one score
+    kept = np.arange(1, len(ranked) + 1, dtype=np.float64)
+    f1 = np.where(last_of_tie, 2.0 * hits / (kept + num_gt), -1.0)
+    best = int(np.argmax(f1))
+    return float(ranked[best]), float(f1[best])
+
+
 class DetectionMeter:
     """Collects per-image detections and ground truth; :meth:`compute` gives AP per class and threshold, mAP."""
 
@@ -209,6 +223,14 @@ class DetectionMeter:
         true_pos = np.concatenate(record.true_pos)[np.argsort(-scores, kind="stable")]
         return [all_point_ap(true_pos[:, t], record.num_gt) for t in range(len(self.iou_thresholds))]
 
+    def _best_f1(self, record: _ClassRecord, iou: float = 0.5) -> tuple[float | None, float]:
+        hits = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
+        if not record.scores or hits.size == 0:
+            return None, 0.0
+        return f1_optimal_score(
+            np.concatenate(record.scores), np.concatenate(record.true_pos)[:, hits[0]], record.num_gt
+        )
+
     def _at(self, ap: list[float] | None, iou: float) -> float | None:
         hits = np.flatnonzero(np.isclose(self.iou_thresholds, iou))
         return None if ap is None or hits.size == 0 else ap[int(hits[0])]
@@ -218,6 +240,7 @@ class DetectionMeter:
         per_class: dict[str, dict[str, Any]] = {}
         for name, record in zip(self.class_names, self.records):
             ap = self._class_ap(record)
+            score_thresh, f1 = self._best_f1(record)
             per_class[name] = {
                 "ap": ap,
                 "map": None if ap is None else float(np.mean(ap)),
@@ -225,6 +248,8 @@ class DetectionMeter:
                 "ap75": self._at(ap, 0.75),
                 "num_gt": record.num_gt,
                 "num_pred": int(sum(len(s) for s in record.scores)),
+                "f1_score_thresh": score_thresh,  # the map's threshold for this class (IoU 0.5, best F1)
+                "f1": f1,
             }
         return {
             "classes": list(self.class_names),

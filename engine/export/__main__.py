@@ -28,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="full: seg_logits + det_scores + det_boxes; deepness: a single seg_probs output Deepness can load",
     )
     parser.add_argument("--role", default="student", choices=("student", "teacher", "single_task", "other"))
-    parser.add_argument("--score-thresh", type=float, default=0.3, help="recommended detection score threshold")
+    parser.add_argument(
+        "--score-thresh",
+        type=float,
+        help="detection score threshold for every class (default: per class, the best F1 on the validation split "
+        "as training recorded it; 0.3 where none)",
+    )
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=18)
     parser.add_argument("--dynamo", action="store_true", help="use the torch.export-based exporter (slower)")

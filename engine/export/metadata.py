@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES
-from engine.core.errors import InputError
+from engine.core.errors import ConfigError, InputError
 
 SCHEMA_VERSION: int = 1
 SUPPORTED_SCHEMA_VERSIONS: tuple[int, ...] = (1,)
@@ -79,6 +79,7 @@ def build_metadata(
     det_classes: Sequence[str] = (),
     det_colors: Sequence[Sequence[int]] = (),
     score_thresh: float = 0.3,
+    class_score_thresh: Sequence[float] | None = None,
     iou_thresh: float = 0.5,
     ios_thresh: float = 0.6,
     variances: Sequence[float] = (0.1, 0.2),
@@ -147,6 +148,12 @@ def build_metadata(
                 "anchors": dict(anchors or {}),
             },
         }
+        if class_score_thresh is not None:
+            if len(class_score_thresh) != len(det_classes):
+                raise ConfigError(
+                    f"export: {len(class_score_thresh)} class score thresholds for {len(det_classes)} detection classes"
+                )
+            meta["det"]["class_score_thresh"] = [float(t) for t in class_score_thresh]
         if det_colors and len(det_colors) == len(det_classes):
             meta["det"]["colors"] = [list(map(int, c)) for c in det_colors]
         meta["det_conf"] = float(score_thresh)
@@ -213,6 +220,8 @@ class ModelInfo:
     det_colors: tuple[tuple[int, int, int], ...] = ()
     """One RGB colour per detection class: metadata ``det.colors``, else a fallback (see :func:`class_colors`)."""
     score_thresh: float = 0.3
+    class_score_thresh: tuple[float, ...] | None = None
+    """Per-class thresholds (best validation F1), used instead of ``score_thresh`` unless a threshold is given."""
     iou_thresh: float = 0.5
     ios_thresh: float = 0.6
     notes: tuple[str, ...] = ()
@@ -333,6 +342,7 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         det_classes=det_classes,
         det_colors=_colors_of(meta, DET_COLORS_KEY, det_classes, origin),
         score_thresh=float(det.get("score_thresh", 0.3)),
+        class_score_thresh=tuple(map(float, det["class_score_thresh"])) if det.get("class_score_thresh") else None,
         iou_thresh=float(det.get("iou_thresh", 0.5)),
         ios_thresh=float(det.get("ios_thresh", 0.6)),
         raw=dict(meta),

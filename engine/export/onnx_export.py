@@ -159,6 +159,18 @@ def _torch_export(
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
 
 
+DEFAULT_SCORE_THRESH: float = 0.3
+"""Detection score threshold of an exported model when training recorded none for a class."""
+
+
+def _class_thresholds(metadata: Mapping[str, Any], det_names: Sequence[str]) -> list[float] | None:
+    """The validation-F1 thresholds recorded by training, in ``det_names`` order (None: no record)."""
+    found = metadata.get("det_score_thresholds")
+    if not det_names or not isinstance(found, Mapping):
+        return None
+    return [DEFAULT_SCORE_THRESH if found.get(name) is None else float(found[name]) for name in det_names]
+
+
 def export_onnx(
     model: nn.Module,
     out_path: str | os.PathLike[str],
@@ -167,7 +179,7 @@ def export_onnx(
     *,
     overlap: int | None = None,
     variant: str = "full",
-    score_thresh: float = 0.3,
+    score_thresh: float | None = None,
     iou_thresh: float = 0.5,
     ios_thresh: float = 0.6,
     opset: int = DEFAULT_OPSET,
@@ -179,7 +191,9 @@ def export_onnx(
     ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
     ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
     ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
-    ``model`` needs ``anchors_for((H, W))`` when it has a detection head.
+    ``model`` needs ``anchors_for((H, W))`` when it has a detection head. ``score_thresh`` None: each detection
+    class gets the threshold training found best on validation (``det_score_thresholds`` in ``metadata``; classes
+    without one, and models without the record, get :data:`DEFAULT_SCORE_THRESH`); a number: that, for all.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
@@ -231,7 +245,8 @@ def export_onnx(
         palette=_names(metadata, "palette", PALETTE, num_seg),
         det_classes=det_names,
         det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
-        score_thresh=score_thresh,
+        score_thresh=DEFAULT_SCORE_THRESH if score_thresh is None else float(score_thresh),
+        class_score_thresh=None if score_thresh is not None else _class_thresholds(metadata, det_names),
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,
         variances=variances,

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    parser.add_argument("--score-thresh", type=float, help="detection score threshold (default: the model's)")
+    parser.add_argument(
+        "--score-thresh", type=float, help="detection score threshold for all classes (default: the model's, per class)"
+    )
     parser.add_argument("--value-max", type=float, help="raw value that maps to 1.0 (default: the model's scaling)")
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     args = parser.parse_args(argv)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from typing import Any
 
 import numpy as np
 
@@ -75,15 +76,24 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: f
     return np.asarray(keep, dtype=np.int64)
 
 
+def default_thresholds(info: Any) -> float | np.ndarray:
+    """A model's own detection thresholds (:class:`~engine.export.metadata.ModelInfo`): one per class (D,) when its
+    metadata records them (the best validation F1 of each class), else its single ``score_thresh``."""
+    if info.class_score_thresh is not None and len(info.class_score_thresh) == len(info.det_classes):
+        return np.asarray(info.class_score_thresh, np.float32)
+    return float(info.score_thresh)
+
+
 def tile_detections(
     scores: np.ndarray,
     boxes: np.ndarray,
-    score_thresh: float,
+    score_thresh: float | np.ndarray,
     iou_thresh: float,
     tile: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One tile's graph outputs (A, D) sigmoid scores and (A, 4) boxes → kept (boxes, scores, labels), boxes
-    clipped to the tile. Mirrors ``engine.models.postprocess_detections`` (every anchor×class above threshold)."""
+    clipped to the tile. Mirrors ``engine.models.postprocess_detections`` (every anchor×class above threshold;
+    ``score_thresh`` one number, or one per class (D,))."""
     anchor_idx, labels = np.nonzero(scores > score_thresh)
     if anchor_idx.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)

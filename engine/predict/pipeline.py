@@ -21,6 +21,7 @@ from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import (
     Detections,
+    default_thresholds,
     fuse_seam_fragments,
     merge_across_tiles,
     tile_detections,
@@ -113,7 +114,9 @@ class _SegWriter:
         return [o for o in (self.classes, self.probs) if o is not None]
 
 
-def _tile_dets(model: OnnxModel, grid: TileGrid, tile: _Tile, scores: np.ndarray, boxes: np.ndarray, thresh: float):
+def _tile_dets(
+    model: OnnxModel, grid: TileGrid, tile: _Tile, scores: np.ndarray, boxes: np.ndarray, thresh: float | np.ndarray
+):
     info = model.info
     b, s, lab = tile_detections(scores, boxes, thresh, info.iou_thresh, grid.tile)
     if len(s) == 0:
@@ -138,7 +141,7 @@ class _TileSink:
     blender: Blender | None
     writer: _SegWriter | None
     detect: bool
-    thresh: float
+    thresh: float | np.ndarray
     parts: list[Detections] = dataclasses.field(default_factory=list)
 
     def consume(self, tiles: list[_Tile], run: list[_Tile], result) -> None:
@@ -162,7 +165,7 @@ def _run_tiles(
     batch_size: int,
     writer: _SegWriter | None,
     detect: bool,
-    thresh: float,
+    thresh: float | np.ndarray,
     progress: Progress | None,
 ) -> tuple[list[Detections], int]:
     """The sliding window: read (one batch ahead, in a thread), run, then blend + write seg and collect per-tile
@@ -254,7 +257,7 @@ def predict_raster(
         src.aoi = load_aoi(aoi, src)
     overlap = info.overlap if overlap is None else int(overlap)
     grid = TileGrid(src.width, src.height, info.tile_size, overlap)
-    thresh = info.score_thresh if score_thresh is None else float(score_thresh)
+    thresh = default_thresholds(info) if score_thresh is None else float(score_thresh)
     log.info(
         "model %s on %s: %d tiles of %d px, provider %s", model.path, input_path, len(grid), grid.tile, model.provider
     )

@@ -250,8 +250,15 @@ def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metric
         "train_img_per_s": losses.images * run.info.world_size / max(1e-9, losses.seconds),
         **{f"loss_{k}": v for k, v in zip(losses.names, means)},
         **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        **({"det_score_thresholds": score_thresholds(metrics["det"])} if "det" in metrics else {}),
         "steps": losses.points,
     }
+
+
+def score_thresholds(det_metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Per detection class, the score threshold with the best F1 on the validation split (IoU 0.5): what the
+    exported model shows on a map by default (one threshold for all classes hides the small, low-scored ones)."""
+    return {name: c["f1_score_thresh"] for name, c in det_metrics["per_class"].items()}
 
 
 def record_epoch(run: Run, state: RunState, row: dict[str, Any], metrics: dict[str, Any]) -> bool:
@@ -294,7 +301,7 @@ def save_epoch(
         save_checkpoint(run.out_dir / "last.pt", payload)
         with (run.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-        scalars = {k: v for k, v in row.items() if k != "steps"}  # the per-step curve points stay in the files
+        scalars = {k: v for k, v in row.items() if isinstance(v, int | float)}  # curve points etc. stay in files
         if progress is not None and hasattr(progress, "emit"):
             progress.emit("metrics", **scalars)
         if writer is not None:
@@ -380,6 +387,7 @@ def checkpoint_metadata(
             "det_teacher": cfg["kd"]["det_teacher"],
             "seg_teacher": cfg["kd"]["seg_teacher"],
         },
-        "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},
+        "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_")) and isinstance(v, int | float)},
+        **({"det_score_thresholds": row["det_score_thresholds"]} if "det_score_thresholds" in row else {}),
         **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }

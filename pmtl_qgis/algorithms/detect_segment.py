@@ -142,7 +142,7 @@ class DetectSegment(PmtlAlgorithm):
                 number.Double,
                 0.0,
                 1.0,
-                "Boxes scoring below it are dropped (empty: the threshold stored in the model).",
+                "Boxes scoring below it are dropped (empty: the model's own, per class: the best F1 on validation).",
             ),
             (
                 self.VALUE_MAX,
