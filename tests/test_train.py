@@ -327,6 +327,29 @@ def test_detection_batch_runs_the_seg_head_only_when_it_gets_a_loss(kd):
     assert all(g is None for g in seg_grads) == ("kd.soft=true" not in kd)
 
 
+def test_frozen_encoder_norms_keep_their_statistics_while_the_heads_learn_theirs():
+    import dataclasses
+
+    from engine.models import build_model, load_model_config
+    from engine.train.loop import freeze_encoder_norms
+
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(load_model_config("models/student_lite.yaml"), pretrained=None)).train()
+    freeze_encoder_norms(net)
+    encoder = {**_buffers(net.backbone), **_buffers(net.neck)}
+    heads = _buffers(net.seg_head)
+    out = net(torch.randn(2, 3, 64, 64) * 3 + 1)
+    (out["seg_logits"].mean() + out["cls_logits"].mean()).backward()
+    after = {**_buffers(net.backbone), **_buffers(net.neck)}
+    assert all(torch.equal(encoder[k], after[k]) for k in encoder)  # running statistics used, not updated
+    assert any(not torch.equal(heads[k], v) for k, v in _buffers(net.seg_head).items() if "running_mean" in k)
+    assert next(net.backbone.parameters()).grad is not None  # still trained
+    base = ["data.det=x", "data.seg=y", "optim.epochs=3"]
+    assert load_config(None, [*base, "optim.freeze_encoder_bn_epochs=2"])["optim"]["freeze_encoder_bn_epochs"] == 2
+    with pytest.raises(ConfigError, match=r"'optim.freeze_encoder_bn_epochs': expected 0 .. optim.epochs - 1 \(2\)"):
+        load_config(None, [*base, "optim.freeze_encoder_bn_epochs=3"])
+
+
 def _shift_brightness(root: Path, factor: float) -> Path:
     """Scale a fixture dataset's imagery by ``factor`` and recompute its manifest statistics (a darker domain)."""
     import numpy as np

@@ -50,6 +50,9 @@ DEFAULTS: dict[str, Any] = {
         "epochs": 70,
         "iters_per_epoch": None,
         "grad_clip": 10.0,  # not in the paper or reference: guards short warm-ups against divergence; null = off
+        # last N epochs: the shared encoder's BatchNorm uses (and no longer updates) its running statistics, so it
+        # trains on the normalisation inference uses (ours; 0 = off, see engine.train.loop.freeze_encoder_norms)
+        "freeze_encoder_bn_epochs": 0,
     },
     "ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0},
     "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "select": "auto"},
@@ -132,6 +135,12 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"config key 'optim.epochs': expected >= 1, found {cfg['optim']['epochs']!r}")
     if cfg["data"]["batch_size"] < 1:
         raise ConfigError(f"config key 'data.batch_size': expected >= 1, found {cfg['data']['batch_size']!r}")
+    frozen = cfg["optim"]["freeze_encoder_bn_epochs"]
+    if not 0 <= frozen < cfg["optim"]["epochs"]:
+        raise ConfigError(
+            f"config key 'optim.freeze_encoder_bn_epochs': expected 0 .. optim.epochs - 1 "
+            f"({cfg['optim']['epochs'] - 1}), found {frozen!r}"
+        )
     if cfg["eval"]["select"] not in ("auto", "det", "seg", "mean"):
         raise ConfigError(f"config key 'eval.select': expected auto|det|seg|mean, found {cfg['eval']['select']!r}")
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from engine.core.atomic import write_json_atomic
 from engine.core.classes import tables_from_manifest
@@ -194,6 +195,21 @@ def report_progress(
     )
 
 
+def freeze_encoder_norms(net: nn.Module) -> None:
+    """Put the encoder's (backbone + neck) BatchNorm layers in eval mode: they normalise with their running
+    statistics and stop updating them; their scale and shift still train.
+
+    Partial multi-task training runs each domain's batch through the encoder on its own, so in train mode every
+    BatchNorm normalises a batch with that domain's statistics, while its running statistics (what inference uses)
+    average both domains: the deployed model sees features scaled as it never trained on them (on the demo's test
+    chips, segmentation mIoU 0.51 with the running statistics vs 0.57 with per-domain batch statistics). Freezing
+    them for the last epochs lets the network adapt to the statistics it is deployed with."""
+    for part in (net.backbone, net.neck):
+        for module in part.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
 def train_epoch(
     run: Run,
     state: RunState,
@@ -203,6 +219,8 @@ def train_epoch(
 ) -> EpochLosses:
     """``run.iters`` optimizer steps; advances ``state.step``; returns the epoch's summed loss terms."""
     run.wrapped.train()
+    if epoch >= run.cfg["optim"]["epochs"] - run.cfg["optim"]["freeze_encoder_bn_epochs"]:
+        freeze_encoder_norms(run.student)
     for aug in run.device_aug.values():
         aug.train(run.cfg["data"]["augment"])
     run.aug_generator.manual_seed(run.stream_seed[run.streams[0]] * 7919 + epoch)
