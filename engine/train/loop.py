@@ -268,7 +268,8 @@ def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metric
         "train_img_per_s": losses.images * run.info.world_size / max(1e-9, losses.seconds),
         **{f"loss_{k}": v for k, v in zip(losses.names, means)},
         **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
-        **({"det_score_thresholds": score_thresholds(metrics["det"])} if "det" in metrics else {}),
+        # not "det_…": those names are the scalar metrics (logs, tables, the CLI's summary)
+        **({"score_thresholds": score_thresholds(metrics["det"])} if "det" in metrics else {}),
         "steps": losses.points,
     }
 
@@ -406,6 +407,6 @@ def checkpoint_metadata(
             "seg_teacher": cfg["kd"]["seg_teacher"],
         },
         "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_")) and isinstance(v, int | float)},
-        **({"det_score_thresholds": row["det_score_thresholds"]} if "det_score_thresholds" in row else {}),
+        **({"det_score_thresholds": row["score_thresholds"]} if "score_thresholds" in row else {}),
         **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }
