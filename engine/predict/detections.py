@@ -123,37 +123,41 @@ def truncated_at_seams(
     return out
 
 
-def _span_iou(a0: float, a1: float, b0: float, b1: float) -> float:
-    """Intersection over union of two intervals."""
-    inter = max(min(a1, b1) - max(a0, b0), 0.0)
-    union = (a1 - a0) + (b1 - b0) - inter
-    return inter / union if union > 0 else 0.0
+def _span_iou(a0: np.ndarray, a1: np.ndarray, b0: np.ndarray, b1: np.ndarray) -> np.ndarray:
+    """Intersection over union of intervals [a0, a1] (column) and [b0, b1] (row): a (len(a), len(b)) matrix."""
+    inter = np.maximum(np.minimum(a1[:, None], b1[None, :]) - np.maximum(a0[:, None], b0[None, :]), 0.0)
+    union = (a1 - a0)[:, None] + (b1 - b0)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 _SEAMS = ((RIGHT, LEFT, (0, 1)), (BOTTOM, TOP, (1, 0)))
 """(side of box a, facing side of box b, offset of b's tile from a's): the two kinds of seam between tiles."""
 
 
-def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float) -> bool:
-    """Box ``b`` (next tile to the right / below) continues box ``a`` across their seam: it starts before ``a``
-    ends, and along the seam they span mostly the same extent (1-D IoU ≥ ``min_overlap``)."""
-    if side == RIGHT:
-        return bool(a[2] > b[0]) and _span_iou(a[1], a[3], b[1], b[3]) >= min_overlap
-    return bool(a[3] > b[1]) and _span_iou(a[0], a[2], b[0], b[2]) >= min_overlap
+def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float) -> np.ndarray:
+    """(len(a), len(b)) True where box b (next tile to the right / below) continues box a across their seam: it
+    starts before a ends, and along the seam they span mostly the same extent (1-D IoU ≥ ``min_overlap``)."""
+    end, start, lo, hi = (2, 0, 1, 3) if side == RIGHT else (3, 1, 0, 2)
+    reaches = a[:, end, None] > b[None, :, start]
+    return reaches & (_span_iou(a[:, lo], a[:, hi], b[:, lo], b[:, hi]) >= min_overlap)
 
 
-def _seam_matches(dets: Detections, cut_a: list[int], cut_b: list[int], side: int, min_overlap: float):
+def _seam_matches(
+    dets: Detections, cut_a: list[int], cut_b: list[int], side: int, min_overlap: float
+) -> list[tuple[int, int]]:
     """One-to-one matches across one seam, most confident pairs first (a pair's confidence: its lower score), so
     that a confident part is joined to its confident continuation, not to a low-score box that happens to align."""
-    candidates = [
-        (min(dets.scores[a], dets.scores[b]), a, b)
-        for a in cut_a
-        for b in cut_b
-        if dets.labels[a] == dets.labels[b] and _continues_across(dets.boxes[a], dets.boxes[b], side, min_overlap)
-    ]
+    if not cut_a or not cut_b:
+        return []
+    ia, ib = np.asarray(cut_a), np.asarray(cut_b)
+    ok = _continues_across(dets.boxes[ia], dets.boxes[ib], side, min_overlap)
+    ok &= dets.labels[ia][:, None] == dets.labels[ib][None, :]
+    rows, cols = np.nonzero(ok)
+    confidence = np.minimum(dets.scores[ia[rows]], dets.scores[ib[cols]])
     used: set[int] = set()
     pairs = []
-    for _, a, b in sorted(candidates, key=lambda c: -c[0]):
+    for k in np.argsort(-confidence, kind="stable"):
+        a, b = int(ia[rows[k]]), int(ib[cols[k]])
         if a not in used and b not in used:
             used.update((a, b))
             pairs.append((a, b))
