@@ -203,8 +203,9 @@ def fuse_seam_fragments(dets: Detections, min_overlap: float = 0.7) -> Detection
 
     Each tile reports the part of such an object it sees, cut at its border; two parts from side-by-side tiles (same
     class, each cut on the side facing the other, overlapping across the shared band, and covering along the seam
-    mostly the same extent: 1-D overlap over the shorter ≥ ``min_overlap``) are one object. Connected parts become
-    their union box, with the highest score and the tile of that part, no longer truncated; the rest is unchanged.
+    mostly the same extent: 1-D IoU ≥ ``min_overlap``), matched one-to-one per seam, are one object. Connected
+    parts become their union box, with the highest score and the tile of that part, no longer truncated; the rest is
+    unchanged.
     """
     pairs = _facing_pairs(dets, min_overlap)
     if not pairs:

@@ -406,7 +406,7 @@ def checkpoint_metadata(
             "det_teacher": cfg["kd"]["det_teacher"],
             "seg_teacher": cfg["kd"]["seg_teacher"],
         },
-        "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_")) and isinstance(v, int | float)},
+        "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},  # scalars only (epoch_row)
         **({"det_score_thresholds": row["score_thresholds"]} if "score_thresholds" in row else {}),
         **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }
