@@ -10,6 +10,7 @@ import sys
 
 from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.predict.raster import MAX_GSD_RATIO
 
 
 def _bands(text: str) -> list[int]:
@@ -37,6 +38,12 @@ def main(argv: list[str] | None = None) -> int:
         "--score-thresh", type=float, help="detection score threshold for all classes (default: the model's, per class)"
     )
     parser.add_argument("--value-max", type=float, help="raw value that maps to 1.0 (default: the model's scaling)")
+    parser.add_argument(
+        "--max-gsd-ratio",
+        type=float,
+        default=MAX_GSD_RATIO,
+        help=f"refuse rasters whose GSD is more than this factor away from the model's (default {MAX_GSD_RATIO:g})",
+    )
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             threads=args.threads,
             score_thresh=args.score_thresh,
             value_max=args.value_max,
+            max_gsd_ratio=args.max_gsd_ratio,
             progress=progress,
         )
     except (Cancelled, KeyboardInterrupt):

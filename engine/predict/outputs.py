@@ -156,10 +156,11 @@ def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) 
     )
     out.SetGeoTransform(target.GetGeoTransform())  # the exact input grid, not one re-derived from bounds
     out.SetProjection(target.GetProjection())
+    # every TIFF tag (colour table → PhotometricInterpretation) before any pixel: once GDAL has flushed a block
+    # (an output larger than its cache), libtiff refuses to change them
     for b in range(1, work.RasterCount + 1):
         source_band, band = work.GetRasterBand(b), out.GetRasterBand(b)
         band.SetNoDataValue(NODATA)
-        band.Fill(NODATA)
         if source_band.GetRasterColorTable() is not None:
             band.SetRasterColorTable(source_band.GetRasterColorTable())
             band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
@@ -167,7 +168,15 @@ def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) 
         band.SetDescription(source_band.GetDescription())
         if source_band.GetScale() not in (None, 1.0):
             band.SetScale(source_band.GetScale())
-    gdal.Warp(out, work, resampleAlg=resample, srcNodata=NODATA, dstNodata=NODATA, multithread=False)
+    gdal.Warp(
+        out,
+        work,
+        resampleAlg=resample,
+        srcNodata=NODATA,
+        dstNodata=NODATA,
+        multithread=False,
+        warpOptions=["INIT_DEST=NO_DATA"],  # pixels no working pixel reaches are nodata, written once
+    )
     out.FlushCache()
     del out  # closed here, inside the caller's error collection
     work = None

@@ -28,7 +28,7 @@ from engine.predict.detections import (
     truncated_at_seams,
 )
 from engine.predict.model import OnnxModel
-from engine.predict.raster import Source, WindowReader, load_aoi, open_source
+from engine.predict.raster import MAX_GSD_RATIO, Source, WindowReader, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
@@ -193,19 +193,230 @@ def _run_tiles(
     return sink.parts, tiles_run
 
 
-def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_polygons) -> None:
-    if not any((out_raster, out_vector, out_probs, out_polygons)):
+def _check_request(model: OnnxModel, requested: dict[str, str], detect: bool) -> None:
+    if not requested and not detect:
         raise ConfigError("predict: give at least one output (out_raster, out_vector, out_probs or out_polygons)")
     info = model.info
-    if info.seg_output is None and (out_raster or out_probs or out_polygons):
+    if info.seg_output is None and requested.keys() & {"raster", "probs", "polygons"}:
         raise ConfigError(
             f"model '{model.path}' has no segmentation output: out_raster/out_probs/out_polygons unusable"
         )
-    if info.det_scores_output is None and out_vector:
+    if info.det_scores_output is None and detect:
         raise ConfigError(f"model '{model.path}' has no detection outputs: out_vector unusable")
-    for value, name in ((out_raster, "out_raster"), (out_vector, "out_vector"), (out_probs, "out_probs")):
-        out.check_writable(value, name)
-    out.check_writable(out_polygons, "out_polygons")
+    for name, value in requested.items():
+        out.check_writable(value, f"out_{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterSettings:
+    """The per-raster options of ``engine.predict`` (the region job passes the same to every raster): band
+    mapping, AOI, tile overlap, batch, thresholds, value scaling, GSD limits and the GDAL block cache (MB)."""
+
+    aoi: str | None = None
+    bands: tuple[int, ...] | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    score_thresh: float | None = None
+    value_max: float | None = None
+    gsd_tolerance: float = 0.25
+    max_gsd_ratio: float = MAX_GSD_RATIO
+    cache_mb: int = 32
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"parameter 'batch_size' must be >= 1, found {self.batch_size}")
+        if not self.max_gsd_ratio > 1.0:
+            raise ConfigError(f"parameter 'max_gsd_ratio' must be > 1, found {self.max_gsd_ratio}")
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One raster's result: the summary, and the detections kept (working-grid pixels of ``source``)."""
+
+    summary: PredictSummary
+    detections: Detections
+    source: Source
+
+
+def _open_model(model_path: PathLike | OnnxModel, device: str, threads: int | None) -> tuple[OnnxModel, list[str]]:
+    """The model (an already-open one as it is, not loaded twice) and its notes, logged."""
+    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
+    notes = list(model.info.notes)
+    if model.info.raw.get("precision") == "fp16" and model.provider == "CPUExecutionProvider":
+        notes.append("fp16 model on the CPU provider (no CUDA in onnxruntime): slower than its fp32 or int8 export")
+    for note in notes:
+        log.warning(note)
+    return model, notes
+
+
+def _open_input(model: OnnxModel, input_path: PathLike | WindowReader, settings: RasterSettings, notes: list[str]):
+    src = open_source(
+        input_path,
+        model.info,
+        settings.bands,
+        settings.value_max,
+        settings.gsd_tolerance,
+        notes,
+        settings.max_gsd_ratio,
+    )
+    if settings.aoi is not None:
+        src.aoi = load_aoi(settings.aoi, src)
+    return src
+
+
+@dataclasses.dataclass
+class _Targets:
+    """Where each output is written: ``final`` the temporary names renamed on success; the class map and
+    probabilities go through a working-grid scratch file first when the input is warped."""
+
+    requested: dict[str, str]
+    final: dict[str, Path]
+    class_final: Path | None = None
+    class_work: Path | None = None
+    prob_work: Path | None = None
+
+
+def _targets(stack: contextlib.ExitStack, requested: dict[str, str], warped: bool) -> _Targets:
+    final = {name: Path(stack.enter_context(atomic_path(p))) for name, p in requested.items()}
+
+    def scratch(target: PathLike) -> Path:
+        path = temporary_sibling(target, ".tif")
+        stack.callback(lambda: path.unlink(missing_ok=True))
+        return path
+
+    targets = _Targets(requested, final)
+    if "raster" in requested or "polygons" in requested:
+        targets.class_final = final.get("raster") or scratch(requested["polygons"])
+        targets.class_work = scratch(targets.class_final) if warped else targets.class_final
+    if "probs" in requested:
+        targets.prob_work = scratch(final["probs"]) if warped else final["probs"]
+    return targets
+
+
+def _open_writer(targets: _Targets, src: Source, info) -> _SegWriter:
+    writer = _SegWriter(info.seg_kind, None, None)
+    class_name = targets.requested.get("raster") or targets.requested.get("polygons")
+    if targets.class_work is not None:
+        with out.writing(class_name):
+            writer.classes = out.RasterOutput(
+                class_name, out.create_class_map(targets.class_work, src, info.seg_classes, info.seg_colors)
+            )
+    if targets.prob_work is not None:
+        with out.writing(targets.requested["probs"]):
+            writer.probs = out.RasterOutput(
+                targets.requested["probs"], out.create_probabilities(targets.prob_work, src, info.seg_classes)
+            )
+    return writer
+
+
+def _finish_rasters(targets: _Targets, src: Source, info) -> None:
+    """Warp the working-grid rasters onto the input grid, then polygonise the class map."""
+    requested = targets.requested
+    if src.warped:
+        class_name = requested.get("raster") or requested.get("polygons")
+        if targets.class_work is not None:
+            out.warp_to_input(targets.class_work, targets.class_final, src, "near", class_name)
+        if targets.prob_work is not None:
+            out.warp_to_input(targets.prob_work, targets.final["probs"], src, "bilinear", requested["probs"])
+    if "polygons" in requested:
+        count = out.polygonize(targets.class_final, targets.final["polygons"], info.seg_classes, requested["polygons"])
+        log.info("%d segment polygons", count)
+
+
+def merge_detections(parts: list[Detections], info, width: int, height: int) -> tuple[Detections, int]:
+    """Per-tile detections → one per object (seam fragments fused, duplicates merged), boxes clipped to the
+    ``width`` × ``height`` raster; also returns how many there were before the merge."""
+    dets = fuse_seam_fragments(Detections.concat(parts))
+    kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
+    kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, width)
+    kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, height)
+    return kept, len(dets)
+
+
+def _run_and_write(
+    model: OnnxModel,
+    src: Source,
+    targets: _Targets,
+    settings: RasterSettings,
+    detect: bool,
+    progress: Progress | None,
+) -> tuple[Detections, int, int, int]:
+    """Tiles → rasters (closed, warped, polygonised) and merged detections (written when requested); returns the
+    detections, raw detection count, tile count and tiles run."""
+    info = model.info
+    overlap = info.overlap if settings.overlap is None else int(settings.overlap)
+    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
+    thresh = default_thresholds(info) if settings.score_thresh is None else float(settings.score_thresh)
+    log.info(
+        "model %s on %s: %d tiles of %d px, provider %s", model.path, src.path, len(grid), grid.tile, model.provider
+    )
+    writer = _open_writer(targets, src, info)
+    try:
+        parts, tiles_run = _run_tiles(
+            model, src, grid, int(settings.batch_size), writer if writer.outputs() else None, detect, thresh, progress
+        )
+    except BaseException:
+        for output in writer.outputs():
+            output.discard()
+        raise
+    for output in writer.outputs():
+        output.close()  # flushed and checked: a full disk fails here, before any rename
+    check_cancel(progress)
+    _finish_rasters(targets, src, info)
+    kept, raw_count = merge_detections(parts, info, src.width, src.height) if detect else (Detections.empty(), 0)
+    if "vector" in targets.requested:
+        name = targets.requested["vector"]
+        out.write_detections(targets.final["vector"], kept, info.det_classes, src, name, colours=info.det_colors)
+    check_cancel(progress)
+    return kept, raw_count, len(grid), tiles_run
+
+
+def run_prediction(
+    model_path: PathLike | OnnxModel,
+    input_path: PathLike | WindowReader,
+    outputs: dict[str, PathLike],
+    settings: RasterSettings,
+    *,
+    detect: bool | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Prediction:
+    """:func:`predict_raster` with its steps named: open the model and input, open the outputs (``outputs`` keys
+    raster, probs, vector, polygons), run the tiles, warp and polygonise, merge detections. ``detect`` (default:
+    when a vector output is asked for) also returns the detections without writing them (the region job)."""
+    started = time.perf_counter()
+    model, notes = _open_model(model_path, device, threads)
+    requested = {name: str(p) for name, p in outputs.items() if p is not None}
+    detect = "vector" in requested if detect is None else bool(detect)
+    _check_request(model, requested, detect)
+    src = _open_input(model, input_path, settings, notes)
+    old_cache = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(settings.cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
+    try:
+        with contextlib.ExitStack() as stack:
+            targets = _targets(stack, requested, src.warped)
+            kept, raw_count, tiles, tiles_run = _run_and_write(model, src, targets, settings, detect, progress)
+    finally:
+        gdal.SetCacheMax(old_cache)
+    seconds = time.perf_counter() - started
+    megapixels = src.width * src.height / 1e6
+    if progress is not None:
+        progress.report(1.0, "done")
+    summary = PredictSummary(
+        provider=model.provider,
+        tiles=tiles,
+        tiles_run=tiles_run,
+        seconds=seconds,
+        megapixels=megapixels,
+        mpx_per_s=megapixels / max(seconds, 1e-9),
+        detections=len(kept),
+        raw_detections=raw_count,
+        warnings=notes,
+        outputs=requested,
+        model_source=model.info.source,
+    )
+    return Prediction(summary, kept, src)
 
 
 def predict_raster(
@@ -225,6 +436,7 @@ def predict_raster(
     score_thresh: float | None = None,
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
+    max_gsd_ratio: float = MAX_GSD_RATIO,
     cache_mb: int = 32,
     progress: Progress | None = None,
 ) -> PredictSummary:
@@ -237,124 +449,21 @@ def predict_raster(
     probabilities (×250), ``out_polygons`` the class map as polygons, ``out_vector`` detections (one layer, fields
     class, class_id, score). Every output appears only if the whole run succeeds. ``bands``: 1-based raster band
     numbers in the model's band order. ``overlap`` defaults to the model's recommendation. ``model_path`` may be
-    an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with).
+    an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with). A raster whose
+    GSD is more than ``max_gsd_ratio`` times away from the model's is refused.
     """
-    started = time.perf_counter()
-    batch_size = 4 if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ConfigError(f"parameter 'batch_size' must be >= 1, found {batch_size}")
-    # an already-open model (the QGIS algorithm reads its metadata first) is used as it is, not loaded twice
-    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
-    info = model.info
-    _check_request(model, out_raster, out_vector, out_probs, out_polygons)
-    notes = list(info.notes)
-    if info.raw.get("precision") == "fp16" and model.provider == "CPUExecutionProvider":
-        notes.append("fp16 model on the CPU provider (no CUDA in onnxruntime): slower than its fp32 or int8 export")
-    for note in notes:
-        log.warning(note)
-    src = open_source(input_path, info, bands, value_max, gsd_tolerance, notes)
-    if aoi is not None:
-        src.aoi = load_aoi(aoi, src)
-    overlap = info.overlap if overlap is None else int(overlap)
-    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
-    thresh = default_thresholds(info) if score_thresh is None else float(score_thresh)
-    log.info(
-        "model %s on %s: %d tiles of %d px, provider %s", model.path, input_path, len(grid), grid.tile, model.provider
+    settings = RasterSettings(
+        aoi=None if aoi is None else str(aoi),
+        bands=None if bands is None else tuple(int(b) for b in bands),
+        overlap=overlap,
+        batch_size=4 if batch_size is None else int(batch_size),
+        score_thresh=score_thresh,
+        value_max=value_max,
+        gsd_tolerance=gsd_tolerance,
+        max_gsd_ratio=max_gsd_ratio,
+        cache_mb=cache_mb,
     )
-
-    old_cache = gdal.GetCacheMax()
-    gdal.SetCacheMax(int(cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
-    raw_count = 0
-    kept = Detections.empty()
-    requested = {
-        name: str(p)
-        for name, p in (
-            ("raster", out_raster),
-            ("probs", out_probs),
-            ("vector", out_vector),
-            ("polygons", out_polygons),
-        )
-        if p is not None
-    }
-    try:
-        with contextlib.ExitStack() as stack:
-            final = {name: Path(stack.enter_context(atomic_path(p))) for name, p in requested.items()}
-
-            def scratch(target: PathLike) -> Path:
-                path = temporary_sibling(target, ".tif")
-                stack.callback(lambda: path.unlink(missing_ok=True))
-                return path
-
-            need_classes = out_raster is not None or out_polygons is not None
-            class_final = final.get("raster") or (scratch(out_polygons) if need_classes else None)
-            class_work = (scratch(class_final) if src.warped else class_final) if class_final else None
-            prob_work = (scratch(final["probs"]) if src.warped else final["probs"]) if out_probs else None
-
-            class_name = requested.get("raster") or requested.get("polygons")
-            writer = _SegWriter(info.seg_kind, None, None)
-            if class_work is not None:
-                with out.writing(class_name):
-                    writer.classes = out.RasterOutput(
-                        class_name, out.create_class_map(class_work, src, info.seg_classes, info.seg_colors)
-                    )
-            if prob_work is not None:
-                with out.writing(requested["probs"]):
-                    writer.probs = out.RasterOutput(
-                        requested["probs"], out.create_probabilities(prob_work, src, info.seg_classes)
-                    )
-            try:
-                parts, tiles_run = _run_tiles(
-                    model,
-                    src,
-                    grid,
-                    batch_size,
-                    writer if writer.outputs() else None,
-                    out_vector is not None,
-                    thresh,
-                    progress,
-                )
-            except BaseException:
-                for output in writer.outputs():
-                    output.discard()
-                raise
-            for output in writer.outputs():
-                output.close()  # flushed and checked: a full disk fails here, before any rename
-
-            check_cancel(progress)
-            if src.warped:
-                if class_work is not None:
-                    out.warp_to_input(class_work, class_final, src, "near", class_name)
-                if prob_work is not None:
-                    out.warp_to_input(prob_work, final["probs"], src, "bilinear", requested["probs"])
-            if out_polygons is not None:
-                count = out.polygonize(class_final, final["polygons"], info.seg_classes, requested["polygons"])
-                log.info("%d segment polygons", count)
-            if out_vector is not None:
-                dets = fuse_seam_fragments(Detections.concat(parts))
-                raw_count = len(dets)
-                kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
-                kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, src.width)
-                kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, src.height)
-                out.write_detections(
-                    final["vector"], kept, info.det_classes, src, requested["vector"], colours=info.det_colors
-                )
-            check_cancel(progress)
-    finally:
-        gdal.SetCacheMax(old_cache)
-    seconds = time.perf_counter() - started
-    megapixels = src.width * src.height / 1e6
-    if progress is not None:
-        progress.report(1.0, "done")
-    return PredictSummary(
-        provider=model.provider,
-        tiles=len(grid),
-        tiles_run=tiles_run,
-        seconds=seconds,
-        megapixels=megapixels,
-        mpx_per_s=megapixels / max(seconds, 1e-9),
-        detections=len(kept),
-        raw_detections=raw_count,
-        warnings=notes,
-        outputs=requested,
-        model_source=info.source,
-    )
+    outputs = {"raster": out_raster, "probs": out_probs, "vector": out_vector, "polygons": out_polygons}
+    return run_prediction(
+        model_path, input_path, outputs, settings, device=device, threads=threads, progress=progress
+    ).summary

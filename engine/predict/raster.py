@@ -261,6 +261,22 @@ def _warp(ds: gdal.Dataset, srs_wkt: str, res: float | None) -> gdal.Dataset:
     return gdal.Warp("", ds, **options)
 
 
+MAX_GSD_RATIO: float = 8.0
+"""A raster whose GSD is further than this factor from the model's is refused (``max_gsd_ratio`` overrides)."""
+
+
+def check_gsd_ratio(path: str, gsd: float, model_gsd: float, max_gsd_ratio: float) -> None:
+    """InputError when ``gsd`` and the model's GSD are more than ``max_gsd_ratio`` apart (either way): a 30 m
+    scene given to a 20 cm model would be upsampled 150x and run for days."""
+    ratio = max(gsd / model_gsd, model_gsd / gsd)
+    if ratio > max_gsd_ratio:
+        raise InputError(
+            f"input raster '{path}': its GSD is {gsd:.3f} m and the model's {model_gsd:.3f} m ({ratio:.1f}x apart, "
+            f"more than {max_gsd_ratio:g}x); use a model trained at this GSD, or set --max-gsd-ratio "
+            f"(max_gsd_ratio) above {ratio:.1f} to resample anyway"
+        )
+
+
 def open_source(
     path: str | os.PathLike[str] | WindowReader,
     info: ModelInfo,
@@ -268,6 +284,7 @@ def open_source(
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
     notes: list[str] | None = None,
+    max_gsd_ratio: float = MAX_GSD_RATIO,
 ) -> Source:
     """Open and check the input raster; choose the working grid (the raster itself, or a warped VRT).
 
@@ -293,7 +310,7 @@ def open_source(
 
     raw_max = _value_scale(_gdal_dtype(ds, band_list[0]), raster_max, path, info, value_max)
     scale, offset = _standardisation(info, raw_max)
-    work, warped = _working_grid(ds, path, info, gsd_tolerance, notes)
+    work, warped = _working_grid(ds, path, info, (gsd_tolerance, max_gsd_ratio), notes)
     for note in notes:
         log.warning(note)
     flags = {b: work.GetRasterBand(b).GetMaskFlags() for b in band_list}
@@ -313,9 +330,11 @@ def open_source(
 
 
 def _working_grid(
-    ds: gdal.Dataset, path: str, info: ModelInfo, gsd_tolerance: float, notes: list[str]
+    ds: gdal.Dataset, path: str, info: ModelInfo, gsd_limits: tuple[float, float], notes: list[str]
 ) -> tuple[gdal.Dataset, bool]:
-    """The raster itself, or a warped VRT when its CRS is geographic or its GSD far from the model's."""
+    """The raster itself, or a warped VRT when its CRS is geographic or its GSD far from the model's
+    (``gsd_limits``: the relative tolerance that needs no resampling, and the ratio refused outright)."""
+    gsd_tolerance, max_gsd_ratio = gsd_limits
     gt = ds.GetGeoTransform()
     srs = srs_of(ds.GetProjection())
     if srs is None:
@@ -326,6 +345,8 @@ def _working_grid(
         utm.ImportFromEPSG(utm_epsg(float(cx), float(cy)))
         probe = _warp(ds, utm.ExportToWkt(), None)
         res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
+        if info.gsd:
+            check_gsd_ratio(path, res, info.gsd, max_gsd_ratio)
         if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
             res = info.gsd
         notes.append(
@@ -334,6 +355,8 @@ def _working_grid(
         return _warp(ds, utm.ExportToWkt(), res), True
     elif info.gsd:
         gsd = _gsd_m(gt, srs)
+        if gsd is not None:
+            check_gsd_ratio(path, gsd, info.gsd, max_gsd_ratio)
         if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
             notes.append(
                 f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
