@@ -10,14 +10,7 @@ import sys
 
 from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
-from engine.predict.raster import MAX_GSD_RATIO
-
-
-def _bands(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,1,2, found {text!r}") from exc
+from engine.predict.options import add_raster_options, raster_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,49 +21,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-vector", help="detections GeoPackage (one layer: class, class_id, score)")
     parser.add_argument("--out-probs", help="per-class probability GeoTIFF (uint8, p*250, 255 = nodata)")
     parser.add_argument("--out-polygons", help="class map polygons GeoPackage (class_id, class)")
-    parser.add_argument("--aoi", help="polygon vector file limiting the area processed")
-    parser.add_argument("--bands", type=_bands, help="raster band numbers in the model's band order, e.g. 4,1,2")
-    parser.add_argument("--overlap", type=int, help="tile overlap in px (default: the model's recommendation)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    parser.add_argument(
-        "--score-thresh", type=float, help="detection score threshold for all classes (default: the model's, per class)"
-    )
-    parser.add_argument("--value-max", type=float, help="raw value that maps to 1.0 (default: the model's scaling)")
-    parser.add_argument(
-        "--max-gsd-ratio",
-        type=float,
-        default=MAX_GSD_RATIO,
-        help=f"refuse rasters whose GSD is more than this factor away from the model's (default {MAX_GSD_RATIO:g})",
-    )
+    add_raster_options(parser)
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
-    from engine.predict.pipeline import predict_raster
+    from engine.predict.pipeline import run_prediction
 
     progress = JsonLinesProgress() if args.json_progress else TqdmProgress("predict")
     try:
-        summary = predict_raster(
+        outputs = {
+            "raster": args.out_raster,
+            "probs": args.out_probs,
+            "vector": args.out_vector,
+            "polygons": args.out_polygons,
+        }
+        summary = run_prediction(
             args.model,
             args.input,
-            args.out_raster,
-            args.out_vector,
-            aoi=args.aoi,
-            bands=args.bands,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            out_probs=args.out_probs,
-            out_polygons=args.out_polygons,
+            outputs,
+            raster_settings(args),
             device=args.device,
             threads=args.threads,
-            score_thresh=args.score_thresh,
-            value_max=args.value_max,
-            max_gsd_ratio=args.max_gsd_ratio,
             progress=progress,
-        )
+        ).summary
     except (Cancelled, KeyboardInterrupt):
         print("prediction cancelled; no output written", file=sys.stderr)
         return 130

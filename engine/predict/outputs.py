@@ -189,18 +189,25 @@ def write_detections(
     src: Source,
     name: str = "",
     colours: Sequence[Sequence[int]] = (),
+    sources: Sequence[str] | None = None,
 ) -> None:
     """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS.
 
     The model's class names and colours go into the layer metadata (``CLASS_NAMES``, ``CLASS_COLORS``, JSON), as
     class maps carry theirs, so a styler that only has the file draws each class in the model's colour.
+    ``sources`` (one per detection) adds a field ``source``: the raster each object was found in.
     """
     with writing(name or path):
-        _write_detections(path, dets, classes, src, colours)
+        _write_detections(path, dets, classes, src, colours, sources)
 
 
 def _write_detections(
-    path: Path, dets: Detections, classes: Sequence[str], src: Source, colours: Sequence[Sequence[int]]
+    path: Path,
+    dets: Detections,
+    classes: Sequence[str],
+    src: Source,
+    colours: Sequence[Sequence[int]],
+    sources: Sequence[str] | None = None,
 ) -> None:
     gt = src.geotransform
     work_srs = srs_of(src.wkt)
@@ -213,12 +220,14 @@ def _write_detections(
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
     layer.CreateField(ogr.FieldDefn("score", ogr.OFTReal))
+    if sources is not None:
+        layer.CreateField(ogr.FieldDefn("source", ogr.OFTString))
     layer.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
     if len(colours) == len(classes):
         layer.SetMetadataItem("CLASS_COLORS", json.dumps([[int(v) for v in c[:3]] for c in colours]))
     defn = layer.GetLayerDefn()
     layer.StartTransaction()
-    for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
+    for k, (box, score, label) in enumerate(zip(dets.boxes, dets.scores, dets.labels)):
         px = np.array([box[0], box[2], box[2], box[0], box[0]], np.float64)
         py = np.array([box[1], box[1], box[3], box[3], box[1]], np.float64)
         mx, my = pixel_to_map(gt, px, py)
@@ -233,6 +242,8 @@ def _write_detections(
         feature.SetField("class", classes[int(label)] if int(label) < len(classes) else f"class_{int(label)}")
         feature.SetField("class_id", int(label))
         feature.SetField("score", float(score))
+        if sources is not None:
+            feature.SetField("source", str(sources[k]))
         feature.SetGeometry(polygon)
         layer.CreateFeature(feature)
     layer.CommitTransaction()

@@ -1,0 +1,83 @@
+"""``python -m engine.region --model M.onnx --input PATH [--input PATH …] --out DIR``: predict a whole region (many
+rasters, folders, globs, VRT mosaics, lists of paths or GDAL URLs) on Dask, from one laptop to a cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from engine.core.control import STDIN_FLAG, watch
+from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
+from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.predict.options import add_raster_options, raster_settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine.region", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="exported ONNX model")
+    parser.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        help="raster, folder, glob, VRT mosaic, or text file of paths / GDAL URLs (repeatable)",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder: classes/, classes.vrt, detections.gpkg, region.json"
+    )
+    parser.add_argument("--workers", type=int, default=2, help="local worker processes (ignored with --scheduler)")
+    parser.add_argument(
+        "--threads-per-worker", type=int, help="onnxruntime threads per worker (default: cores/workers)"
+    )
+    parser.add_argument("--scheduler", help="address of a running Dask scheduler to join, e.g. tcp://10.0.0.5:8786")
+    parser.add_argument("--resume", action="store_true", help="skip the inputs region.json lists as finished")
+    add_raster_options(parser)
+    parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
+    parser.add_argument(STDIN_FLAG, action="store_true", help="a 'cancel' line on stdin stops the job")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_gdal_close_errors()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from engine.region.job import RegionOptions, run_region
+
+    inner = JsonLinesProgress() if args.json_progress else TqdmProgress("region")
+    progress = watch(inner, args.control_stdin)
+    try:
+        options = RegionOptions(
+            model=args.model,
+            inputs=tuple(args.input),
+            out_dir=args.out,
+            workers=args.workers,
+            threads_per_worker=args.threads_per_worker,
+            scheduler=args.scheduler,
+            resume=args.resume,
+            device=args.device,
+            settings=raster_settings(args),
+        )
+        summary = run_region(options, progress)
+    except (Cancelled, KeyboardInterrupt):
+        print("region job cancelled; finished rasters are kept (--resume goes on)", file=sys.stderr)
+        return 130
+    except (PmtlError, ConfigError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        progress.close()
+    for error in summary.failures.values():
+        print(f"error: {error}", file=sys.stderr)
+    if args.json_progress:
+        inner.emit("done", **summary.as_dict())
+    else:
+        print(json.dumps(summary.as_dict(), indent=1))
+    if summary.status == "cancelled":
+        print("region job cancelled; finished rasters are kept (--resume goes on)", file=sys.stderr)
+        return 130
+    return 0 if summary.status == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
