@@ -42,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    import distributed  # noqa: F401  (sets its loggers to INFO on import: quieten its start/stop chatter after)
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     from engine.region.job import RegionOptions, run_region
 
     inner = JsonLinesProgress() if args.json_progress else TqdmProgress("region")

@@ -252,7 +252,10 @@ def _run_tasks(client, jobs: list[RasterJob], report: RegionReport, tracker: _Tr
             if progress is not None and progress.is_canceled():
                 _cancel_running(client, pending, cancel_flag(jobs[0].out_dir, jobs[0].job_id))
                 return False
-            finished, _ = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            try:
+                finished, _ = wait(list(pending), timeout=POLL_S, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                finished = set()
             for future in finished:
                 job = pending.pop(future)
                 record = _record_of(future, job.stem, job.source)
@@ -297,7 +300,8 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
     except OSError as exc:
         raise InputError(f"--out '{out_dir}': cannot create the folder: {exc}") from None
     report = RegionReport.open(out_dir, model_path, inputs, options.resume)
-    sweep_partials([out_dir, out_dir / "classes", out_dir / "parts"])
+    folders = [out_dir, out_dir / "classes", out_dir / "parts"]
+    sweep_partials(folders)
     todo = [item for item in inputs if not report.finished(item, out_dir)]
     report.save()
     tracker = _Tracker(len(inputs), len(inputs) - len(todo), progress)
@@ -316,6 +320,7 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
                 completed = _run_tasks(client, jobs, report, tracker, progress)
         finally:
             cancel_flag(out_dir, job_id).unlink(missing_ok=True)
+    sweep_partials(folders)  # a worker killed mid-task left its temporary files; its task ran again elsewhere
     counts = report.counts()
     outputs = _finish(out_dir, report, model) if completed else {"report": str(report.path)}
     report.status = "cancelled" if not completed else ("failed" if counts.get("failed") else "done")
