@@ -154,6 +154,7 @@ class _Tracker:
         self.total, self.finished, self.failed = total, finished, 0
         self.progress = progress
         self.fractions: dict[str, float] = {}
+        self.last_message = ""
 
     def on_event(self, event: tuple[float, dict]) -> None:
         message = event[1]
@@ -171,8 +172,11 @@ class _Tracker:
         running = dict(self.fractions)
         overall = (self.finished + sum(running.values())) / max(self.total, 1)
         parts = [f"{self.finished}/{self.total} rasters" + (f" ({self.failed} failed)" if self.failed else "")]
-        parts += [f"{stem} {100 * f:.0f}%" for stem, f in sorted(running.items())]
-        self.progress.report(min(overall, 1.0), "; ".join(parts))
+        parts += [f"{stem} {10 * int(10 * f)}%" for stem, f in sorted(running.items())]
+        message = "; ".join(parts)
+        # a new line only when a raster starts, ends or passes a tenth (a long job's log stays readable)
+        self.progress.report(min(overall, 1.0), message if message != self.last_message else "")
+        self.last_message = message
 
 
 @contextlib.contextmanager

@@ -199,4 +199,10 @@ def write_class_vrt(path: Path, class_maps: Sequence[Path]) -> None:
     """``classes.vrt`` over the class maps (GDAL stores sources beside the VRT relative to it: the folder can move).
     Class maps in another CRS than the first are left out by GDAL, with a warning."""
     with atomic_path(path) as tmp, out.writing(path):
-        gdal.BuildVRT(str(tmp), [str(p) for p in class_maps], srcNodata=out.NODATA, VRTNodata=out.NODATA)
+        vrt = gdal.BuildVRT(str(tmp), [str(p) for p in class_maps], srcNodata=out.NODATA, VRTNodata=out.NODATA)
+        first = gdal.Open(str(class_maps[0]))
+        band, model_band = vrt.GetRasterBand(1), first.GetRasterBand(1)
+        band.SetMetadata(model_band.GetMetadata())  # CLASS_NAMES: QGIS styles the mosaic like each class map
+        band.SetDescription(model_band.GetDescription())
+        band = model_band = first = None
+        vrt = None  # written here, inside the error collection
