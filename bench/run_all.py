@@ -15,6 +15,7 @@ BENCHES = (
     "bench.bench_predict",
     "bench.bench_demo_quality",
     "bench.bench_quant",
+    "bench.bench_region",
 )
 
 

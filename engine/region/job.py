@@ -69,11 +69,13 @@ class RegionOptions:
 
 @dataclasses.dataclass
 class RegionSummary:
-    """The job's outcome: ``status`` done / failed (some rasters failed, the others finished) / cancelled."""
+    """The job's outcome: ``status`` done / failed (some rasters failed, the others finished) / cancelled;
+    ``timings``: seconds to start (or join) the cluster, to run the tasks, and to write the region outputs."""
 
     status: str
     seconds: float
     counts: dict[str, int]
+    timings: dict[str, float]
     detections: int
     outputs: dict[str, str]
     failures: dict[str, str]
@@ -310,6 +312,7 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
     report.save()
     tracker = _Tracker(len(inputs), len(inputs) - len(todo), progress)
     completed = True
+    timings = {"cluster_s": 0.0, "tasks_s": 0.0}
     if todo:
         job_id = uuid.uuid4().hex[:12]
         threads = options.onnx_threads()
@@ -320,14 +323,22 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
             for i in todo
         ]
         try:
+            clock = time.perf_counter()
             with open_client(options) as client:
+                timings["cluster_s"] = time.perf_counter() - clock
+                clock = time.perf_counter()
                 completed = _run_tasks(client, jobs, report, tracker, progress)
+                timings["tasks_s"] = time.perf_counter() - clock
         finally:
             cancel_flag(out_dir, job_id).unlink(missing_ok=True)
     sweep_partials(folders)  # a worker killed mid-task left its temporary files; its task ran again elsewhere
     counts = report.counts()
+    clock = time.perf_counter()
     outputs = _finish(out_dir, report, model) if completed else {"report": str(report.path)}
+    timings["finish_s"] = time.perf_counter() - clock
     report.status = "cancelled" if not completed else ("failed" if counts.get("failed") else "done")
     report.save()
     failures = {r["input"]: r.get("error", "") for r in report.records.values() if r["status"] == "failed"}
-    return RegionSummary(report.status, time.perf_counter() - started, counts, report.detections, outputs, failures)
+    seconds = time.perf_counter() - started
+    timings = {k: round(v, 3) for k, v in timings.items()}
+    return RegionSummary(report.status, seconds, counts, timings, report.detections, outputs, failures)

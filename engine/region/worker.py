@@ -179,6 +179,15 @@ def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress) -> Predic
         scratch.unlink(missing_ok=True)
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory (Linux VmHWM), or None where /proc is missing."""
+    try:
+        status = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024.0 for line in status if line.startswith("VmHWM:")), None)
+
+
 def predict_one(job: RasterJob) -> dict:
     """Run one raster; returns its record for ``region.json`` (status done / failed / cancelled)."""
     started = time.perf_counter()
@@ -201,4 +210,5 @@ def predict_one(job: RasterJob) -> dict:
         "detections": summary.detections,
         "warnings": summary.warnings,
         "provider": summary.provider,
+        "worker_peak_rss_mb": peak_rss_mb(),
     }
