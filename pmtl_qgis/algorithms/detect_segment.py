@@ -24,7 +24,6 @@ from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -95,13 +94,7 @@ class DetectSegment(PmtlAlgorithm):
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         number, sink = QgsProcessingParameterNumber, QgsProcessingParameterFeatureSink
         self.param(QgsProcessingParameterRasterLayer, self.INPUT, "Input raster", help="An orthophoto (GDAL file).")
-        self.param(
-            QgsProcessingParameterFile,
-            self.MODEL,
-            "ONNX model",
-            fileFilter="ONNX models (*.onnx)",
-            help="A model written by 'Export a checkpoint to ONNX'.",
-        )
+        self.onnx_model_param(self.MODEL)
         self.param(
             QgsProcessingParameterBand,
             self.BANDS,

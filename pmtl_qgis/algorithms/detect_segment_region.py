@@ -65,6 +65,13 @@ class DetectSegmentRegion(PmtlAlgorithm):
     CLASSES = "CLASSES"
     DETECTIONS = "DETECTIONS"
     REPORT = "REPORT"
+    NUMBER_FLAGS = (
+        (THREADS_PER_WORKER, "--threads-per-worker", True),
+        (SCORE_THRESHOLD, "--score-thresh", False),
+        (VALUE_MAX, "--value-max", False),
+        (MAX_GSD_RATIO, "--max-gsd-ratio", False),
+    )
+    """Optional numbers → engine.region flags: (parameter, flag, integer)."""
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         number = QgsProcessingParameterNumber
@@ -84,13 +91,7 @@ class DetectSegmentRegion(PmtlAlgorithm):
             optional=True,
             help="Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder.",
         )
-        self.param(
-            QgsProcessingParameterFile,
-            self.MODEL,
-            "ONNX model",
-            fileFilter="ONNX models (*.onnx)",
-            help="A model written by 'Export a checkpoint to ONNX'.",
-        )
+        self.onnx_model_param(self.MODEL)
         self.param(
             number, self.WORKERS, "Local workers", type=INTEGER, defaultValue=2, minValue=1,
             help="Worker processes on this computer, each running one raster at a time (ignored with a scheduler).",
@@ -172,16 +173,7 @@ class DetectSegmentRegion(PmtlAlgorithm):
             arguments.append("--resume")
         if not is_unset(parameters, self.BANDS):
             arguments += ["--bands", self.parameterAsString(parameters, self.BANDS, context).replace(" ", "")]
-        for flag, name, integer in (
-            ("--threads-per-worker", self.THREADS_PER_WORKER, True),
-            ("--score-thresh", self.SCORE_THRESHOLD, False),
-            ("--value-max", self.VALUE_MAX, False),
-            ("--max-gsd-ratio", self.MAX_GSD_RATIO, False),
-        ):
-            value = self.optional_number(parameters, name, context, integer=integer)
-            if value is not None:
-                arguments += [flag, str(value)]
-        return arguments
+        return arguments + self.number_flags(parameters, context, self.NUMBER_FLAGS)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
