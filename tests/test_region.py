@@ -322,3 +322,33 @@ def test_cancel_on_stdin_stops_running_tasks_and_leaves_nothing_half_written(mod
     assert report["status"] == "cancelled" and report["counts"] == {"pending": 2}
     assert not list((out / "classes").glob("*.tif")) and not (out / "classes.vrt").exists()
     assert no_partials(out)
+
+
+def test_windows_of_a_raster_put_together_equal_the_whole_raster(model, tmp_path):
+    from engine.predict.model import OnnxModel
+    from engine.predict.pipeline import RasterSettings, TileWindow, merge_detections, predict_window
+    from engine.predict.tiling import TileGrid
+
+    # cars across the seams between windows (tile rows 2|3 at y = 96..112 and 4|5 at y = 192..208)
+    img = scene(300, 230, [(40, 100), (150, 196), (100, 20), (200, 260)])
+    raster = write_tif(tmp_path / "big.tif", img)
+    whole = predict_raster(model, raster, tmp_path / "whole.tif", tmp_path / "whole.gpkg")
+    onnx = OnnxModel(model)
+    grid = TileGrid(230, 300, TILE, OVERLAP)
+    windows = [TileWindow(0, 2), TileWindow(2, 4), TileWindow(4, len(grid.ys))]
+    bands, parts = [], []
+    for k, window in enumerate(windows):
+        done = predict_window(onnx, raster, tmp_path / f"band{k}.tif", RasterSettings(), window)
+        band = gdal.Open(str(tmp_path / f"band{k}.tif"))
+        assert (
+            band.GetGeoTransform()[3] == ORIGIN[1] - done.rows[0] * GSD
+            and band.RasterYSize == done.rows[1] - done.rows[0]
+        )
+        bands.append(band.ReadAsArray())
+        parts.append(done.detections)
+    np.testing.assert_array_equal(np.concatenate(bands), class_array(tmp_path / "whole.tif"))
+    kept, _ = merge_detections(parts, onnx.info, 230, 300)
+    assert len(kept) == whole.detections == 4
+    ds = ogr.Open(str(tmp_path / "whole.gpkg"))
+    reference = sorted(round(f["score"], 5) for f in ds.GetLayer(0))
+    assert sorted(round(float(v), 5) for v in kept.scores) == reference

@@ -118,8 +118,15 @@ def style_class_map(band: gdal.Band, classes: Sequence[str], palette: Sequence[S
     band.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
 
 
-def create_class_map(path: Path, src: Source, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> gdal.Dataset:
-    out = _create(path, src, 1)
+def create_class_map(
+    path: Path,
+    src: Source,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    grid_ds: gdal.Dataset | None = None,
+) -> gdal.Dataset:
+    """A styled uint8 class-map GeoTIFF on the working grid of ``src`` (or on ``grid_ds``'s grid)."""
+    out = _create(path, src, 1, grid_ds)
     style_class_map(out.GetRasterBand(1), classes, palette)
     return out
 

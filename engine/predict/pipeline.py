@@ -28,7 +28,7 @@ from engine.predict.detections import (
     truncated_at_seams,
 )
 from engine.predict.model import OnnxModel
-from engine.predict.raster import MAX_GSD_RATIO, Source, WindowReader, load_aoi, open_source
+from engine.predict.raster import MAX_GSD_RATIO, Source, WindowReader, grid_dataset, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
@@ -75,9 +75,29 @@ def _read_batch(src: Source, grid: TileGrid, chunk: Sequence[tuple[int, int]]) -
     return tiles
 
 
-def _batches(src: Source, grid: TileGrid, batch_size: int) -> Iterator[list[_Tile]]:
+@dataclasses.dataclass(frozen=True)
+class TileWindow:
+    """Tile rows [``first``, ``stop``) of a raster's grid, predicted as one piece of a larger job (the region job's
+    windows of a raster too big for one task). The row above ``first`` runs too, unwritten: its blend carries into
+    row ``first``, so every pixel written is the one a whole-raster run writes. Detections come back per tile,
+    unmerged: the job merges every window's at once, seams between windows like any other."""
+
+    first: int
+    stop: int
+
+    def tiles(self, grid: TileGrid) -> list[tuple[int, int]]:
+        """The tiles this window runs, in raster order (the blending row above included)."""
+        return [(i, j) for i in range(max(self.first - 1, 0), self.stop) for j in range(len(grid.xs))]
+
+    def pixel_rows(self, grid: TileGrid) -> tuple[int, int]:
+        """The raster rows [y0, y1) this window writes."""
+        y0 = grid.ys[self.first] if self.first > 0 else 0
+        y1 = grid.ys[self.stop] if self.stop < len(grid.ys) else grid.height
+        return y0, y1
+
+
+def _batches(src: Source, grid: TileGrid, batch_size: int, order: list[tuple[int, int]]) -> Iterator[list[_Tile]]:
     """Tiles in raster order, batch by batch; the next batch is read in a thread while the model runs."""
-    order = grid.tiles()
     chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmtl-read") as pool:
         pending = pool.submit(_read_batch, src, grid, chunks[0])
@@ -91,15 +111,18 @@ def _batches(src: Source, grid: TileGrid, batch_size: int) -> Iterator[list[_Til
 class _SegWriter:
     """Turns blended final blocks into class ids (and probabilities) written window by window."""
 
-    def __init__(self, kind: str, classes: out.RasterOutput | None, probs: out.RasterOutput | None) -> None:
+    def __init__(
+        self, kind: str, classes: out.RasterOutput | None, probs: out.RasterOutput | None, y0: int = 0
+    ) -> None:
         self.kind, self.classes, self.probs = kind, classes, probs
+        self.y0 = y0  # the first raster row of the outputs (a window's band)
 
     def write(self, block: FinalBlock, valid: np.ndarray) -> None:
         invalid = ~valid[: block.rows, : block.cols]
         if self.classes is not None:
             ids = block.data.argmax(axis=0).astype(np.uint8)
             ids[invalid] = out.NODATA
-            self.classes.write(1, ids, block.x, block.y)
+            self.classes.write(1, ids, block.x, block.y - self.y0)
         if self.probs is not None:
             if self.kind == "logits":
                 probs = out.softmax(block.data)
@@ -108,7 +131,7 @@ class _SegWriter:
             scaled = (probs * out.PROB_SCALE + 0.5).astype(np.uint8)
             scaled[:, invalid] = out.NODATA
             for b in range(scaled.shape[0]):
-                self.probs.write(b + 1, scaled[b], block.x, block.y)
+                self.probs.write(b + 1, scaled[b], block.x, block.y - self.y0)
 
     def outputs(self) -> list[out.RasterOutput]:
         return [o for o in (self.classes, self.probs) if o is not None]
@@ -142,11 +165,14 @@ class _TileSink:
     writer: _SegWriter | None
     detect: bool
     thresh: float | np.ndarray
+    first_row: int = 0  # tile rows above it only blend (a window's extra row): nothing of theirs is kept
     parts: list[Detections] = dataclasses.field(default_factory=list)
 
     def consume(self, tiles: list[_Tile], run: list[_Tile], result) -> None:
         if self.detect and result is not None and result.scores is not None:
             for k, tile in enumerate(run):
+                if tile.i < self.first_row:
+                    continue
                 found = _tile_dets(self.model, self.grid, tile, result.scores[k], result.boxes[k], self.thresh)
                 if found is not None:
                     self.parts.append(found)
@@ -154,7 +180,7 @@ class _TileSink:
             seg = {id(t): result.seg[k] for k, t in enumerate(run)} if run else {}
             for tile in tiles:
                 block = self.blender.add(tile.i, tile.j, seg.get(id(tile)))
-                if block is not None:
+                if block is not None and tile.i >= self.first_row:
                     self.writer.write(block, tile.valid)
 
 
@@ -167,17 +193,20 @@ def _run_tiles(
     detect: bool,
     thresh: float | np.ndarray,
     progress: Progress | None,
+    window: TileWindow | None = None,
 ) -> tuple[list[Detections], int]:
     """The sliding window: read (one batch ahead, in a thread), run, then blend + write seg and collect per-tile
     detections in another thread while the model runs the next batch (onnxruntime releases the GIL; with a fast
     int8 model this work would otherwise add ~10 % to the run). Returns the detections and how many tiles ran
-    (tiles with no valid pixel are skipped)."""
-    blender = Blender(grid, len(model.info.seg_classes)) if writer is not None else None
-    sink = _TileSink(model, grid, blender, writer, detect, thresh)
+    (tiles with no valid pixel are skipped). ``window``: only those tile rows."""
+    order = grid.tiles() if window is None else window.tiles(grid)
+    first = 0 if window is None else window.first
+    blender = Blender(grid, len(model.info.seg_classes), order[0][0]) if writer is not None else None
+    sink = _TileSink(model, grid, blender, writer, detect, thresh, first)
     done = tiles_run = 0
     pending = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmtl-post") as post:
-        for tiles in _batches(src, grid, batch_size):
+        for tiles in _batches(src, grid, batch_size, order):
             check_cancel(progress)
             run = [t for t in tiles if t.data is not None]
             result = model.run(np.stack([t.data for t in run])) if run else None
@@ -187,7 +216,7 @@ def _run_tiles(
             pending = post.submit(sink.consume, tiles, run, result)
             done += len(tiles)
             if progress is not None:
-                progress.report(0.95 * done / len(grid), f"tile {done}/{len(grid)}")
+                progress.report(0.95 * done / len(order), f"tile {done}/{len(order)}")
         if pending is not None:
             pending.result()
     return sink.parts, tiles_run
@@ -333,6 +362,18 @@ def merge_detections(parts: list[Detections], info, width: int, height: int) -> 
     return kept, len(dets)
 
 
+def tile_plan(model: OnnxModel, src: Source, settings: RasterSettings) -> tuple[TileGrid, float | np.ndarray]:
+    """The raster's tile grid (the model's tile, the overlap asked for or the model's) and detection thresholds."""
+    info = model.info
+    overlap = info.overlap if settings.overlap is None else int(settings.overlap)
+    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
+    thresh = default_thresholds(info) if settings.score_thresh is None else float(settings.score_thresh)
+    log.info(
+        "model %s on %s: %d tiles of %d px, provider %s", model.path, src.path, len(grid), grid.tile, model.provider
+    )
+    return grid, thresh
+
+
 def _run_and_write(
     model: OnnxModel,
     src: Source,
@@ -344,24 +385,9 @@ def _run_and_write(
     """Tiles → rasters (closed, warped, polygonised) and merged detections (written when requested); returns the
     detections, raw detection count, tile count and tiles run."""
     info = model.info
-    overlap = info.overlap if settings.overlap is None else int(settings.overlap)
-    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
-    thresh = default_thresholds(info) if settings.score_thresh is None else float(settings.score_thresh)
-    log.info(
-        "model %s on %s: %d tiles of %d px, provider %s", model.path, src.path, len(grid), grid.tile, model.provider
-    )
+    grid, thresh = tile_plan(model, src, settings)
     writer = _open_writer(targets, src, info)
-    try:
-        parts, tiles_run = _run_tiles(
-            model, src, grid, int(settings.batch_size), writer if writer.outputs() else None, detect, thresh, progress
-        )
-    except BaseException:
-        for output in writer.outputs():
-            output.discard()
-        raise
-    for output in writer.outputs():
-        output.close()  # flushed and checked: a full disk fails here, before any rename
-    check_cancel(progress)
+    parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), None, progress)
     _finish_rasters(targets, src, info)
     kept, raw_count = merge_detections(parts, info, src.width, src.height) if detect else (Detections.empty(), 0)
     if "vector" in targets.requested:
@@ -467,3 +493,74 @@ def predict_raster(
     return run_prediction(
         model_path, input_path, outputs, settings, device=device, threads=threads, progress=progress
     ).summary
+
+
+@dataclasses.dataclass
+class WindowPrediction:
+    """One :class:`TileWindow` of a raster: its class-map band was written (working grid, rows ``rows``), its
+    detections are per tile, unmerged, in working-grid pixels; ``tiles_run`` tiles ran."""
+
+    detections: Detections
+    rows: tuple[int, int]
+    tiles_run: int
+
+
+def predict_window(
+    model: OnnxModel,
+    input_path: PathLike,
+    out_band: PathLike | None,
+    settings: RasterSettings,
+    window: TileWindow,
+    progress: Progress | None = None,
+) -> WindowPrediction:
+    """Run one window of a raster: ``out_band`` (a GeoTIFF, written under a temporary name) receives the class ids
+    of the window's rows on the working grid (no warp: the whole raster is warped once, when its windows are put
+    together); detections are returned per tile for the job to merge with the other windows'."""
+    notes: list[str] = []
+    src = _open_input(model, input_path, settings, notes)
+    grid, thresh = tile_plan(model, src, settings)
+    y0, y1 = window.pixel_rows(grid)
+    detect = model.info.det_scores_output is not None
+    old_cache = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(settings.cache_mb) * 1024 * 1024)
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = _SegWriter(model.info.seg_kind, None, None, y0)
+            if out_band is not None and model.info.seg_output is not None:
+                band = Path(stack.enter_context(atomic_path(out_band)))
+                gt = src.geotransform
+                rows_grid = grid_dataset(
+                    src.width, y1 - y0, (gt[0], gt[1], gt[2], gt[3] + y0 * gt[5], gt[4], gt[5]), src.wkt
+                )
+                with out.writing(out_band):
+                    created = out.create_class_map(band, src, model.info.seg_classes, model.info.seg_colors, rows_grid)
+                writer.classes = out.RasterOutput(str(out_band), created)
+            parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), window, progress)
+    finally:
+        gdal.SetCacheMax(old_cache)
+    return WindowPrediction(Detections.concat(parts), (y0, y1), tiles_run)
+
+
+def _run_and_close(
+    model: OnnxModel,
+    src: Source,
+    grid: TileGrid,
+    settings: RasterSettings,
+    writer: _SegWriter,
+    detection: tuple[bool, float | np.ndarray],
+    window: TileWindow | None,
+    progress: Progress | None,
+) -> tuple[list[Detections], int]:
+    """:func:`_run_tiles`, then the raster outputs flushed and closed (a full disk fails here, before any
+    rename); on any error they are dropped. ``detection``: (detect, thresholds)."""
+    segment = writer if writer.outputs() else None
+    try:
+        parts, tiles_run = _run_tiles(model, src, grid, int(settings.batch_size), segment, *detection, progress, window)
+    except BaseException:
+        for output in writer.outputs():
+            output.discard()
+        raise
+    for output in writer.outputs():
+        output.close()
+    check_cancel(progress)
+    return parts, tiles_run
