@@ -352,3 +352,25 @@ def test_windows_of_a_raster_put_together_equal_the_whole_raster(model, tmp_path
     ds = ogr.Open(str(tmp_path / "whole.gpkg"))
     reference = sorted(round(f["score"], 5) for f in ds.GetLayer(0))
     assert sorted(round(float(v), 5) for v in kept.scores) == reference
+
+
+def test_a_raster_too_big_for_one_task_is_split_into_windows_and_put_together(model, tmp_path):
+    img = scene(300, 230, [(40, 100), (150, 196), (100, 20), (200, 260)])
+    (tmp_path / "in").mkdir()
+    write_tif(tmp_path / "in" / "big.tif", img)
+    coarse = tmp_path / "in" / "coarse.tif"  # at 2x the model's GSD: its windows are warped back once assembled
+    write_tif(coarse, scene(150, 115, [(20, 50)], size=8), gt=(ORIGIN[0], 2 * GSD, 0.0, ORIGIN[1], 0.0, -2 * GSD))
+    out = tmp_path / "out"
+    done = run_cli(["--model", str(model), "--input", str(tmp_path / "in"), "--out", str(out), "--workers", "2",
+                    "--max-tiles-per-task", "6"])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = {r["stem"]: r for r in json.loads((out / "region.json").read_text())["inputs"]}
+    assert records["big"]["windows"] == 6 and records["coarse"]["windows"] >= 2
+    for name in ("big", "coarse"):
+        source = tmp_path / "in" / f"{name}.tif"
+        whole = predict_raster(model, source, tmp_path / f"{name}_whole.tif", tmp_path / f"{name}_whole.gpkg")
+        np.testing.assert_array_equal(
+            class_array(out / "classes" / f"{name}.tif"), class_array(tmp_path / f"{name}_whole.tif")
+        )
+        assert records[name]["detections"] == whole.detections
+    assert not (out / "windows").exists() and no_partials(out)

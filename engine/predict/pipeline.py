@@ -278,7 +278,10 @@ def _open_model(model_path: PathLike | OnnxModel, device: str, threads: int | No
     return model, notes
 
 
-def _open_input(model: OnnxModel, input_path: PathLike | WindowReader, settings: RasterSettings, notes: list[str]):
+def open_input(
+    model: OnnxModel, input_path: PathLike | WindowReader, settings: RasterSettings, notes: list[str]
+) -> Source:
+    """The input as :class:`Source` (working grid chosen, GSD checked) with the AOI of ``settings``."""
     src = open_source(
         input_path,
         model.info,
@@ -416,7 +419,7 @@ def run_prediction(
     requested = {name: str(p) for name, p in outputs.items() if p is not None}
     detect = "vector" in requested if detect is None else bool(detect)
     _check_request(model, requested, detect)
-    src = _open_input(model, input_path, settings, notes)
+    src = open_input(model, input_path, settings, notes)
     old_cache = gdal.GetCacheMax()
     gdal.SetCacheMax(int(settings.cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
     try:
@@ -517,7 +520,7 @@ def predict_window(
     of the window's rows on the working grid (no warp: the whole raster is warped once, when its windows are put
     together); detections are returned per tile for the job to merge with the other windows'."""
     notes: list[str] = []
-    src = _open_input(model, input_path, settings, notes)
+    src = open_input(model, input_path, settings, notes)
     grid, thresh = tile_plan(model, src, settings)
     y0, y1 = window.pixel_rows(grid)
     detect = model.info.det_scores_output is not None

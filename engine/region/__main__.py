@@ -12,6 +12,7 @@ from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.predict.options import add_raster_options, raster_settings
+from engine.region.job import MAX_TILES_PER_TASK, RegionOptions, run_region
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--scheduler", help="address of a running Dask scheduler to join, e.g. tcp://10.0.0.5:8786")
     parser.add_argument("--resume", action="store_true", help="skip the inputs region.json lists as finished")
+    parser.add_argument(
+        "--max-tiles-per-task",
+        type=int,
+        default=MAX_TILES_PER_TASK,
+        help=f"split rasters with more model tiles than this into windows, one task each ({MAX_TILES_PER_TASK})",
+    )
     add_raster_options(parser)
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     parser.add_argument(STDIN_FLAG, action="store_true", help="a 'cancel' line on stdin stops the job")
@@ -45,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     import distributed  # noqa: F401  (sets its loggers to INFO on import: quieten its start/stop chatter after)
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
-    from engine.region.job import RegionOptions, run_region
 
     inner = JsonLinesProgress() if args.json_progress else TqdmProgress("region")
     progress = watch(inner, args.control_stdin)
@@ -60,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             device=args.device,
             settings=raster_settings(args),
+            max_tiles_per_task=args.max_tiles_per_task,
         )
         summary = run_region(options, progress)
     except (Cancelled, KeyboardInterrupt):

@@ -20,13 +20,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from engine.core.atomic import process_alive, write_json_atomic
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, PmtlError
 from engine.core.progress import Progress
 from engine.predict.model import OnnxModel
-from engine.predict.pipeline import RasterSettings
+from engine.predict.pipeline import RasterSettings, TileWindow, open_input, tile_plan
 from engine.region.inputs import RegionInput, expand_inputs
 from engine.region.mosaic import load_parts, write_class_vrt, write_region_detections
-from engine.region.worker import RasterJob, cancel_flag, class_map_path, parts_path, predict_one, progress_topic
+from engine.region.worker import (
+    RasterJob,
+    assemble_raster,
+    cancel_flag,
+    class_map_path,
+    parts_path,
+    predict_one,
+    predict_window_task,
+    progress_topic,
+)
 
 log = logging.getLogger("engine.region")
 
@@ -34,6 +43,10 @@ CANCEL_GRACE_S: float = 60.0
 """After a cancel, how long running tasks get to stop at their next safe point and remove their partial files."""
 
 POLL_S: float = 0.5
+
+MAX_TILES_PER_TASK: int = 4096
+"""A raster with more model tiles than this (about 16k x 16k px at 320 px tiles) is split into windows of tile
+rows, one task each, put together by one more task (blended and merged as ``engine.predict`` does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +64,15 @@ class RegionOptions:
     resume: bool = False
     device: str = "auto"
     settings: RasterSettings = dataclasses.field(default_factory=RasterSettings)
+    max_tiles_per_task: int = MAX_TILES_PER_TASK
 
     def __post_init__(self) -> None:
         if int(self.workers) < 1:
             raise ConfigError(f"parameter 'workers' must be >= 1, found {self.workers}")
         if self.threads_per_worker is not None and int(self.threads_per_worker) < 1:
             raise ConfigError(f"parameter 'threads_per_worker' must be >= 1, found {self.threads_per_worker}")
+        if int(self.max_tiles_per_task) < 1:
+            raise ConfigError(f"parameter 'max_tiles_per_task' must be >= 1, found {self.max_tiles_per_task}")
         if not self.inputs:
             raise ConfigError("parameter 'input': expected at least one raster, folder, glob or list file")
 
@@ -155,23 +171,27 @@ class _Tracker:
     def __init__(self, total: int, finished: int, progress: Progress | None) -> None:
         self.total, self.finished, self.failed = total, finished, 0
         self.progress = progress
-        self.fractions: dict[str, float] = {}
+        self.fractions: dict[tuple[str, int], float] = {}
         self.last_message = ""
 
     def on_event(self, event: tuple[float, dict]) -> None:
         message = event[1]
         if isinstance(message, dict) and message.get("fraction") is not None:
-            self.fractions[message["stem"]] = float(message["fraction"])
+            part = (message["stem"], int(message.get("part", 0)))
+            self.fractions[part] = float(message["fraction"]) / max(int(message.get("parts", 1)), 1)
 
     def done(self, stem: str, ok: bool) -> None:
-        self.fractions.pop(stem, None)
+        for part in [p for p in self.fractions if p[0] == stem]:
+            self.fractions.pop(part, None)
         self.finished += 1
         self.failed += 0 if ok else 1
 
     def report(self) -> None:
         if self.progress is None:
             return
-        running = dict(self.fractions)
+        running: dict[str, float] = {}
+        for (stem, _), fraction in list(self.fractions.items()):
+            running[stem] = running.get(stem, 0.0) + fraction
         overall = (self.finished + sum(running.values())) / max(self.total, 1)
         parts = [f"{self.finished}/{self.total} rasters" + (f" ({self.failed} failed)" if self.failed else "")]
         parts += [f"{stem} {10 * int(10 * f)}%" for stem, f in sorted(running.items())]
@@ -244,15 +264,41 @@ def _cancel_running(client, pending: dict, flag: Path) -> None:
         client.cancel(list(pending))
 
 
-def _run_tasks(client, jobs: list[RasterJob], report: RegionReport, tracker: _Tracker, progress) -> bool:
+def plan_windows(model: OnnxModel, job: RasterJob, max_tiles: int) -> list[TileWindow] | None:
+    """Windows of tile rows for a raster with more than ``max_tiles`` tiles; None when one task does (or when the
+    raster cannot be opened: its task then fails alone with the reason)."""
+    try:
+        grid, _ = tile_plan(model, open_input(model, job.source, job.settings, []), job.settings)
+    except (PmtlError, OSError):
+        return None
+    if len(grid) <= max_tiles:
+        return None
+    rows = max(1, max_tiles // len(grid.xs))
+    return [TileWindow(r, min(r + rows, len(grid.ys))) for r in range(0, len(grid.ys), rows)]
+
+
+def _submit(client, job: RasterJob, windows: list[TileWindow] | None):
+    """The future whose result is the raster's record: one task, or its windows and the task putting them
+    together."""
+    key = f"pmtl-region-{job.stem}-{job.job_id}"
+    if not windows:
+        return client.submit(predict_one, job, key=key, pure=False)
+    parts = [
+        client.submit(predict_window_task, job, k, w, len(windows), key=f"{key}-w{k}", pure=False)
+        for k, w in enumerate(windows)
+    ]
+    return client.submit(assemble_raster, job, *parts, key=key, pure=False)
+
+
+def _run_tasks(
+    client, jobs: list[RasterJob], plans: dict[str, list[TileWindow]], report: RegionReport, tracker: _Tracker, progress
+) -> bool:
     """Submit the jobs and record results as they come; returns False when cancelled."""
     from distributed import wait
 
     topic = progress_topic(jobs[0].job_id)
     client.subscribe_topic(topic, tracker.on_event)
-    pending = {
-        client.submit(predict_one, job, key=f"pmtl-region-{job.stem}-{job.job_id}", pure=False): job for job in jobs
-    }
+    pending = {_submit(client, job, plans.get(job.stem)): job for job in jobs}
     try:
         while pending:
             if progress is not None and progress.is_canceled():
@@ -306,7 +352,7 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
     except OSError as exc:
         raise InputError(f"--out '{out_dir}': cannot create the folder: {exc}") from None
     report = RegionReport.open(out_dir, model_path, inputs, options.resume)
-    folders = [out_dir, out_dir / "classes", out_dir / "parts"]
+    folders = [out_dir, out_dir / "classes", out_dir / "parts", out_dir / "windows"]
     sweep_partials(folders)
     todo = [item for item in inputs if not report.finished(item, out_dir)]
     report.save()
@@ -322,16 +368,19 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
             )
             for i in todo
         ]
+        plans = {j.stem: plan_windows(model, j, options.max_tiles_per_task) for j in jobs}
         try:
             clock = time.perf_counter()
             with open_client(options) as client:
                 timings["cluster_s"] = time.perf_counter() - clock
                 clock = time.perf_counter()
-                completed = _run_tasks(client, jobs, report, tracker, progress)
+                completed = _run_tasks(client, jobs, plans, report, tracker, progress)
                 timings["tasks_s"] = time.perf_counter() - clock
         finally:
             cancel_flag(out_dir, job_id).unlink(missing_ok=True)
     sweep_partials(folders)  # a worker killed mid-task left its temporary files; its task ran again elsewhere
+    with contextlib.suppress(OSError):
+        (out_dir / "windows").rmdir()  # only when empty: every raster split into windows was put together
     counts = report.counts()
     clock = time.perf_counter()
     outputs = _finish(out_dir, report, model) if completed else {"report": str(report.path)}

@@ -24,11 +24,18 @@ from osgeo import gdal
 
 from engine.core.atomic import atomic_path, temporary_sibling
 from engine.core.errors import PmtlError
-from engine.core.progress import Cancelled
+from engine.core.progress import Cancelled, check_cancel
 from engine.predict import outputs as out
-from engine.predict.detections import BOTTOM, LEFT, RIGHT, TOP, truncated_at_seams
+from engine.predict.detections import BOTTOM, LEFT, RIGHT, TOP, Detections, truncated_at_seams
 from engine.predict.model import OnnxModel
-from engine.predict.pipeline import Prediction, RasterSettings, run_prediction
+from engine.predict.pipeline import (
+    RasterSettings,
+    TileWindow,
+    merge_detections,
+    open_input,
+    predict_window,
+    run_prediction,
+)
 from engine.predict.raster import Source, pixel_to_map
 
 gdal.UseExceptions()
@@ -85,10 +92,11 @@ def worker_model(path: str, device: str, threads: int | None) -> OnnxModel:
 
 class TaskProgress:
     """A task's progress: sent to the client as an event on the job's topic, at most every
-    :data:`PROGRESS_INTERVAL_S`; cancelled once the job's cancel flag exists."""
+    :data:`PROGRESS_INTERVAL_S`; cancelled once the job's cancel flag exists. A window task is ``part`` of
+    ``parts`` of its raster."""
 
-    def __init__(self, job: RasterJob) -> None:
-        self.job = job
+    def __init__(self, job: RasterJob, part: int = 0, parts: int = 1) -> None:
+        self.job, self.part, self.parts = job, part, parts
         self._flag = cancel_flag(job.out_dir, job.job_id)
         self._sent = self._checked = -math.inf
         self._cancelled = False
@@ -98,7 +106,8 @@ class TaskProgress:
         if fraction is not None and fraction < 1.0 and now - self._sent < PROGRESS_INTERVAL_S:
             return
         self._sent = now
-        send_event(progress_topic(self.job.job_id), {"stem": self.job.stem, "fraction": fraction})
+        message = {"stem": self.job.stem, "part": self.part, "parts": self.parts, "fraction": fraction}
+        send_event(progress_topic(self.job.job_id), message)
 
     def is_canceled(self) -> bool:
         now = time.monotonic()
@@ -135,9 +144,8 @@ def _map_boxes(source: Source, boxes: np.ndarray) -> np.ndarray:
     return np.stack([mx.min(axis=1), my.min(axis=1), mx.max(axis=1), my.max(axis=1)], axis=1)
 
 
-def save_parts(path: Path, prediction: Prediction) -> None:
+def save_parts(path: Path, src: Source, dets: Detections) -> None:
     """The raster's detections and working grid as ``.npz`` (plain arrays, read back without pickle)."""
-    src, dets = prediction.source, prediction.detections
     corners = _map_boxes(src, np.array([[0, 0, src.width, src.height]], np.float64))[0]
     gt = src.geotransform
     buffer = io.BytesIO()
@@ -162,7 +170,7 @@ def write_cog(work: Path, final: Path) -> None:
         gdal.Translate(str(tmp), str(work), format="COG", creationOptions=_COG_OPTIONS)
 
 
-def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress) -> Prediction:
+def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress):
     final = class_map_path(job.out_dir, job.stem)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = temporary_sibling(final, ".tif")
@@ -173,7 +181,7 @@ def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress) -> Predic
         prediction = run_prediction(model, job.source, outputs, job.settings, detect=detect, progress=progress)
         if segment:
             write_cog(scratch, final)
-        save_parts(parts_path(job.out_dir, job.stem), prediction)
+        save_parts(parts_path(job.out_dir, job.stem), prediction.source, prediction.detections)
         return prediction
     finally:
         scratch.unlink(missing_ok=True)
@@ -188,18 +196,28 @@ def peak_rss_mb() -> float | None:
     return next((int(line.split()[1]) / 1024.0 for line in status if line.startswith("VmHWM:")), None)
 
 
+def _base_record(job: RasterJob) -> dict:
+    return {"input": job.source, "stem": job.stem, "host": os.uname().nodename, "pid": os.getpid()}
+
+
+def _not_done(record: dict, exc: BaseException, started: float) -> dict:
+    """The record of a task that stopped: cancelled, or failed with the error's first line."""
+    seconds = time.perf_counter() - started
+    if isinstance(exc, Cancelled):
+        return {**record, "status": "cancelled", "seconds": seconds}
+    error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return {**record, "status": "failed", "error": error, "seconds": seconds}
+
+
 def predict_one(job: RasterJob) -> dict:
     """Run one raster; returns its record for ``region.json`` (status done / failed / cancelled)."""
     started = time.perf_counter()
-    record: dict = {"input": job.source, "stem": job.stem, "host": os.uname().nodename, "pid": os.getpid()}
+    record = _base_record(job)
     try:
         model = worker_model(job.model, job.device, job.threads)
         summary = _predict(job, model, TaskProgress(job)).summary
-    except Cancelled:
-        return {**record, "status": "cancelled", "seconds": time.perf_counter() - started}
-    except (PmtlError, OSError) as exc:
-        error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return {**record, "status": "failed", "error": error, "seconds": time.perf_counter() - started}
+    except (Cancelled, PmtlError, OSError) as exc:
+        return _not_done(record, exc, started)
     return {
         **record,
         "status": "done",
@@ -210,5 +228,73 @@ def predict_one(job: RasterJob) -> dict:
         "detections": summary.detections,
         "warnings": summary.warnings,
         "provider": summary.provider,
+        "worker_peak_rss_mb": peak_rss_mb(),
+    }
+
+
+def window_path(out_dir: str | os.PathLike[str], stem: str, index: int) -> Path:
+    return Path(out_dir) / "windows" / f"{stem}.{index:04d}.tif"
+
+
+def predict_window_task(job: RasterJob, index: int, window: TileWindow, parts: int) -> dict:
+    """One window of a raster too big for one task: its class-map band (``windows/``) and per-tile detections."""
+    started = time.perf_counter()
+    record = {**_base_record(job), "window": index}
+    progress = TaskProgress(job, index, parts)
+    try:
+        check_cancel(progress)
+        model = worker_model(job.model, job.device, job.threads)
+        done = predict_window(
+            model, job.source, window_path(job.out_dir, job.stem, index), job.settings, window, progress
+        )
+    except (Cancelled, PmtlError, OSError) as exc:
+        return _not_done(record, exc, started)
+    seconds = time.perf_counter() - started
+    return {**record, "status": "done", "seconds": seconds, "tiles": done.tiles_run, "detections": done.detections}
+
+
+def _assemble_class_map(job: RasterJob, src: Source, bands: list[Path]) -> None:
+    """Bands (working grid) → one VRT → warped onto the input grid when it differs → the COG."""
+    final = class_map_path(job.out_dir, job.stem)
+    mosaic, warped = temporary_sibling(final, ".vrt"), temporary_sibling(final, ".tif")
+    try:
+        with out.writing(final):
+            gdal.BuildVRT(str(mosaic), [str(b) for b in bands]).FlushCache()
+        if src.warped:
+            out.warp_to_input(mosaic, warped, src, "near", str(final))
+        write_cog(warped if src.warped else mosaic, final)
+    finally:
+        mosaic.unlink(missing_ok=True)
+        warped.unlink(missing_ok=True)
+
+
+def assemble_raster(job: RasterJob, *windows: dict) -> dict:
+    """After a raster's windows: its class map put together as a COG, its detections merged across windows."""
+    started = time.perf_counter()
+    record = _base_record(job)
+    stopped = [w for w in windows if w["status"] != "done"]
+    bands = [window_path(job.out_dir, job.stem, w["window"]) for w in windows]
+    try:
+        if stopped:
+            return {**record, **{k: stopped[0][k] for k in ("status", "error") if k in stopped[0]}}
+        model = worker_model(job.model, job.device, job.threads)
+        check_cancel(TaskProgress(job))
+        src = open_input(model, job.source, job.settings, [])
+        if model.info.seg_output is not None:
+            _assemble_class_map(job, src, bands)
+        kept, _ = merge_detections([w["detections"] for w in windows], model.info, src.width, src.height)
+        save_parts(parts_path(job.out_dir, job.stem), src, kept)
+    except (Cancelled, PmtlError, OSError) as exc:
+        return _not_done(record, exc, started)
+    finally:
+        for band in bands:
+            band.unlink(missing_ok=True)
+    return {
+        **record,
+        "status": "done",
+        "seconds": time.perf_counter() - started + sum(w["seconds"] for w in windows),
+        "windows": len(windows),
+        "tiles": sum(w["tiles"] for w in windows),
+        "detections": len(kept),
         "worker_peak_rss_mb": peak_rss_mb(),
     }
