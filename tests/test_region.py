@@ -153,6 +153,7 @@ def no_partials(folder: Path) -> bool:
     return not [p for p in folder.rglob("*") if ".partial" in p.name or p.name.startswith(".cancel")]
 
 
+@pytest.mark.slow
 def test_local_cluster_of_two_processes_with_a_corrupt_input(model, tmp_path):
     rasters = grid_of_rasters(tmp_path / "in", 2, 2)
     corrupt = tmp_path / "in" / "broken.tif"
@@ -302,6 +303,7 @@ def test_job_sigkilled_after_its_first_raster_resumes_to_identical_outputs(model
     assert no_partials(out)
 
 
+@pytest.mark.slow
 def test_cancel_on_stdin_stops_running_tasks_and_leaves_nothing_half_written(model, tmp_path):
     for k in range(2):
         car_raster(tmp_path / "in" / f"wide{k}.tif", 2560)
@@ -354,6 +356,7 @@ def test_windows_of_a_raster_put_together_equal_the_whole_raster(model, tmp_path
     assert sorted(round(float(v), 5) for v in kept.scores) == reference
 
 
+@pytest.mark.slow
 def test_a_raster_too_big_for_one_task_is_split_into_windows_and_put_together(model, tmp_path):
     img = scene(300, 230, [(40, 100), (150, 196), (100, 20), (200, 260)])
     (tmp_path / "in").mkdir()
