@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
-from osgeo import gdal, ogr
+from osgeo import gdal, ogr, osr
 
 from engine.core.errors import InputError
 from engine.export.onnx_export import export_onnx
@@ -377,3 +377,27 @@ def test_a_raster_too_big_for_one_task_is_split_into_windows_and_put_together(mo
         )
         assert records[name]["detections"] == whole.detections
     assert not (out / "windows").exists() and no_partials(out)
+
+
+def test_rasters_outside_the_aoi_are_skipped_not_failed(model, tmp_path):
+    west, _east = grid_of_rasters(tmp_path / "in", 1, 2)
+    aoi = tmp_path / "aoi.gpkg"  # a polygon over the west raster only (128 px = 11.52 m wide)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32632)
+    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(aoi))
+    layer = ds.CreateLayer("aoi", srs, ogr.wkbPolygon)
+    feature = ogr.Feature(layer.GetLayerDefn())
+    x0, y0 = ORIGIN
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + 10} {y0},{x0 + 10} {y0 - 8},{x0} {y0}))"))
+    layer.CreateFeature(feature)
+    ds = None
+    out = tmp_path / "out"
+    done = run_cli(["--model", str(model), "--input", str(tmp_path / "in"), "--out", str(out), "--workers", "1",
+                    "--aoi", str(aoi)])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "region.json").read_text())
+    assert report["status"] == "done" and report["counts"] == {"done": 1, "outside_aoi": 1}
+    assert [p.name for p in (out / "classes").glob("*.tif")] == [f"{west.stem}.tif"]
+    resumed = run_cli(["--model", str(model), "--input", str(tmp_path / "in"), "--out", str(out), "--resume",
+                       "--aoi", str(aoi)])  # fmt: skip
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["timings"]["cluster_s"] == 0.0  # nothing to run

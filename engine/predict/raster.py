@@ -389,6 +389,10 @@ def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] |
     )
 
 
+class OutsideAoi(InputError):
+    """The AOI does not overlap the raster (a region job skips that raster; a single prediction fails)."""
+
+
 def load_aoi(path: str | os.PathLike[str], source: Source) -> ogr.Geometry:
     """Union of the AOI file's polygons in the working CRS; InputError when empty or off the raster."""
     path = str(path)
@@ -429,5 +433,5 @@ def load_aoi(path: str | os.PathLike[str], source: Source) -> ogr.Geometry:
     extent = ogr.Geometry(ogr.wkbPolygon)
     extent.AddGeometry(ring)
     if not union.Intersects(extent) or union.Intersection(extent).GetArea() <= 0:
-        raise InputError(f"AOI '{path}': its polygons do not overlap the raster '{source.path}'")
+        raise OutsideAoi(f"AOI '{path}': its polygons do not overlap the raster '{source.path}'")
     return union

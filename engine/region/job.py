@@ -44,6 +44,9 @@ CANCEL_GRACE_S: float = 60.0
 
 POLL_S: float = 0.5
 
+FINISHED: tuple[str, ...] = ("done", "outside_aoi")
+"""Record states ``--resume`` does not run again."""
+
 MAX_TILES_PER_TASK: int = 4096
 """A raster with more model tiles than this (about 16k x 16k px at 320 px tiles) is split into windows of tile
 rows, one task each, put together by one more task (blended and merged as ``engine.predict`` does)."""
@@ -111,7 +114,7 @@ class RegionReport:
         self.records: dict[str, dict] = {}
         for item in inputs:
             record = old.get(item.stem)
-            if record is None or record.get("input") != item.source or record.get("status") != "done":
+            if record is None or record.get("input") != item.source or record.get("status") not in FINISHED:
                 record = {"input": item.source, "stem": item.stem, "status": "pending"}
             self.records[item.stem] = record
         self.status = "running"
@@ -137,6 +140,8 @@ class RegionReport:
 
     def finished(self, item: RegionInput, out_dir: Path) -> bool:
         record = self.records[item.stem]
+        if record["status"] == "outside_aoi":
+            return True
         return record["status"] == "done" and parts_path(out_dir, item.stem).is_file()
 
     def update(self, record: dict) -> None:
@@ -238,7 +243,8 @@ def sweep_partials(folders: Sequence[Path]) -> list[Path]:
             continue
         for entry in folder.iterdir():
             pids = [int(p) for p in _PARTIAL.findall(entry.name)]
-            if entry.name.startswith(".") and pids and not any(process_alive(p) for p in pids):
+            stale_flag = entry.name.startswith(".cancel-")  # a job killed while cancelling left its flag
+            if stale_flag or (entry.name.startswith(".") and pids and not any(process_alive(p) for p in pids)):
                 entry.unlink(missing_ok=True)
                 removed.append(entry)
     return removed
@@ -312,7 +318,7 @@ def _run_tasks(
                 job = pending.pop(future)
                 record = _record_of(future, job.stem, job.source)
                 report.update(record)
-                tracker.done(job.stem, record["status"] == "done")
+                tracker.done(job.stem, record["status"] in FINISHED)
                 if record["status"] == "failed":
                     log.error("%s: %s", job.source, record.get("error"))
             tracker.report()

@@ -36,7 +36,7 @@ from engine.predict.pipeline import (
     predict_window,
     run_prediction,
 )
-from engine.predict.raster import Source, pixel_to_map
+from engine.predict.raster import OutsideAoi, Source, pixel_to_map
 
 gdal.UseExceptions()
 
@@ -205,6 +205,8 @@ def _not_done(record: dict, exc: BaseException, started: float) -> dict:
     seconds = time.perf_counter() - started
     if isinstance(exc, Cancelled):
         return {**record, "status": "cancelled", "seconds": seconds}
+    if isinstance(exc, OutsideAoi):  # the region's AOI covers other rasters: nothing to do here
+        return {**record, "status": "outside_aoi", "seconds": seconds}
     error = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return {**record, "status": "failed", "error": error, "seconds": seconds}
 
