@@ -69,6 +69,7 @@ def test_the_command_it_builds(qgis_processing, model, tmp_path):
     assert not ok and "found neither" in message
 
 
+@pytest.mark.slow
 def test_region_job_runs_in_the_engine_process_and_loads_styled_outputs(qgis_processing, model, tmp_path):
     import processing
 
@@ -87,6 +88,7 @@ def test_region_job_runs_in_the_engine_process_and_loads_styled_outputs(qgis_pro
     assert any("2/2 rasters" in line for line in feedback.infos)
 
 
+@pytest.mark.slow
 def test_cancel_keeps_the_finished_rasters(qgis_processing, model, tmp_path):
     import processing
 

@@ -401,3 +401,24 @@ def test_rasters_outside_the_aoi_are_skipped_not_failed(model, tmp_path):
     resumed = run_cli(["--model", str(model), "--input", str(tmp_path / "in"), "--out", str(out), "--resume",
                        "--aoi", str(aoi)])  # fmt: skip
     assert resumed.returncode == 0 and json.loads(resumed.stdout)["timings"]["cluster_s"] == 0.0  # nothing to run
+
+
+def test_inputs_in_another_crs_are_brought_into_the_first_ones():
+    utm, geo = osr.SpatialReference(), osr.SpatialReference()
+    utm.ImportFromEPSG(32632)
+    geo.ImportFromEPSG(4326)
+    geo.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    utm.SetAxisMappingStrategy(osr.OAMS_TRADITIONAL_GIS_ORDER)
+    to_geo = osr.CoordinateTransformation(utm, geo)
+    (lon0, lat0, _), (lon1, lat1, _) = to_geo.TransformPoints([[500010.0, 5400000.0], [500020.0, 5400010.0]])
+    first = parts("utm", 0, [[1040, 30, 1045, 32]], [0.9], [0])
+    first.boxes = np.array([[500000.0, 5399990.0, 500005.0, 5399995.0]])
+    first.extent = np.array([500000.0, 5399950.0, 500100.0, 5400050.0])
+    first.wkt = utm.ExportToWkt()
+    second = parts("geo", 1, [[lon0, lat0, lon1, lat1]], [0.8], [0])
+    second.extent = np.array([lon0 - 1e-4, lat0 - 1e-4, lon1 + 1e-4, lat1 + 1e-4])
+    second.wkt = geo.ExportToWkt()
+    dets, sources, frame = join_across_inputs([first, second], iou_thresh=0.5, ios_thresh=0.7)
+    assert frame.wkt == first.wkt and sources[int(np.argmin(dets.scores))] == "geo"
+    box = dets.boxes[int(np.argmin(dets.scores))]  # 10 m x 10 m north-east of (500010, 5400000), 1 m pixels
+    np.testing.assert_allclose(box, [10, 40, 20, 50], atol=0.05)
