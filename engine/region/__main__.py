@@ -16,7 +16,7 @@ from engine.region.job import MAX_TILES_PER_TASK, RegionOptions, run_region
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine.region", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m engine.region", description=" ".join(__doc__.split()))
     parser.add_argument("--model", required=True, help="exported ONNX model")
     parser.add_argument(
         "--input",
