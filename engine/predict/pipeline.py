@@ -258,6 +258,18 @@ class RasterSettings:
             raise ConfigError(f"parameter 'max_gsd_ratio' must be > 1, found {self.max_gsd_ratio}")
 
 
+@contextlib.contextmanager
+def bounded_gdal_cache(megabytes: int) -> Iterator[None]:
+    """GDAL's block cache capped at ``megabytes`` meanwhile (its default is a share of the machine's memory): the
+    memory of reading, writing and warping does not follow the raster's size. Restored after."""
+    old_cache = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(megabytes) * 1024 * 1024)
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(old_cache)
+
+
 @dataclasses.dataclass
 class Prediction:
     """One raster's result: the summary, and the detections kept (working-grid pixels of ``source``)."""
@@ -420,14 +432,9 @@ def run_prediction(
     detect = "vector" in requested if detect is None else bool(detect)
     _check_request(model, requested, detect)
     src = open_input(model, input_path, settings, notes)
-    old_cache = gdal.GetCacheMax()
-    gdal.SetCacheMax(int(settings.cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
-    try:
-        with contextlib.ExitStack() as stack:
-            targets = _targets(stack, requested, src.warped)
-            kept, raw_count, tiles, tiles_run = _run_and_write(model, src, targets, settings, detect, progress)
-    finally:
-        gdal.SetCacheMax(old_cache)
+    with bounded_gdal_cache(settings.cache_mb), contextlib.ExitStack() as stack:
+        targets = _targets(stack, requested, src.warped)
+        kept, raw_count, tiles, tiles_run = _run_and_write(model, src, targets, settings, detect, progress)
     seconds = time.perf_counter() - started
     megapixels = src.width * src.height / 1e6
     if progress is not None:
@@ -524,23 +531,18 @@ def predict_window(
     grid, thresh = tile_plan(model, src, settings)
     y0, y1 = window.pixel_rows(grid)
     detect = model.info.det_scores_output is not None
-    old_cache = gdal.GetCacheMax()
-    gdal.SetCacheMax(int(settings.cache_mb) * 1024 * 1024)
-    try:
-        with contextlib.ExitStack() as stack:
-            writer = _SegWriter(model.info.seg_kind, None, None, y0)
-            if out_band is not None and model.info.seg_output is not None:
-                band = Path(stack.enter_context(atomic_path(out_band)))
-                gt = src.geotransform
-                rows_grid = grid_dataset(
-                    src.width, y1 - y0, (gt[0], gt[1], gt[2], gt[3] + y0 * gt[5], gt[4], gt[5]), src.wkt
-                )
-                with out.writing(out_band):
-                    created = out.create_class_map(band, src, model.info.seg_classes, model.info.seg_colors, rows_grid)
-                writer.classes = out.RasterOutput(str(out_band), created)
-            parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), window, progress)
-    finally:
-        gdal.SetCacheMax(old_cache)
+    with bounded_gdal_cache(settings.cache_mb), contextlib.ExitStack() as stack:
+        writer = _SegWriter(model.info.seg_kind, None, None, y0)
+        if out_band is not None and model.info.seg_output is not None:
+            band = Path(stack.enter_context(atomic_path(out_band)))
+            gt = src.geotransform
+            rows_grid = grid_dataset(
+                src.width, y1 - y0, (gt[0], gt[1], gt[2], gt[3] + y0 * gt[5], gt[4], gt[5]), src.wkt
+            )
+            with out.writing(out_band):
+                created = out.create_class_map(band, src, model.info.seg_classes, model.info.seg_colors, rows_grid)
+            writer.classes = out.RasterOutput(str(out_band), created)
+        parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), window, progress)
     return WindowPrediction(Detections.concat(parts), (y0, y1), tiles_run)
 
 

@@ -31,6 +31,7 @@ from engine.predict.model import OnnxModel
 from engine.predict.pipeline import (
     RasterSettings,
     TileWindow,
+    bounded_gdal_cache,
     merge_detections,
     open_input,
     predict_window,
@@ -180,7 +181,8 @@ def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress):
         detect = model.info.det_scores_output is not None
         prediction = run_prediction(model, job.source, outputs, job.settings, detect=detect, progress=progress)
         if segment:
-            write_cog(scratch, final)
+            with bounded_gdal_cache(job.settings.cache_mb):  # the COG's overviews too: memory bounded per worker
+                write_cog(scratch, final)
         save_parts(parts_path(job.out_dir, job.stem), prediction.source, prediction.detections)
         return prediction
     finally:
@@ -283,7 +285,8 @@ def assemble_raster(job: RasterJob, *windows: dict) -> dict:
         check_cancel(TaskProgress(job))
         src = open_input(model, job.source, job.settings, [])
         if model.info.seg_output is not None:
-            _assemble_class_map(job, src, bands)
+            with bounded_gdal_cache(job.settings.cache_mb):
+                _assemble_class_map(job, src, bands)
         kept, _ = merge_detections([w["detections"] for w in windows], model.info, src.width, src.height)
         save_parts(parts_path(job.out_dir, job.stem), src, kept)
     except (Cancelled, PmtlError, OSError) as exc:
