@@ -381,16 +381,12 @@ def test_a_raster_too_big_for_one_task_is_split_into_windows_and_put_together(mo
 
 def test_rasters_outside_the_aoi_are_skipped_not_failed(model, tmp_path):
     west, _east = grid_of_rasters(tmp_path / "in", 1, 2)
-    aoi = tmp_path / "aoi.gpkg"  # a polygon over the west raster only (128 px = 11.52 m wide)
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    ds = ogr.GetDriverByName("GPKG").CreateDataSource(str(aoi))
-    layer = ds.CreateLayer("aoi", srs, ogr.wkbPolygon)
-    feature = ogr.Feature(layer.GetLayerDefn())
+    aoi = tmp_path / "aoi.geojson"  # a triangle over the west raster only (128 px = 11.52 m wide)
     x0, y0 = ORIGIN
-    feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x0} {y0},{x0 + 10} {y0},{x0 + 10} {y0 - 8},{x0} {y0}))"))
-    layer.CreateFeature(feature)
-    ds = None
+    ring = [[x0, y0], [x0 + 10, y0], [x0 + 10, y0 - 8], [x0, y0]]
+    crs = {"type": "name", "properties": {"name": "urn:ogc:def:crs:EPSG::32632"}}
+    feature = {"type": "Feature", "properties": {}, "geometry": {"type": "Polygon", "coordinates": [ring]}}
+    aoi.write_text(json.dumps({"type": "FeatureCollection", "crs": crs, "features": [feature]}))
     out = tmp_path / "out"
     done = run_cli(["--model", str(model), "--input", str(tmp_path / "in"), "--out", str(out), "--workers", "1",
                     "--aoi", str(aoi)])  # fmt: skip
