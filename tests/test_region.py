@@ -304,7 +304,8 @@ def test_job_sigkilled_after_its_first_raster_resumes_to_identical_outputs(model
 
 
 @pytest.mark.slow
-def test_cancel_on_stdin_stops_running_tasks_and_leaves_nothing_half_written(model, tmp_path):
+@pytest.mark.parametrize("how", ["stdin", "ctrl-c"])
+def test_cancel_stops_running_tasks_and_leaves_nothing_half_written(model, tmp_path, how):
     for k in range(2):
         car_raster(tmp_path / "in" / f"wide{k}.tif", 2560)
     out = tmp_path / "out"
@@ -314,12 +315,16 @@ def test_cancel_on_stdin_stops_running_tasks_and_leaves_nothing_half_written(mod
     )  # fmt: skip
     for event in progress_lines(job):
         if "wide0 " in event.get("message", "") and "wide0 0%" not in event["message"]:
-            job.stdin.write("cancel\n")
-            job.stdin.flush()
+            if how == "stdin":
+                job.stdin.write("cancel\n")
+                job.stdin.flush()
+            else:  # a terminal's Ctrl-C reaches the whole process group: the client and its workers
+                os.killpg(job.pid, signal.SIGINT)
             break
     started = time.monotonic()
     assert job.wait(timeout=WORKER_TIMEOUT) == 130
     assert time.monotonic() - started < 30
+    assert "Traceback" not in job.stderr.read()
     report = json.loads((out / "region.json").read_text())
     assert report["status"] == "cancelled" and report["counts"] == {"pending": 2}
     assert not list((out / "classes").glob("*.tif")) and not (out / "classes.vrt").exists()

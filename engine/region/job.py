@@ -14,6 +14,8 @@ import dataclasses
 import logging
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -207,6 +209,21 @@ class _Tracker:
 
 
 @contextlib.contextmanager
+def _workers_ignore_sigint() -> Iterator[None]:
+    """Worker processes started meanwhile ignore SIGINT (an ignored signal survives exec): Ctrl-C in a terminal
+    reaches the whole process group, and the job's own cancel lets running rasters clean up, where killed workers
+    would not. This process's handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
 def open_client(options: RegionOptions) -> Iterator:
     """A Dask client: joined to ``options.scheduler``, or to an embedded ``LocalCluster`` of ``options.workers``
     processes (one task at a time each; loopback only)."""
@@ -220,14 +237,15 @@ def open_client(options: RegionOptions) -> Iterator:
         with client:
             yield client
         return
-    cluster = LocalCluster(
-        n_workers=int(options.workers),
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-        silence_logs=logging.ERROR,
-    )
+    with _workers_ignore_sigint():
+        cluster = LocalCluster(
+            n_workers=int(options.workers),
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        )
     with cluster, Client(cluster) as client:
         yield client
 
