@@ -172,8 +172,11 @@ def join_across_inputs(
     cells = grid_cells(parts, frame)
     if cells is None and len(parts) > 1:
         log.info("the inputs do not tile a regular grid: objects on their borders are not joined")
-    dets = fuse_seam_fragments(frame_detections(parts, frame, cells))
-    kept = widen_cut_sides(dets.take(merge_across_tiles(dets, iou_thresh, ios_thresh)), -JOIN_MARGIN_PX)
+    dets = frame_detections(parts, frame, cells)
+    cut = dets.truncated > 0  # only objects on a border with another input take part: the cost follows the borders
+    joined = fuse_seam_fragments(dets.take(np.flatnonzero(cut)))
+    joined = widen_cut_sides(joined.take(merge_across_tiles(joined, iou_thresh, ios_thresh)), -JOIN_MARGIN_PX)
+    kept = Detections.concat([dets.take(np.flatnonzero(~cut)), joined])
     by_cell = {cell: p.stem for cell, p in zip(cells or [(3 * k, 3 * k) for k in range(len(parts))], parts)}
     sources = [by_cell[(int(r), int(c))] for r, c in kept.tiles]
     return kept, sources, frame
