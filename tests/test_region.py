@@ -423,3 +423,21 @@ def test_inputs_in_another_crs_are_brought_into_the_first_ones():
     assert frame.wkt == first.wkt and sources[int(np.argmin(dets.scores))] == "geo"
     box = dets.boxes[int(np.argmin(dets.scores))]  # 10 m x 10 m north-east of (500010, 5400000), 1 m pixels
     np.testing.assert_allclose(box, [10, 40, 20, 50], atol=0.05)
+
+
+def test_resume_refuses_a_report_made_with_other_options(tmp_path):
+    from engine.core.errors import ConfigError
+    from engine.region.inputs import RegionInput
+    from engine.region.job import RegionReport
+
+    inputs = [RegionInput("/data/a.tif", "a")]
+    job = {"model": "/m.onnx", "settings": {"score_thresh": None}}
+    report = RegionReport.open(tmp_path, job, inputs, resume=True)  # nothing to resume: a fresh report
+    report.update({"input": "/data/a.tif", "stem": "a", "status": "done"})
+    again = RegionReport.open(tmp_path, job, inputs, resume=True)
+    assert again.records["a"]["status"] == "done"
+    with pytest.raises(ConfigError, match=r"made with settings \{'score_thresh': None\}, this job has"):
+        RegionReport.open(tmp_path, {**job, "settings": {"score_thresh": 0.3}}, inputs, resume=True)
+    assert RegionReport.open(tmp_path, {**job, "model": "/n.onnx"}, inputs, resume=False).records["a"]["status"] == (
+        "pending"
+    )

@@ -1,7 +1,8 @@
 """``run_region``: one job over many rasters on Dask (a ``LocalCluster`` of worker processes, or an existing
 scheduler), with per-raster and overall progress, cancel, resume and per-raster faults.
 
-The client (this process) expands the inputs, submits one task per raster (``engine.region.worker.predict_one``),
+The client (this process) expands the inputs, submits one task per raster (``engine.region.worker.predict_one``;
+a raster with more tiles than ``max_tiles_per_task``: one per window of tile rows and one putting them together),
 records each result in ``region.json`` as it arrives, and at the end builds ``classes.vrt`` and
 ``detections.gpkg`` from the finished rasters' files. Worker deaths are Dask's to handle: a task whose worker died
 runs again elsewhere.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -109,8 +111,10 @@ class RegionReport:
     """``region.json``: the job's status and one record per input (status, time, counts), saved atomically after
     every change, so a killed job leaves a true account that ``--resume`` trusts."""
 
-    def __init__(self, path: Path, model: str, inputs: Sequence[RegionInput], previous: dict | None) -> None:
-        self.path, self.model = path, model
+    def __init__(
+        self, path: Path, job: dict[str, object], inputs: Sequence[RegionInput], previous: dict | None
+    ) -> None:
+        self.path, self.job = path, job
         self.started = time.time()
         old = {r["stem"]: r for r in (previous or {}).get("inputs", [])}
         self.records: dict[str, dict] = {}
@@ -123,22 +127,23 @@ class RegionReport:
         self.detections = 0
 
     @classmethod
-    def open(cls, out_dir: Path, model: str, inputs: Sequence[RegionInput], resume: bool) -> RegionReport:
+    def open(cls, out_dir: Path, job: dict[str, object], inputs: Sequence[RegionInput], resume: bool) -> RegionReport:
+        """The report of ``out_dir``; with ``resume``, the previous one's finished records are kept, provided it
+        ran the same ``job`` (model and per-raster options)."""
         path = out_dir / "region.json"
         previous = None
         if resume and path.is_file():
-            import json
-
             try:
                 previous = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as exc:
                 raise InputError(f"--resume: '{path}' is not a readable region report: {exc}") from None
-            if previous.get("model") != model:
-                raise ConfigError(
-                    f"--resume: '{path}' was made with the model '{previous.get('model')}', this job runs '{model}'; "
-                    "use another --out folder or the same model"
-                )
-        return cls(path, model, inputs, previous)
+            for key, value in job.items():
+                if previous.get(key) != value:
+                    raise ConfigError(
+                        f"--resume: '{path}' was made with {key} {previous.get(key)}, this job has {value}; "
+                        "use another --out folder or the same model and options"
+                    )
+        return cls(path, job, inputs, previous)
 
     def finished(self, item: RegionInput, out_dir: Path) -> bool:
         record = self.records[item.stem]
@@ -163,7 +168,7 @@ class RegionReport:
                 "format": "pmtl-region",
                 "version": 1,
                 "status": self.status,
-                "model": self.model,
+                **self.job,
                 "seconds": round(time.time() - self.started, 3),
                 "counts": self.counts(),
                 "detections": self.detections,
@@ -375,7 +380,8 @@ def run_region(options: RegionOptions, progress: Progress | None = None) -> Regi
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out '{out_dir}': cannot create the folder: {exc}") from None
-    report = RegionReport.open(out_dir, model_path, inputs, options.resume)
+    job = {"model": model_path, "settings": json.loads(json.dumps(dataclasses.asdict(options.settings)))}
+    report = RegionReport.open(out_dir, job, inputs, options.resume)
     folders = [out_dir, out_dir / "classes", out_dir / "parts", out_dir / "windows"]
     sweep_partials(folders)
     todo = [item for item in inputs if not report.finished(item, out_dir)]
