@@ -102,3 +102,19 @@ def test_cancel_keeps_the_finished_rasters(qgis_processing, model, tmp_path):
     assert report["status"] == "cancelled" and report["inputs"][0]["status"] == "done"
     assert (tmp_path / "out" / "classes" / "wide0.tif").is_file()
     assert not list((tmp_path / "out").rglob("*.partial*"))
+
+
+def test_detect_segment_refuses_a_far_gsd_unless_the_ratio_allows_it(qgis_processing, model, tmp_path):
+    import processing
+    from osgeo import gdal
+
+    from tests.test_predict import ORIGIN, scene, write_tif
+
+    coarse = write_tif(tmp_path / "coarse.tif", scene(32, 32, []), gt=(ORIGIN[0], 0.9, 0.0, ORIGIN[1], 0.0, -0.9))
+    params = {"INPUT": str(coarse), "MODEL": str(model), "OUTPUT_RASTER": str(tmp_path / "seg.tif"),
+              "OUTPUT_DETECTIONS": "TEMPORARY_OUTPUT"}  # fmt: skip
+    feedback = CapturingFeedback()
+    with pytest.raises(QgsProcessingException, match=r"10\.0x apart.*Largest GSD ratio"):
+        processing.run("pmtl:detect_segment", params, feedback=feedback, context=_context())
+    processing.run("pmtl:detect_segment", {**params, "MAX_GSD_RATIO": 12}, feedback=feedback, context=_context())
+    assert gdal.Open(str(tmp_path / "seg.tif")).RasterXSize == 32

@@ -273,7 +273,7 @@ def check_gsd_ratio(path: str, gsd: float, model_gsd: float, max_gsd_ratio: floa
         raise InputError(
             f"input raster '{path}': its GSD is {gsd:.3f} m and the model's {model_gsd:.3f} m ({ratio:.1f}x apart, "
             f"more than {max_gsd_ratio:g}x); use a model trained at this GSD, or set --max-gsd-ratio "
-            f"(max_gsd_ratio) above {ratio:.1f} to resample anyway"
+            f"(QGIS: Largest GSD ratio) above {ratio:.1f} to resample anyway"
         )
 
 
