@@ -97,3 +97,21 @@ def test_bench_results_keep_what_was_not_rerun() -> None:
     previous = {"bench.bench_synth": {"seconds": 8.5}, "bench.bench_chip": {"ratio": 0.63}}
     fresh = {"bench.bench_synth": {"seconds": 7.9}, "bench.bench_chip": {"error": 1}}
     assert merge(previous, fresh) == {"bench.bench_synth": {"seconds": 7.9}, "bench.bench_chip": {"ratio": 0.63}}
+
+
+def test_records_the_benches_write_render(tree: Path) -> None:
+    """The renderer reads the keys the benchmark modules write (tiny real runs of the fast ones)."""
+    from bench import bench_chip, bench_labels, bench_synth
+
+    tiny = ["--tiles", "1", "--width", "320", "--height", "256", "--size", "64", "--stride", "64", "--repeat", "1"]
+    fresh = {
+        "bench.bench_synth": bench_synth.run(workers=1, tiles=1, tile_px=160),
+        "bench.bench_chip": bench_chip.main(tiny),
+        "bench.bench_labels": bench_labels.main(tiny),
+    }
+    bench_json = tree / "docs/results/bench.json"
+    bench_json.write_text(json.dumps({**json.loads(bench_json.read_text()), **fresh}))
+    table = render.render_bench(tree)
+    assert f"1 tiles × 160², {fresh['bench.bench_synth']['mpx']:.0f} Mpx" in table
+    assert f"= **{fresh['bench.bench_chip']['ratio']:.2f}** | ≥ 0.5 |" in table
+    assert f"**{fresh['bench.bench_labels']['ratio_vector_over_raster']:.2f}** (load average" in table
