@@ -85,6 +85,15 @@ def test_cli_progress_writes_lines_not_bar_redraws_to_a_file(tmp_path: Path) -> 
     assert (tmp_path / "quiet.txt").read_text() == ""
 
 
+def test_the_plugins_children_keep_their_logs_free_of_progress(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what pmtl_qgis.environment sets for an engine subprocess
+    with open(tmp_path / "log.txt", "w") as log:
+        progress = TqdmProgress("evaluate", stream=log)
+        progress.report(1.0, "done")
+        progress.close()
+    assert (tmp_path / "log.txt").read_text() == ""
+
+
 def _raise(exc: BaseException) -> None:
     raise exc
 

@@ -8,6 +8,7 @@ in a log), ``pmtl_qgis`` wraps ``QgsProcessingFeedback``.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -101,6 +102,7 @@ class TqdmProgress:
         self, description: str = "", total: int = 1000, disable: bool | None = None, stream: TextIO | None = None
     ) -> None:
         stream = stream or sys.stderr
+        disable = disable or _env_flag("TQDM_DISABLE")  # tqdm's own switch, set by the QGIS plugin for its children
         self._lines = None if disable or is_terminal(stream) else LineProgress(description, stream)
         self._bar = None if self._lines is not None else _tqdm_bar(description, total, bool(disable), stream)
         self._total = total
@@ -124,6 +126,10 @@ class TqdmProgress:
             self._lines.close()
         else:
             self._bar.close()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _tqdm_bar(description: str, total: int, disable: bool, stream: TextIO) -> Any:
