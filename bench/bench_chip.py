@@ -134,6 +134,13 @@ def work_folder(workdir: str | None, prefix: str) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def emit(summary: str, result: dict) -> dict:
+    """Print the summary line, then the JSON record (``bench.run_all`` keeps the last JSON line)."""
+    print(summary)
+    print(json.dumps(result))
+    return result
+
+
 def machine_record() -> dict:
     """How busy the machine was: wall-clock ratios move with other processes' load."""
     return {"cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
@@ -167,15 +174,14 @@ def main(argv: list[str] | None = None) -> dict:
             "chip_cpu_s": round(min(chip_cpu), 3), "cpu_ratio": round(min(raw_cpu) / min(chip_cpu), 3),
             **machine_record(),
         }  # fmt: skip
-    print(
+    summary = (
         f"chipping {result['megapixels']} Mpx ({result['chips']} chips, {result['boxes']} boxes): "
         f"{result['chip_mpx_per_s']} Mpx/s; raw GDAL read {result['raw_read_mpx_per_s']} Mpx/s; "
         f"ratio {result['ratio']} (target >= 0.5; per round {result['ratio_per_round']}); CPU s chipping "
         f"{result['chip_cpu_s']} vs raw read {result['raw_cpu_s']}; load average {result['load_avg_1min']} "
         f"on {result['cores']} cores"
     )
-    print(json.dumps(result))
-    return result
+    return emit(summary, result)
 
 
 if __name__ == "__main__":

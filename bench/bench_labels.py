@@ -10,7 +10,6 @@ Run: ``python -m bench.bench_labels [--tiles 4 --width 2500 --height 2000 --stri
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from bench.bench_chip import machine_record, make_tiles, tile_parser, tile_record, work_folder
+from bench.bench_chip import emit, machine_record, make_tiles, tile_parser, tile_record, work_folder
 from engine.chip import chip_dataset
 from engine.chip.splits import SplitPlan
 from engine.chip.userdata import LabelSource, chip_images
@@ -86,13 +85,12 @@ def main(argv: list[str] | None = None) -> dict:
             "ratio_vector_over_raster": round(min(raster_times) / min(vector_times), 3),
             **machine_record(),
         }  # fmt: skip
-    print(
+    summary = (
         f"chipping {result['megapixels']} Mpx: vector labels ({result['polygons']} polygons in WGS 84) "
         f"{result['vector_mpx_per_s']} Mpx/s, ISPRS raster labels {result['raster_mpx_per_s']} Mpx/s; ratio "
         f"{result['ratio_vector_over_raster']}; load average {result['load_avg_1min']} on {result['cores']} cores"
     )
-    print(json.dumps(result))
-    return result
+    return emit(summary, result)
 
 
 if __name__ == "__main__":
