@@ -7,9 +7,11 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 
-from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.cli import cli_progress, run_cli
+from engine.core.errors import quiet_gdal_close_errors
+from engine.core.progress import Progress
 from engine.predict.options import add_raster_options, raster_settings
 
 
@@ -28,39 +30,27 @@ def main(argv: list[str] | None = None) -> int:
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
 
+    progress = cli_progress("predict", json_lines=args.json_progress)
+    cancelled = "prediction cancelled; no output written"
+    return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
+
+
+def _predict(args: argparse.Namespace, progress: Progress) -> None:
     from engine.predict.pipeline import run_prediction
 
-    progress = JsonLinesProgress() if args.json_progress else TqdmProgress("predict")
-    try:
-        outputs = {
-            "raster": args.out_raster,
-            "probs": args.out_probs,
-            "vector": args.out_vector,
-            "polygons": args.out_polygons,
-        }
-        summary = run_prediction(
-            args.model,
-            args.input,
-            outputs,
-            raster_settings(args),
-            device=args.device,
-            threads=args.threads,
-            progress=progress,
-        ).summary
-    except (Cancelled, KeyboardInterrupt):
-        print("prediction cancelled; no output written", file=sys.stderr)
-        return 130
-    except (PmtlError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # not mapped to a named output (e.g. the system temp folder): still one line
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if hasattr(progress, "close"):
-            progress.close()
-    print(json.dumps(summary.as_dict(), indent=1))
-    return 0
+    outputs = {
+        "raster": args.out_raster,
+        "probs": args.out_probs,
+        "vector": args.out_vector,
+        "polygons": args.out_polygons,
+    }
+    settings = raster_settings(args)
+    prediction = run_prediction(
+        args.model, args.input, outputs, settings, device=args.device, threads=args.threads, progress=progress
+    )
+    if hasattr(progress, "close"):
+        progress.close()
+    print(json.dumps(prediction.summary.as_dict(), indent=1))
 
 
 if __name__ == "__main__":
