@@ -7,10 +7,11 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 
+from engine.core.cli import EXIT_CANCELLED, EXIT_OK, cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.errors import quiet_gdal_close_errors
 from engine.predict.options import add_raster_options, raster_settings
 from engine.region.job import MAX_TILES_PER_TASK, RegionOptions, run_region
 
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+CANCELLED = "region job cancelled; finished rasters are kept (--resume goes on)"
+EXIT_SOME_FAILED = 1
+"""Some rasters failed (each with its one-line error), the others finished."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
@@ -52,41 +58,38 @@ def main(argv: list[str] | None = None) -> int:
     import distributed  # noqa: F401  (sets its loggers to INFO on import: quieten its start/stop chatter after)
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
-
-    inner = JsonLinesProgress() if args.json_progress else TqdmProgress("region")
+    inner = cli_progress("region", json_lines=args.json_progress)
     progress = watch(inner, args.control_stdin)
-    try:
-        options = RegionOptions(
-            model=args.model,
-            inputs=tuple(args.input),
-            out_dir=args.out,
-            workers=args.workers,
-            threads_per_worker=args.threads_per_worker,
-            scheduler=args.scheduler,
-            resume=args.resume,
-            device=args.device,
-            settings=raster_settings(args),
-            max_tiles_per_task=args.max_tiles_per_task,
-        )
-        summary = run_region(options, progress)
-    except (Cancelled, KeyboardInterrupt):
-        print("region job cancelled; finished rasters are kept (--resume goes on)", file=sys.stderr)
-        return 130
-    except (PmtlError, ConfigError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        progress.close()
+    return run_cli(
+        partial(_region, args, progress), cancelled=CANCELLED, progress=progress, json_errors=args.json_progress
+    )
+
+
+def _region(args: argparse.Namespace, progress) -> int:
+    options = RegionOptions(
+        model=args.model,
+        inputs=tuple(args.input),
+        out_dir=args.out,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        scheduler=args.scheduler,
+        resume=args.resume,
+        device=args.device,
+        settings=raster_settings(args),
+        max_tiles_per_task=args.max_tiles_per_task,
+    )
+    summary = run_region(options, progress)
+    progress.close()
     for error in summary.failures.values():
         print(f"error: {error}", file=sys.stderr)
     if args.json_progress:
-        inner.emit("done", **summary.as_dict())
+        progress.inner.emit("done", **summary.as_dict())
     else:
         print(json.dumps(summary.as_dict(), indent=1))
     if summary.status == "cancelled":
-        print("region job cancelled; finished rasters are kept (--resume goes on)", file=sys.stderr)
-        return 130
-    return 0 if summary.status == "done" else 1
+        print(CANCELLED, file=sys.stderr)
+        return EXIT_CANCELLED
+    return EXIT_OK if summary.status == "done" else EXIT_SOME_FAILED
 
 
 if __name__ == "__main__":
