@@ -441,3 +441,14 @@ def test_resume_refuses_a_report_made_with_other_options(tmp_path):
     assert RegionReport.open(tmp_path, {**job, "model": "/n.onnx"}, inputs, resume=False).records["a"]["status"] == (
         "pending"
     )
+
+
+def test_the_whole_regions_figures_are_rendered_from_the_bench_json():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_readme", REPO / "scripts" / "render_readme.py")
+    render = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(render)
+    part = REPO / "docs" / "readme_parts" / "region.md"
+    assert render.stale_blocks(part.read_text(), REPO, str(part)) == []
+    assert "<!-- figures:region -->" in part.read_text()
