@@ -15,6 +15,7 @@ import dataclasses
 import io
 import math
 import os
+import platform
 import threading
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ from engine.predict import outputs as out
 from engine.predict.detections import BOTTOM, LEFT, RIGHT, TOP, Detections, truncated_at_seams
 from engine.predict.model import OnnxModel
 from engine.predict.pipeline import (
+    Prediction,
     RasterSettings,
     TileWindow,
     bounded_gdal_cache,
@@ -171,7 +173,7 @@ def write_cog(work: Path, final: Path) -> None:
         gdal.Translate(str(tmp), str(work), format="COG", creationOptions=_COG_OPTIONS)
 
 
-def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress):
+def _predict(job: RasterJob, model: OnnxModel, progress: TaskProgress) -> Prediction:
     final = class_map_path(job.out_dir, job.stem)
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = temporary_sibling(final, ".tif")
@@ -199,7 +201,7 @@ def peak_rss_mb() -> float | None:
 
 
 def _base_record(job: RasterJob) -> dict:
-    return {"input": job.source, "stem": job.stem, "host": os.uname().nodename, "pid": os.getpid()}
+    return {"input": job.source, "stem": job.stem, "host": platform.node(), "pid": os.getpid()}
 
 
 def _not_done(record: dict, exc: BaseException, started: float) -> dict:
