@@ -452,3 +452,13 @@ def test_the_whole_regions_figures_are_rendered_from_the_bench_json():
     part = REPO / "docs" / "readme_parts" / "region.md"
     assert render.stale_blocks(part.read_text(), REPO, str(part)) == []
     assert "<!-- figures:region -->" in part.read_text()
+
+
+def test_relative_inputs_become_absolute_and_each_worker_loads_the_model_once(model, tmp_path, monkeypatch):
+    from engine.region.worker import worker_model
+
+    (tmp_path / "t.tif").write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    assert [i.source for i in expand_inputs(["t.tif"])] == [str(tmp_path / "t.tif")]
+    first = worker_model(str(model), "cpu", 1)
+    assert worker_model(str(model), "cpu", 1) is first and worker_model(str(model), "cpu", 2) is not first

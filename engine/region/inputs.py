@@ -103,11 +103,13 @@ def unique_stems(sources: Iterable[str]) -> list[RegionInput]:
 
 
 def expand_inputs(paths: Sequence[str]) -> list[RegionInput]:
-    """Every raster the ``--input`` values name, in order, each once."""
+    """Every raster the ``--input`` values name, in order, each once; files as absolute paths (workers of a
+    cluster do not share the client's working folder)."""
     seen: set[str] = set()
     sources = []
     for text in paths:
-        for source in _expand_one(str(text)):
+        for found in _expand_one(str(text)):
+            source = found if is_gdal_name(found) else os.path.abspath(found)
             key = source if is_gdal_name(source) else os.path.realpath(source)
             if key not in seen:
                 seen.add(key)
