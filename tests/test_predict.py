@@ -283,6 +283,27 @@ def test_seam_fusion_joins_facing_parts_only_one_to_one():
     assert len(fuse_seam_fragments(dets)) == 7
 
 
+def test_seam_fusion_never_joins_two_objects_each_whole_in_one_tile():
+    # tiles of 100 px overlapping by 20 (origins 0, 80): car Y (x 70..90) is whole in tile A and crosses B's left
+    # border; car X (x 92..110) is whole in B and crosses A's right border. A's part of X and B's part of Y face
+    # each other across the seam, but they are two objects: each car is reported once, as itself.
+    grid = TileGrid(width=180, height=100, tile=100, overlap=20)
+    cars = [(70.0, 40.0, 90.0, 60.0), (92.0, 40.0, 110.0, 60.0)]
+    dets = Detections.concat([tile_views(car, grid, 0.8) for car in cars])
+    fused = fuse_seam_fragments(dets)
+    kept = fused.take(merge_across_tiles(fused, 0.5, 0.6))
+    np.testing.assert_allclose(sorted(kept.boxes.tolist()), sorted(cars))
+
+
+def test_seam_fusion_joins_the_parts_of_an_object_cut_by_tiles_without_overlap():
+    grid = TileGrid(width=200, height=100, tile=100, overlap=0)
+    dets = tile_views((90.0, 40.0, 110.0, 60.0), grid, 0.8)
+    assert len(dets) == 2
+    kept = fuse_seam_fragments(dets)
+    assert len(kept) == 1 and kept.truncated[0] == 0
+    np.testing.assert_allclose(kept.boxes[0], [90, 40, 110, 60])
+
+
 # --- end to end with the known-answer model ------------------------------------------------------------------------
 
 
