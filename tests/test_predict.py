@@ -38,6 +38,7 @@ from engine.predict.detections import (
     merge_across_tiles,
     truncated_at_seams,
 )
+from engine.predict.model import OnnxModel
 from engine.predict.tiling import Blender, TileGrid
 
 gdal.UseExceptions()
@@ -451,7 +452,9 @@ def test_far_gsd_is_resampled_and_outputs_stay_on_the_input_grid(models, tmp_pat
     gt = (ORIGIN[0], 2 * GSD, 0.0, ORIGIN[1], 0.0, -2 * GSD)
     src = write_tif(tmp_path / "coarse.tif", img, gt=gt)
     summary = predict_raster(models["blob"], src, tmp_path / "seg.tif", tmp_path / "det.gpkg")
-    assert any("GSD 0.180 m is far from the model's 0.090 m" in w for w in summary.warnings)
+    assert any(
+        "GSD 0.180 m is outside the model's trained 0.090 m: resampled to 0.090 m" in w for w in summary.warnings
+    )
     seg_ds = gdal.Open(str(tmp_path / "seg.tif"))
     assert seg_ds.GetGeoTransform() == gt and (seg_ds.RasterXSize, seg_ds.RasterYSize) == (80, 40)
     expected = np.where(img[0] == BRIGHT, CAR, IMPERVIOUS)
@@ -459,6 +462,32 @@ def test_far_gsd_is_resampled_and_outputs_stay_on_the_input_grid(models, tmp_pat
     rows, _ = read_detections(tmp_path / "det.gpkg")
     assert len(rows) == 1
     np.testing.assert_allclose(rows[0]["env"], map_box(20, 12, size=8, gsd=2 * GSD), atol=2 * GSD)
+
+
+def test_a_model_trained_at_two_gsds_and_dtypes_reads_each_domain_as_trained(models, tmp_path):
+    """Metadata ``domains`` (5 cm uint8 + 9 cm uint16): a raster within 5-9 cm is not resampled, one outside is
+    resampled to the nearer end, and a uint16 raster is scaled by the uint16 domain's max, not the first's."""
+    from engine.predict.raster import _value_scale, working_gsd
+
+    domains = [
+        {"task": "det", "dataset": "potsdam", "gsd": 0.05, "value_scaling": {"dtype": "uint8", "max": 255.0}},
+        {"task": "seg", "dataset": "vaihingen", "gsd": GSD, "value_scaling": {"dtype": "uint16", "max": 4095.0}},
+    ]
+    path = tmp_path / "two.onnx"
+    export_onnx(BlobNet(), path, {**describe(), "gsd": 0.05, "domains": domains}, TILE, overlap=OVERLAP)
+    info = OnnxModel(path, device="cpu").info
+    assert info.gsd_range == (0.05, GSD) and info.value_scalings == (("uint8", 255.0), ("uint16", 4095.0))
+    assert [working_gsd(g, info, 0.25) for g in (0.05, 0.07, GSD, 0.03, 0.2)] == [None, None, None, 0.05, GSD]
+    img = scene(64, 112, [(20, 24)])
+    src = write_tif(tmp_path / "in16.tif", (img.astype(np.uint32) * 4095 // 255).astype(np.uint16))
+    assert _value_scale("uint16", lambda: 1000.0, str(src), info, None) == 4095.0
+    summary = predict_raster(path, src, tmp_path / "seg.tif")
+    assert not [w for w in summary.warnings if "GSD" in w]
+    np.testing.assert_array_equal(class_map(tmp_path / "seg.tif"), np.where(img[0] == BRIGHT, CAR, IMPERVIOUS))
+    # an older model (one GSD, no domains) still resamples the 9 cm raster to its 5 cm
+    old = with_metadata(path, tmp_path / "old.onnx", lambda m: {k: v for k, v in m.items() if k != "domains"})
+    assert OnnxModel(old, device="cpu").info.gsd_range == (0.05, 0.05)
+    assert working_gsd(GSD, OnnxModel(old, device="cpu").info, 0.25) == 0.05
 
 
 def test_geographic_input_runs_in_utm(models, tmp_path):

@@ -214,13 +214,15 @@ def _gdal_bands(ds: gdal.Dataset) -> tuple[list[int], list[str]]:
 def _value_scale(
     dtype: str, approx_max: Callable[[], float], path: str, info: ModelInfo, value_max: float | None
 ) -> float:
-    """The raw value that maps to 1.0: given, the model's when the raster has its dtype, else the raster's max."""
+    """The raw value that maps to 1.0: given, else that of the training domain (``info.value_scalings``) whose dtype
+    the raster has, else the raster's max (with a warning)."""
     if value_max is not None:
         if value_max <= 0:
             raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
         return float(value_max)
-    if dtype == info.value_dtype:
-        return info.value_max
+    for domain_dtype, domain_max in info.value_scalings or ((info.value_dtype, info.value_max),):
+        if dtype == domain_dtype:  # the scaling of the training domain stored in this dtype
+            return domain_max
     approx = approx_max()
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
@@ -326,21 +328,36 @@ def _working_grid(
         utm.ImportFromEPSG(utm_epsg(float(cx), float(cy)))
         probe = _warp(ds, utm.ExportToWkt(), None)
         res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
-        if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
-            res = info.gsd
+        res = working_gsd(res, info, gsd_tolerance) or res
         notes.append(
             f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
         )
         return _warp(ds, utm.ExportToWkt(), res), True
     elif info.gsd:
         gsd = _gsd_m(gt, srs)
-        if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
+        target = None if gsd is None else working_gsd(gsd, info, gsd_tolerance)
+        if target is not None:
+            lo, hi = info.gsd_range or (info.gsd, info.gsd)
+            trained = f"{lo:.3f} m" if lo == hi else f"{lo:.3f}-{hi:.3f} m"
             notes.append(
-                f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
-                "(outputs are written on the input grid)"
+                f"raster GSD {gsd:.3f} m is outside the model's trained {trained}: resampled to {target:.3f} m with "
+                "GDAL warp (outputs are written on the input grid)"
             )
-            return _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
+            return _warp(ds, ds.GetProjection(), target / srs.GetLinearUnits()), True
     return ds, False
+
+
+def working_gsd(gsd: float, info: ModelInfo, tolerance: float) -> float | None:
+    """The GSD to resample a raster of ``gsd`` metres to: None when it lies within the training domains' range
+    (``info.gsd_range``, widened by ``tolerance``), else the nearer end of that range."""
+    if not info.gsd:
+        return None
+    lo, hi = info.gsd_range or (info.gsd, info.gsd)
+    if gsd < lo * (1.0 - tolerance):
+        return lo
+    if gsd > hi * (1.0 + tolerance):
+        return hi
+    return None
 
 
 def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] | None, value_max: float | None):
