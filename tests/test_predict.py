@@ -467,6 +467,7 @@ def test_far_gsd_is_resampled_and_outputs_stay_on_the_input_grid(models, tmp_pat
 def test_a_model_trained_at_two_gsds_and_dtypes_reads_each_domain_as_trained(models, tmp_path):
     """Metadata ``domains`` (5 cm uint8 + 9 cm uint16): a raster within 5-9 cm is not resampled, one outside is
     resampled to the nearer end, and a uint16 raster is scaled by the uint16 domain's max, not the first's."""
+    from engine.evaluate.onnx_eval import chips_to_tiles
     from engine.predict.raster import _value_scale, working_gsd
 
     domains = [
@@ -481,6 +482,8 @@ def test_a_model_trained_at_two_gsds_and_dtypes_reads_each_domain_as_trained(mod
     img = scene(64, 112, [(20, 24)])
     src = write_tif(tmp_path / "in16.tif", (img.astype(np.uint32) * 4095 // 255).astype(np.uint16))
     assert _value_scale("uint16", lambda: 1000.0, str(src), info, None) == 4095.0
+    tiles = chips_to_tiles(np.full((1, 4, 4, 3), 4095, np.uint16), info, [0, 1, 2])  # chip evaluation alike
+    assert tiles[0, :, :4, :4].max() == tiles[0, :, :4, :4].min() == 1.0
     summary = predict_raster(path, src, tmp_path / "seg.tif")
     assert not [w for w in summary.warnings if "GSD" in w]
     np.testing.assert_array_equal(class_map(tmp_path / "seg.tif"), np.where(img[0] == BRIGHT, CAR, IMPERVIOUS))

@@ -245,6 +245,14 @@ class ModelInfo:
     """Defaults the reader had to assume (Deepness-only models); inference logs them."""
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
 
+    def value_max_for(self, dtype: str) -> float | None:
+        """The raw value that maps to 1.0 for imagery of ``dtype``: that of the training domain stored in that
+        dtype (the first model input's for older models); None when no domain was."""
+        for domain_dtype, domain_max in self.value_scalings or ((self.value_dtype, self.value_max),):
+            if dtype == domain_dtype:
+                return domain_max
+        return None
+
 
 SEG_COLORS_KEY, DET_COLORS_KEY = "seg.colors", "det.colors"
 """Optional top-level metadata keys: a JSON list of [r, g, b] per class, in class-id order."""

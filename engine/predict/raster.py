@@ -220,9 +220,9 @@ def _value_scale(
         if value_max <= 0:
             raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
         return float(value_max)
-    for domain_dtype, domain_max in info.value_scalings or ((info.value_dtype, info.value_max),):
-        if dtype == domain_dtype:  # the scaling of the training domain stored in this dtype
-            return domain_max
+    trained = info.value_max_for(dtype)
+    if trained is not None:
+        return trained
     approx = approx_max()
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
