@@ -253,6 +253,19 @@ def test_int8_calibrates_on_unlabelled_chips_and_measures_each_task_on_its_own_d
     assert [s.tasks for s in sources] == [(), ("seg",), ("det",)]
 
 
+def test_default_tile_holds_every_training_domains_chips(setup, tmp_path):
+    payload = torch.load(setup["ckpt"], weights_only=True)
+    scaling = payload["metadata"]["value_scaling"]
+    domains = [
+        {"task": t, "gsd": 0.09, "value_scaling": scaling, "chip_size": c} for t, c in (("det", 64), ("seg", 96))
+    ]
+    payload["metadata"] = {**payload["metadata"], "chip_size": 64, "domains": domains}
+    save_checkpoint(tmp_path / "two.pt", payload)
+    export_checkpoint(tmp_path / "two.pt", tmp_path / "two.onnx")
+    info = OnnxModel(tmp_path / "two.onnx", device="cpu").info
+    assert info.tile_size == 96 and info.gsd_range == (0.09, 0.09)
+
+
 def test_bad_inputs_are_clear_errors(setup, tmp_path):
     with pytest.raises(ConfigError, match="'precision' must be one of"):
         export_checkpoint(setup["ckpt"], tmp_path / "x.onnx", precision="int4")

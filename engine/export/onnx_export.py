@@ -314,8 +314,9 @@ def export_checkpoint(
         checkpoint=str(ckpt_path),
         weights="ema" if payload.get("ema") else "model",
     )
-    if tile_size is None:
-        tile_size = int(meta.get("chip_size", 320))
+    if tile_size is None:  # the largest training chips fit whole (each domain may have its own chip size)
+        sizes = [d["chip_size"] for d in meta.get("domains") or () if d.get("chip_size")]
+        tile_size = int(max(sizes, default=meta.get("chip_size", 320)))
     check_precision(precision)
     if precision == "fp32":
         return export_onnx(model, out_path, meta, tile_size, **options)
