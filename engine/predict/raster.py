@@ -1,7 +1,8 @@
 """The input raster as the model needs it: band mapping, value scaling, validity (nodata / AOI), working grid.
 
-When the raster's CRS is geographic, or its GSD is far from the model's, a lazily warped VRT (GDAL warp, with an
-alpha band marking real pixels) is the working grid: still read window by window, so memory stays flat. Outputs
+When the raster's CRS is geographic, or its GSD lies outside the range of the model's training domains (metadata
+``domains``; an older model's single ``gsd``), a lazily warped VRT (GDAL warp, with an alpha band marking real
+pixels) is the working grid: still read window by window, so memory stays flat. Outputs
 are computed on the working grid and warped back onto the input grid at the end.
 
 A raster GDAL cannot open (a QGIS XYZ/WMS basemap, a virtual raster) comes in as a :class:`WindowReader`: an object
