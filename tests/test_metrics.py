@@ -163,7 +163,9 @@ def test_map_threshold_keeps_exactly_the_detections_the_f1_was_counted_on() -> N
     assert sorted(kept.tolist()) == pytest.approx([0.6, 0.8, 0.9])
     logits = torch.logit(torch.tensor(scores, dtype=torch.float64)).float().view(1, 4, 1)
     anchors = torch.tensor(boxes)
-    torch_kept = postprocess_detections(logits, torch.zeros(1, 4, 4), anchors, score_threshold=float(torch.sigmoid(logits[0, 2, 0])))
+    torch_kept = postprocess_detections(
+        logits, torch.zeros(1, 4, 4), anchors, score_threshold=float(torch.sigmoid(logits[0, 2, 0]))
+    )
     assert len(torch_kept[0]["scores"]) == 3
 
 
