@@ -406,6 +406,8 @@ class BandView(nn.Module):
         self.register_buffer("indices", torch.tensor(list(indices), dtype=torch.long), persistent=False)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.in_order = list(indices) == list(range(len(indices)))
 
     def forward(self, unit_images: torch.Tensor) -> torch.Tensor:
-        return (unit_images.index_select(1, self.indices) - self.mean) / self.std
+        whole = self.in_order and unit_images.shape[1] == len(self.indices)  # no band copy: the usual case
+        return ((unit_images if whole else unit_images.index_select(1, self.indices)) - self.mean) / self.std
