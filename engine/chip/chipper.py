@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.chip.stats import ChipSummary, TileStats
-from engine.chip.windows import chip_windows
+from engine.chip.windows import chip_windows, one_gsd
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress, check_cancel
@@ -201,6 +201,7 @@ def chip_tiles(
     )
     infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
+    gsd = one_gsd([(str(info.path), info.gsd) for info in infos])  # one dataset, one GSD: checked before cutting
     bands = list(band_names) if band_names else [f"band{i + 1}" for i in range(infos[0].bands)]
     if len(bands) != infos[0].bands:
         raise ConfigError(f"band_names: expected {infos[0].bands} names for {infos[0].path}, found {bands}")
@@ -256,7 +257,7 @@ def chip_tiles(
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,
             "stride": stride,
-            "gsd": infos[0].gsd,
+            "gsd": gsd,
             "value_scaling": summary.value_scaling,
             "mean": mean,
             "std": std,

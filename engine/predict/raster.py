@@ -1,7 +1,8 @@
 """The input raster as the model needs it: band mapping, value scaling, validity (nodata / AOI), working grid.
 
-When the raster's CRS is geographic, or its GSD is far from the model's, a lazily warped VRT (GDAL warp, with an
-alpha band marking real pixels) is the working grid: still read window by window, so memory stays flat. Outputs
+When the raster's CRS is geographic, or its GSD lies outside the range of the model's training domains (metadata
+``domains``; an older model's single ``gsd``), a lazily warped VRT (GDAL warp, with an alpha band marking real
+pixels) is the working grid: still read window by window, so memory stays flat. Outputs
 are computed on the working grid and warped back onto the input grid at the end.
 
 A raster GDAL cannot open (a QGIS XYZ/WMS basemap, a virtual raster) comes in as a :class:`WindowReader`: an object
@@ -214,13 +215,15 @@ def _gdal_bands(ds: gdal.Dataset) -> tuple[list[int], list[str]]:
 def _value_scale(
     dtype: str, approx_max: Callable[[], float], path: str, info: ModelInfo, value_max: float | None
 ) -> float:
-    """The raw value that maps to 1.0: given, the model's when the raster has its dtype, else the raster's max."""
+    """The raw value that maps to 1.0: given, else that of the training domain (``info.value_scalings``) whose dtype
+    the raster has, else the raster's max (with a warning)."""
     if value_max is not None:
         if value_max <= 0:
             raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
         return float(value_max)
-    if dtype == info.value_dtype:
-        return info.value_max
+    trained = info.value_max_for(dtype)
+    if trained is not None:
+        return trained
     approx = approx_max()
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
@@ -346,9 +349,8 @@ def _working_grid(
         probe = _warp(ds, utm.ExportToWkt(), None)
         res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
         if info.gsd:
-            check_gsd_ratio(path, res, info.gsd, max_gsd_ratio)
-        if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
-            res = info.gsd
+            check_gsd_ratio(path, res, nearest_trained_gsd(res, info), max_gsd_ratio)
+        res = working_gsd(res, info, gsd_tolerance) or res
         notes.append(
             f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
         )
@@ -356,14 +358,36 @@ def _working_grid(
     elif info.gsd:
         gsd = _gsd_m(gt, srs)
         if gsd is not None:
-            check_gsd_ratio(path, gsd, info.gsd, max_gsd_ratio)
-        if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
+            check_gsd_ratio(path, gsd, nearest_trained_gsd(gsd, info), max_gsd_ratio)
+        target = None if gsd is None else working_gsd(gsd, info, gsd_tolerance)
+        if target is not None:
+            lo, hi = info.gsd_range or (info.gsd, info.gsd)
+            trained = f"{lo:.3f} m" if lo == hi else f"{lo:.3f}-{hi:.3f} m"
             notes.append(
-                f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
-                "(outputs are written on the input grid)"
+                f"raster GSD {gsd:.3f} m is outside the model's trained {trained}: resampled to {target:.3f} m with "
+                "GDAL warp (outputs are written on the input grid)"
             )
-            return _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
+            return _warp(ds, ds.GetProjection(), target / srs.GetLinearUnits()), True
     return ds, False
+
+
+def nearest_trained_gsd(gsd: float, info: ModelInfo) -> float:
+    """The trained GSD nearest to ``gsd``: ``gsd`` itself inside the training domains' range, else its nearer end."""
+    lo, hi = info.gsd_range or (info.gsd, info.gsd)
+    return min(max(gsd, lo), hi)
+
+
+def working_gsd(gsd: float, info: ModelInfo, tolerance: float) -> float | None:
+    """The GSD to resample a raster of ``gsd`` metres to: None when it lies within the training domains' range
+    (``info.gsd_range``, widened by ``tolerance``), else the nearer end of that range."""
+    if not info.gsd:
+        return None
+    lo, hi = info.gsd_range or (info.gsd, info.gsd)
+    if gsd < lo * (1.0 - tolerance):
+        return lo
+    if gsd > hi * (1.0 + tolerance):
+        return hi
+    return None
 
 
 def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] | None, value_max: float | None):
