@@ -34,7 +34,7 @@ QGIS_SIDE = (
     "engine/data/isprs.py",
     "engine/data/labels.py",
     "engine/export/__init__.py",
-    "engine/export/metadata.py",
+    "engine/core/modelio.py",
     "engine/train/config.py",
 )
 """Files and packages QGIS's process imports (tests/test_python_version_check.py keeps this list complete)."""

@@ -6,7 +6,7 @@ import pytest
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
 from engine.core.errors import InputError
-from engine.export.metadata import build_metadata, class_colors, model_info, to_props
+from engine.core.modelio import build_metadata, class_colors, model_info, to_props
 
 OUTPUTS = {
     "seg_logits": {"task": "seg", "kind": "logits", "shape": ["batch", 3, 64, 64]},

@@ -80,7 +80,7 @@ def bright_square_score(bright: Tensor) -> Tensor:
 def save_random_checkpoint(path: Path, cfg: Any, metadata: dict, seed: int = 0) -> Path:
     """A ``best.pt`` of an untrained network built from ``cfg`` (a ``ModelConfig``), with ``metadata``."""
     from engine.models import build_model
-    from engine.train.checkpoint import save_checkpoint
+    from engine.models.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     state = build_model(cfg).state_dict()

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.core.errors import ConfigError, InputError
+from engine.core.modelio import ModelInfo
 from engine.core.progress import Progress, check_cancel
-from engine.export.metadata import ModelInfo
 
 if TYPE_CHECKING:
     from engine.predict.model import OnnxModel

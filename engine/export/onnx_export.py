@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from engine.core import modelio as md
 from engine.core.atomic import atomic_path
 from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress
-from engine.export import metadata as md
 from engine.export.quantize import ChipSource, check_precision, convert_precision
 from engine.models.anchors import DEFAULT_VARIANCES, decode
 
@@ -292,12 +292,12 @@ def export_checkpoint(
     (``quantization``: its keyword options, e.g. ``calibration_chips``, ``eval_chips``, ``eval_split``), calibrated
     on ``calibration`` chip datasets or, by default, on the training chip datasets recorded in the checkpoint.
 
-    Checkpoint form (engine.train.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
+    Checkpoint form (engine.models.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
     state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, seg_classes, palette,
     det_classes, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
     """
     from engine.models import build_model, load_model_config
-    from engine.train.checkpoint import inference_state, load_checkpoint
+    from engine.models.checkpoint import inference_state, load_checkpoint
 
     options = {k: v for k, v in options.items() if v is not None}  # None = "the default" (QGIS optional params)
     payload = load_checkpoint(ckpt_path)

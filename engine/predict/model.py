@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import ConfigError, InputError
-from engine.export.metadata import ModelInfo, model_info
+from engine.core.modelio import ModelInfo, model_info
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 

@@ -24,7 +24,7 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from engine.core.errors import ConfigError, InputError
-from engine.export.metadata import ModelInfo
+from engine.core.modelio import ModelInfo
 
 gdal.UseExceptions()
 ogr.UseExceptions()

@@ -29,8 +29,8 @@ from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
 from engine.core.progress import Progress, check_cancel
 from engine.evaluate.run import evaluate_model
+from engine.models.checkpoint import capture_rng, inference_state, save_checkpoint
 from engine.train import objectives as O
-from engine.train.checkpoint import capture_rng, inference_state, save_checkpoint
 from engine.train.config import unlabelled_roots
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier
 from engine.train.schedule import lr_factor
