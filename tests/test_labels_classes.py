@@ -62,9 +62,9 @@ def test_heads_and_checkpoint_classes_come_from_each_tasks_manifest():
     meta = class_metadata(manifests)
     assert meta == {
         "seg_classes": ["background", "roof"],
-        "palette": [[200, 200, 200], [180, 30, 40]],
+        "seg_colors": [[200, 200, 200], [180, 30, 40]],
         "det_classes": ["shed", "house"],
-        "det_palette": [[10, 20, 30], [250, 128, 0]],
+        "det_colors": [[10, 20, 30], [250, 128, 0]],
     }
 
 

@@ -268,7 +268,7 @@ def test_tensorboard_scalars_and_per_class_score_thresholds_are_written(chips, t
     # the best epoch's per-class validation thresholds travel to export in the checkpoint (not as scalars)
     meta = load_checkpoint(result.best_checkpoint)["metadata"]
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert set(meta["det_score_thresholds"]) == set(meta["det_classes"]) == set(row["score_thresholds"])
+    assert set(meta["class_score_thresh"]) == set(meta["det_classes"]) == set(row["class_score_thresh"])
     assert all(isinstance(v, float) for v in meta["validation"].values())
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import IGNORE_INDEX, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
 
 SCHEMA_VERSION: int = 1
@@ -74,105 +74,215 @@ def domain_entry(domain: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_metadata(
-    *,
-    tasks: Sequence[str],
-    bands: Sequence[str],
-    value_scaling: Mapping[str, Any],
-    mean: Sequence[float],
-    std: Sequence[float],
-    gsd: float,
-    tile_size: int,
-    overlap: int,
-    outputs: Mapping[str, Mapping[str, Any]],
-    seg_classes: Sequence[str] = (),
-    palette: Sequence[Sequence[int]] = (),
-    det_classes: Sequence[str] = (),
-    det_colors: Sequence[Sequence[int]] = (),
-    score_thresh: float = 0.3,
-    class_score_thresh: Sequence[float] | None = None,
-    iou_thresh: float = 0.5,
-    ios_thresh: float = 0.6,
-    variances: Sequence[float] = (0.1, 0.2),
-    anchors: Mapping[str, Any] | None = None,
-    provenance: Mapping[str, Any] | None = None,
-    seg_thresh: float = 0.0,
-    precision: str = "fp32",
-    domains: Sequence[Mapping[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
+RGB = tuple[int, int, int]
 
-    ``seg_thresh`` 0 turns Deepness's probability threshold off: Deepness zeroes probabilities below it before the
-    argmax, which on a multi-class softmax would turn every uncertain pixel into class 0. Each head's class colours
-    are in ``seg.colors`` / ``det.colors`` ([r, g, b] per class, in class order; ``seg.palette`` is the older name
-    of ``seg.colors``, kept for readers of schema version 1).
-    """
-    from engine import __version__
+DEFAULT_SCORE_THRESH: float = 0.3
+"""Detection score threshold of a model (and of a class training recorded none for) when nothing else says."""
 
-    meta: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "format": FORMAT,
-        "tasks": list(tasks),
-        "input": {
-            "name": INPUT_NAME,
-            "layout": "NCHW",
-            "bands": list(bands),
-            "value_scaling": {"dtype": value_scaling["dtype"], "max": float(value_scaling["max"])},
-            "mean": [float(v) for v in mean],
-            "std": [float(v) for v in std],
-        },
-        "outputs": {k: dict(v) for k, v in outputs.items()},
-        "gsd": float(gsd),
-        **({"domains": [domain_entry(d) for d in domains]} if domains else {}),
-        "tile_size": int(tile_size),
-        "overlap": int(overlap),
-        "precision": precision,
-        "provenance": {
-            "engine_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **dict(provenance or {}),
-        },
-        # Deepness keys
-        "model_type": "Segmentor" if "seg" in tasks else "Detector",
-        "class_names": {str(i): name for i, name in enumerate(seg_classes or det_classes)},
-        "resolution": round(float(gsd) * 100.0, 6),
-        "tiles_overlap": round(100.0 * overlap / tile_size),
-        **deepness_standardization(mean, std, float(value_scaling["max"])),
-    }
-    if "seg" in tasks:
-        meta["seg"] = {
-            "classes": list(seg_classes),
-            "palette": [list(map(int, c)) for c in palette],
-            "ignore_index": IGNORE_INDEX,
+LEGACY_KEYS: dict[str, str] = {
+    "seg_colors": "palette",
+    "det_colors": "det_palette",
+    "class_score_thresh": "det_score_thresholds",
+}
+"""Checkpoint-metadata key -> the name checkpoints written before the contract used for it (still read)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadSpec:
+    """One head of a trained model: its classes in id order, one colour each and, for detection, one score
+    threshold each (``class_score_thresh``: the best F1 on validation; None: the model's single threshold)."""
+
+    classes: tuple[str, ...] = ()
+    colors: tuple[RGB, ...] = ()
+    class_score_thresh: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.colors) != len(self.classes):
+            raise ConfigError(f"head spec: {len(self.colors)} colours for {len(self.classes)} classes")
+        thresholds = self.class_score_thresh
+        if thresholds is not None and len(thresholds) != len(self.classes):
+            raise ConfigError(f"head spec: {len(thresholds)} class score thresholds for {len(self.classes)} classes")
+
+
+NO_HEAD = HeadSpec()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelContract:
+    """What a trained model promises its readers: tasks, a :class:`HeadSpec` per task, the input (bands, value
+    scaling, normalisation), GSD and training domains, tile, provenance. Written to ONNX metadata by
+    :meth:`to_metadata` (pmtl keys and Deepness keys); read back by :func:`model_info`."""
+
+    tasks: tuple[str, ...]
+    heads: Mapping[str, HeadSpec]
+    bands: tuple[str, ...]
+    value_scaling: Mapping[str, Any]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    gsd: float
+    tile_size: int
+    overlap: int
+    domains: tuple[Mapping[str, Any], ...] = ()
+    provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    precision: str = "fp32"
+
+    def head(self, task: str) -> HeadSpec:
+        return self.heads.get(task, NO_HEAD)
+
+    def to_metadata(self, outputs: Mapping[str, Mapping[str, Any]], decoding: Decoding | None = None) -> dict:
+        """The full ONNX metadata dict (pmtl keys + Deepness keys), validated against the schema."""
+        decoding = decoding or Decoding()
+        meta: dict[str, Any] = {
+            **self._pmtl_entries(outputs),
+            **self._deepness_entries(),
         }
-        if palette and len(palette) == len(seg_classes):  # else readers fall back to class_colors()
-            meta["seg"]["colors"] = [list(map(int, c)) for c in palette]
-        meta["seg_thresh"] = float(seg_thresh)
-    if "det" in tasks:
-        meta["det"] = {
-            "classes": list(det_classes),
-            "score_thresh": float(score_thresh),
-            "iou_thresh": float(iou_thresh),
-            "ios_thresh": float(ios_thresh),
-            "decoding": {
-                "in_graph": True,
-                "box_format": "xyxy_px",
-                "variances": [float(v) for v in variances],
-                "anchors": dict(anchors or {}),
+        if "seg" in self.tasks:
+            meta["seg"] = _seg_entry(self.head("seg"))
+            meta["seg_thresh"] = float(decoding.seg_thresh)
+        if "det" in self.tasks:
+            meta["det"] = _det_entry(self.head("det"), decoding)
+            meta["det_conf"] = float(decoding.score_thresh)
+            meta["det_iou_thresh"] = float(decoding.iou_thresh)
+        validate_metadata(meta, "export")
+        return meta
+
+    def _pmtl_entries(self, outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+        from engine import __version__
+
+        scaling = {"dtype": self.value_scaling["dtype"], "max": float(self.value_scaling["max"])}
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "format": FORMAT,
+            "tasks": list(self.tasks),
+            "input": {
+                "name": INPUT_NAME,
+                "layout": "NCHW",
+                "bands": list(self.bands),
+                "value_scaling": scaling,
+                "mean": [float(v) for v in self.mean],
+                "std": [float(v) for v in self.std],
+            },
+            "outputs": {k: dict(v) for k, v in outputs.items()},
+            "gsd": float(self.gsd),
+            **({"domains": [domain_entry(d) for d in self.domains]} if self.domains else {}),
+            "tile_size": int(self.tile_size),
+            "overlap": int(self.overlap),
+            "precision": self.precision,
+            "provenance": {
+                "engine_version": __version__,
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                **dict(self.provenance),
             },
         }
-        if class_score_thresh is not None:
-            if len(class_score_thresh) != len(det_classes):
-                raise ConfigError(
-                    f"export: {len(class_score_thresh)} class score thresholds for {len(det_classes)} detection classes"
-                )
-            meta["det"]["class_score_thresh"] = [float(t) for t in class_score_thresh]
-        if det_colors and len(det_colors) == len(det_classes):
-            meta["det"]["colors"] = [list(map(int, c)) for c in det_colors]
-        meta["det_conf"] = float(score_thresh)
-        meta["det_iou_thresh"] = float(iou_thresh)
-    validate_metadata(meta, "export")
-    return meta
+
+    def _deepness_entries(self) -> dict[str, Any]:
+        """The keys the Deepness plugin reads, derived from the pmtl ones."""
+        names = self.head("seg").classes or self.head("det").classes
+        return {
+            "model_type": "Segmentor" if "seg" in self.tasks else "Detector",
+            "class_names": {str(i): name for i, name in enumerate(names)},
+            "resolution": round(float(self.gsd) * 100.0, 6),
+            "tiles_overlap": round(100.0 * self.overlap / self.tile_size),
+            **deepness_standardization(self.mean, self.std, float(self.value_scaling["max"])),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+    """How readers turn the graph's detection outputs into boxes (and Deepness its probabilities into classes).
+
+    ``seg_thresh`` 0 turns Deepness's probability threshold off: Deepness zeroes probabilities below it before the
+    argmax, which on a multi-class softmax would turn every uncertain pixel into class 0."""
+
+    score_thresh: float = DEFAULT_SCORE_THRESH
+    iou_thresh: float = 0.5
+    ios_thresh: float = 0.6
+    variances: tuple[float, ...] = (0.1, 0.2)
+    anchors: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    seg_thresh: float = 0.0
+
+
+def _rgb_lists(colors: Sequence[Sequence[int]]) -> list[list[int]]:
+    return [list(map(int, c)) for c in colors]
+
+
+def _seg_entry(head: HeadSpec) -> dict[str, Any]:
+    """Metadata ``seg``: ``colors`` is the one name; ``palette`` (the same list) stays because schema version 1
+    requires it."""
+    colors = _rgb_lists(head.colors)
+    entry: dict[str, Any] = {"classes": list(head.classes), "palette": colors, "ignore_index": IGNORE_INDEX}
+    if colors:
+        entry["colors"] = colors
+    return entry
+
+
+def _det_entry(head: HeadSpec, decoding: Decoding) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "classes": list(head.classes),
+        "score_thresh": float(decoding.score_thresh),
+        "iou_thresh": float(decoding.iou_thresh),
+        "ios_thresh": float(decoding.ios_thresh),
+        "decoding": {
+            "in_graph": True,
+            "box_format": "xyxy_px",
+            "variances": [float(v) for v in decoding.variances],
+            "anchors": dict(decoding.anchors),
+        },
+    }
+    if head.class_score_thresh is not None:
+        entry["class_score_thresh"] = [float(t) for t in head.class_score_thresh]
+    if head.colors:
+        entry["colors"] = _rgb_lists(head.colors)
+    return entry
+
+
+def _recorded(meta: Mapping[str, Any], key: str) -> Any:
+    """Checkpoint-metadata ``key``, else what older checkpoints called it (:data:`LEGACY_KEYS`)."""
+    value = meta.get(key)
+    return meta.get(LEGACY_KEYS[key]) if value is None and key in LEGACY_KEYS else value
+
+
+def _entries(meta: Mapping[str, Any], key: str, default: Sequence[Any], count: int, origin: str) -> tuple:
+    values = tuple(_recorded(meta, key) or default)
+    if len(values) != count:
+        raise InputError(f"{origin}: metadata '{key}' has {len(values)} entries, the model head has {count} classes")
+    return values
+
+
+def class_thresholds(found: Any, names: Sequence[str]) -> tuple[float, ...] | None:
+    """The validation-F1 thresholds training recorded (``found``: class name -> threshold or None), in ``names``
+    order; a class without one gets :data:`DEFAULT_SCORE_THRESH`. None: nothing recorded."""
+    if not names or not isinstance(found, Mapping):
+        return None
+    return tuple(DEFAULT_SCORE_THRESH if found.get(n) is None else float(found[n]) for n in names)
+
+
+def heads_from_checkpoint(
+    meta: Mapping[str, Any], sizes: Mapping[str, int], origin: str = "checkpoint"
+) -> dict[str, HeadSpec]:
+    """The head specs of a checkpoint whose heads have ``sizes`` classes (task -> count; 0 or absent: no head),
+    from its metadata (older key names read too); a head without recorded classes gets the ISPRS ones."""
+    heads: dict[str, HeadSpec] = {}
+    if sizes.get("seg"):
+        names = _entries(meta, "seg_classes", SEG_CLASSES, sizes["seg"], origin)
+        heads["seg"] = HeadSpec(names, _colors(_entries(meta, "seg_colors", PALETTE, sizes["seg"], origin)))
+    if sizes.get("det"):
+        names = _entries(meta, "det_classes", DET_CLASSES, sizes["det"], origin)
+        colors = _entries(meta, "det_colors", det_colours_for(names, ISPRS_SEG), sizes["det"], origin)
+        heads["det"] = HeadSpec(names, _colors(colors), class_thresholds(_recorded(meta, "class_score_thresh"), names))
+    return heads
+
+
+def heads_to_checkpoint(heads: Mapping[str, HeadSpec]) -> dict[str, Any]:
+    """The checkpoint-metadata keys of ``heads``: ``seg_classes``/``seg_colors``, ``det_classes``/``det_colors``
+    and ``class_score_thresh`` (detection class name -> threshold)."""
+    out: dict[str, Any] = {}
+    for task, head in heads.items():
+        out[f"{task}_classes"] = list(head.classes)
+        out[f"{task}_colors"] = _rgb_lists(head.colors)
+        if head.class_score_thresh is not None:
+            out["class_score_thresh"] = dict(zip(head.classes, head.class_score_thresh))
+    return out
 
 
 DEEPNESS_VALUE_MAX: float = 255.0
@@ -227,23 +337,41 @@ class ModelInfo:
     """(dtype, max) of each training domain (metadata ``domains``); empty: only ``value_dtype``/``value_max``."""
     seg_output: str | None = None
     seg_kind: str = "logits"
-    seg_classes: tuple[str, ...] = ()
-    palette: tuple[tuple[int, int, int], ...] = ()
-    seg_colors: tuple[tuple[int, int, int], ...] = ()
-    """One RGB colour per segmentation class: metadata ``seg.colors``, else ``seg.palette``, else a fallback."""
     det_scores_output: str | None = None
     det_boxes_output: str | None = None
-    det_classes: tuple[str, ...] = ()
-    det_colors: tuple[tuple[int, int, int], ...] = ()
-    """One RGB colour per detection class: metadata ``det.colors``, else a fallback (see :func:`class_colors`)."""
-    score_thresh: float = 0.3
-    class_score_thresh: tuple[float, ...] | None = None
-    """Per-class thresholds (best validation F1), used instead of ``score_thresh`` unless a threshold is given."""
+    heads: Mapping[str, HeadSpec] = dataclasses.field(default_factory=dict)
+    """The :class:`HeadSpec` of each task the model has (colours from the metadata, else fallbacks)."""
+    score_thresh: float = DEFAULT_SCORE_THRESH
     iou_thresh: float = 0.5
     ios_thresh: float = 0.6
     notes: tuple[str, ...] = ()
     """Defaults the reader had to assume (Deepness-only models); inference logs them."""
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def head(self, task: str) -> HeadSpec:
+        """The spec of the ``task`` head; an empty one when the model has no such head."""
+        return self.heads.get(task, NO_HEAD)
+
+    @property
+    def seg_classes(self) -> tuple[str, ...]:
+        return self.head("seg").classes
+
+    @property
+    def seg_colors(self) -> tuple[RGB, ...]:
+        return self.head("seg").colors
+
+    @property
+    def det_classes(self) -> tuple[str, ...]:
+        return self.head("det").classes
+
+    @property
+    def det_colors(self) -> tuple[RGB, ...]:
+        return self.head("det").colors
+
+    @property
+    def class_score_thresh(self) -> tuple[float, ...] | None:
+        """Per-class thresholds (best validation F1), used instead of ``score_thresh`` unless one is given."""
+        return self.head("det").class_score_thresh
 
     def value_max_for(self, dtype: str) -> float | None:
         """The raw value that maps to 1.0 for imagery of ``dtype``: that of the training domain stored in that
@@ -335,6 +463,27 @@ def _gsd_range(meta: Mapping[str, Any]) -> tuple[float, float]:
     return min(gsds), max(gsds)
 
 
+def _heads_of(meta: Mapping[str, Any], origin: str) -> dict[str, HeadSpec]:
+    """The head specs written in pmtl metadata (``colors``; older models: ``seg.palette``, else fallbacks)."""
+    heads: dict[str, HeadSpec] = {}
+    for task in meta["tasks"]:
+        entry = meta.get(task, {})
+        classes = tuple(entry.get("classes", ()))
+        palette = entry.get("palette", ()) if task == "seg" else ()
+        thresholds = entry.get("class_score_thresh")
+        if thresholds and len(thresholds) != len(classes):
+            raise InputError(
+                f"model '{origin}': metadata key '{task}.class_score_thresh' lists {len(thresholds)} thresholds "
+                f"for {len(classes)} classes {list(classes)}"
+            )
+        heads[task] = HeadSpec(
+            classes,
+            _colors_of(meta, f"{task}.colors", classes, origin, palette),
+            tuple(map(float, thresholds)) if thresholds else None,
+        )
+    return heads
+
+
 def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:
     version = meta.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -346,11 +495,10 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
     missing = sorted(set(meta["outputs"]) - set(graph_outputs))
     if missing:
         raise InputError(f"model '{origin}': metadata names outputs {missing} the graph lacks (graph: {graph_outputs})")
-    inp, seg, det = meta["input"], meta.get("seg", {}), meta.get("det", {})
+    inp, det = meta["input"], meta.get("det", {})
     seg_output, seg_kind = _output_of(meta, "seg", ("logits", "probabilities"))
     scores, _ = _output_of(meta, "det", ("sigmoid_scores",))
     boxes, _ = _output_of(meta, "det", ("boxes_xyxy_px",))
-    seg_classes, det_classes = tuple(seg.get("classes", ())), tuple(det.get("classes", ()))
     return ModelInfo(
         source="pmtl",
         input_name=inp["name"],
@@ -369,15 +517,10 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         ),
         seg_output=seg_output,
         seg_kind=seg_kind or "logits",
-        seg_classes=seg_classes,
-        palette=tuple(tuple(c) for c in seg.get("palette", ())),
-        seg_colors=_colors_of(meta, SEG_COLORS_KEY, seg_classes, origin, seg.get("palette", ())),
         det_scores_output=scores if "det" in meta["tasks"] else None,
         det_boxes_output=boxes if "det" in meta["tasks"] else None,
-        det_classes=det_classes,
-        det_colors=_colors_of(meta, DET_COLORS_KEY, det_classes, origin),
-        score_thresh=float(det.get("score_thresh", 0.3)),
-        class_score_thresh=tuple(map(float, det["class_score_thresh"])) if det.get("class_score_thresh") else None,
+        heads=_heads_of(meta, origin),
+        score_thresh=float(det.get("score_thresh", DEFAULT_SCORE_THRESH)),
         iou_thresh=float(det.get("iou_thresh", 0.5)),
         ios_thresh=float(det.get("ios_thresh", 0.6)),
         raw=dict(meta),
@@ -427,7 +570,6 @@ def _deepness_info(
     if resolution is None:
         notes.append("no 'resolution': the raster's GSD is used as is (no resampling)")
     overlap_pct = int(meta.get("tiles_overlap", 10))
-    palette = _colors_of(meta, SEG_COLORS_KEY, classes, origin)
     notes.append(f"Deepness-only metadata: bands taken in raster order, uint8 scaling, classes {list(classes)}")
     return ModelInfo(
         source="deepness",
@@ -443,9 +585,7 @@ def _deepness_info(
         overlap=round(int(tile) * overlap_pct / 100.0),
         seg_output=outputs[0][0],
         seg_kind="probabilities",
-        seg_classes=classes,
-        palette=palette,
-        seg_colors=palette,
+        heads={"seg": HeadSpec(classes, _colors_of(meta, SEG_COLORS_KEY, classes, origin))},
         notes=tuple(notes),
         raw=dict(meta),
     )

@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from engine.core import modelio as md
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress
 from engine.export.quantize import ChipSource, check_precision, convert_precision
@@ -138,14 +137,6 @@ def _anchor_params(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _names(metadata: Mapping[str, Any], key: str, default: Sequence[Any], count: int) -> list[Any]:
-    """Class names / colours for a head with ``count`` outputs (the ISPRS defaults when the metadata has none)."""
-    values = list(metadata.get(key) or default)
-    if count and len(values) != count:
-        raise InputError(f"export: metadata '{key}' has {len(values)} entries, the model head has {count} classes")
-    return values[:count]
-
-
 def _torch_export(
     wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool
 ) -> None:
@@ -160,16 +151,50 @@ def _torch_export(
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
 
 
-DEFAULT_SCORE_THRESH: float = 0.3
-"""Detection score threshold of an exported model when training recorded none for a class."""
+PROVENANCE_KEYS: tuple[str, ...] = (
+    "name",
+    "datasets",
+    "kd",
+    "validation",
+    "model_config",
+    "role",
+    "checkpoint",
+    "weights",
+)
 
 
-def _class_thresholds(metadata: Mapping[str, Any], det_names: Sequence[str]) -> list[float] | None:
-    """The validation-F1 thresholds recorded by training, in ``det_names`` order (None: no record)."""
-    found = metadata.get("det_score_thresholds")
-    if not det_names or not isinstance(found, Mapping):
-        return None
-    return [DEFAULT_SCORE_THRESH if found.get(name) is None else float(found[name]) for name in det_names]
+def _contract(
+    model: nn.Module,
+    metadata: Mapping[str, Any],
+    tasks: Sequence[str],
+    tile: int,
+    overlap: int,
+    sizes: tuple[int, int],
+    class_thresholds: bool,
+) -> md.ModelContract:
+    """The model contract of an export: checkpoint metadata (classes, input, domains, provenance) and the graph's
+    heads (``sizes``: segmentation and detection class counts). ``class_thresholds`` False: the per-class
+    thresholds training recorded are left out (one threshold was given for all classes)."""
+    provenance = {k: metadata[k] for k in PROVENANCE_KEYS if metadata.get(k) is not None}
+    cfg = getattr(model, "cfg", None)
+    if "model_config" not in provenance and cfg is not None:
+        provenance["model_config"] = cfg.to_dict()
+    heads = md.heads_from_checkpoint(metadata, {t: n for t, n in zip(("seg", "det"), sizes) if t in tasks}, "export")
+    if "det" in heads and not class_thresholds:
+        heads["det"] = dataclasses.replace(heads["det"], class_score_thresh=None)
+    return md.ModelContract(
+        tasks=tuple(tasks),
+        heads=heads,
+        bands=tuple(metadata["bands"]),
+        value_scaling=metadata["value_scaling"],
+        mean=tuple(metadata["mean"]),
+        std=tuple(metadata["std"]),
+        gsd=float(metadata["gsd"]),
+        tile_size=tile,
+        overlap=overlap,
+        domains=tuple(metadata.get("domains") or ()),
+        provenance=provenance,
+    )
 
 
 def export_onnx(
@@ -189,12 +214,13 @@ def export_onnx(
     """Write ``model`` as ONNX with validated metadata to ``out_path`` (atomically) and return that metadata.
 
     ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
-    ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
-    ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
-    ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
+    ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally the head keys of
+    :func:`engine.core.modelio.heads_to_checkpoint` (the ISPRS classes and colours when absent) and provenance
+    (:data:`PROVENANCE_KEYS`).
     ``model`` needs ``anchors_for((H, W))`` when it has a detection head. ``score_thresh`` None: each detection
-    class gets the threshold training found best on validation (``det_score_thresholds`` in ``metadata``; classes
-    without one, and models without the record, get :data:`DEFAULT_SCORE_THRESH`); a number: that, for all.
+    class gets the threshold training found best on validation (``class_score_thresh`` in ``metadata``; classes
+    without one, and models without the record, get :data:`~engine.core.modelio.DEFAULT_SCORE_THRESH`); a number:
+    that, for all.
     """
     if variant not in VARIANTS:
         raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
@@ -226,35 +252,15 @@ def export_onnx(
     specs = output_specs(tasks, variant, num_seg, num_det, tile, num_anchors)
     graph_tasks = sorted({s["task"] for s in specs.values()}, key=["det", "seg"].index)
 
-    provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights")
-    provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
-    if "model_config" not in provenance and cfg is not None:
-        provenance["model_config"] = cfg.to_dict()
-    num_det_out = num_det if "det" in graph_tasks else 0
-    det_names = _names(metadata, "det_classes", DET_CLASSES, num_det_out)
-    meta = md.build_metadata(
-        tasks=graph_tasks,
-        bands=metadata["bands"],
-        value_scaling=metadata["value_scaling"],
-        mean=metadata["mean"],
-        std=metadata["std"],
-        gsd=metadata["gsd"],
-        tile_size=tile,
-        overlap=overlap,
-        outputs=specs,
-        seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
-        palette=_names(metadata, "palette", PALETTE, num_seg),
-        det_classes=det_names,
-        det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
-        score_thresh=DEFAULT_SCORE_THRESH if score_thresh is None else float(score_thresh),
-        class_score_thresh=None if score_thresh is not None else _class_thresholds(metadata, det_names),
+    contract = _contract(model, metadata, graph_tasks, tile, overlap, (num_seg, num_det), score_thresh is None)
+    decoding = md.Decoding(
+        score_thresh=md.DEFAULT_SCORE_THRESH if score_thresh is None else float(score_thresh),
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,
         variances=variances,
         anchors=_anchor_params(model),
-        provenance=provenance,
-        domains=metadata.get("domains"),
     )
+    meta = contract.to_metadata(specs, decoding)
 
     import onnx
 
