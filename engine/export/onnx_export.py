@@ -222,19 +222,7 @@ def export_onnx(
     without one, and models without the record, get :data:`~engine.core.modelio.DEFAULT_SCORE_THRESH`); a number:
     that, for all.
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
-    if opset < 18:
-        raise ConfigError(f"export: parameter 'opset' must be >= 18, found {opset}")
-    missing = [k for k in ("bands", "value_scaling", "mean", "std", "gsd") if k not in metadata]
-    if missing:
-        raise InputError(f"export: model metadata lacks the keys {missing} (found {sorted(metadata)})")
-    tile = int(tile_size)
-    if tile < 16:
-        raise ConfigError(f"export: parameter 'tile_size' must be >= 16 px, found {tile}")
-    overlap = tile // 5 if overlap is None else int(overlap)
-    if not 0 <= overlap <= tile // 2:
-        raise ConfigError(f"export: parameter 'overlap' must be within [0, {tile // 2}] px, found {overlap}")
+    tile, overlap = _checked_options(metadata, tile_size, overlap, variant, opset)
     channels = len(metadata["bands"])
 
     model = model.eval().cpu()
@@ -262,9 +250,44 @@ def export_onnx(
     )
     meta = contract.to_metadata(specs, decoding)
 
+    _write_graph(wrapper, Path(out_path), meta, specs, (channels, tile), opset, dynamo)
+    return meta
+
+
+def _checked_options(
+    metadata: Mapping[str, Any], tile_size: int, overlap: int | None, variant: str, opset: int
+) -> tuple[int, int]:
+    """(tile, overlap) of an export, after refusing options and metadata it cannot use (overlap None: tile / 5)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
+    if opset < 18:
+        raise ConfigError(f"export: parameter 'opset' must be >= 18, found {opset}")
+    missing = [k for k in ("bands", "value_scaling", "mean", "std", "gsd") if k not in metadata]
+    if missing:
+        raise InputError(f"export: model metadata lacks the keys {missing} (found {sorted(metadata)})")
+    tile = int(tile_size)
+    if tile < 16:
+        raise ConfigError(f"export: parameter 'tile_size' must be >= 16 px, found {tile}")
+    overlap = tile // 5 if overlap is None else int(overlap)
+    if not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"export: parameter 'overlap' must be within [0, {tile // 2}] px, found {overlap}")
+    return tile, overlap
+
+
+def _write_graph(
+    wrapper: nn.Module,
+    out_path: Path,
+    meta: Mapping[str, Any],
+    specs: Mapping[str, Mapping[str, Any]],
+    input_size: tuple[int, int],
+    opset: int,
+    dynamo: bool,
+) -> None:
+    """Export ``wrapper`` to ``out_path`` (atomically) with ``meta`` as metadata_props and the declared output
+    shapes, checked by ONNX and by one onnxruntime run (``input_size``: channels, tile)."""
     import onnx
 
-    out_path = Path(out_path)
+    channels, tile = input_size
     with atomic_path(out_path) as tmp:
         with torch.no_grad():
             _torch_export(wrapper, torch.zeros(2, channels, tile, tile), tmp, list(specs), opset, dynamo)
@@ -277,7 +300,6 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         check_output_shapes(tmp, specs, channels, tile)
-    return meta
 
 
 def export_checkpoint(
