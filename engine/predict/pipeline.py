@@ -407,7 +407,7 @@ def _run_and_write(
     kept, raw_count = merge_detections(parts, info, src.width, src.height) if detect else (Detections.empty(), 0)
     if "vector" in targets.requested:
         name = targets.requested["vector"]
-        out.write_detections(targets.final["vector"], kept, info.det_classes, src, name, colours=info.det_colors)
+        out.write_detections(targets.final["vector"], kept, info.det_classes, src, name, colors=info.det_colors)
     check_cancel(progress)
     return kept, raw_count, len(grid), tiles_run
 
