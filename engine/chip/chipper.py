@@ -21,7 +21,7 @@ import numpy as np
 
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
-from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES, head_keys
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
@@ -249,10 +249,8 @@ def chip_tiles(
         manifest = {
             "dataset": dataset,
             "bands": bands,
-            "seg_classes": list(SEG_CLASSES),
-            "palette": [list(c) for c in PALETTE],
-            "det_classes": list(DET_CLASSES),
-            "det_palette": [list(c) for c in ISPRS_DET_PALETTE],
+            **head_keys("seg", SEG_CLASSES, PALETTE),
+            **head_keys("det", DET_CLASSES, ISPRS_DET_PALETTE),
             "task": "both",
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,

@@ -25,7 +25,7 @@ from engine.chip import sources as src
 from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
-from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable
+from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable, head_keys
 from engine.core.errors import ConfigError, InputError
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
@@ -368,10 +368,8 @@ def _class_keys(labels: _Labels, task: str) -> dict[str, Any]:
     seg = labels.seg if task in ("seg", "both") else ClassTable((), ())
     det = labels.det if task in ("det", "both") else ClassTable((), ())
     return {
-        "seg_classes": list(seg.names),
-        "palette": [list(c) for c in seg.colours],
-        "det_classes": list(det.names),
-        "det_palette": [list(c) for c in det.colours],
+        **head_keys("seg", seg.names, seg.colours),
+        **head_keys("det", det.names, det.colours),
         "class_tables": {"seg": seg.to_records(), "det": det.to_records()},
     }
 

@@ -128,19 +128,40 @@ def det_colours_for(names: Sequence[str], seg: ClassTable | None = None) -> tupl
     return tuple(seg_colour.get(name, default_colour(i)) for i, name in enumerate(names))
 
 
+LEGACY_KEYS: dict[str, str] = {
+    "seg_colors": "palette",
+    "det_colors": "det_palette",
+    "class_score_thresh": "det_score_thresholds",
+}
+"""Chip-manifest / checkpoint-metadata key -> the name files written before issue 22 used for it (still read)."""
+
+
+def recorded(meta: Mapping[str, Any], key: str) -> Any:
+    """``meta[key]``, else what older manifests and checkpoints called it (:data:`LEGACY_KEYS`); None: neither."""
+    value = meta.get(key)
+    return meta.get(LEGACY_KEYS[key]) if value is None and key in LEGACY_KEYS else value
+
+
+def head_keys(task: str, names: Sequence[str], colors: Sequence[Sequence[int]]) -> dict[str, list]:
+    """The keys one head's classes have in chip manifests and checkpoint metadata: ``{task}_classes`` and
+    ``{task}_colors`` ([r, g, b] per class)."""
+    return {f"{task}_classes": list(names), f"{task}_colors": [[int(v) for v in c] for c in colors]}
+
+
 def tables_from_manifest(manifest: Mapping[str, Any]) -> tuple[ClassTable, ClassTable]:
     """(segmentation, detection) class tables of a chip manifest or checkpoint metadata.
 
-    Reads ``seg_classes`` / ``palette`` / ``det_classes`` / ``det_palette``; older manifests without
-    ``det_palette`` get detection colours from the segmentation class of the same name (the ISPRS case).
+    Reads ``seg_classes`` / ``seg_colors`` / ``det_classes`` / ``det_colors`` (or their older names, see
+    :data:`LEGACY_KEYS`); older manifests without detection colours get those of the segmentation class of the same
+    name (the ISPRS case).
     """
     seg_names = tuple(manifest.get("seg_classes") or ())
-    palette = manifest.get("palette") or ()
+    seg_colors = recorded(manifest, "seg_colors") or ()
     seg_colours = (
-        tuple(_rgb(c) for c in palette) if palette else tuple(default_colour(i) for i in range(len(seg_names)))
+        tuple(_rgb(c) for c in seg_colors) if seg_colors else tuple(default_colour(i) for i in range(len(seg_names)))
     )
     seg = ClassTable(seg_names, seg_colours[: len(seg_names)])
     det_names = tuple(manifest.get("det_classes") or ())
-    det_palette = manifest.get("det_palette")
-    det_colours = tuple(_rgb(c) for c in det_palette) if det_palette else det_colours_for(det_names, seg)
+    det_colors = recorded(manifest, "det_colors")
+    det_colours = tuple(_rgb(c) for c in det_colors) if det_colors else det_colours_for(det_names, seg)
     return seg, ClassTable(det_names, det_colours)

@@ -14,7 +14,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
+from engine.core.classes import (
+    DET_CLASSES,
+    IGNORE_INDEX,
+    ISPRS_SEG,
+    PALETTE,
+    SEG_CLASSES,
+    det_colours_for,
+    head_keys,
+    recorded,
+)
 from engine.core.errors import ConfigError, InputError
 
 SCHEMA_VERSION: int = 1
@@ -78,13 +87,6 @@ RGB = tuple[int, int, int]
 
 DEFAULT_SCORE_THRESH: float = 0.3
 """Detection score threshold of a model (and of a class training recorded none for) when nothing else says."""
-
-LEGACY_KEYS: dict[str, str] = {
-    "seg_colors": "palette",
-    "det_colors": "det_palette",
-    "class_score_thresh": "det_score_thresholds",
-}
-"""Checkpoint-metadata key -> the name checkpoints written before the contract used for it (still read)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,14 +238,8 @@ def _det_entry(head: HeadSpec, decoding: Decoding) -> dict[str, Any]:
     return entry
 
 
-def _recorded(meta: Mapping[str, Any], key: str) -> Any:
-    """Checkpoint-metadata ``key``, else what older checkpoints called it (:data:`LEGACY_KEYS`)."""
-    value = meta.get(key)
-    return meta.get(LEGACY_KEYS[key]) if value is None and key in LEGACY_KEYS else value
-
-
 def _entries(meta: Mapping[str, Any], key: str, default: Sequence[Any], count: int, origin: str) -> tuple:
-    values = tuple(_recorded(meta, key) or default)
+    values = tuple(recorded(meta, key) or default)
     if len(values) != count:
         raise InputError(f"{origin}: metadata '{key}' has {len(values)} entries, the model head has {count} classes")
     return values
@@ -261,7 +257,8 @@ def heads_from_checkpoint(
     meta: Mapping[str, Any], sizes: Mapping[str, int], origin: str = "checkpoint"
 ) -> dict[str, HeadSpec]:
     """The head specs of a checkpoint whose heads have ``sizes`` classes (task -> count; 0 or absent: no head),
-    from its metadata (older key names read too); a head without recorded classes gets the ISPRS ones."""
+    from its metadata (older key names read too: :data:`engine.core.classes.LEGACY_KEYS`); a head without
+    recorded classes gets the ISPRS ones."""
     heads: dict[str, HeadSpec] = {}
     if sizes.get("seg"):
         names = _entries(meta, "seg_classes", SEG_CLASSES, sizes["seg"], origin)
@@ -269,7 +266,7 @@ def heads_from_checkpoint(
     if sizes.get("det"):
         names = _entries(meta, "det_classes", DET_CLASSES, sizes["det"], origin)
         colors = _entries(meta, "det_colors", det_colours_for(names, ISPRS_SEG), sizes["det"], origin)
-        heads["det"] = HeadSpec(names, _colors(colors), class_thresholds(_recorded(meta, "class_score_thresh"), names))
+        heads["det"] = HeadSpec(names, _colors(colors), class_thresholds(recorded(meta, "class_score_thresh"), names))
     return heads
 
 
@@ -278,8 +275,7 @@ def heads_to_checkpoint(heads: Mapping[str, HeadSpec]) -> dict[str, Any]:
     and ``class_score_thresh`` (detection class name -> threshold)."""
     out: dict[str, Any] = {}
     for task, head in heads.items():
-        out[f"{task}_classes"] = list(head.classes)
-        out[f"{task}_colors"] = _rgb_lists(head.colors)
+        out.update(head_keys(task, head.classes, head.colors))
         if head.class_score_thresh is not None:
             out["class_score_thresh"] = dict(zip(head.classes, head.class_score_thresh))
     return out

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES, recorded
 from engine.core.errors import InputError
 
 MASK_ALPHA = 0.45
@@ -92,10 +92,11 @@ def _dtype_max(images: Sequence[np.ndarray]) -> float:
 
 def palette_of(manifest: Mapping[str, Any]) -> np.ndarray:
     """(n_seg_classes, 3) float palette in [0, 1]: the manifest's, else the ISPRS one."""
-    palette = np.asarray(manifest.get("palette") or PALETTE, dtype=np.float32) / 255.0
+    colors = recorded(manifest, "seg_colors")
+    palette = np.asarray(colors or PALETTE, dtype=np.float32) / 255.0
     n = len(manifest.get("seg_classes") or SEG_CLASSES)
     if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] < n:
-        raise InputError(f"chip manifest 'palette': expected {n} RGB triples, found {manifest.get('palette')!r}")
+        raise InputError(f"chip manifest 'seg_colors': expected {n} RGB triples, found {colors!r}")
     return palette[:n]
 
 
