@@ -86,7 +86,10 @@ def test_user_classes_reach_onnx_metadata_and_every_predict_output(tmp_path: Pat
     assert props["det"]["colors"] == [[10, 20, 30], [250, 128, 0]]
     assert props["class_names"] == {"0": "background", "1": "roof"}  # Deepness
     info = OnnxModel(model).info
-    assert info.seg_colors == ((200, 200, 200), (180, 30, 40)) and info.det_colors == ((10, 20, 30), (250, 128, 0))
+    assert info.head("seg").colors == ((200, 200, 200), (180, 30, 40)) and info.head("det").colors == (
+        (10, 20, 30),
+        (250, 128, 0),
+    )
 
     image = scene(96, 100, [(20, 24), (60, 60)], bands=1).astype(np.uint16) * 8  # 1-band uint16 "pan"
     src = write_tif(tmp_path / "pan.tif", image)

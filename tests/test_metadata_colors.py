@@ -42,8 +42,8 @@ def test_colors_come_from_the_metadata_keys():
     meta = _meta(["water", "field", "road"], ["boat", "tractor"], seg_colors, det_colors)
     assert meta["seg"]["colors"] == seg_colors and meta["det"]["colors"] == det_colors  # what export writes
     info = _info(meta)
-    assert info.seg_colors == ((0, 0, 200), (10, 200, 10), (90, 90, 90))
-    assert info.det_colors == ((1, 2, 3), (4, 5, 6))
+    assert info.head("seg").colors == ((0, 0, 200), (10, 200, 10), (90, 90, 90))
+    assert info.head("det").colors == ((1, 2, 3), (4, 5, 6))
 
 
 def test_older_metadata_without_colors_falls_back_isprs_names_first():
@@ -52,10 +52,10 @@ def test_older_metadata_without_colors_falls_back_isprs_names_first():
         meta[head].pop("colors", None)
     info = _info(meta)
     building, tree, car = (PALETTE[SEG_CLASSES.index(n)] for n in ("building", "tree", "car"))
-    assert info.seg_colors[0] == building and info.seg_colors[2] == tree  # from seg.palette
-    assert info.det_colors[0] == car
-    assert info.seg_colors[1] not in PALETTE
-    assert len(set(info.det_colors)) == 3 and len(set(info.seg_colors)) == 3
+    assert info.head("seg").colors[0] == building and info.head("seg").colors[2] == tree  # from seg.palette
+    assert info.head("det").colors[0] == car
+    assert info.head("seg").colors[1] not in PALETTE
+    assert len(set(info.head("det").colors)) == 3 and len(set(info.head("seg").colors)) == 3
 
 
 def test_fallback_colours_are_deterministic_and_distinct():

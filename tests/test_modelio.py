@@ -89,8 +89,8 @@ def test_onnx_metadata_round_trip_keeps_every_head_and_the_deepness_keys():
     assert meta["standardization_mean"] == pytest.approx([0.1 * 4095 / 255, 0.2 * 4095 / 255, 0.3 * 4095 / 255])
     info = _read(meta)
     assert info.heads == HEADS
-    assert info.score_thresh == 0.4 and info.class_score_thresh == (0.25, 0.75)
-    assert info.seg_classes == ("field", "road") and info.det_colors == ((200, 0, 0), (0, 0, 200))
+    assert info.score_thresh == 0.4 and info.head("det").class_score_thresh == (0.25, 0.75)
+    assert info.head("seg").classes == ("field", "road") and info.head("det").colors == ((200, 0, 0), (0, 0, 200))
 
 
 def test_metadata_written_before_the_contract_reads_the_same():
@@ -100,9 +100,9 @@ def test_metadata_written_before_the_contract_reads_the_same():
         del meta[head]["colors"]
     del meta["det"]["class_score_thresh"]
     info = _read(meta)
-    assert info.seg_colors == HEADS["seg"].colors  # from seg.palette
-    assert info.det_classes == ("house", "shed") and len(set(info.det_colors)) == 2  # fallback colours
-    assert info.class_score_thresh is None and info.score_thresh == DEFAULT_SCORE_THRESH
+    assert info.head("seg").colors == HEADS["seg"].colors  # from seg.palette
+    assert info.head("det").classes == ("house", "shed") and len(set(info.head("det").colors)) == 2  # fallback colours
+    assert info.head("det").class_score_thresh is None and info.score_thresh == DEFAULT_SCORE_THRESH
 
 
 def test_a_threshold_list_of_the_wrong_length_is_a_one_line_error():

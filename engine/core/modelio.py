@@ -348,27 +348,6 @@ class ModelInfo:
         """The spec of the ``task`` head; an empty one when the model has no such head."""
         return self.heads.get(task, NO_HEAD)
 
-    @property
-    def seg_classes(self) -> tuple[str, ...]:
-        return self.head("seg").classes
-
-    @property
-    def seg_colors(self) -> tuple[RGB, ...]:
-        return self.head("seg").colors
-
-    @property
-    def det_classes(self) -> tuple[str, ...]:
-        return self.head("det").classes
-
-    @property
-    def det_colors(self) -> tuple[RGB, ...]:
-        return self.head("det").colors
-
-    @property
-    def class_score_thresh(self) -> tuple[float, ...] | None:
-        """Per-class thresholds (best validation F1), used instead of ``score_thresh`` unless one is given."""
-        return self.head("det").class_score_thresh
-
     def value_max_for(self, dtype: str) -> float | None:
         """The raw value that maps to 1.0 for imagery of ``dtype``: that of the training domain stored in that
         dtype (the first model input's for older models); None when no domain was."""

@@ -79,8 +79,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: f
 def default_thresholds(info: Any) -> float | np.ndarray:
     """A model's own detection thresholds (:class:`~engine.core.modelio.ModelInfo`): one per class (D,) when its
     metadata records them (the best validation F1 of each class), else its single ``score_thresh``."""
-    if info.class_score_thresh is not None and len(info.class_score_thresh) == len(info.det_classes):
-        return np.asarray(info.class_score_thresh, np.float32)
+    per_class = info.head("det").class_score_thresh  # one per class (HeadSpec checks the count)
+    if per_class is not None:
+        return np.asarray(per_class, np.float32)
     return float(info.score_thresh)
 
 
@@ -135,9 +136,7 @@ _SEAMS = ((RIGHT, LEFT, (0, 1)), (BOTTOM, TOP, (1, 0)))
 """(side of box a, facing side of box b, offset of b's tile from a's): the two kinds of seam between tiles."""
 
 
-def _continues_across(
-    a: np.ndarray, b: np.ndarray, side: int, min_overlap: float, margin: float = 1.0
-) -> np.ndarray:
+def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float, margin: float = 1.0) -> np.ndarray:
     """(len(a), len(b)) True where box b (next tile to the right / below) continues box a across their seam.
 
     An object cut by both facing borders crosses the whole band the two tiles share, so its part in tile a spans
