@@ -321,8 +321,8 @@ def export_checkpoint(
     on ``calibration`` chip datasets or, by default, on the training chip datasets recorded in the checkpoint.
 
     Checkpoint form (engine.models.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
-    state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, seg_classes, palette,
-    det_classes, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
+    state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, the head keys of
+    :func:`engine.core.modelio.heads_to_checkpoint`, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
     """
     from engine.models import build_model, load_model_config
     from engine.models.checkpoint import inference_state, load_checkpoint
