@@ -117,3 +117,23 @@ def test_a_head_spec_must_have_one_colour_and_threshold_per_class():
         HeadSpec(("a", "b"), ((1, 2, 3),))
     with pytest.raises(ConfigError, match="1 class score thresholds for 2 classes"):
         HeadSpec(("a", "b"), ((1, 2, 3), (4, 5, 6)), (0.5,))
+
+
+def test_contract_from_an_older_checkpoint_writes_onnx_metadata_under_the_new_names():
+    old = {
+        "bands": ["nir", "red", "green"],
+        "value_scaling": {"dtype": "uint16", "max": 4095},
+        "mean": [0.1, 0.2, 0.3],
+        "std": [0.5, 0.5, 0.5],
+        "gsd": 0.3,
+        "domains": [{"task": "det", "gsd": 0.3, "value_scaling": {"dtype": "uint16", "max": 4095}}],
+        "seg_classes": ["field", "road"],
+        "palette": [[10, 200, 10], [90, 90, 90]],
+        "det_classes": ["house", "shed"],
+        "det_palette": [[200, 0, 0], [0, 0, 200]],
+        "det_score_thresholds": {"house": 0.25, "shed": 0.75},
+    }
+    contract = ModelContract.from_checkpoint(old, {"seg": 2, "det": 2}, 32, 8, {"name": "old"})
+    assert contract.tasks == ("det", "seg") and contract.heads == HEADS
+    info = _read(contract.to_metadata(OUTPUTS))
+    assert info.heads == HEADS and info.gsd_range == (0.3, 0.3) and info.raw["provenance"]["name"] == "old"

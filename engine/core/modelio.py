@@ -85,6 +85,9 @@ def domain_entry(domain: Mapping[str, Any]) -> dict[str, Any]:
 
 RGB = tuple[int, int, int]
 
+TASKS: tuple[str, ...] = ("det", "seg")
+"""Head tasks in the order the metadata lists them."""
+
 DEFAULT_SCORE_THRESH: float = 0.3
 """Detection score threshold of a model (and of a class training recorded none for) when nothing else says."""
 
@@ -130,6 +133,34 @@ class ModelContract:
 
     def head(self, task: str) -> HeadSpec:
         return self.heads.get(task, NO_HEAD)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        meta: Mapping[str, Any],
+        sizes: Mapping[str, int],
+        tile_size: int,
+        overlap: int,
+        provenance: Mapping[str, Any] | None = None,
+        origin: str = "checkpoint",
+    ) -> ModelContract:
+        """The contract of a network with heads of ``sizes`` classes (task -> count) from its checkpoint metadata
+        (``bands``, ``value_scaling``, ``mean``, ``std``, ``gsd``, ``domains`` and the head keys), for tiles of
+        ``tile_size`` px."""
+        heads = heads_from_checkpoint(meta, sizes, origin)
+        return cls(
+            tasks=tuple(t for t in TASKS if t in heads),
+            heads=heads,
+            bands=tuple(meta["bands"]),
+            value_scaling=meta["value_scaling"],
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+            gsd=float(meta["gsd"]),
+            tile_size=int(tile_size),
+            overlap=int(overlap),
+            domains=tuple(meta.get("domains") or ()),
+            provenance=dict(provenance or {}),
+        )
 
     def to_metadata(self, outputs: Mapping[str, Mapping[str, Any]], decoding: Decoding | None = None) -> dict:
         """The full ONNX metadata dict (pmtl keys + Deepness keys), validated against the schema."""

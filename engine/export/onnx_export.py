@@ -179,22 +179,12 @@ def _contract(
     cfg = getattr(model, "cfg", None)
     if "model_config" not in provenance and cfg is not None:
         provenance["model_config"] = cfg.to_dict()
-    heads = md.heads_from_checkpoint(metadata, {t: n for t, n in zip(("seg", "det"), sizes) if t in tasks}, "export")
-    if "det" in heads and not class_thresholds:
-        heads["det"] = dataclasses.replace(heads["det"], class_score_thresh=None)
-    return md.ModelContract(
-        tasks=tuple(tasks),
-        heads=heads,
-        bands=tuple(metadata["bands"]),
-        value_scaling=metadata["value_scaling"],
-        mean=tuple(metadata["mean"]),
-        std=tuple(metadata["std"]),
-        gsd=float(metadata["gsd"]),
-        tile_size=tile,
-        overlap=overlap,
-        domains=tuple(metadata.get("domains") or ()),
-        provenance=provenance,
-    )
+    sizes_of = {t: n for t, n in zip(("seg", "det"), sizes) if t in tasks}
+    contract = md.ModelContract.from_checkpoint(metadata, sizes_of, tile, overlap, provenance, "export")
+    if "det" in contract.heads and not class_thresholds:
+        det = dataclasses.replace(contract.heads["det"], class_score_thresh=None)
+        contract = dataclasses.replace(contract, heads={**contract.heads, "det": det})
+    return contract
 
 
 def export_onnx(
@@ -322,7 +312,8 @@ def export_checkpoint(
 
     Checkpoint form (engine.models.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
     state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, the head keys of
-    :func:`engine.core.modelio.heads_to_checkpoint`, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
+    :func:`engine.core.modelio.heads_to_checkpoint`, name, datasets, kd, validation}}. ``options`` go to
+    :func:`export_onnx`.
     """
     from engine.models import build_model, load_model_config
     from engine.models.checkpoint import inference_state, load_checkpoint
