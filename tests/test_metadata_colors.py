@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from testmodels import tiny_contract
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
 from engine.core.errors import InputError
-from engine.core.modelio import HeadSpec, ModelContract, class_colors, model_info, to_props
+from engine.core.modelio import HeadSpec, class_colors, model_info, to_props
 
 OUTPUTS = {
     "seg_logits": {"task": "seg", "kind": "logits", "shape": ["batch", 3, 64, 64]},
@@ -17,20 +18,11 @@ GRAPH = [(name, spec["shape"]) for name, spec in OUTPUTS.items()]
 
 
 def _meta(seg_classes, det_classes, seg_colors=(), det_colors=()) -> dict:
-    return ModelContract(
-        tasks=("seg", "det"),
-        heads={
-            "seg": HeadSpec(tuple(seg_classes), tuple(map(tuple, seg_colors or class_colors(seg_classes)))),
-            "det": HeadSpec(tuple(det_classes), tuple(map(tuple, det_colors or class_colors(det_classes)))),
-        },
-        bands=("r", "g", "b"),
-        value_scaling={"dtype": "uint8", "max": 255},
-        mean=(0, 0, 0),
-        std=(1, 1, 1),
-        gsd=0.1,
-        tile_size=64,
-        overlap=8,
-    ).to_metadata(OUTPUTS)
+    heads = {
+        "seg": HeadSpec(tuple(seg_classes), tuple(map(tuple, seg_colors or class_colors(seg_classes)))),
+        "det": HeadSpec(tuple(det_classes), tuple(map(tuple, det_colors or class_colors(det_classes)))),
+    }
+    return tiny_contract(heads, 64).to_metadata(OUTPUTS)
 
 
 def _info(meta: dict):

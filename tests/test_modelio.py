@@ -4,6 +4,7 @@ metadata and read back the same; checkpoints and models written before it keep t
 from __future__ import annotations
 
 import pytest
+from testmodels import tiny_contract
 
 from engine.core.classes import DET_CLASSES, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
@@ -29,18 +30,17 @@ HEADS = {
 }
 
 
-def _contract(heads=HEADS) -> ModelContract:
-    return ModelContract(
-        tasks=("det", "seg"),
-        heads=heads,
-        bands=("nir", "red", "green"),
-        value_scaling={"dtype": "uint16", "max": 4095},
-        mean=(0.1, 0.2, 0.3),
-        std=(0.5, 0.5, 0.5),
-        gsd=0.3,
-        tile_size=32,
-        overlap=8,
-    )
+INPUT = {
+    "bands": ("nir", "red", "green"),
+    "value_scaling": {"dtype": "uint16", "max": 4095},
+    "mean": (0.1, 0.2, 0.3),
+    "std": (0.5, 0.5, 0.5),
+    "gsd": 0.3,
+}
+
+
+def _contract() -> ModelContract:
+    return tiny_contract(HEADS, 32, **INPUT)
 
 
 def _read(meta: dict):
@@ -121,12 +121,8 @@ def test_a_head_spec_must_have_one_colour_and_threshold_per_class():
 
 def test_contract_from_an_older_checkpoint_writes_onnx_metadata_under_the_new_names():
     old = {
-        "bands": ["nir", "red", "green"],
-        "value_scaling": {"dtype": "uint16", "max": 4095},
-        "mean": [0.1, 0.2, 0.3],
-        "std": [0.5, 0.5, 0.5],
-        "gsd": 0.3,
-        "domains": [{"task": "det", "gsd": 0.3, "value_scaling": {"dtype": "uint16", "max": 4095}}],
+        **INPUT,
+        "domains": [{"task": "det", "gsd": 0.3, "value_scaling": INPUT["value_scaling"]}],
         "seg_classes": ["field", "road"],
         "palette": [[10, 200, 10], [90, 90, 90]],
         "det_classes": ["house", "shed"],

@@ -546,13 +546,12 @@ def _deepness_classes(meta: Mapping[str, Any], origin: str, n_out: int | None) -
     return tuple(f"class_{i}" for i in range(max(n_out or 2, 2)))
 
 
-def _deepness_info(
-    meta: Mapping[str, Any],
-    origin: str,
-    input_name: str,
-    input_shape: Sequence[Any],
-    outputs: Sequence[tuple[str, Any]],
-) -> ModelInfo:
+GraphIO = tuple[str, Sequence[Any], Sequence[tuple[str, Any]]]
+"""(input name, input shape, [(output name, output shape), ...]) of an ONNX graph."""
+
+
+def _deepness_info(meta: Mapping[str, Any], origin: str, graph: GraphIO) -> ModelInfo:
+    input_name, input_shape, outputs = graph
     model_type = str(meta.get("model_type", "")).capitalize()
     if model_type != "Segmentor":
         raise InputError(
@@ -611,7 +610,7 @@ def model_info(
             raise InputError(f"model '{origin}': pmtl metadata without the key 'schema_version'")
         return _pmtl_info(meta, origin, [name for name, _ in outputs])
     if "model_type" in meta:
-        return _deepness_info(meta, origin, input_name, input_shape, outputs)
+        return _deepness_info(meta, origin, (input_name, input_shape, outputs))
     found = sorted(meta) or "no metadata at all"
     raise InputError(
         f"model '{origin}': expected pmtl metadata (keys {list(PMTL_REQUIRED_KEYS)}) or Deepness metadata "
