@@ -368,8 +368,8 @@ def _class_keys(labels: _Labels, task: str) -> dict[str, Any]:
     seg = labels.seg if task in ("seg", "both") else ClassTable((), ())
     det = labels.det if task in ("det", "both") else ClassTable((), ())
     return {
-        **head_keys("seg", seg.names, seg.colours),
-        **head_keys("det", det.names, det.colours),
+        **head_keys("seg", seg.names, seg.colors),
+        **head_keys("det", det.names, det.colors),
         "class_tables": {"seg": seg.to_records(), "det": det.to_records()},
     }
 

@@ -20,7 +20,7 @@ from engine.core.classes import (
     ISPRS_SEG,
     PALETTE,
     SEG_CLASSES,
-    det_colours_for,
+    det_colors_for,
     head_keys,
     recorded,
 )
@@ -296,7 +296,7 @@ def heads_from_checkpoint(
         heads["seg"] = HeadSpec(names, _colors(_entries(meta, "seg_colors", PALETTE, sizes["seg"], origin)))
     if sizes.get("det"):
         names = _entries(meta, "det_classes", DET_CLASSES, sizes["det"], origin)
-        colors = _entries(meta, "det_colors", det_colours_for(names, ISPRS_SEG), sizes["det"], origin)
+        colors = _entries(meta, "det_colors", det_colors_for(names, ISPRS_SEG), sizes["det"], origin)
         heads["det"] = HeadSpec(names, _colors(colors), class_thresholds(recorded(meta, "class_score_thresh"), names))
     return heads
 

@@ -378,10 +378,10 @@ def class_metadata(manifests: dict[str, Any], thresholds: dict[str, float | None
     heads: dict[str, HeadSpec] = {}
     if "seg" in manifests:
         seg, _ = tables_from_manifest(manifests["seg"])
-        heads["seg"] = HeadSpec(seg.names, seg.colours)
+        heads["seg"] = HeadSpec(seg.names, seg.colors)
     if "det" in manifests:
         _, det = tables_from_manifest(manifests["det"])
-        heads["det"] = HeadSpec(det.names, det.colours, class_thresholds(thresholds, det.names))
+        heads["det"] = HeadSpec(det.names, det.colors, class_thresholds(thresholds, det.names))
     return heads_to_checkpoint(heads)
 
 
