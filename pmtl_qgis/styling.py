@@ -1,6 +1,6 @@
 """Styles applied to outputs when QGIS loads them: the model's class colours for class maps and detection boxes.
 
-Colours come from the model (``ModelInfo.seg_colors`` / ``det_colors``); a class the model does not know (an older
+Colours come from the model (``ModelInfo.head(task).colors``); a class the model does not know (an older
 layer, a field edited by hand) gets a deterministic fallback colour from ``engine.core.modelio.class_colors``.
 """
 
