@@ -11,7 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 80
 
 BEING_SPLIT: dict[str, int] = {
-    "engine/chip/chipper.py::chip_tiles": 104,
     "pmtl_qgis/algorithms/chip_tiles.py::initAlgorithm": 138,
     "pmtl_qgis/algorithms/chip_tiles.py::_add_own_data_parameters": 85,
     "pmtl_qgis/algorithms/detect_segment.py::initAlgorithm": 108,

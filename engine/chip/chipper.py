@@ -171,6 +171,51 @@ class _Cutter:
                 self.chips.append({**record, "boxes": named})
 
 
+def _cut_tiles(
+    cutter: _Cutter,
+    tiles: Sequence[TileSpec],
+    infos: Sequence[RasterInfo],
+    windows: Sequence[Sequence[Window]],
+    progress: Progress | None,
+) -> None:
+    """Cut every tile into ``cutter``, reading the next tile in a background thread (GDAL releases the GIL)
+    while this one is cut; progress by pixels done, from 2 % to 99 %."""
+    total_px = sum(info.width * info.height for info in infos)
+    done_px = 0
+    with ThreadPoolExecutor(3, thread_name_prefix="chip-read") as pool:
+        pending: _TileLoad | None = _TileLoad(pool, tiles[0])
+        try:
+            for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
+                check_cancel(progress)
+                if progress:
+                    progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
+                loaded = pending.result()
+                pending = _TileLoad(pool, tiles[i + 1]) if i + 1 < len(tiles) else None
+                cutter.cut(tile, loaded, tile_windows, progress)
+                done_px += info.width * info.height
+                del loaded
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+
+def _band_names(given: Sequence[str] | None, first: RasterInfo) -> list[str]:
+    """The chips' band names: ``given`` (one per band of the first tile), else ``band1..bandN``."""
+    bands = list(given) if given else [f"band{i + 1}" for i in range(first.bands)]
+    if len(bands) != first.bands:
+        raise ConfigError(f"band_names: expected {first.bands} names for {first.path}, found {bands}")
+    return bands
+
+
+def _summary_record(summary: ChipSummary) -> dict[str, Any]:
+    """The manifest's ``summary``: boxes per class, class pixel shares, off-palette pixels."""
+    return {
+        "boxes_per_class": summary.boxes_per_class,
+        "class_pixel_shares": summary.class_pixel_shares,
+        "off_palette_pixels": summary.off_palette_pixels,
+    }
+
+
 def chip_tiles(
     tiles: Sequence[TileSpec],
     out_dir: str | os.PathLike[str],
@@ -202,9 +247,7 @@ def chip_tiles(
     infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
     gsd = one_gsd([(str(info.path), info.gsd) for info in infos])  # one dataset, one GSD: checked before cutting
-    bands = list(band_names) if band_names else [f"band{i + 1}" for i in range(infos[0].bands)]
-    if len(bands) != infos[0].bands:
-        raise ConfigError(f"band_names: expected {infos[0].bands} names for {infos[0].path}, found {bands}")
+    bands = _band_names(band_names, infos[0])
     counts: dict[str, int] = {}
     for tile, tile_windows in zip(tiles, windows):
         counts[tile.split] = counts.get(tile.split, 0) + len(tile_windows)
@@ -212,27 +255,9 @@ def chip_tiles(
     if stats_split is None:
         log.warning("%s: no 'train' split; band mean/std are computed over all tiles", out_dir)
     total_px = sum(info.width * info.height for info in infos)
-    done_px = 0
-    # the next tile is read in a background thread (GDAL releases the GIL) while this one is cut
-    with (
-        ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer,
-        ThreadPoolExecutor(3, thread_name_prefix="chip-read") as pool,
-    ):
+    with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer:
         cutter = _Cutter(writer, params, stats_split, scale)
-        pending: _TileLoad | None = _TileLoad(pool, tiles[0])
-        try:
-            for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
-                check_cancel(progress)
-                if progress:
-                    progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
-                loaded = pending.result()
-                pending = _TileLoad(pool, tiles[i + 1]) if i + 1 < len(tiles) else None
-                cutter.cut(tile, loaded, tile_windows, progress)
-                done_px += info.width * info.height
-                del loaded
-        finally:
-            if pending is not None:
-                pending.cancel()
+        _cut_tiles(cutter, tiles, infos, windows, progress)
         check_cancel(progress)
         mean, std = cutter.stats.mean_std(scale)
         summary = ChipSummary(
@@ -263,11 +288,7 @@ def chip_tiles(
             "box_params": params.as_dict(),
             "tiles": {tile.name: _tile_record(tile, info) for tile, info in zip(tiles, infos)},
             "splits": dict(counts),
-            "summary": {
-                "boxes_per_class": summary.boxes_per_class,
-                "class_pixel_shares": summary.class_pixel_shares,
-                "off_palette_pixels": summary.off_palette_pixels,
-            },
+            "summary": _summary_record(summary),
             "chips": cutter.chips,
         }
         writer.commit(manifest)
