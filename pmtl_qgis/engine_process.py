@@ -50,10 +50,11 @@ class ProcessResult:
         return found[-1] if found else None
 
     def error_text(self) -> str:
-        """The engine's error event if it sent one, else its error lines, else the last lines of its output."""
+        """The engine's error event if it sent one (unrendered: its parameters are for the caller to name), else
+        its error lines, else the last lines of its output."""
         error = self.last_event("error")
-        if error is not None and error.get("message"):
-            return str(error["message"])
+        if error is not None and (error.get("template") or error.get("message")):
+            return str(error.get("template") or error["message"])
         errors = [line for line in self.tail if line.startswith("error:") or "Error:" in line]
         return "\n".join(errors[-5:] or self.tail[-15:])
 
@@ -209,6 +210,6 @@ def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessR
     if isinstance(progress, (int, float)):
         feedback.setProgress(100.0 * max(0.0, min(1.0, float(progress))))
     if event.get("event") == "error":
-        feedback.reportError(describe_event(event))
-    elif event.get("event") != "progress" or event.get("message"):
+        return  # the algorithm raises it, in its own words (ProcessResult.error_text)
+    if event.get("event") != "progress" or event.get("message"):
         feedback.pushInfo(describe_event(event))  # a bare per-step progress event only moves the bar

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
+from engine.core.errors import ConfigError, PmtlError, log_params_as_flags, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, TqdmProgress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_params_as_flags()
     progress = TqdmProgress("chipping")
     try:
         summary = _run(args, progress)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import ConfigError, InputError, PmtlError
+from engine.core.errors import ConfigError, InputError, PmtlError, error_event
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 
 TASK_NAMES = {
@@ -224,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PmtlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if args.json_progress:
-            JsonLinesProgress().emit("error", message=str(exc))
+            JsonLinesProgress().emit("error", **error_event(exc))
         return 2
     except (Cancelled, KeyboardInterrupt):
         print("evaluation cancelled; no report was written", file=sys.stderr)

@@ -11,7 +11,7 @@ import json
 import sys
 
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError
+from engine.core.errors import PmtlError, error_event
 from engine.core.progress import JsonLinesProgress, TqdmProgress
 
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
         print(f"\nerror: {exc}", file=sys.stderr)
         if args.json_progress:
-            JsonLinesProgress().emit("error", message=str(exc))
+            JsonLinesProgress().emit("error", **error_event(exc))
         return 2
     except KeyboardInterrupt:
         progress.close()

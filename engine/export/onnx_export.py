@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from engine.core.atomic import atomic_path
 from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress
 from engine.export import metadata as md
 from engine.export.quantize import ChipSource, check_precision, convert_precision
@@ -346,7 +346,9 @@ def calibration_sources(
         sources = []
         for root in roots:
             if _chip_dir(root) is None:
-                raise InputError(f"--calibration {root}: expected a chip dataset folder with manifest.json")
+                raise InputError(
+                    f"{param_ref('calibration')} {root}: expected a chip dataset folder with manifest.json"
+                )
             sources.append(ChipSource(Path(root)))
         return sources
     data = (payload.get("config") or {}).get("data") or {}
@@ -359,7 +361,7 @@ def calibration_sources(
         recorded = {task: data.get(task) for task in ("det", "seg")}
         raise InputError(
             f"checkpoint '{ckpt_path}': int8 needs calibration chips; the training chip datasets it records "
-            f"{recorded} are not there: give one with --calibration DIR"
+            f"{recorded} are not there: give one with {param_ref('calibration')}"
         )
     return [ChipSource(root, tuple(tasks)) for root, tasks in found.items()]
 

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 
-from engine.core.errors import ConfigError, PmtlError, quiet_gdal_close_errors
+from engine.core.errors import ConfigError, PmtlError, log_params_as_flags, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 
 
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_params_as_flags()
 
     from engine.predict.pipeline import predict_raster
 

@@ -16,7 +16,7 @@ import numpy as np
 from osgeo import gdal
 
 from engine.core.atomic import atomic_path, temporary_sibling
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, param_ref
 from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import (
@@ -242,7 +242,7 @@ def predict_raster(
     started = time.perf_counter()
     batch_size = 4 if batch_size is None else int(batch_size)
     if batch_size < 1:
-        raise ConfigError(f"parameter 'batch_size' must be >= 1, found {batch_size}")
+        raise ConfigError(f"{param_ref('batch_size')}: expected a number >= 1, found {batch_size}")
     # an already-open model (the QGIS algorithm reads its metadata first) is used as it is, not loaded twice
     model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
     info = model.info

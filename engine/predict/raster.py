@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.export.metadata import ModelInfo
 
 gdal.UseExceptions()
@@ -189,7 +189,7 @@ def _band_list(
         bands = [int(b) for b in bands]
         if len(bands) != info.channels or not all(1 <= b <= count for b in bands):
             raise ConfigError(
-                f"parameter 'bands' {bands}: expected {info.channels} band numbers in 1..{count} for the model's "
+                f"{param_ref('bands')} {bands}: expected {info.channels} band numbers in 1..{count} for the model's "
                 f"inputs {list(info.bands or [])} (raster '{path}' has {count} bands)"
             )
         return bands
@@ -198,7 +198,7 @@ def _band_list(
         wanted = list(info.bands) if info.bands else f"{info.channels} bands"
         raise InputError(
             f"raster '{path}': the model expects {info.channels} bands {wanted}, the raster has {len(data_bands)} "
-            f"({[names[b - 1] for b in data_bands]}); give a band mapping, e.g. --bands "
+            f"({[names[b - 1] for b in data_bands]}); give a band mapping in {param_ref('bands')}, e.g. "
             f"{','.join(str(i + 1) for i in range(info.channels))} (raster band numbers in the model's band order)"
         )
     return data_bands
@@ -217,7 +217,7 @@ def _value_scale(
     """The raw value that maps to 1.0: given, the model's when the raster has its dtype, else the raster's max."""
     if value_max is not None:
         if value_max <= 0:
-            raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
+            raise ConfigError(f"{param_ref('value_max')}: expected a value > 0, found {value_max}")
         return float(value_max)
     if dtype == info.value_dtype:
         return info.value_max
@@ -225,12 +225,13 @@ def _value_scale(
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
         "raster '%s' is %s but the model was trained on %s (max %g): scaling by the raster's approximate maximum %g "
-        "(set value_max / --value-max to override)",
+        "(set %s to override)",
         path,
         dtype,
         info.value_dtype,
         info.value_max,
         scale,
+        param_ref("value_max"),
     )
     return scale
 

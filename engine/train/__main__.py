@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, quiet_gdal_close_errors
+from engine.core.errors import PmtlError, error_event, quiet_gdal_close_errors
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.train.config import load_config
 from engine.train.distributed import DistInfo, init_distributed, shutdown
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
         if args.json_progress:
-            JsonLinesProgress().emit("error", message=str(exc))
+            JsonLinesProgress().emit("error", **error_event(exc))
         return 2
     finally:
         shutdown(info)

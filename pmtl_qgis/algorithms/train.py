@@ -360,10 +360,9 @@ class Train(PmtlAlgorithm):
         if unlabelled:
             roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
             overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
-        arguments = ["--config", config_path] if config_path else []
-        if self.parameterAsBool(parameters, self.RESUME, context):
-            arguments.append("--resume")
-        result = self.run_engine("engine.train", arguments + overrides, feedback)
+        env = self.engine_env()
+        resume = self.parameterAsBool(parameters, self.RESUME, context)
+        result = self.run_command(training_command(env.python, config_path, overrides, resume), env, feedback)
         return self._results(result, out_dir, feedback)
 
     def unlabelled_roots(
