@@ -25,6 +25,7 @@ from engine.chip import sources as src
 from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows
+from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
 from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress, check_cancel
@@ -111,12 +112,22 @@ def _check_grids(grids: Sequence[src.ImageGrid], scale_max: float | None) -> tup
                 f"{grid.path}: expected {first.bands} {first.dtype} bands like {first.path}, found "
                 f"{grid.bands} {grid.dtype}"
             )
+        fix = f"give rasters with their bands in one order (e.g. save {grid.path} with its bands reordered)"
+        for warning in check_band_names(
+            StatedBands.of(grid.band_names), first.band_names, str(grid.path), str(first.path), fix
+        ):
+            log.debug(warning)  # unnamed bands: the dataset's names come from the first raster, nothing to add
     if first.dtype in ("uint8", "uint16"):
         top = float(np.iinfo(first.dtype).max)
         if scale_max is not None and not 0 < scale_max <= top:
             raise ConfigError(
                 f"{param_ref('scale_max')}: expected a value in (0, {top:g}] for {first.dtype}, found {scale_max}"
             )
+        if scale_max is None and first.dtype == "uint16":
+            values = approx_range([grid.path for grid in grids])
+            warning = range_warning(f"raster '{first.path}'", first.dtype, values, top, "scale_max")
+            if warning:
+                log.warning(warning)
         return first.dtype, float(scale_max or top)
     if first.dtype in ("float32", "float64", "int16", "int32", "uint32"):
         if scale_max is None or scale_max <= 0:
