@@ -228,3 +228,10 @@ def style_on_load(context: QgsProcessingContext, layer_id: str, kind: str, class
     class_polygons; ``classes`` (names, colours) of the model's detection head (detections) or segmentation head."""
     if layer_id and context.willLoadLayerOnCompletion(layer_id):
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_new_styler(kind, classes))
+
+
+def name_on_load(context: QgsProcessingContext, layer_id: str, title: str, source: str) -> None:
+    """Name output ``layer_id`` after what it is and its input when QGIS loads it: "Class map — top_potsdam_2_10"
+    (every run's layers can be told apart)."""
+    if layer_id and context.willLoadLayerOnCompletion(layer_id):
+        context.layerToLoadOnCompletionDetails(layer_id).name = f"{title} — {source}"
