@@ -16,6 +16,7 @@ from qgis.core import (
     QgsGeometry,
     QgsProcessingContext,
     QgsProcessingException,
+    QgsProcessingModelAlgorithm,
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
     QgsProject,
@@ -23,7 +24,17 @@ from qgis.core import (
     QgsVectorLayer,
 )
 from qgis.PyQt.QtCore import QVariant
-from qgis_helpers import REPO, CapturingFeedback, ensure_provider, run_algorithm, scene, tiny_onnx_model, write_geotiff
+from qgis_helpers import (
+    MANY_RASTERS_MODEL,
+    REPO,
+    CapturingFeedback,
+    build_many_rasters_model,
+    ensure_provider,
+    run_algorithm,
+    scene,
+    tiny_onnx_model,
+    write_geotiff,
+)
 
 from pmtl_qgis.algorithms.base import is_unset
 
@@ -121,6 +132,35 @@ def test_batch_rows_with_empty_optional_outputs_run(qgis_processing, tmp_path, m
         results = run_algorithm("pmtl:detect_segment", row)
         assert Path(results["OUTPUT_RASTER"]).is_file()
         assert "OUTPUT_PROBS" not in results and "OUTPUT_POLYGONS" not in results
+
+
+# Shipped graphical models -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "models" / "examples").glob("*.model3")), ids=lambda p: p.stem)
+def test_every_shipped_model_validates_in_the_modeler(qgis_processing, path):
+    ensure_provider()
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(str(path))
+    assert model.validate() == (True, [])
+
+
+def test_the_many_rasters_model_detects_over_a_mosaic_of_the_rasters(qgis_processing, tmp_path, model):
+    shipped = QgsProcessingModelAlgorithm()
+    assert shipped.fromFile(str(MANY_RASTERS_MODEL))
+    expected = build_many_rasters_model()
+    assert {c: a.algorithmId() for c, a in shipped.childAlgorithms().items()} == {
+        c: a.algorithmId() for c, a in expected.childAlgorithms().items()
+    }
+    image = scene(64)[0]
+    west = write_geotiff(tmp_path / "west.tif", image)
+    east = write_geotiff(tmp_path / "east.tif", image, origin=(500000.0 + 64 * 0.09, 5400000.0))
+    outputs = {"detect:class_map": str(tmp_path / "classes.tif"), "detect:detections": str(tmp_path / "boxes.gpkg")}
+    params = {"RASTERS": [str(west), str(east)], "MODEL": str(model), **outputs}
+    results = run_algorithm(shipped, params)
+    classes = gdal.Open(results["detect:class_map"])
+    assert (classes.RasterXSize, classes.RasterYSize) == (128, 64)  # both rasters, side by side
+    assert QgsVectorLayer(results["detect:detections"], "d", "ogr").isValid()
 
 
 # Errors and warnings in the dialog's words ---------------------------------------------------------------------
