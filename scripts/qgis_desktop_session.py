@@ -407,17 +407,17 @@ class Session:
         ]
 
     def open_modeler(self, name: str, screenshot: str) -> bool:
+        """What *Processing → Graphical Modeler → Open Model…* does with the file the user picks."""
         from processing.modeler.ModelerDialog import ModelerDialog
         from qgis.core import QgsProcessingModelAlgorithm
 
-        model = QgsProcessingModelAlgorithm()
         path = self.plugin_dir() / "vendor" / "models" / "examples" / f"{name}.model3"
-        if not model.fromFile(str(path)):
-            self.problems.append(f"{path}: the modeler cannot open it")
-        valid, issues = model.validate()
+        model = QgsProcessingModelAlgorithm()
+        valid, issues = model.validate() if model.fromFile(str(path)) else (False, ["cannot be read"])
         if not valid:
             self.problems.append(f"{path.name} does not validate: {issues}")
-        self.modeler = ModelerDialog.create(model)
+        self.modeler = ModelerDialog.create()
+        self.modeler.loadModel(str(path))
         self.modeler.resize(1240, 800)
         self.modeler.show()
         self.save(self.modeler, screenshot)
@@ -457,7 +457,6 @@ class Session:
 
     def close_modeler(self) -> bool:
         self.modeler.hide()  # hidden, not closed: no "save changes?" prompt for a model only run
-        self.modeler.deleteLater()
         self.modeler = None
         return True
 
