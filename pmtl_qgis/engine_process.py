@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,8 +149,11 @@ def run_streaming(
     cancel_grace_s: float = 60.0,
     terminate_grace_s: float = 15.0,
     tail_lines: int = 40,
+    render: Callable[[str], str] | None = None,
 ) -> ProcessResult:
-    """Run ``command``, forward its output to ``feedback`` and stop it cleanly when the user cancels."""
+    """Run ``command``, forward its output to ``feedback`` and stop it cleanly when the user cancels. ``render``
+    rewrites the child's console lines for the log (an engine CLI with ``--json-progress`` leaves parameter
+    references for its caller to name)."""
     process = subprocess.Popen(
         list(command),
         stdout=subprocess.PIPE,
@@ -180,7 +183,7 @@ def run_streaming(
             stream_open = False
         elif line:
             tail.append(line)
-            _forward(line, feedback, result)
+            _forward(line, feedback, result, render)
         if feedback is not None and feedback.isCanceled() and process.poll() is None:
             if not result.canceled:
                 result.canceled = True
@@ -197,11 +200,13 @@ def run_streaming(
     return result
 
 
-def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessResult) -> None:
+def _forward(
+    line: str, feedback: QgsProcessingFeedback | None, result: ProcessResult, render: Callable[[str], str] | None
+) -> None:
     event = parse_event(line)
     if event is None:
         if feedback is not None:
-            feedback.pushConsoleInfo(line)
+            feedback.pushConsoleInfo(render(line) if render is not None else line)
         return
     result.events.append(event)
     if feedback is None:

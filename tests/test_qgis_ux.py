@@ -298,7 +298,9 @@ def test_train_runs_the_command_training_command_builds(qgis_processing, tmp_pat
         return ProcessResult(returncode=0, canceled=False)
 
     monkeypatch.setattr(train_module, "training_command", spy)
-    monkeypatch.setattr(train_module.Train, "run_command", staticmethod(fake_run))
+    monkeypatch.setattr(
+        train_module.Train, "run_command", lambda self, command, env, feedback: fake_run(command, env, feedback)
+    )
     monkeypatch.setattr(train_module.Train, "_results", lambda self, result, out_dir, feedback: {})
     chips = tmp_path / "chips"
     raster = write_geotiff(tmp_path / "ortho.tif", scene(64)[0])
@@ -307,3 +309,23 @@ def test_train_runs_the_command_training_command_builds(qgis_processing, tmp_pat
     run_algorithm("pmtl:train", {"SEG_DATA": str(chips), "MODEL": 0, "RESUME": False, "OUTPUT": str(tmp_path / "r")})
     assert len(built) == 1 and ran == built
     assert "--resume" not in ran[0] and any(a.startswith("data.seg=") for a in ran[0])
+
+
+def test_engine_console_lines_name_parameters_in_the_dialogs_words(qgis_processing, tmp_path):
+    """What the training CLI prints on cancel under --json-progress reaches the log as the dialog names it."""
+    import sys
+
+    from qgis.core import QgsApplication
+
+    from pmtl_qgis.engine_process import run_streaming
+
+    train = QgsApplication.processingRegistry().createAlgorithmById("pmtl:train")
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import sys\nprint('training cancelled; last.pt is kept (resume with [[resume]])', file=sys.stderr)\n"
+    )
+    feedback = CapturingFeedback()
+    run_streaming([sys.executable, str(child)], feedback, render=train.engine_text)
+    assert feedback.console == [
+        "training cancelled; last.pt is kept (resume with 'Resume the run in the checkpoint folder')"
+    ]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, error_event, quiet_gdal_close_errors
+from engine.core.errors import PmtlError, error_event, param_ref, quiet_gdal_close_errors, render_message
 from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
 from engine.train.config import load_config
 from engine.train.distributed import DistInfo, init_distributed, shutdown
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         progress.report(0.0, "PyTorch loaded: building the model and reading the chip datasets")
         result = train(cfg, progress=progress, resume=args.resume)
     except Cancelled:
-        print(f"training cancelled; {_what_is_left(cfg)}", file=sys.stderr)
+        message = f"training cancelled; {_what_is_left(cfg)}"  # with --json-progress the caller names parameters
+        print(message if args.json_progress else render_message(message), file=sys.stderr)
         return 130
     except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         print(f"error: {exc}", file=sys.stderr)
@@ -75,7 +76,7 @@ def _what_is_left(cfg: dict | None) -> str:
     """What a cancelled run leaves behind, truthfully: a checkpoint to resume from, or nothing yet."""
     last = Path(cfg["runtime"]["out"]) / "last.pt" if cfg else None
     if last is not None and last.is_file():
-        return f"{last} is kept (resume with --resume)"
+        return f"{last} is kept (resume with {param_ref('resume')})"
     return "no checkpoint was written yet (cancelled before the end of the first epoch)"
 
 

@@ -227,12 +227,13 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
             raise QgsProcessingException(install_message(list(self.REQUIRED_MODULES) or ["torch"]))
         return env
 
-    @staticmethod
-    def run_command(command: Sequence[str], env: PythonEnv, feedback: QgsProcessingFeedback) -> ProcessResult:
-        """Run an engine command line (see :func:`~pmtl_qgis.engine_process.engine_command`) in ``env``."""
+    def run_command(self, command: Sequence[str], env: PythonEnv, feedback: QgsProcessingFeedback) -> ProcessResult:
+        """Run an engine command line (see :func:`~pmtl_qgis.engine_process.engine_command`) in ``env``; its
+        console lines name parameters in the dialog's words."""
         feedback.pushCommandInfo(" ".join(shlex.quote(str(part)) for part in command))
         feedback.pushInfo("Starting the engine (loading PyTorch)…")
-        return run_streaming(command, feedback, env=child_environment(env), cwd=engine_root())
+        environment, cwd = child_environment(env), engine_root()
+        return run_streaming(command, feedback, env=environment, cwd=cwd, render=self.engine_text)
 
     def check_engine_result(self, result: ProcessResult) -> None:
         """Raise the Processing error for a child that failed, lacked a module, or was cancelled."""

@@ -436,7 +436,9 @@ class Train(PmtlAlgorithm):
         if result.canceled:
             self._report_cancel(result, last, feedback)
         elif result.returncode != 0:
-            raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{result.error_text()}")
+            raise QgsProcessingException(
+                f"Training failed (exit code {result.returncode}):\n{self.engine_text(result.error_text())}"
+            )
         metrics = done.get("metrics", {}) if done else {}
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
         if best.exists():
