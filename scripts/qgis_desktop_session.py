@@ -481,8 +481,8 @@ class Session:
             "import json, sys, onnx\n"
             "model = onnx.load(sys.argv[1])\n"
             "for prop in model.metadata_props:\n"
-            "    if prop.key == 'bands':\n"
-            "        prop.value = json.dumps(['red', 'green', 'blue'])\n"
+            "    if prop.key == 'input':\n"
+            "        prop.value = json.dumps({**json.loads(prop.value), 'bands': ['red', 'green', 'blue']})\n"
             "onnx.save(model, sys.argv[2])\n"
         )
         python = REPO / ".venv" / "bin" / "python"
