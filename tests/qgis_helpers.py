@@ -280,11 +280,11 @@ def add_steps(model: Any, steps: list[Any], outputs: dict[str, dict[str, tuple[s
                 continue
             default = QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())
             step.addParameterSources(definition.name(), [default])
-        for child_output, (name, description) in outputs.get(step.childId(), {}).items():
+        for index, (child_output, (name, description)) in enumerate(outputs.get(step.childId(), {}).items()):
             output = QgsProcessingModelOutput(name, description)
             output.setChildId(step.childId())
             output.setChildOutputName(child_output)
-            output.setPosition(QPointF(700, step.position().y()))
+            output.setPosition(QPointF(700 + 60 * index, step.position().y() + 40 * index))
             step.setModelOutputs({**step.modelOutputs(), name: output})
         model.addChildAlgorithm(step)
     model.updateDestinationParameters()
