@@ -27,9 +27,12 @@ from qgis.PyQt.QtCore import QVariant
 from qgis_helpers import (
     MANY_RASTERS_MODEL,
     REPO,
+    VENV_PYTHON,
     CapturingFeedback,
     build_many_rasters_model,
     ensure_provider,
+    installed_plugin_env,
+    qgis_process,
     run_algorithm,
     scene,
     tiny_onnx_model,
@@ -132,6 +135,18 @@ def test_batch_rows_with_empty_optional_outputs_run(qgis_processing, tmp_path, m
         results = run_algorithm("pmtl:detect_segment", row)
         assert Path(results["OUTPUT_RASTER"]).is_file()
         assert "OUTPUT_PROBS" not in results and "OUTPUT_POLYGONS" not in results
+
+
+def test_qgis_process_takes_empty_optional_values_as_unset(qgis_processing, tmp_path, model):
+    env = installed_plugin_env(tmp_path, VENV_PYTHON)
+    raster = write_geotiff(tmp_path / "ortho.tif", scene(64)[0])
+    outputs = [f"OUTPUT_RASTER={tmp_path / 'c.tif'}", f"OUTPUT_DETECTIONS={tmp_path / 'd.gpkg'}"]
+    empty = ["OUTPUT_PROBS=", "OUTPUT_POLYGONS=", "VALUE_MAX=", "BANDS="]
+    args = [f"INPUT={raster}", f"MODEL={model}", *outputs, *empty]
+    run = qgis_process(["--json", "run", "pmtl:detect_segment", "--", *args], env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    results = json.loads(run.stdout)["results"]
+    assert Path(results["OUTPUT_RASTER"]).is_file() and not results.get("OUTPUT_PROBS")
 
 
 # Shipped graphical models -------------------------------------------------------------------------------------
