@@ -344,3 +344,13 @@ def test_engine_console_lines_name_parameters_in_the_dialogs_words(qgis_processi
     assert feedback.console == [
         "training cancelled; last.pt is kept (resume with 'Resume the run in the checkpoint folder')"
     ]
+
+
+def test_temporary_outputs_are_told_from_user_files(qgis_processing, tmp_path):
+    from qgis.core import QgsProcessingUtils
+
+    from pmtl_qgis.layer_reader import is_temporary_output
+
+    assert is_temporary_output(QgsProcessingUtils.generateTempFilename("OUTPUT.vrt"))
+    assert is_temporary_output(QgsProcessingUtils.generateTempFilename("labels.gpkg") + "|layername=labels")
+    assert not is_temporary_output(str(tmp_path / "top_potsdam_2_10.tif"))

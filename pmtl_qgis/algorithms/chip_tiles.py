@@ -23,10 +23,10 @@ from qgis.core import (
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
     QgsProcessingParameterString,
-    QgsProcessingUtils,
     QgsRasterLayer,
 )
 
+from ..layer_reader import is_temporary_output
 from .base import PmtlAlgorithm, is_unset
 
 DATASETS = ("vaihingen", "potsdam")
@@ -444,13 +444,12 @@ class ChipTiles(PmtlAlgorithm):
     ) -> None:
         """Copy label / AOI files that live in Processing's temporary folder (memory layers, selections, temporary
         outputs: gone when QGIS closes) into ``out_dir/labels``; the manifest's ``labels`` entries name the copies."""
-        temporary = Path(QgsProcessingUtils.tempFolder()).resolve()
         manifest_path = out_dir / "manifest.json"
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         changed = False
         for key, source in sources.items():
             path, _, layer = (source or "").partition("|")
-            if not path or temporary not in Path(path).resolve().parents:
+            if not path or not is_temporary_output(path):
                 continue
             (out_dir / "labels").mkdir(exist_ok=True)
             for part in Path(path).parent.glob(Path(path).stem + ".*"):  # a shapefile's sidecars too

@@ -279,7 +279,7 @@ class DetectSegment(PmtlAlgorithm):
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
         for name, value in results.items():
-            name_on_load(context, value, self.parameterDefinition(name).description(), layer.name())
+            name_on_load(context, value, self.parameterDefinition(name).description(), layer)
         summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
         feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
         results[self.SUMMARY] = json.dumps(summary, default=str)
