@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
     progress = watch(inner, args.control_stdin, interrupt=True)
-    progress.report(0.0, f"exporting {args.checkpoint}")
 
     try:
+        progress.report(0.0, f"exporting {args.checkpoint}")  # a cancel may come as soon as this line is out
         from engine.export.onnx_export import export_checkpoint  # torch loads here: a cancel may already come
 
         meta = export_checkpoint(

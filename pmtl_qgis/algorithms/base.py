@@ -248,6 +248,8 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
 
     def engine_text(self, text: str) -> str:
         """An engine message (an error event's template, a log warning) with its parameters in the dialog's words."""
+        if "[[" not in text:
+            return text  # most lines (every console line of a training) name no parameter
         return self.engine("engine.core.errors").render_message(text, self.param_words)
 
     def param_words(self, name: str) -> str:
