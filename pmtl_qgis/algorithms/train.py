@@ -127,7 +127,8 @@ class Train(PmtlAlgorithm):
         "every step, the log shows losses and validation metrics per epoch, and Cancel stops it after the current "
         "step. Checkpoints: OUTPUT/best.pt (best on the validation split, never the test split) and OUTPUT/last.pt "
         "(after every epoch). The output folder defaults to a new folder under ~/pmtl/runs (or $PMTL_RUNS), kept "
-        "after QGIS exits; to continue a cancelled or interrupted run, choose its folder and tick 'Resume'.\n\n"
+        "after QGIS exits; to continue a cancelled or interrupted run, choose its folder and tick 'Resume the run in "
+        "the checkpoint folder'.\n\n"
         "Example (qgis_process): qgis_process run pmtl:train -- DET_DATA=/data/chips_potsdam "
         "SEG_DATA=/data/chips_vaihingen KD=6 DET_TEACHER=/runs/tdet/best.pt SEG_TEACHER=/runs/tseg/best.pt "
         "EPOCHS=70 OUTPUT=/runs/student"
@@ -462,5 +463,6 @@ class Train(PmtlAlgorithm):
         metrics = result.last_event("metrics")
         epoch = f"epoch {metrics['epoch']}" if metrics and "epoch" in metrics else "an earlier run"
         feedback.pushWarning(
-            f"Training cancelled; the checkpoint of {epoch} is kept: {last} (tick 'Resume' and run again to continue)."
+            f"Training cancelled; the checkpoint of {epoch} is kept: {last} (tick 'Resume the run in the checkpoint "
+            "folder' and run again to continue)."
         )
