@@ -352,9 +352,11 @@ def tiny_onnx_model(
     seg_colors: list[list[int]] | None = None,
     det_colors: list[list[int]] | None = None,
     tile: int = 32,
+    datasets: dict[str, Any] | None = None,
 ) -> Path:
     """A small untrained network with both heads exported through the real exporter (a second or so), with the
-    given class colours in its metadata (default: the engine's colours for the names)."""
+    given class colours in its metadata (default: the engine's colours for the names) and, when given, the training
+    ``datasets`` it records (task → {dataset, gsd, bands})."""
     import torch
     from torch import nn
 
@@ -394,6 +396,7 @@ def tiny_onnx_model(
         "palette": seg_colors or [list(c) for c in class_colors(seg_classes)],
         "det_classes": list(det_classes),
         **({"det_palette": det_colors} if det_colors else {}),
+        **({"datasets": datasets} if datasets else {}),
     }
     export_onnx(TinyNet(), path, describe, tile, overlap=4, score_thresh=0.5)
     return path

@@ -209,6 +209,20 @@ def test_a_nir_r_g_raster_given_to_an_rgb_model_fails_naming_both_band_lists(qgi
     assert any("['red', 'green', 'nir']" in w for w in feedback.warnings), feedback.warnings
 
 
+def test_a_partial_mtl_model_takes_the_bands_of_each_training_dataset(qgis_processing, tmp_path):
+    """Detection on R-G-B Potsdam chips, segmentation on NIR-R-G Vaihingen chips: both kinds of raster are the
+    model's; a raster of neither is refused naming both."""
+    datasets = {"det": {"dataset": "potsdam", "gsd": 0.05, "bands": ["red", "green", "blue"]},
+                "seg": {"dataset": "vaihingen", "gsd": 0.09, "bands": ["nir", "red", "green"]}}  # fmt: skip
+    model = tiny_onnx_model(tmp_path / "mtl.onnx", datasets=datasets)
+    outputs = {"OUTPUT_RASTER": str(tmp_path / "c.tif"), "OUTPUT_DETECTIONS": str(tmp_path / "d.gpkg")}
+    irrg = _described(write_geotiff(tmp_path / "irrg.tif", scene(64)[0]), ["nir", "red", "green"])
+    run_algorithm("pmtl:detect_segment", {"INPUT": str(irrg), "MODEL": str(model), **outputs})
+    other = _described(write_geotiff(tmp_path / "other.tif", scene(64)[0]), ["green", "red", "nir"])
+    message = _fails("pmtl:detect_segment", {"INPUT": str(other), "MODEL": str(model), **outputs})
+    assert "was trained on ['red', 'green', 'blue'] or ['nir', 'red', 'green']" in message
+
+
 def test_a_wrong_band_mapping_is_named_by_its_label(qgis_processing, tmp_path, model):
     raster = write_geotiff(tmp_path / "ortho.tif", scene(64)[0])
     params = {"INPUT": str(raster), "MODEL": str(model), "BANDS": [1, 2], "OUTPUT_RASTER": str(tmp_path / "c.tif"),

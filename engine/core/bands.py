@@ -122,6 +122,26 @@ def check_band_names(
     return []
 
 
+def check_against_any(
+    found: StatedBands, candidates: Sequence[Sequence[str]], where: str, expected_what: str, fix: str, strict: bool
+) -> list[str]:
+    """:func:`check_band_names` against every band list a model was trained on (partial multi-task learning feeds
+    one network NIR-R-G chips for one task and R-G-B chips for the other): a raster that matches one passes."""
+    failures: list[InputError] = []
+    for expected in candidates:
+        try:
+            return check_band_names(found, expected, where, expected_what, fix, strict)
+        except InputError as error:
+            failures.append(error)
+    if len(failures) == 1:
+        raise failures[0]
+    trained = " or ".join(str(list(expected)) for expected in candidates)
+    raise InputError(
+        f"{where}: its bands are {listed(found.names)} (band descriptions / colour interpretation), {expected_what} "
+        f"was trained on {trained}; {fix}"
+    )
+
+
 def listed(names: BandNames) -> list[str]:
     """Band names for a message, '?' for an unknown one."""
     return [name or "?" for name in names]

@@ -22,7 +22,7 @@ from typing import Protocol
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from engine.core.bands import check_band_names, mapping_hint, range_warning, raster_band_names
+from engine.core.bands import check_against_any, mapping_hint, range_warning, raster_band_names
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.export.metadata import ModelInfo
 
@@ -233,7 +233,12 @@ def _band_warnings(ds: gdal.Dataset, band_list: Sequence[int], path: str, info: 
         return []
     stated = raster_band_names(ds)
     fix = mapping_hint(stated, info.bands)
-    return check_band_names(stated.pick(band_list), info.bands, f"raster '{path}'", "the model", fix, not mapped)
+    trained = [list(info.bands)]
+    for dataset in ((info.raw.get("provenance") or {}).get("datasets") or {}).values():
+        bands = list(dataset.get("bands") or []) if isinstance(dataset, dict) else []
+        if len(bands) == info.channels and bands not in trained:
+            trained.append(bands)  # partial MTL: each task's chips may have had their own bands
+    return check_against_any(stated.pick(band_list), trained, f"raster '{path}'", "the model", fix, not mapped)
 
 
 def _value_scale(
