@@ -5,7 +5,7 @@ export QT_QPA_PLATFORM := offscreen
 export PYTHONUNBUFFERED := 1
 DEMO_DIR ?= out/demo
 
-.PHONY: setup test lint format demo bench clean package install-plugin
+.PHONY: setup test lint format demo bench readme clean package install-plugin
 
 setup:
 	@bash scripts/setup.sh
@@ -26,7 +26,10 @@ demo: setup
 	$(PY) -m engine.demo --out $(DEMO_DIR)
 
 bench: setup
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all; status=$$?; $(PY) scripts/render_readme.py && exit $$status
+
+readme: setup
+	$(PY) scripts/render_readme.py
 
 package: setup
 	$(PY) scripts/package_plugin.py

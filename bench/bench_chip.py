@@ -18,6 +18,8 @@ import resource
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -95,19 +97,59 @@ def raw_read(root: Path) -> tuple[float, float]:
     return time.perf_counter() - start, pixels / 1e6
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_chip", description=__doc__)
-    parser.add_argument("--tiles", type=int, default=6)
+def tile_parser(prog: str, description: str, tiles: int, repeat: int) -> argparse.ArgumentParser:
+    """The options of the chipping benchmarks: tiles and their size, chip size and stride, rounds, work folder."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--tiles", type=int, default=tiles)
     parser.add_argument("--width", type=int, default=2500)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--stride", type=int, default=320)
-    parser.add_argument("--repeat", type=int, default=3, help="timed rounds; the best of each is reported")
+    parser.add_argument("--repeat", type=int, default=repeat, help="timed rounds; the best of each is reported")
     parser.add_argument("--workdir", help="folder for the tiles and chips (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_chip_"))
-    root, out = work / "vaihingen", work / "chips"
+    return parser
+
+
+def tile_record(args: argparse.Namespace, megapixels: float) -> dict:
+    """What a chipping benchmark measured on, for its JSON record."""
+    return {
+        "tiles": args.tiles,
+        "tile_size": [args.width, args.height],
+        "chip_size": args.size,
+        "stride": args.stride,
+        "megapixels": round(megapixels, 2),
+    }
+
+
+@contextmanager
+def work_folder(workdir: str | None, prefix: str) -> Iterator[Path]:
+    """``workdir`` when given (kept), else a temporary folder removed afterwards."""
+    if workdir:
+        yield Path(workdir)
+        return
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def emit(summary: str, result: dict) -> dict:
+    """Print the summary line, then the JSON record (``bench.run_all`` keeps the last JSON line)."""
+    print(summary)
+    print(json.dumps(result))
+    return result
+
+
+def machine_record() -> dict:
+    """How busy the machine was: wall-clock ratios move with other processes' load."""
+    return {"cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = tile_parser("python -m bench.bench_chip", __doc__, tiles=6, repeat=3).parse_args(argv)
+    with work_folder(args.workdir, "bench_chip_") as work:
+        root, out = work / "vaihingen", work / "chips"
         make_tiles(root, args.tiles, args.width, args.height)
         raw_read(root)  # warm the page cache for both contestants
         raw_times, chip_times, raw_cpu, chip_cpu, megapixels, summary = [], [], [], [], 0.0, None
@@ -124,27 +166,22 @@ def main(argv: list[str] | None = None) -> dict:
         raw_rate, chip_rate = megapixels / min(raw_times), megapixels / min(chip_times)
         ratios = sorted(r / c for r, c in zip(raw_times, chip_times))
         result = {
-            "tiles": args.tiles, "tile_size": [args.width, args.height], "chip_size": args.size,
-            "stride": args.stride, "megapixels": round(megapixels, 2), "chips": sum(summary.chips_per_split.values()),
+            **tile_record(args, megapixels), "chips": sum(summary.chips_per_split.values()),
             "boxes": sum(summary.boxes_per_class.values()), "raw_read_s": round(min(raw_times), 3),
             "chip_s": round(min(chip_times), 3), "raw_read_mpx_per_s": round(raw_rate, 1),
             "chip_mpx_per_s": round(chip_rate, 1), "ratio": round(chip_rate / raw_rate, 3), "target_ratio": 0.5,
             "ratio_per_round": [round(r, 3) for r in ratios], "raw_cpu_s": round(min(raw_cpu), 3),
             "chip_cpu_s": round(min(chip_cpu), 3), "cpu_ratio": round(min(raw_cpu) / min(chip_cpu), 3),
-            "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
+            **machine_record(),
         }  # fmt: skip
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(
+    summary = (
         f"chipping {result['megapixels']} Mpx ({result['chips']} chips, {result['boxes']} boxes): "
         f"{result['chip_mpx_per_s']} Mpx/s; raw GDAL read {result['raw_read_mpx_per_s']} Mpx/s; "
         f"ratio {result['ratio']} (target >= 0.5; per round {result['ratio_per_round']}); CPU s chipping "
         f"{result['chip_cpu_s']} vs raw read {result['raw_cpu_s']}; load average {result['load_avg_1min']} "
         f"on {result['cores']} cores"
     )
-    print(json.dumps(result))
-    return result
+    return emit(summary, result)
 
 
 if __name__ == "__main__":

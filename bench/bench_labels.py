@@ -10,18 +10,14 @@ Run: ``python -m bench.bench_labels [--tiles 4 --width 2500 --height 2000 --stri
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from bench.bench_chip import make_tiles
+from bench.bench_chip import emit, machine_record, make_tiles, tile_parser, tile_record, work_folder
 from engine.chip import chip_dataset
 from engine.chip.splits import SplitPlan
 from engine.chip.userdata import LabelSource, chip_images
@@ -60,18 +56,9 @@ def write_polygons(root: Path, out: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.bench_labels", description=__doc__)
-    parser.add_argument("--tiles", type=int, default=4)
-    parser.add_argument("--width", type=int, default=2500)
-    parser.add_argument("--height", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--stride", type=int, default=320)
-    parser.add_argument("--repeat", type=int, default=2, help="timed rounds; the best of each is reported")
-    parser.add_argument("--workdir", help="folder for the tiles and chips (default: a temporary folder)")
-    args = parser.parse_args(argv)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_labels_"))
-    root, polygons = work / "vaihingen", work / "objects.gpkg"
-    try:
+    args = tile_parser("python -m bench.bench_labels", __doc__, tiles=4, repeat=2).parse_args(argv)
+    with work_folder(args.workdir, "bench_labels_") as work:
+        root, polygons = work / "vaihingen", work / "objects.gpkg"
         make_tiles(root, args.tiles, args.width, args.height)
         features = write_polygons(root, polygons)
         images = sorted((root / "top").glob("*.tif"))
@@ -89,26 +76,21 @@ def main(argv: list[str] | None = None) -> dict:
             vector_times.append(time.perf_counter() - start)
         megapixels = summary.megapixels
         result = {
-            "tiles": args.tiles, "tile_size": [args.width, args.height], "chip_size": args.size,
-            "stride": args.stride, "megapixels": round(megapixels, 2), "polygons": features,
+            **tile_record(args, megapixels), "polygons": features,
             "vector_chips": sum(summary.chips_per_split.values()),
             "vector_boxes": sum(summary.boxes_per_class.values()),
             "raster_s": round(min(raster_times), 3), "vector_s": round(min(vector_times), 3),
             "raster_mpx_per_s": round(megapixels / min(raster_times), 1),
             "vector_mpx_per_s": round(megapixels / min(vector_times), 1),
             "ratio_vector_over_raster": round(min(raster_times) / min(vector_times), 3),
-            "cores": os.cpu_count(), "load_avg_1min": round(os.getloadavg()[0], 2),
+            **machine_record(),
         }  # fmt: skip
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
-    print(
+    summary = (
         f"chipping {result['megapixels']} Mpx: vector labels ({result['polygons']} polygons in WGS 84) "
         f"{result['vector_mpx_per_s']} Mpx/s, ISPRS raster labels {result['raster_mpx_per_s']} Mpx/s; ratio "
         f"{result['ratio_vector_over_raster']}; load average {result['load_avg_1min']} on {result['cores']} cores"
     )
-    print(json.dumps(result))
-    return result
+    return emit(summary, result)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Screenshots of the plugin in QGIS desktop, for the README's QGIS user guide (docs/img/).
+"""Screenshots of the plugin in QGIS desktop, for the QGIS user guide in docs/GUIDE.md (docs/img/).
 
     xvfb-run -a -s "-screen 0 1280x860x24" .venv/bin/python scripts/qgis_screenshots.py --out docs/img
 

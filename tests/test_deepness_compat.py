@@ -19,9 +19,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from osgeo import gdal, osr
+from testmodels import ColourSegmenter, isprs_description
 from torch import nn
 
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.classes import SEG_CLASSES
 from engine.export import export_onnx
 from engine.models import ModelConfig, build_model
 from engine.predict import predict_raster
@@ -32,38 +33,12 @@ GSD = 0.09
 DEEPNESS_MODEL_TYPES = {"Segmentor", "Detector", "Regressor", "Recognition", "Superresolution"}
 
 
-def description(dtype: str = "uint8", value_max: float = 255.0) -> dict[str, Any]:
-    return {
-        "bands": ["nir", "red", "green"],
-        "value_scaling": {"dtype": dtype, "max": value_max},
-        "mean": [0.45, 0.32, 0.31],
-        "std": [0.21, 0.15, 0.14],
-        "gsd": GSD,
-        "seg_classes": list(SEG_CLASSES),
-        "palette": [list(c) for c in PALETTE],
-        "det_classes": list(DET_CLASSES),
-    }
-
-
 def small_model(tasks: tuple[str, ...] = ("det", "seg"), seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(ModelConfig(tasks=tasks, channels=32, seg_channels=16)).eval()
     if "seg" in tasks:
         nn.init.normal_(model.seg_head.classifier.weight, std=5.0)  # confident, varied class maps
     return model
-
-
-class ColourSegmenter(nn.Module):
-    """Seg-only module with the model output contract whose classes follow the pixel colour (a varied map)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, len(SEG_CLASSES), 1)
-        nn.init.normal_(self.conv.weight, std=3.0)
-
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"features": [], "seg_logits": self.conv(images)}
 
 
 def metadata_of(path: Path) -> dict[str, Any]:
@@ -177,7 +152,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         ("seg_teacher_deepness", seg, "deepness"),
     ):
         paths[name] = folder / f"{name}.onnx"
-        export_onnx(model, paths[name], description(), TILE, overlap=16, variant=variant)
+        export_onnx(model, paths[name], isprs_description(GSD), TILE, overlap=16, variant=variant)
     return paths
 
 
@@ -222,7 +197,7 @@ def test_deepness_processing_gives_our_class_map(tmp_path, dtype, value_max):
     """Deepness's preprocessing (raw / 255, then its standardisation) + threshold + argmax on one tile equals the
     class map engine.predict writes: the metadata fold the value scaling into Deepness's mean/std."""
     path = tmp_path / "model.onnx"
-    export_onnx(ColourSegmenter().eval(), path, description(dtype, value_max), TILE, variant="deepness")
+    export_onnx(ColourSegmenter().eval(), path, isprs_description(GSD, dtype, value_max), TILE, variant="deepness")
     rng = np.random.default_rng(0)
     top = int(value_max)
     blocks = rng.integers(0, top + 1, (3, TILE // 8, TILE // 8))  # 8 px patches of one colour: varied classes

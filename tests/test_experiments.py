@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -92,26 +94,23 @@ def test_rows_from_one_run_show_no_spread():
     assert "| Partial MTL | 20.0 ± 0.0 |" in text
 
 
+def tiny_preset(folder: Path, **sections: Any) -> Path:
+    """A preset of one training step per run on a few tiny synthetic tiles, with ``sections`` added."""
+    preset = {
+        "name": "tiny",
+        "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
+        "train": {"data.batch_size": 2, "data.num_workers": 0, "data.max_val_chips": 2, "optim.epochs": 1,
+                  "optim.iters_per_epoch": 1, "optim.warmup_iters": 1},
+        "teacher": {},
+        **sections,
+    }  # fmt: skip
+    path = folder / "tiny.yaml"
+    path.write_text(json.dumps(preset))
+    return path
+
+
 def test_tiny_preset_end_to_end(tmp_path):
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text(
-        json.dumps(
-            {
-                "name": "tiny",
-                "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
-                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB", "gsd": 0.1},
-                "train": {
-                    "data.batch_size": 2,
-                    "data.num_workers": 0,
-                    "data.max_val_chips": 2,
-                    "optim.epochs": 1,
-                    "optim.iters_per_epoch": 1,
-                    "optim.warmup_iters": 1,
-                },
-                "teacher": {},
-            }
-        )
-    )
+    preset = tiny_preset(tmp_path, chips={"size": 64, "stride": 64, "potsdam_bands": "RGB", "gsd": 0.1})
     out = tmp_path / "exp"
     assert main(["--preset", str(preset), "--direction", "v2p", "--out", str(out), "--seeds", "2"]) == 0
     # teachers once per direction, shared by the seeds' students
@@ -162,26 +161,8 @@ def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):
 
 def test_unlabelled_target_experiment_tiny(tmp_path):
     """--unlabelled-target: teachers once, the student with and without the held-out town's imagery, one table."""
-    preset = tmp_path / "tiny.yaml"
-    preset.write_text(
-        json.dumps(
-            {
-                "name": "tiny",
-                "synthetic": {"vaihingen": {"tiles": 5, "tile_size_m": 12}, "potsdam": {"tiles": 5, "tile_size_m": 8}},
-                "chips": {"size": 64, "stride": 64, "potsdam_bands": "RGB"},
-                "train": {
-                    "data.batch_size": 2,
-                    "data.num_workers": 0,
-                    "data.max_val_chips": 2,
-                    "optim.epochs": 1,
-                    "optim.iters_per_epoch": 1,
-                    "optim.warmup_iters": 1,
-                },
-                "teacher": {},
-                "target": {"variant": "mtl_soft", "synthetic": {"tiles": 3, "tile_size_m": 17}},
-            }
-        )
-    )
+    target = {"variant": "mtl_soft", "synthetic": {"tiles": 3, "tile_size_m": 17}}
+    preset = tiny_preset(tmp_path, chips={"size": 64, "stride": 64, "potsdam_bands": "RGB"}, target=target)
     out = tmp_path / "exp"
     args = ["--preset", str(preset), "--direction", "p2v", "--unlabelled-target", "suburb", "--out", str(out)]
     assert main(args) == 0

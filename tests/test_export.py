@@ -12,10 +12,11 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from testmodels import isprs_description
 from torch import nn
 from torchvision.ops import batched_nms
 
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.export import export_checkpoint, export_onnx
 from engine.export import metadata as md
@@ -26,20 +27,12 @@ from engine.train.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 TILE = 64
-DESCRIPTION = {
-    "bands": ["nir", "red", "green"],
-    "value_scaling": {"dtype": "uint8", "max": 255.0},
-    "mean": [0.45, 0.32, 0.31],
-    "std": [0.21, 0.15, 0.14],
-    "gsd": 0.09,
-    "seg_classes": list(SEG_CLASSES),
-    "palette": [list(c) for c in PALETTE],
-    "det_classes": list(DET_CLASSES),
-    "name": "student_soft_pdf",
-    "datasets": {"det": {"dataset": "potsdam", "gsd": 0.05}, "seg": {"dataset": "vaihingen", "gsd": 0.09}},
-    "kd": {"soft": True, "feature": "pdf"},
-    "validation": {"det_map": 0.31, "seg_miou": 0.62},
-}
+DESCRIPTION = isprs_description(
+    name="student_soft_pdf",
+    datasets={"det": {"dataset": "potsdam", "gsd": 0.05}, "seg": {"dataset": "vaihingen", "gsd": 0.09}},
+    kd={"soft": True, "feature": "pdf"},
+    validation={"det_map": 0.31, "seg_miou": 0.62},
+)
 
 
 def student(seed: int = 0) -> nn.Module:

@@ -9,48 +9,22 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from osgeo import gdal, osr
-from torch import nn
 
 from engine.core.atomic import atomic_path, remove_stale_partials
-from engine.core.classes import SEG_CLASSES
 from engine.core.errors import InputError, OutputError
-from engine.export import export_onnx
 from engine.predict import predict_raster
 
 REPO = Path(__file__).resolve().parent.parent
 GSD = 0.09
 
 
-class ColourSegmenter(nn.Module):
-    """Seg-only module with the model output contract (fast: one 1x1 convolution)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, len(SEG_CLASSES), 1)
-
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"features": [], "seg_logits": self.conv(images)}
-
-
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("faults") / "model.onnx"
-    description = {
-        "bands": ["red", "green", "blue"],
-        "value_scaling": {"dtype": "uint8", "max": 255.0},
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-        "gsd": GSD,
-    }
-    export_onnx(ColourSegmenter().eval(), path, description, 64, overlap=16)
-    return path
+def model(colour_model) -> Path:
+    return colour_model(GSD, weight_std=None)
 
 
 def write_raster(path: Path, size: int, options: tuple[str, ...] = ()) -> Path:

@@ -174,14 +174,18 @@ def test_segmentation_ce_with_ignore() -> None:
     assert segmentation_ce_loss(logits, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_segmentation_ce_all_ignored_is_zero() -> None:
+@pytest.mark.parametrize("loss_fn", [segmentation_ce_loss, soft_dice_loss])
+def test_all_ignored_pixels_give_zero_loss_and_gradient(loss_fn) -> None:
     logits = torch.randn(2, 6, 4, 4, requires_grad=True)
-    loss = segmentation_ce_loss(logits, torch.full((2, 4, 4), 255))
+    loss = loss_fn(logits, torch.full((2, 4, 4), 255))
     assert loss.item() == 0.0
     loss.backward()
     assert (logits.grad == 0).all()
+
+
+def test_segmentation_ce_refuses_a_mask_of_another_size() -> None:
     with pytest.raises(InputError, match="mask"):
-        segmentation_ce_loss(logits, torch.zeros(2, 8, 8, dtype=torch.long))
+        segmentation_ce_loss(torch.randn(2, 6, 4, 4), torch.zeros(2, 8, 8, dtype=torch.long))
 
 
 def test_segmentation_ce_class_weights_by_hand() -> None:
@@ -214,12 +218,7 @@ def test_soft_dice_by_hand() -> None:
     assert soft_dice_loss(logits, mask).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_soft_dice_all_ignored_is_zero_and_perfect_is_near_zero() -> None:
-    logits = torch.randn(2, 6, 4, 4, requires_grad=True)
-    loss = soft_dice_loss(logits, torch.full((2, 4, 4), 255))
-    assert loss.item() == 0.0
-    loss.backward()
-    assert (logits.grad == 0).all()
+def test_soft_dice_of_a_confident_perfect_map_is_near_zero() -> None:
     mask = torch.randint(0, 6, (2, 8, 8))
     confident = 50.0 * torch.nn.functional.one_hot(mask, 6).permute(0, 3, 1, 2).float()
     assert soft_dice_loss(confident, mask).item() == pytest.approx(0.0, abs=1e-6)

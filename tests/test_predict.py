@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import torch.nn.functional as F
 from osgeo import gdal, ogr, osr
+from testmodels import anchors_every_4px, bright_square_score
 from torch import Tensor, nn
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
@@ -54,16 +54,11 @@ class BlobNet(nn.Module):
     high only where a 16×16 anchor is (almost) fully bright; seg is per pixel (so tiling cannot change it)."""
 
     def anchors_for(self, image_hw: tuple[int, int], device: str | None = None) -> Tensor:
-        h, w = image_hw
-        ys = torch.arange(h // 4 + 1, dtype=torch.float32) * 4
-        xs = torch.arange(w // 4 + 1, dtype=torch.float32) * 4
-        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
-        return torch.stack([xx - 8, yy - 8, xx + 8, yy + 8], dim=-1).reshape(-1, 4)
+        return anchors_every_4px(image_hw)
 
     def forward(self, images: Tensor) -> dict[str, Tensor | list[Tensor]]:
         bright = images.mean(dim=1, keepdim=True)  # metadata: mean 0, std 1, max 255 → raw / 255
-        cover = F.avg_pool2d(bright, 16, stride=4, padding=8, count_include_pad=True)
-        car = (30.0 * (cover - 0.7)).flatten(1)[..., None]
+        car = bright_square_score(bright)
         cls = torch.cat([torch.full_like(car, -20.0), torch.full_like(car, -20.0), car], dim=-1)
         seg = [torch.full_like(bright, -10.0) for _ in SEG_CLASSES]
         seg[IMPERVIOUS] = torch.zeros_like(bright)

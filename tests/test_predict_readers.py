@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from osgeo import gdal, ogr, osr
+from testmodels import isprs_description
 from torch import nn
 
 from engine.core.errors import InputError
@@ -21,13 +22,7 @@ from engine.predict import predict_raster
 torch.set_num_threads(1)
 GSD = 0.09
 ORIGIN = (500000.0, 5400000.0)
-DESCRIPTION = {
-    "bands": ["nir", "red", "green"],
-    "value_scaling": {"dtype": "uint8", "max": 255.0},
-    "mean": [0.45, 0.32, 0.31],
-    "std": [0.21, 0.15, 0.14],
-    "gsd": GSD,
-}
+DESCRIPTION = isprs_description(GSD, classes=False)
 
 
 def utm_wkt() -> str:

@@ -7,31 +7,16 @@ import time
 import pytest
 from qgis.core import QgsProcessingException
 from qgis_helpers import CapturingFeedback, run_algorithm
+from testmodels import isprs_description, save_random_checkpoint
 
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
-from engine.models import ModelConfig, build_model
-from engine.train.checkpoint import save_checkpoint
+from engine.models import ModelConfig
 
 pytestmark = pytest.mark.qgis
 
 
 def test_cancel_stops_the_export_child_and_leaves_no_model(qgis_processing, tmp_path):
     checkpoint = tmp_path / "best.pt"
-    metadata = {
-        "bands": ["nir", "red", "green"],
-        "value_scaling": {"dtype": "uint8", "max": 255.0},
-        "mean": [0.4, 0.3, 0.3],
-        "std": [0.2, 0.2, 0.2],
-        "gsd": 0.09,
-        "seg_classes": list(SEG_CLASSES),
-        "palette": [list(c) for c in PALETTE],
-        "det_classes": list(DET_CLASSES),
-        "chip_size": 64,
-    }
-    model = build_model(ModelConfig())
-    save_checkpoint(
-        checkpoint, {"model_config": ModelConfig().to_dict(), "model": model.state_dict(), "metadata": metadata}
-    )
+    save_random_checkpoint(checkpoint, ModelConfig(), isprs_description(chip_size=64))
     out = tmp_path / "model.onnx"
     feedback = CapturingFeedback(cancel_on="exporting")  # the child's first progress message
     start = time.monotonic()

@@ -11,14 +11,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from osgeo import gdal, osr
 from qgis.core import QgsCoordinateReferenceSystem, QgsProcessingException, QgsRasterLayer
 from qgis_helpers import run_algorithm, write_geotiff
-from torch import nn
-
-from engine.core.classes import SEG_CLASSES
-from engine.export import export_onnx
 
 pytestmark = pytest.mark.qgis
 GSD = 0.5
@@ -27,35 +22,14 @@ BLOCK = 32  # px of one colour in the source ortho
 SIZE = 256
 
 
-class ColourSegmenter(nn.Module):
-    """Seg-only module with the model output contract whose class follows the pixel colour."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(3)
-        self.conv = nn.Conv2d(3, len(SEG_CLASSES), 1)
-        nn.init.normal_(self.conv.weight, std=3.0)
-
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        return {"features": [], "seg_logits": self.conv(images)}
-
-
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> dict[str, Path]:
+def data(tmp_path_factory, colour_model) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("layers")
     rng = np.random.default_rng(0)
     blocks = rng.integers(0, 256, (3, SIZE // BLOCK, SIZE // BLOCK))
     image = np.kron(blocks, np.ones((BLOCK, BLOCK), np.int64)).astype(np.uint8)
     ortho = write_geotiff(folder / "ortho.tif", image, gsd=GSD, origin=ORIGIN)
-    model = folder / "model.onnx"
-    description = {
-        "bands": ["red", "green", "blue"],
-        "value_scaling": {"dtype": "uint8", "max": 255.0},
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.25, 0.25, 0.25],
-        "gsd": GSD,
-    }
-    export_onnx(ColourSegmenter().eval(), model, description, 64, overlap=16)
+    model = colour_model(GSD)
     return {"folder": folder, "ortho": ortho, "model": model}
 
 

@@ -3,34 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from qgis.core import QgsProcessingException
 from qgis_helpers import CapturingFeedback, run_algorithm, scene, write_geotiff
+from testmodels import isprs_description, save_random_checkpoint
 
-from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
-from engine.models import ModelConfig, build_model
+from engine.models import ModelConfig
 from engine.predict.model import OnnxModel
-from engine.train.checkpoint import save_checkpoint
 
 pytestmark = pytest.mark.qgis
 
 
 def test_export_fp16_and_detect_segment_checks_the_precision(qgis_processing, tmp_path):
     cfg = ModelConfig(channels=32, seg_channels=16)
-    torch.manual_seed(0)
-    metadata = {
-        "bands": ["nir", "red", "green"],
-        "value_scaling": {"dtype": "uint8", "max": 255.0},
-        "mean": [0.45, 0.32, 0.31],
-        "std": [0.21, 0.15, 0.14],
-        "gsd": 0.09,
-        "chip_size": 64,
-        "seg_classes": list(SEG_CLASSES),
-        "palette": [list(c) for c in PALETTE],
-        "det_classes": list(DET_CLASSES),
-    }
-    ckpt = tmp_path / "best.pt"
-    save_checkpoint(ckpt, {"model_config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "metadata": metadata})
+    ckpt = save_random_checkpoint(tmp_path / "best.pt", cfg, isprs_description(chip_size=64))
     model = tmp_path / "model_fp16.onnx"
     run_algorithm("pmtl:export_onnx", {"CHECKPOINT": str(ckpt), "PRECISION": 2, "OUTPUT": str(model)})
     assert OnnxModel(model, device="cpu").info.raw["precision"] == "fp16"

@@ -35,6 +35,12 @@ def files_under(root: Path) -> set[str]:
     return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
 
 
+def assert_same_files(a: Path, b: Path, listed: Path) -> None:
+    """Every file under ``listed`` (but the timing summary) is byte-identical under ``a`` and ``b``."""
+    for name in files_under(listed) - {"synth_summary.json"}:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
 @pytest.fixture(scope="module")
 def vaihingen_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("vaihingen")
@@ -158,8 +164,7 @@ def test_cast_shadow_by_hand() -> None:
 def test_deterministic_per_seed(tmp_path: Path, vaihingen_root: Path) -> None:
     again = tmp_path / "again"
     generate("vaihingen", again, seed=3, tiles=3, tile_size_m=200 * V_GSD)
-    for name in files_under(vaihingen_root) - {"synth_summary.json"}:
-        assert (again / name).read_bytes() == (vaihingen_root / name).read_bytes(), name
+    assert_same_files(again, vaihingen_root, vaihingen_root)
     other = tmp_path / "other"
     generate("vaihingen", other, seed=4, tiles=1, tile_size_m=200 * V_GSD)
     name = "top/top_mosaic_09cm_area1.tif"
@@ -169,12 +174,10 @@ def test_deterministic_per_seed(tmp_path: Path, vaihingen_root: Path) -> None:
 def test_tiles_do_not_depend_on_count_or_workers(tmp_path: Path, potsdam_root: Path) -> None:
     one = tmp_path / "one"
     generate("potsdam", one, seed=3, tiles=1, tile_size_m=160 * P_GSD)
-    for name in files_under(one) - {"synth_summary.json"}:
-        assert (one / name).read_bytes() == (potsdam_root / name).read_bytes(), name
+    assert_same_files(one, potsdam_root, one)
     par = tmp_path / "par"
     generate("potsdam", par, seed=3, tiles=2, tile_size_m=160 * P_GSD, workers=2)
-    for name in files_under(potsdam_root) - {"synth_summary.json"}:
-        assert (par / name).read_bytes() == (potsdam_root / name).read_bytes(), name
+    assert_same_files(par, potsdam_root, potsdam_root)
 
 
 @pytest.mark.parametrize(("domain", "size_px"), [("vaihingen", 1000), ("potsdam", 1200)])

@@ -194,11 +194,11 @@ def test_predictions_figure_rows_columns_and_score_filter():
 
 def test_plot_predictions_writes_png_and_checks_lengths(tmp_path):
     samples = _tiny_samples()
-    out = plot_predictions(*samples, MANIFEST, tmp_path / "pred.png", score_min=0.3)
+    out = plot_predictions(tmp_path / "pred.png", *samples, MANIFEST, score_min=0.3)
     assert _png_size(out)[0] > 300
     assert [p.name for p in tmp_path.iterdir()] == ["pred.png"]
     with pytest.raises(InputError, match="'pred_scores' has 1 entries"):
-        plot_predictions(*samples[:6], samples[6][:1], samples[7], MANIFEST, tmp_path / "bad.png")
+        plot_predictions(tmp_path / "bad.png", *samples[:6], samples[6][:1], samples[7], MANIFEST)
     with pytest.raises(InputError, match="empty"):
-        plot_predictions([], None, None, None, None, None, None, None, MANIFEST, tmp_path / "bad.png")
+        plot_predictions(tmp_path / "bad.png", [], None, None, None, None, None, None, None, MANIFEST)
     assert not (tmp_path / "bad.png").exists()

@@ -7,9 +7,11 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 
-from engine.core.errors import ConfigError, PmtlError, log_params_as_flags, quiet_gdal_close_errors
-from engine.core.progress import Cancelled, TqdmProgress
+from engine.core.cli import cli_progress, run_cli
+from engine.core.errors import ConfigError, log_params_as_flags, quiet_gdal_close_errors
+from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
 EPILOG = """examples:
@@ -61,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace, progress: TqdmProgress):
+def _run(args: argparse.Namespace, progress: Progress):
     if args.image and args.dataset:
         raise ConfigError("--image and --dataset: choose your own rasters or an ISPRS layout, not both")
     if args.dataset:
@@ -95,19 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     log_params_as_flags()
-    progress = TqdmProgress("chipping")
-    try:
-        summary = _run(args, progress)
-    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("chipping interrupted; the output is not marked complete", file=sys.stderr)
-        return 130
-    finally:
-        progress.close()
+    progress = cli_progress("chipping")
+    cancelled = "chipping interrupted; the output is not marked complete"
+    return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)
+
+
+def _chip_and_report(args: argparse.Namespace, progress: Progress) -> None:
+    summary = _run(args, progress)
+    progress.close()
     print(json.dumps(summary.to_dict(), indent=1) if args.json else summary.format())
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,10 +17,12 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from engine.core.atomic import write_json_atomic
+from engine.core.cli import run_cli
 from engine.core.errors import PmtlError
 from engine.demo.quality import format_quality
 
@@ -75,47 +77,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="demo")
     parser.add_argument("--direction", default="p2v", choices=["p2v", "v2p"])
     args = parser.parse_args(argv)
+    cancelled = "demo interrupted; a re-run continues from the steps already finished"
+    return run_cli(partial(_run_demo, args), cancelled=cancelled)
+
+
+def _run_demo(args: argparse.Namespace) -> None:
+    """The five steps, timed; then the list of what was written and the fresh-tile scores."""
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    try:
-        from engine.experiments.__main__ import load_preset
-        from engine.experiments.data import prepare_chips
+    from engine.experiments.__main__ import load_preset
+    from engine.experiments.data import prepare_chips
 
-        preset = load_preset(args.preset)
-        gsd = preset["chips"].get("gsd")
-        t = _step(f"1/5 synthetic twin (Vaihingen-like NIR-R-G 9 cm, Potsdam-like R-G-B 5 cm) → {gsd} m chips")
-        chips = prepare_chips(preset, out / "data", {"vaihingen": None, "potsdam": None})
-        summarise_chips(chips, out)
-        timings["data"] = time.perf_counter() - t
+    preset = load_preset(args.preset)
+    gsd = preset["chips"].get("gsd")
+    t = _step(f"1/5 synthetic twin (Vaihingen-like NIR-R-G 9 cm, Potsdam-like R-G-B 5 cm) → {gsd} m chips")
+    chips = prepare_chips(preset, out / "data", {"vaihingen": None, "potsdam": None})
+    summarise_chips(chips, out)
+    timings["data"] = time.perf_counter() - t
 
-        t = _step("2/5 single-task students vs the partial multi-task student (same steps; the map model)")
-        best = run_table(preset, chips, out, args.direction)
-        timings["training"] = time.perf_counter() - t
+    t = _step("2/5 single-task students vs the partial multi-task student (same steps; the map model)")
+    best = run_table(preset, chips, out, args.direction)
+    timings["training"] = time.perf_counter() - t
 
-        t = _step("3/5 ONNX export, then the map model on fresh tiles it never saw (new seed, whole rasters)")
-        model = export_map_model(best, out / "model.onnx", preset["map_model"])
-        quality = score_fresh_tiles(model, out)
-        timings["fresh_tiles"] = time.perf_counter() - t
+    t = _step("3/5 ONNX export, then the map model on fresh tiles it never saw (new seed, whole rasters)")
+    model = export_map_model(best, out / "model.onnx", preset["map_model"])
+    quality = score_fresh_tiles(model, out)
+    timings["fresh_tiles"] = time.perf_counter() - t
 
-        t = _step("4/5 detection + segmentation of a fresh tile of each domain through qgis_process")
-        panels = [
-            detect_and_render(model, scene, out / f"map_{domain}", preset["map_model"], domain)
-            for domain, scene in first_scene_per_domain(out / "fresh").items()
-        ]
-        timings["qgis"] = time.perf_counter() - t
+    t = _step("4/5 detection + segmentation of a fresh tile of each domain through qgis_process")
+    panels = [
+        detect_and_render(model, scene, out / f"map_{domain}", preset["map_model"], domain)
+        for domain, scene in first_scene_per_domain(out / "fresh").items()
+    ]
+    timings["qgis"] = time.perf_counter() - t
 
-        t = _step("5/5 both domains side by side")
-        png = compose_map(panels, out / "map.png", args.direction)
-        timings["compose"] = time.perf_counter() - t
-    except PmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    total = time.perf_counter() - started
-    timings["total"] = total
+    t = _step("5/5 both domains side by side")
+    png = compose_map(panels, out / "map.png", args.direction)
+    timings["compose"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - started
     (out / "timings.json").write_text(json.dumps(timings, indent=1))
-    print("\n=== done in " + f"{total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
+    print_outputs(out, png, timings, quality)
+
+
+def print_outputs(out: Path, png: Path, timings: dict[str, float], quality: dict[str, Any]) -> None:
+    """What the demo wrote, where, and the fresh-tile scores."""
+    print(f"\n=== done in {timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     print(f"  chip previews:  {out}/preview_*.png")
     print(f"  table:          {out}/tables.md (+ tables.json, tables.png); curves: {out}/runs/*/seed0/*/curves.png")
     print(f"  ONNX model:     {out}/model.onnx")
@@ -123,7 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  map layers:     {out}/map_*/classes.tif, {out}/map_*/detections.gpkg")
     print(f"  rendered map:   {png}")
     print("\n" + format_quality(quality))
-    return 0
 
 
 def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> Path:

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from engine.core.cli import cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import ConfigError, InputError, PmtlError, error_event
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.errors import ConfigError, InputError
 
 TASK_NAMES = {
     "det": ("detection", "--det-chips", "det_classes", "num_det_classes"),
@@ -124,7 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate, write the report (and picture), print the table; returns the metrics."""
-    from engine.evaluate.report import format_table, write_report
     from engine.evaluate.run import evaluate_model
 
     roots = {task: path for task, path in (("det", args.det_chips), ("seg", args.seg_chips)) if path is not None}
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     net = load_network(args.checkpoint, device)
     check_inputs(net, roots, args.split, args.checkpoint)
 
-    inner = JsonLinesProgress() if args.json_progress else TqdmProgress(f"evaluate {args.checkpoint.name}")
+    inner = cli_progress(f"evaluate {args.checkpoint.name}", json_lines=args.json_progress)
     progress = watch(inner, args.control_stdin)
     try:
         metrics = evaluate_model(
@@ -163,17 +163,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     finally:
         progress.close()
-    metrics["inputs"] = {
-        "checkpoint": str(args.checkpoint),
-        "det_chips": None if args.det_chips is None else str(args.det_chips),
-        "seg_chips": None if args.seg_chips is None else str(args.seg_chips),
-        "split": args.split,
-        "max_chips": args.max_chips,
-        "model_config": net.cfg.to_dict(),
-    }
-    write_report(out, metrics)
-    print(format_table(metrics))
-    print(f"report: {out}")
+    inputs = {"checkpoint": str(args.checkpoint), **_chip_inputs(args), "model_config": net.cfg.to_dict()}
+    report(metrics, inputs, out)
     if args.json_progress:
         progress.emit("done", report=str(out), metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     if args.samples > 0:
@@ -182,15 +173,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
+def _chip_inputs(args: argparse.Namespace) -> dict[str, Any]:
+    """Which chips were scored, for the report."""
+    return {
+        "det_chips": None if args.det_chips is None else str(args.det_chips),
+        "seg_chips": None if args.seg_chips is None else str(args.seg_chips),
+        "split": args.split,
+        "max_chips": args.max_chips,
+    }
+
+
+def report(metrics: dict[str, Any], inputs: dict[str, Any], out: Path) -> None:
+    """Record what was scored in ``metrics``, write the JSON report and print the table."""
+    from engine.evaluate.report import format_table, write_report
+
+    metrics["inputs"] = inputs
+    write_report(out, metrics)
+    print(format_table(metrics))
+    print(f"report: {out}")
+
+
 def run_onnx(args: argparse.Namespace, roots: dict[str, Path], out: Path) -> dict[str, Any]:
     """Evaluate an exported ONNX model (no sample picture: that needs the torch network)."""
     from engine.evaluate.onnx_eval import evaluate_onnx
-    from engine.evaluate.report import format_table, write_report
 
     device = "cuda" if args.device.startswith("cuda") else args.device
     if device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, found {args.device!r}")
-    progress = TqdmProgress(f"evaluate {args.model.name}")
+    progress = cli_progress(f"evaluate {args.model.name}")
     try:
         metrics = evaluate_onnx(
             args.model,
@@ -204,32 +214,14 @@ def run_onnx(args: argparse.Namespace, roots: dict[str, Path], out: Path) -> dic
         )
     finally:
         progress.close()
-    metrics["inputs"] = {
-        "model": str(args.model),
-        "det_chips": None if args.det_chips is None else str(args.det_chips),
-        "seg_chips": None if args.seg_chips is None else str(args.seg_chips),
-        "split": args.split,
-        "max_chips": args.max_chips,
-    }
-    write_report(out, metrics)
-    print(format_table(metrics))
-    print(f"report: {out}")
+    report(metrics, {"model": str(args.model), **_chip_inputs(args)}, out)
     return metrics
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except PmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if args.json_progress:
-            JsonLinesProgress().emit("error", **error_event(exc))
-        return 2
-    except (Cancelled, KeyboardInterrupt):
-        print("evaluation cancelled; no report was written", file=sys.stderr)
-        return 130
-    return 0
+    cancelled = "evaluation cancelled; no report was written"
+    return run_cli(partial(run, args), cancelled=cancelled, json_errors=args.json_progress)
 
 
 if __name__ == "__main__":

@@ -13,14 +13,16 @@ import json
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from engine.core.atomic import write_json_atomic
-from engine.core.errors import ConfigError, PmtlError
-from engine.core.progress import Progress, TqdmProgress
+from engine.core.cli import cli_progress, run_cli
+from engine.core.errors import ConfigError
+from engine.core.progress import Progress
 from engine.experiments.data import prepare_chips
 from engine.experiments.plan import DIRECTIONS, RunSpec, run_overrides, selected_runs
 from engine.experiments.tables import build_table, write_tables
@@ -184,46 +186,46 @@ def main(argv: list[str] | None = None) -> int:
         "imagery (e.g. suburb), scored on its labels → OUT/unlabelled.md",
     )
     args = parser.parse_args(argv)
-    try:
-        preset = load_preset(args.preset)
-        seeds = args.seeds if args.seeds is not None else int(preset.get("seeds", 1))
-        if seeds < 1:
-            raise ConfigError(f"--seeds: expected >= 1, found {seeds}")
-        started = time.perf_counter()
-        roots = {"vaihingen": args.vaihingen_root, "potsdam": args.potsdam_root}
-        chips = prepare_chips(preset, args.out / "data", roots)
-        if args.data_only:
-            print(f"chip datasets ready: {', '.join(str(p) for p in chips.values())}")
-            return 0
-        directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
-        progress = TqdmProgress("experiments", disable=args.report_only)
-        if args.unlabelled_target:
-            markdown = run_target_experiment(
-                args.unlabelled_target, preset, chips, args.out / "data", args.out, directions, seeds, progress
-            )
-            progress.close()
-            info = run_info(sys.argv[1:] if argv is None else list(argv), started)
-            write_json_atomic(args.out / "unlabelled_run_info.json", info)
-            print(markdown)
-            print(f"written to {args.out}/unlabelled.md, unlabelled.json, unlabelled_run_info.json")
-            return 0
-        results = run_tables(directions, preset, chips, args.out, seeds, progress, train=not args.report_only)
-        tables = {direction: build_table(results[direction]) for direction in directions}
+    command = sys.argv[1:] if argv is None else list(argv)
+    return run_cli(partial(_run, args, command), cancelled="experiments interrupted; finished runs are kept")
+
+
+def _run(args: argparse.Namespace, command: list[str]) -> None:
+    """Prepare the chips, then the tables or the unlabelled-target experiment, and write their files."""
+    preset = load_preset(args.preset)
+    seeds = args.seeds if args.seeds is not None else int(preset.get("seeds", 1))
+    if seeds < 1:
+        raise ConfigError(f"--seeds: expected >= 1, found {seeds}")
+    started = time.perf_counter()
+    roots = {"vaihingen": args.vaihingen_root, "potsdam": args.potsdam_root}
+    chips = prepare_chips(preset, args.out / "data", roots)
+    if args.data_only:
+        print(f"chip datasets ready: {', '.join(str(p) for p in chips.values())}")
+        return
+    directions = list(DIRECTIONS) if args.direction == "both" else [args.direction]
+    progress = cli_progress("experiments", disable=args.report_only)
+    if args.unlabelled_target:
+        markdown = run_target_experiment(
+            args.unlabelled_target, preset, chips, args.out / "data", args.out, directions, seeds, progress
+        )
         progress.close()
-        markdown = write_tables(args.out, tables, seeds)
-        info = run_info(sys.argv[1:] if argv is None else list(argv), started)
-        finished = [m for runs in results.values() for per_seed in runs.values() for m in per_seed.values()]
-        info["runs_finished"] = len(finished)
-        info["train_and_test_seconds"] = round(sum(m.get("train_seconds", 0.0) for m in finished), 1)
-        write_json_atomic(args.out / "run_info.json", info)
-    except PmtlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        write_json_atomic(args.out / "unlabelled_run_info.json", run_info(command, started))
+        print(markdown)
+        print(f"written to {args.out}/unlabelled.md, unlabelled.json, unlabelled_run_info.json")
+        return
+    results = run_tables(directions, preset, chips, args.out, seeds, progress, train=not args.report_only)
+    tables = {direction: build_table(results[direction]) for direction in directions}
+    progress.close()
+    markdown = write_tables(args.out, tables, seeds)
+    info = run_info(command, started)
+    finished = [m for runs in results.values() for per_seed in runs.values() for m in per_seed.values()]
+    info["runs_finished"] = len(finished)
+    info["train_and_test_seconds"] = round(sum(m.get("train_seconds", 0.0) for m in finished), 1)
+    write_json_atomic(args.out / "run_info.json", info)
     print(markdown)
     print(
         f"tables written to {args.out}/tables.md, tables.json, tables.png, run_info.json ({info['wall_seconds']:.0f} s)"
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -9,10 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 
-from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, error_event
-from engine.core.progress import JsonLinesProgress, TqdmProgress
+from engine.core.cli import cli_progress, options, run_cli
+from engine.core.control import STDIN_FLAG, CancelWatch, watch
+from engine.core.progress import JsonLinesProgress
+
+EXPORT_OPTIONS = ("tile_size", "overlap", "variant", "role", "score_thresh", "iou_thresh", "opset", "dynamo",
+                  "precision", "calibration")  # fmt: skip
+"""Options passed to ``export_checkpoint`` under their own names."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,44 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    inner = (
-        JsonLinesProgress()
-        if args.json_progress
-        else TqdmProgress(f"export {args.precision}", disable=args.precision == "fp32")
-    )
+    inner = cli_progress(f"export {args.precision}", json_lines=args.json_progress, disable=args.precision == "fp32")
     # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
     progress = watch(inner, args.control_stdin, interrupt=True)
+    cancelled = "export cancelled; no model was written"
+    return run_cli(
+        partial(_export, args, progress), cancelled=cancelled, progress=progress, json_errors=args.json_progress
+    )
 
-    try:
-        progress.report(0.0, f"exporting {args.checkpoint}")  # a cancel may come as soon as this line is out
-        from engine.export.onnx_export import export_checkpoint  # torch loads here: a cancel may already come
 
-        meta = export_checkpoint(
-            args.checkpoint,
-            args.out,
-            tile_size=args.tile_size,
-            overlap=args.overlap,
-            variant=args.variant,
-            role=args.role,
-            score_thresh=args.score_thresh,
-            iou_thresh=args.iou_thresh,
-            opset=args.opset,
-            dynamo=args.dynamo,
-            precision=args.precision,
-            calibration=args.calibration,
-            quantization={"calibration_chips": args.calibration_chips, "eval_chips": args.eval_chips},
-            progress=progress,
-        )
-    except PmtlError as exc:
-        progress.close()
-        print(f"\nerror: {exc}", file=sys.stderr)
-        if args.json_progress:
-            JsonLinesProgress().emit("error", **error_event(exc))
-        return 2
-    except KeyboardInterrupt:
-        progress.close()
-        print("export cancelled; no model was written", file=sys.stderr)
-        return 130
+def _export(args: argparse.Namespace, progress: CancelWatch) -> None:
+    progress.report(0.0, f"exporting {args.checkpoint}")  # a cancel may come as soon as this line is out
+    from engine.export.onnx_export import export_checkpoint  # torch loads here: a cancel may already come
+
+    quantization = {"calibration_chips": args.calibration_chips, "eval_chips": args.eval_chips}
+    keywords = options(args, EXPORT_OPTIONS)
+    meta = export_checkpoint(args.checkpoint, args.out, quantization=quantization, progress=progress, **keywords)
     progress.close()
     summary = {"out": args.out, "tasks": meta["tasks"], "outputs": list(meta["outputs"]), "precision": args.precision}
     accuracy = (meta.get("quantization") or {}).get("accuracy")
@@ -106,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         JsonLinesProgress().emit("done", **summary)
     else:
         print(json.dumps(summary))
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 INT8 (``onnxruntime.quantization``): ``quant_pre_process`` (shape inference + graph clean-up), then static QDQ
 quantization, weights int8 per output channel, activations uint8 with ranges calibrated (MinMax) on training chips.
 uint8 activations: onnxruntime's CPU kernels fuse DQ → Conv → Q into QLinearConv for U8S8 (VNNI / AVX2 paths);
-with int8 activations most convolutions stayed float here (measured in the README). The graph's tail stays float32:
+with int8 activations most convolutions stayed float (docs/results/quant.md). The graph's tail stays float32:
 walking back from every graph output up to and including the first Conv (the 1×1 predictors), so detection
 decoding, the sigmoid scores and the seg logits' final resize are float — cheap ops where rounding would cost most.
 

@@ -7,9 +7,15 @@ import argparse
 import json
 import logging
 import sys
+from functools import partial
 
-from engine.core.errors import ConfigError, PmtlError, log_params_as_flags, quiet_gdal_close_errors
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.cli import cli_progress, options, run_cli
+from engine.core.errors import log_params_as_flags, quiet_gdal_close_errors
+from engine.core.progress import Progress
+
+PREDICT_OPTIONS = ("aoi", "bands", "overlap", "batch_size", "out_probs", "out_polygons", "device", "threads",
+                   "score_thresh", "value_max")  # fmt: skip
+"""Options passed to ``predict_raster`` under their own names."""
 
 
 def _bands(text: str) -> list[int]:
@@ -43,41 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     log_params_as_flags()
 
+    progress = cli_progress("predict", json_lines=args.json_progress)
+    cancelled = "prediction cancelled; no output written"
+    return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
+
+
+def _predict(args: argparse.Namespace, progress: Progress) -> None:
     from engine.predict.pipeline import predict_raster
 
-    progress = JsonLinesProgress() if args.json_progress else TqdmProgress("predict")
-    try:
-        summary = predict_raster(
-            args.model,
-            args.input,
-            args.out_raster,
-            args.out_vector,
-            aoi=args.aoi,
-            bands=args.bands,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            out_probs=args.out_probs,
-            out_polygons=args.out_polygons,
-            device=args.device,
-            threads=args.threads,
-            score_thresh=args.score_thresh,
-            value_max=args.value_max,
-            progress=progress,
-        )
-    except (Cancelled, KeyboardInterrupt):
-        print("prediction cancelled; no output written", file=sys.stderr)
-        return 130
-    except (PmtlError, ConfigError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # not mapped to a named output (e.g. the system temp folder): still one line
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if hasattr(progress, "close"):
-            progress.close()
+    keywords = options(args, PREDICT_OPTIONS)
+    summary = predict_raster(args.model, args.input, args.out_raster, args.out_vector, progress=progress, **keywords)
+    if hasattr(progress, "close"):
+        progress.close()
     print(json.dumps(summary.as_dict(), indent=1))
-    return 0
 
 
 if __name__ == "__main__":

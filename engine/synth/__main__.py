@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
-from engine.core.errors import PmtlError
-from engine.core.progress import TqdmProgress
+from engine.core.cli import cli_progress, options, run_cli
+from engine.core.progress import Progress
 from engine.synth.domains import DOMAINS
 from engine.synth.generate import generate
+
+CANCELLED = "synthesis cancelled; the folder holds the tiles written so far and no summary (rerun with --overwrite)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,23 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering tiles in parallel")
     parser.add_argument("--overwrite", action="store_true", help="replace the ISPRS folders in a non-empty --out")
     args = parser.parse_args(argv)
-    bar = TqdmProgress(f"synth {args.domain}")
-    try:
-        summary = generate(
-            args.domain,
-            args.out,
-            seed=args.seed,
-            tiles=args.tiles,
-            tile_size_m=args.tile_size_m,
-            overwrite=args.overwrite,
-            progress=bar,
-            workers=args.workers,
-        )
-    except PmtlError as exc:
-        bar.close()
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    bar.close()
+    progress = cli_progress(f"synth {args.domain}")
+    job = partial(_generate, args, progress)
+    return run_cli(job, cancelled=CANCELLED, progress=progress)
+
+
+def _generate(args: argparse.Namespace, progress: Progress) -> None:
+    keywords = options(args, ("seed", "tiles", "tile_size_m", "overwrite", "workers"))
+    summary = generate(args.domain, args.out, progress=progress, **keywords)
+    progress.close()
     splits = {s: sum(v == s for v in summary.splits.values()) for s in ("train", "val")}
     shares = ", ".join(f"{k} {v:.1%}" for k, v in summary.class_shares.items())
     print(
@@ -49,7 +44,6 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary.tile_size_px} px at {summary.gsd} m in {summary.elapsed_s:.1f} s -> {summary.root}"
     )
     print(f"class shares: {shares}")
-    return 0
 
 
 if __name__ == "__main__":

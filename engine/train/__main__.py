@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
+from engine.core.cli import cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, error_event, param_ref, quiet_gdal_close_errors, render_message
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.errors import PmtlError, param_ref, quiet_gdal_close_errors
+from engine.core.progress import JsonLinesProgress
 from engine.train.config import load_config
-from engine.train.distributed import DistInfo, init_distributed, shutdown
+from engine.train.distributed import init_distributed, shutdown
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,39 +31,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
 
+    if args.print_config:
+        return run_cli(partial(_print_config, args))
+    return run_cli(partial(_train, args), cancelled=partial(_cancelled, args), json_errors=args.json_progress)
+
+
+def _print_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False), end="")
+
+
+def _train(args: argparse.Namespace) -> None:
     from engine.train.loop import train
 
-    info = DistInfo()
-    if args.print_config:
-        import yaml
-
-        try:
-            print(yaml.safe_dump(load_config(args.config, args.overrides), sort_keys=False), end="")
-        except PmtlError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        return 0
-    cfg = None
+    cfg = load_config(args.config, args.overrides)
+    info = init_distributed()
     try:
-        cfg = load_config(args.config, args.overrides)
-        info = init_distributed()
-        inner = (
-            JsonLinesProgress()
-            if args.json_progress
-            else TqdmProgress(f"train {cfg['name']}", disable=not info.is_main)
-        )
+        inner = cli_progress(f"train {cfg['name']}", json_lines=args.json_progress, disable=not info.is_main)
         progress = watch(inner, args.control_stdin)
         progress.report(0.0, "PyTorch loaded: building the model and reading the chip datasets")
         result = train(cfg, progress=progress, resume=args.resume)
-    except Cancelled:
-        message = f"training cancelled; {_what_is_left(cfg)}"  # with --json-progress the caller names parameters
-        print(message if args.json_progress else render_message(message), file=sys.stderr)
-        return 130
-    except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
-        print(f"error: {exc}", file=sys.stderr)
-        if args.json_progress:
-            JsonLinesProgress().emit("error", **error_event(exc))
-        return 2
+        progress.close()
     finally:
         shutdown(info)
     if info.is_main:
@@ -69,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best checkpoint: {result.best_checkpoint} ({best})")
         if args.json_progress:
             JsonLinesProgress().emit("done", best_checkpoint=str(result.best_checkpoint), metrics=result.best_metrics)
-    return 0
+
+
+def _cancelled(args: argparse.Namespace) -> str:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except PmtlError:
+        cfg = None
+    return f"training cancelled; {_what_is_left(cfg)}"
 
 
 def _what_is_left(cfg: dict | None) -> str:

@@ -77,7 +77,14 @@ def predictions_figure(
     titles: Sequence[str] | None = None,
     heading: str | None = None,
 ) -> Figure:
-    """The figure of :func:`plot_predictions`, not saved (tests and notebooks inspect or embed it)."""
+    """One row per image: image | GT mask + boxes | predicted mask + boxes (score ≥ ``score_min``).
+
+    ``images`` are (H, W, C) raw chips as stored (scaled for display by the manifest's ``value_scaling``); masks
+    (H, W) class ids with ``ignore_index`` transparent; boxes (K, 4) xyxy pixels, labels (K,) detection-class ids
+    (-1 = padding, skipped). Any per-sample argument may be None (task not available) as a whole or per entry.
+    ``manifest`` is the chip manifest of the samples, or one per sample when they come from several datasets;
+    ``titles`` label the rows, ``heading`` tops the figure. :func:`plot_predictions` writes it as a PNG.
+    """
     count = len(images)
     if count == 0:
         raise InputError("plot_predictions: 'images' is empty, expected at least one chip")
@@ -132,41 +139,6 @@ def predictions_figure(
     return fig
 
 
-def plot_predictions(
-    images: Sequence[np.ndarray],
-    gt_masks: Sequence[np.ndarray | None] | None,
-    pred_masks: Sequence[np.ndarray | None] | None,
-    gt_boxes: Sequence[np.ndarray | None] | None,
-    gt_labels: Sequence[np.ndarray | None] | None,
-    pred_boxes: Sequence[np.ndarray | None] | None,
-    pred_scores: Sequence[np.ndarray | None] | None,
-    pred_labels: Sequence[np.ndarray | None] | None,
-    manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    out_png: str | os.PathLike[str],
-    score_min: float = 0.3,
-    titles: Sequence[str] | None = None,
-    heading: str | None = None,
-) -> Path:
-    """Write a PNG with one row per image: image | GT mask + boxes | predicted mask + boxes (score ≥ ``score_min``).
-
-    ``images`` are (H, W, C) raw chips as stored (scaled for display by the manifest's ``value_scaling``); masks
-    (H, W) class ids with ``ignore_index`` transparent; boxes (K, 4) xyxy pixels, labels (K,) detection-class ids
-    (-1 = padding, skipped). Any per-sample argument may be None (task not available) as a whole or per entry.
-    ``manifest`` is the chip manifest of the samples, or one per sample when they come from several datasets;
-    ``titles`` label the rows, ``heading`` tops the figure. Written atomically.
-    """
-    fig = predictions_figure(
-        images,
-        gt_masks,
-        pred_masks,
-        gt_boxes,
-        gt_labels,
-        pred_boxes,
-        pred_scores,
-        pred_labels,
-        manifest,
-        score_min=score_min,
-        titles=titles,
-        heading=heading,
-    )
-    return save_figure(fig, out_png)
+def plot_predictions(out_png: str | os.PathLike[str], *samples: Any, **options: Any) -> Path:
+    """Write :func:`predictions_figure` of ``samples`` and ``options`` as a PNG at ``out_png``, atomically."""
+    return save_figure(predictions_figure(*samples, **options), out_png)

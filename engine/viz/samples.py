@@ -122,4 +122,4 @@ def plot_samples(parts: Sequence[ChipSamples], out_png: str | os.PathLike[str], 
     if not manifests:
         raise InputError("plot_samples: no chips to draw (every chip set given has an empty split)")
     titles = columns.pop("titles")
-    return plot_predictions(**columns, manifest=manifests, out_png=out_png, titles=titles, heading=heading or None)
+    return plot_predictions(out_png, **columns, manifest=manifests, titles=titles, heading=heading or None)
