@@ -89,9 +89,12 @@ def write_geotiff(
     origin: tuple[float, float] = (500000.0, 5400000.0),
     epsg: int = 32632,
 ) -> Path:
-    """Write a (bands, H, W) uint8 array as a georeferenced GeoTIFF (north-up, square pixels)."""
+    """Write a (bands, H, W) array (uint8, uint16, …) as a georeferenced GeoTIFF (north-up, square pixels)."""
+    from osgeo import gdal_array
+
     count, height, width = bands.shape
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal.GDT_Byte)
+    kind = gdal_array.NumericTypeCodeToGDALTypeCode(bands.dtype)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, kind)
     dataset.SetGeoTransform((origin[0], gsd, 0.0, origin[1], 0.0, -gsd))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)

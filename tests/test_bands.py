@@ -94,18 +94,11 @@ def test_the_chip_cli_warns_about_16_bit_range_with_its_flag(tmp_path):
     import sys
     from pathlib import Path
 
-    from osgeo import osr
+    from qgis_helpers import write_geotiff
 
     data = np.full((3, 64, 64), 400, np.uint16)
     data[:, 0, 0] = 4000
-    path = tmp_path / "ortho16.tif"
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), 64, 64, 3, gdal.GDT_UInt16)
-    dataset.SetGeoTransform((500000.0, 0.5, 0.0, 5400000.0, 0.0, -0.5))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    dataset.SetProjection(srs.ExportToWkt())
-    dataset.WriteArray(data)
-    dataset = None
+    path = write_geotiff(tmp_path / "ortho16.tif", data, gsd=0.5)
     command = [
         sys.executable,
         "-m",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from osgeo import gdal, osr
+from osgeo import gdal
 from qgis.core import (
     QgsFeature,
     QgsGeometry,
@@ -73,19 +73,6 @@ def _described(path: Path, names: list[str]) -> Path:
     dataset = gdal.Open(str(path), gdal.GA_Update)
     for index, name in enumerate(names, start=1):
         dataset.GetRasterBand(index).SetDescription(name)
-    dataset = None
-    return path
-
-
-def _uint16(path: Path, data: np.ndarray, gsd: float = 0.09) -> Path:
-    count, height, width = data.shape
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal.GDT_UInt16)
-    dataset.SetGeoTransform((500000.0, gsd, 0.0, 5400000.0, 0.0, -gsd))
-    srs = osr.SpatialReference()
-    srs.ImportFromEPSG(32632)
-    dataset.SetProjection(srs.ExportToWkt())
-    for index in range(count):
-        dataset.GetRasterBand(index + 1).WriteArray(data[index])
     dataset = None
     return path
 
@@ -254,7 +241,7 @@ def test_a_chip_dataset_in_the_way_names_the_overwrite_checkbox(qgis_processing,
 def test_16_bit_imagery_without_a_value_maximum_warns_with_its_range(qgis_processing, tmp_path):
     data = np.random.default_rng(0).integers(100, 6616, (3, 64, 64)).astype(np.uint16)
     data[0, 0, 0] = 6615
-    raster = _uint16(tmp_path / "ortho16.tif", data)
+    raster = write_geotiff(tmp_path / "ortho16.tif", data)
     feedback = CapturingFeedback()
     params = {"IMAGES": [str(raster)], "TASK": 3, "SIZE": 32, "STRIDE": 32, "OUTPUT": str(tmp_path / "chips")}
     run_algorithm("pmtl:chip_tiles", params, feedback)
