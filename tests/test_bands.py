@@ -23,28 +23,31 @@ def test_a_described_mismatch_is_an_error_naming_both_lists_and_the_mapping():
     stated = StatedBands(("nir", "red", "green"), (True, True, True))
     fix = mapping_hint(stated, RGB)
     with pytest.raises(InputError) as raised:
-        check_band_names(stated, RGB, "raster 'irrg.tif'", "the model", fix)
+        check_band_names(stated, RGB, "raster 'irrg.tif'", "the model expects", fix)
     message = str(raised.value)  # the command line's words
     assert "its bands are ['nir', 'red', 'green']" in message and "expects ['red', 'green', 'blue']" in message
     assert "map them in --bands (raster band numbers in the model's order), e.g. 2,3,?" in message
     assert "the raster has no band named ['blue']" in message
     # the user mapped the bands: their choice, a warning
-    assert len(check_band_names(stated, RGB, "r", "the model", fix, strict=False)) == 1
+    assert len(check_band_names(stated, RGB, "r", "the model expects", fix, strict=False)) == 1
 
 
 def test_a_colour_interpretation_mismatch_alone_is_a_warning():
     """GeoTIFF writers call any 3-band 8-bit image red, green, blue: real Vaihingen NIR-R-G tiles say so too."""
     stated = StatedBands(("red", "green", "blue"), (False, False, False))
-    warnings = check_band_names(stated, ["nir", "red", "green"], "r", "the model", "fix")
+    warnings = check_band_names(stated, ["nir", "red", "green"], "r", "the model expects", "fix")
     assert len(warnings) == 1 and warnings[0].endswith("(if the colour interpretation is right)")
 
 
 def test_unnamed_bands_and_unnamed_model_bands_are_warnings_and_a_match_is_silent():
-    assert check_band_names(StatedBands((None, "green", None), (False,) * 3), RGB, "r", "the model", "f")[0].startswith(
-        "r: cannot check bands [1, 3]"
+    assert check_band_names(StatedBands((None, "green", None), (False,) * 3), RGB, "r", "the model expects", "f")[
+        0
+    ].startswith("r: cannot check bands [1, 3]")
+    assert (
+        "cannot check its bands"
+        in check_band_names(StatedBands.of(RGB), ["band1", "band2"], "r", "the model expects", "f")[0]
     )
-    assert "cannot check its bands" in check_band_names(StatedBands.of(RGB), ["band1", "band2"], "r", "m", "f")[0]
-    assert check_band_names(StatedBands.of(["R", "G", "B"]), RGB, "r", "the model", "f") == []
+    assert check_band_names(StatedBands.of(["R", "G", "B"]), RGB, "r", "the model expects", "f") == []
 
 
 def test_a_raster_states_descriptions_first_then_colour_interpretation():

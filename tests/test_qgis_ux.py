@@ -32,6 +32,7 @@ from qgis_helpers import (
     build_many_rasters_model,
     ensure_provider,
     installed_plugin_env,
+    label_rgb,
     qgis_process,
     run_algorithm,
     scene,
@@ -236,6 +237,22 @@ def test_a_chip_dataset_in_the_way_names_the_overwrite_checkbox(qgis_processing,
     run_algorithm("pmtl:chip_tiles", params)
     message = _fails("pmtl:chip_tiles", params)
     assert "set 'Overwrite an existing chip dataset' to replace it" in message
+
+
+def test_chip_band_names_that_contradict_the_rasters_own_are_refused(qgis_processing, tmp_path):
+    image, mask = scene(64)
+    raster = _described(write_geotiff(tmp_path / "irrg.tif", image), ["nir", "red", "green"])
+    label = write_geotiff(tmp_path / "label.tif", label_rgb(mask))
+    params = {"INPUT": str(raster), "LABEL": str(label), "SIZE": 32, "STRIDE": 32, "BAND_NAMES": "red, green, blue",
+              "OUTPUT": str(tmp_path / "chips")}  # fmt: skip
+    message = _fails("pmtl:chip_tiles", params)
+    assert (
+        "its bands are ['nir', 'red', 'green']" in message
+        and "the band names given are ['red', 'green', 'blue']" in message
+    )
+    assert "in 'Band names (raster layers)', e.g. nir,red,green" in message
+    run_algorithm("pmtl:chip_tiles", {**params, "BAND_NAMES": ""})  # no names given: the raster's own are kept
+    assert json.loads((tmp_path / "chips" / "manifest.json").read_text())["bands"] == ["nir", "red", "green"]
 
 
 def test_16_bit_imagery_without_a_value_maximum_warns_with_its_range(qgis_processing, tmp_path):

@@ -117,7 +117,7 @@ def _band_names(info: RasterInfo, given: Sequence[str] | None) -> list[str]:
     fix = (
         f"give the raster's band names in its order in {param_ref('band_names')}, e.g. {','.join(listed(stated.names))}"
     )
-    for warning in check_band_names(stated, given, f"raster '{info.path}'", "the band names given", fix):
+    for warning in check_band_names(stated, given, f"raster '{info.path}'", "the band names given are", fix):
         log.warning(warning)
     return list(given)
 

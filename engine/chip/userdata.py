@@ -114,7 +114,7 @@ def _check_grids(grids: Sequence[src.ImageGrid], scale_max: float | None) -> tup
             )
         fix = f"give rasters with their bands in one order (e.g. save {grid.path} with its bands reordered)"
         for warning in check_band_names(
-            StatedBands.of(grid.band_names), first.band_names, str(grid.path), str(first.path), fix
+            StatedBands.of(grid.band_names), first.band_names, str(grid.path), f"{first.path} has", fix
         ):
             log.debug(warning)  # unnamed bands: the dataset's names come from the first raster, nothing to add
     if first.dtype in ("uint8", "uint16"):

@@ -92,9 +92,10 @@ def raster_band_names(ds: object) -> StatedBands:
 
 
 def check_band_names(
-    found: StatedBands, expected: Sequence[str], where: str, expected_what: str, fix: str, strict: bool = True
+    found: StatedBands, expected: Sequence[str], where: str, expects: str, fix: str, strict: bool = True
 ) -> list[str]:
-    """Compare the names of the raster bands used (``found``, in order) with the ``expected`` names.
+    """Compare the names of the raster bands used (``found``, in order) with the ``expected`` names (``expects``
+    says whose: "the model expects", "the band names given are").
 
     A described band whose name differs from the expected known name is a clear mismatch: an :class:`InputError`
     naming both lists and ``fix`` (how to map them), or only a warning when not ``strict`` (the user mapped the
@@ -102,13 +103,13 @@ def check_band_names(
     give a warning. Returns the warnings."""
     wanted = [known_band(name) for name in expected]
     if not any(wanted):
-        return [f"{where}: cannot check its bands: {expected_what} names its bands {list(expected)}"]
+        return [f"{where}: cannot check its bands: {expects} {list(expected)}"]
     pairs = list(zip(found.names, wanted, found.described))
     clashes = [described for have, want, described in pairs if have and want and have != want]
     if clashes:
         message = (
             f"{where}: its bands are {listed(found.names)} (band descriptions / colour interpretation), "
-            f"{expected_what} expects {list(expected)}; {fix}"
+            f"{expects} {list(expected)}; {fix}"
         )
         if strict and any(clashes):
             raise InputError(message)
@@ -116,29 +117,29 @@ def check_band_names(
     unknown = [i + 1 for i, (have, want, _) in enumerate(pairs) if not have or not want]
     if unknown:
         return [
-            f"{where}: cannot check bands {unknown} against {expected_what} {list(expected)}: not every band is "
+            f"{where}: cannot check bands {unknown} ({expects} {list(expected)}): not every band is "
             f"named (its bands: {listed(found.names)}); make sure they are in that order"
         ]
     return []
 
 
 def check_against_any(
-    found: StatedBands, candidates: Sequence[Sequence[str]], where: str, expected_what: str, fix: str, strict: bool
+    found: StatedBands, candidates: Sequence[Sequence[str]], where: str, who: str, fix: str, strict: bool
 ) -> list[str]:
     """:func:`check_band_names` against every band list a model was trained on (partial multi-task learning feeds
     one network NIR-R-G chips for one task and R-G-B chips for the other): a raster that matches one passes."""
     failures: list[InputError] = []
     for expected in candidates:
         try:
-            return check_band_names(found, expected, where, expected_what, fix, strict)
+            return check_band_names(found, expected, where, f"{who} expects", fix, strict)
         except InputError as error:
             failures.append(error)
     if len(failures) == 1:
         raise failures[0]
     trained = " or ".join(str(list(expected)) for expected in candidates)
     raise InputError(
-        f"{where}: its bands are {listed(found.names)} (band descriptions / colour interpretation), {expected_what} "
-        f"was trained on {trained}; {fix}"
+        f"{where}: its bands are {listed(found.names)} (band descriptions / colour interpretation), {who} was "
+        f"trained on {trained}; {fix}"
     )
 
 
