@@ -42,20 +42,25 @@ DESCRIPTION = {
 }
 
 
-def _create(path: Path, size: int, compress: bool) -> gdal.Dataset:
+def _create(
+    path: Path, size: int, compress: bool, gsd: float = GSD, origin: tuple[float, float] = (500000.0, 5400000.0)
+) -> gdal.Dataset:
     options = ["TILED=YES", "BIGTIFF=IF_SAFER"] + (["COMPRESS=DEFLATE"] if compress else [])
     ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte, options)
-    ds.SetGeoTransform((500000.0, GSD, 0.0, 5400000.0, 0.0, -GSD))
+    ds.SetGeoTransform((origin[0], gsd, 0.0, origin[1], 0.0, -gsd))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(32632)
     ds.SetSpatialRef(srs)
     return ds
 
 
-def textured_raster(path: Path, size: int, seed: int = 0) -> Path:
-    """Blocky scene + noise, written in strips (the bench itself stays small in memory)."""
+def textured_raster(
+    path: Path, size: int, seed: int = 0, gsd: float = GSD, origin: tuple[float, float] = (500000.0, 5400000.0)
+) -> Path:
+    """Blocky scene + noise, written in strips (the bench itself stays small in memory); ``gsd`` m pixels with the
+    top-left corner at ``origin`` (UTM 32N)."""
     rng = np.random.default_rng(seed)
-    ds = _create(path, size, compress=False)
+    ds = _create(path, size, compress=False, gsd=gsd, origin=origin)
     for y in range(0, size, 512):
         h = min(512, size - y)
         blocks = rng.integers(30, 230, (3, -(-h // 16), -(-size // 16))).astype(np.float32)

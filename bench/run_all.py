@@ -26,6 +26,7 @@ BENCHES = (
     "bench.bench_predict",
     "bench.bench_demo_quality",
     "bench.bench_quant",
+    "bench.bench_region",
 )
 RESULTS = Path("docs/results/bench.json")
 

@@ -49,6 +49,7 @@ PIP_NAMES: dict[str, str] = {
     "tqdm": "tqdm",
     "jsonschema": "jsonschema",
     "matplotlib": "matplotlib",
+    "distributed": '"dask[distributed]"',
 }
 """pip requirement for each importable module name (numpy<2: Debian's GDAL bindings are built against numpy 1)."""
 

@@ -45,6 +45,7 @@ PROFILES: dict[str, tuple[str, ...]] = {
         "tqdm",
         "scipy",
         "matplotlib",
+        "distributed",  # the region job's Dask workers (distributed requires dask)
     ),
 }
 """What each profile installs besides numpy (see :func:`numpy_requirement`)."""

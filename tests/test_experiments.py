@@ -173,7 +173,9 @@ def test_unlabelled_target_experiment_tiny(tmp_path):
         for key in ("target_seg_miou", "target_det_ap50", "source_seg_miou", "source_det_ap50"):
             assert 0.0 <= rows[name][key][0] <= 1.0
     with_target = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "config.json").read_text())
-    assert with_target["data"]["unlabelled"] == str(out / "data" / "chips" / "suburb_RGB")
+    # the stream reads the town's RGBIR product: the RGB student, the IRRG segmentation teacher each take their bands
+    assert with_target["data"]["unlabelled"] == str(out / "data" / "chips" / "suburb_RGBIR")
+    assert {p.name for p in (out / "data" / "chips").glob("suburb_*")} == {"suburb_RGB", "suburb_IRRG", "suburb_RGBIR"}
     history = json.loads((out / "p2v" / "seed0" / "mtl_soft_unlabelled" / "history.json").read_text())
     assert any(k.startswith("loss_unlabelled_") for k in history[0])
     assert "unlabelled target: suburb" in (out / "unlabelled.md").read_text()

@@ -238,6 +238,21 @@ def test_imagery_only_chips_of_a_folder_skip_nodata(tmp_path: Path):
     assert data.images("train").shape == (55, 16, 16, 4)
 
 
+def test_imagery_at_two_gsds_is_refused_before_chipping_with_how_to_resample(tmp_path: Path, capsys):
+    folder = tmp_path / "orthos"
+    folder.mkdir()
+    write_image(folder / "a.tif", seed=1)
+    coarse = gdal.Open(str(write_image(folder / "b.tif", seed=2)), gdal.GA_Update)
+    coarse.SetGeoTransform((ORIGIN[0], 2 * GSD, 0, ORIGIN[1], 0, -2 * GSD))
+    coarse = None
+    out = tmp_path / "chips"
+    code = chip_main(["--image", str(folder), "--task", "none", "--out", str(out), "--size", "16", "--stride", "16",
+                      "--split-by", "tile", "--val-fraction", "0"])  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert code != 0 and len(errors) == 1 and "b.tif" in errors[0] and "gdalwarp -tr" in errors[0]
+    assert not (out / "manifest.json").exists()
+
+
 def test_cli_one_line_errors_and_nothing_left_behind(scene, tmp_path: Path, capsys):
     image, labels = str(scene["image"]), str(scene["labels"])
     out = tmp_path / "out"

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from engine.core.errors import ConfigError, InputError
 from engine.evaluate import DetectionMeter, SegmentationMeter, all_point_ap, format_table, write_report
 from engine.evaluate.detection import f1_optimal_score
+from engine.models.postprocess import postprocess_detections
+from engine.predict.detections import tile_detections
 
 # ---------------------------------------------------------------- segmentation
 
@@ -149,6 +151,22 @@ def test_f1_optimal_score_threshold_by_hand() -> None:
     # that cutting between them would claim
     assert f1_optimal_score(np.array([0.9, 0.5, 0.5]), np.array([True, True, False]), 2) == (0.5, pytest.approx(0.8))
     assert f1_optimal_score(np.array([0.9]), np.array([False]), 2) == (None, 0.0)
+
+
+def test_map_threshold_keeps_exactly_the_detections_the_f1_was_counted_on() -> None:
+    # the F1 threshold is the lowest kept score: the map (numpy) and the torch evaluation keep that detection too
+    scores = np.array([0.9, 0.8, 0.6, 0.3], np.float32)
+    thresh, _ = f1_optimal_score(scores.astype(np.float64), np.array([True, False, True, False]), 3)
+    graph_scores = scores[:, None]  # 4 anchors × 1 class, as the ONNX graph returns them
+    boxes = np.array([[0, 0, 4, 4], [10, 0, 14, 4], [20, 0, 24, 4], [30, 0, 34, 4]], np.float32)
+    _, kept, _ = tile_detections(graph_scores, boxes, thresh, 0.5, 64)
+    assert sorted(kept.tolist()) == pytest.approx([0.6, 0.8, 0.9])
+    logits = torch.logit(torch.tensor(scores, dtype=torch.float64)).float().view(1, 4, 1)
+    anchors = torch.tensor(boxes)
+    torch_kept = postprocess_detections(
+        logits, torch.zeros(1, 4, 4), anchors, score_threshold=float(torch.sigmoid(logits[0, 2, 0]))
+    )
+    assert len(torch_kept[0]["scores"]) == 3
 
 
 def test_meter_reports_each_classes_best_f1_threshold() -> None:

@@ -38,6 +38,7 @@ from engine.predict.detections import (
     merge_across_tiles,
     truncated_at_seams,
 )
+from engine.predict.model import OnnxModel
 from engine.predict.tiling import Blender, TileGrid
 
 gdal.UseExceptions()
@@ -278,6 +279,27 @@ def test_seam_fusion_joins_facing_parts_only_one_to_one():
     assert len(fuse_seam_fragments(dets)) == 7
 
 
+def test_seam_fusion_never_joins_two_objects_each_whole_in_one_tile():
+    # tiles of 100 px overlapping by 20 (origins 0, 80): car Y (x 70..90) is whole in tile A and crosses B's left
+    # border; car X (x 92..110) is whole in B and crosses A's right border. A's part of X and B's part of Y face
+    # each other across the seam, but they are two objects: each car is reported once, as itself.
+    grid = TileGrid(width=180, height=100, tile=100, overlap=20)
+    cars = [(70.0, 40.0, 90.0, 60.0), (92.0, 40.0, 110.0, 60.0)]
+    dets = Detections.concat([tile_views(car, grid, 0.8) for car in cars])
+    fused = fuse_seam_fragments(dets)
+    kept = fused.take(merge_across_tiles(fused, 0.5, 0.6))
+    np.testing.assert_allclose(sorted(kept.boxes.tolist()), sorted(cars))
+
+
+def test_seam_fusion_joins_the_parts_of_an_object_cut_by_tiles_without_overlap():
+    grid = TileGrid(width=200, height=100, tile=100, overlap=0)
+    dets = tile_views((90.0, 40.0, 110.0, 60.0), grid, 0.8)
+    assert len(dets) == 2
+    kept = fuse_seam_fragments(dets)
+    assert len(kept) == 1 and kept.truncated[0] == 0
+    np.testing.assert_allclose(kept.boxes[0], [90, 40, 110, 60])
+
+
 # --- end to end with the known-answer model ------------------------------------------------------------------------
 
 
@@ -425,7 +447,9 @@ def test_far_gsd_is_resampled_and_outputs_stay_on_the_input_grid(models, tmp_pat
     gt = (ORIGIN[0], 2 * GSD, 0.0, ORIGIN[1], 0.0, -2 * GSD)
     src = write_tif(tmp_path / "coarse.tif", img, gt=gt)
     summary = predict_raster(models["blob"], src, tmp_path / "seg.tif", tmp_path / "det.gpkg")
-    assert any("GSD 0.180 m is far from the model's 0.090 m" in w for w in summary.warnings)
+    assert any(
+        "GSD 0.180 m is outside the model's trained 0.090 m: resampled to 0.090 m" in w for w in summary.warnings
+    )
     seg_ds = gdal.Open(str(tmp_path / "seg.tif"))
     assert seg_ds.GetGeoTransform() == gt and (seg_ds.RasterXSize, seg_ds.RasterYSize) == (80, 40)
     expected = np.where(img[0] == BRIGHT, CAR, IMPERVIOUS)
@@ -433,6 +457,35 @@ def test_far_gsd_is_resampled_and_outputs_stay_on_the_input_grid(models, tmp_pat
     rows, _ = read_detections(tmp_path / "det.gpkg")
     assert len(rows) == 1
     np.testing.assert_allclose(rows[0]["env"], map_box(20, 12, size=8, gsd=2 * GSD), atol=2 * GSD)
+
+
+def test_a_model_trained_at_two_gsds_and_dtypes_reads_each_domain_as_trained(models, tmp_path):
+    """Metadata ``domains`` (5 cm uint8 + 9 cm uint16): a raster within 5-9 cm is not resampled, one outside is
+    resampled to the nearer end, and a uint16 raster is scaled by the uint16 domain's max, not the first's."""
+    from engine.evaluate.onnx_eval import chips_to_tiles
+    from engine.predict.raster import _value_scale, working_gsd
+
+    domains = [
+        {"task": "det", "dataset": "potsdam", "gsd": 0.05, "value_scaling": {"dtype": "uint8", "max": 255.0}},
+        {"task": "seg", "dataset": "vaihingen", "gsd": GSD, "value_scaling": {"dtype": "uint16", "max": 4095.0}},
+    ]
+    path = tmp_path / "two.onnx"
+    export_onnx(BlobNet(), path, {**describe(), "gsd": 0.05, "domains": domains}, TILE, overlap=OVERLAP)
+    info = OnnxModel(path, device="cpu").info
+    assert info.gsd_range == (0.05, GSD) and info.value_scalings == (("uint8", 255.0), ("uint16", 4095.0))
+    assert [working_gsd(g, info, 0.25) for g in (0.05, 0.07, GSD, 0.03, 0.2)] == [None, None, None, 0.05, GSD]
+    img = scene(64, 112, [(20, 24)])
+    src = write_tif(tmp_path / "in16.tif", (img.astype(np.uint32) * 4095 // 255).astype(np.uint16))
+    assert _value_scale("uint16", lambda: (0.0, 1000.0), str(src), info, None) == 4095.0
+    tiles = chips_to_tiles(np.full((1, 4, 4, 3), 4095, np.uint16), info, [0, 1, 2])  # chip evaluation alike
+    assert tiles[0, :, :4, :4].max() == tiles[0, :, :4, :4].min() == 1.0
+    summary = predict_raster(path, src, tmp_path / "seg.tif")
+    assert not [w for w in summary.warnings if "GSD" in w]
+    np.testing.assert_array_equal(class_map(tmp_path / "seg.tif"), np.where(img[0] == BRIGHT, CAR, IMPERVIOUS))
+    # an older model (one GSD, no domains) still resamples the 9 cm raster to its 5 cm
+    old = with_metadata(path, tmp_path / "old.onnx", lambda m: {k: v for k, v in m.items() if k != "domains"})
+    assert OnnxModel(old, device="cpu").info.gsd_range == (0.05, 0.05)
+    assert working_gsd(GSD, OnnxModel(old, device="cpu").info, 0.25) == 0.05
 
 
 def test_geographic_input_runs_in_utm(models, tmp_path):

@@ -36,6 +36,7 @@ STABLE_IDS = {
     "train",
     "export_onnx",
     "detect_segment",
+    "detect_segment_region",
     "evaluate",
     "render_map",
     "install_dependencies",

@@ -83,6 +83,9 @@ def test_the_bar_moves_per_step_a_cancel_keeps_the_epoch_and_resume_finishes_the
 
     message = _fails("pmtl:train", _params(chips, tmp_path / "run", 3, 8))  # a new run must not overwrite it
     assert "already holds a training run" in message and "Resume" in message
+    # resuming with another epoch count would bend the schedule: the engine refuses, naming the key
+    message = _fails("pmtl:train", {**_params(chips, tmp_path / "run", 4, 8), "RESUME": True})
+    assert "optim.epochs 3 -> 4" in message
     feedback = CapturingFeedback()
     results = run_algorithm("pmtl:train", {**_params(chips, tmp_path / "run", 3, 8), "RESUME": True}, feedback)
     epochs = [line for line in feedback.infos if line.startswith("metrics: epoch=")]

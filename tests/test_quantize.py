@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from engine.evaluate.run import evaluate_model
 from engine.export import export_checkpoint
 from engine.export import metadata as md
 from engine.export.__main__ import main as export_main
-from engine.export.onnx_export import export_int8_or_fp32
+from engine.export.onnx_export import export_int8_or_fp32, given_sources
 from engine.export.quantize import ChipSource, convert_precision, float_tail_nodes
 from engine.models import ModelConfig, build_model
 from engine.predict import predict_raster
@@ -125,6 +126,7 @@ def test_int8_metadata_precision_provenance_and_deltas(setup):
     assert same == {k: v for k, v in fp32.items() if k != "precision"}  # same metadata otherwise
     quant = meta["quantization"]
     assert quant["method"] == "static_qdq" and quant["per_channel"] and quant["activation_type"] == "uint8"
+    assert quant["reduce_range"]  # 7-bit weights: U8S8 without VNNI (AVX2 laptops) saturates at 8 bits
     calib = quant["calibration"]
     assert calib["split"] == "train" and calib["chips"] == 8
     assert calib["datasets"] == [{"path": str(setup["chips"]), "dataset": "custom", "chips": 8}]
@@ -220,6 +222,49 @@ def test_export_cli_int8_with_calibration_dir(setup, tmp_path, capsys):
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "int8 needs calibration chips" in errors[0] and "--calibration" in errors[0]
     assert not out.with_name("missing.onnx").exists()
+
+
+def _unlabelled_copy(chips: Path, out: Path) -> Path:
+    """The chips' imagery as an ``engine.chip --task none`` dataset (no label arrays)."""
+    manifest = json.loads((chips / "manifest.json").read_text())
+    for split in manifest["splits"]:
+        (out / split).mkdir(parents=True)
+        shutil.copy(chips / split / "images.npy", out / split / "images.npy")
+    manifest.update(task="none", arrays=["images"], dataset="town")
+    for chip in manifest["chips"]:
+        chip["boxes"] = []
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    return out
+
+
+def test_int8_calibrates_on_unlabelled_chips_and_measures_each_task_on_its_own_dataset(setup, tmp_path):
+    town = _unlabelled_copy(setup["chips"], tmp_path / "town")
+    quick = {"calibration_chips": 4, "eval_chips": 2}
+    meta = export_checkpoint(
+        setup["moved"], tmp_path / "a.onnx", precision="int8", calibration=[town], quantization=quick
+    )
+    quant = meta["quantization"]
+    assert quant["calibration"]["datasets"][0]["path"] == str(town) and quant["accuracy"] is None
+    # listed first, a segmentation-only chip set measures segmentation only; detection is measured on the det set
+    seg_only = tmp_path / "seg_only"
+    shutil.copytree(setup["chips"], seg_only)
+    manifest = json.loads((seg_only / "manifest.json").read_text())
+    (seg_only / "manifest.json").write_text(json.dumps({**manifest, "task": "seg", "dataset": "potsdam"}))
+    sources = given_sources([town, seg_only, setup["chips"]], {"det": {"dataset": manifest["dataset"]}})
+    assert [s.tasks for s in sources] == [(), ("seg",), ("det",)]
+
+
+def test_default_tile_holds_every_training_domains_chips(setup, tmp_path):
+    payload = torch.load(setup["ckpt"], weights_only=True)
+    scaling = payload["metadata"]["value_scaling"]
+    domains = [
+        {"task": t, "gsd": 0.09, "value_scaling": scaling, "chip_size": c} for t, c in (("det", 64), ("seg", 96))
+    ]
+    payload["metadata"] = {**payload["metadata"], "chip_size": 64, "domains": domains}
+    save_checkpoint(tmp_path / "two.pt", payload)
+    export_checkpoint(tmp_path / "two.pt", tmp_path / "two.onnx")
+    info = OnnxModel(tmp_path / "two.onnx", device="cpu").info
+    assert info.tile_size == 96 and info.gsd_range == (0.09, 0.09)
 
 
 def test_bad_inputs_are_clear_errors(setup, tmp_path):

@@ -41,7 +41,7 @@ def test_readme_is_short_and_holds_every_figure_block() -> None:
     text = (REPO / "README.md").read_text()
     assert len(text.splitlines()) <= 300
     names = {m.group("name") for m in render.BLOCK.finditer(text)}
-    assert names == {"demo-run", "demo-quality", "bench"}
+    assert names == {"demo-run", "demo-quality", "bench", "region"}
 
 
 def test_a_figure_edited_by_hand_is_caught(tree: Path) -> None:

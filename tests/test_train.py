@@ -155,6 +155,28 @@ def test_class_balance_weights_come_from_the_seg_training_labels(chips, tmp_path
     assert weights[rarest] > weights[commonest]
 
 
+def test_class_balance_counts_large_label_sets_in_bounded_memory(tmp_path, monkeypatch):
+    import tracemalloc
+
+    import numpy as np
+
+    from engine.core.settings import configure_losses
+    from engine.data.chipstore import open_chip_dataset
+    from engine.train import setup
+
+    seg = write_chip_dataset(tmp_path / "seg", {"train": 64, "val": 1}, size=64)
+    cfg = load_config(None, [*TINY, "tasks=[seg]", f"data.seg={seg}", "loss.seg_class_balance=1.0"])
+    masks = np.asarray(open_chip_dataset(seg).masks("train"))
+    expected = setup.class_balance_weights(np.bincount(masks.reshape(-1), minlength=256)[:6].tolist(), 1.0)
+    monkeypatch.setattr(setup, "COUNT_CHUNK_PIXELS", 8 * 64 * 64)  # 8 chips at a time
+    tracemalloc.start()
+    weights = setup.with_class_weights(configure_losses(cfg), cfg, ["seg"]).seg_class_weights
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert list(weights) == pytest.approx(expected)
+    assert peak < masks.size * 2  # the whole split widened to 8-byte integers would take masks.size * 8
+
+
 def test_nan_loss_stops_with_named_term_and_keeps_last_checkpoint(chips, tmp_path):
     from engine.train.loop import NonFiniteLoss, train
 
@@ -162,11 +184,26 @@ def test_nan_loss_stops_with_named_term_and_keeps_last_checkpoint(chips, tmp_pat
     train(cfg)
     before = (tmp_path / "last.pt").read_bytes()
     bad = load_config(
-        None, _overrides(chips, tmp_path, "optim.epochs=2", "tasks=[seg]", "data.det=null", "optim.lr=1e30")
+        None, _overrides(chips, tmp_path, "optim.epochs=1", "tasks=[seg]", "data.det=null", "optim.lr=1e30")
     )
     with pytest.raises(NonFiniteLoss, match=r"loss term 'seg_ce' is (nan|inf) at step"):
-        train(bad, resume=True)
+        train(bad)  # a new run in the same folder: it stops before its first save
     assert (tmp_path / "last.pt").read_bytes() == before
+
+
+def test_resume_refuses_a_changed_configuration_and_names_the_keys(chips, tmp_path):
+    from engine.train.loop import train
+
+    seg_only = ("tasks=[seg]", "data.det=null", "optim.epochs=1")
+    train(load_config(None, _overrides(chips, tmp_path, *seg_only)))
+    saved_config = (tmp_path / "config.json").read_text()
+    changed = load_config(None, _overrides(chips, tmp_path, *seg_only, "optim.epochs=3", "optim.lr=0.02"))
+    with pytest.raises(ConfigError, match=r"--resume .*optim\.epochs 1 -> 3, optim\.lr 0\.01 -> 0\.02"):
+        train(changed, resume=True)
+    assert (tmp_path / "config.json").read_text() == saved_config  # not overwritten by the refused run
+    # where it runs and how it logs may change: this resume goes on (nothing left to train: epoch 1 of 1)
+    same = load_config(None, _overrides(chips, tmp_path, *seg_only, "runtime.log_every=5", "data.num_workers=1"))
+    assert [row["epoch"] for row in train(same, resume=True).history] == [1]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(chips, tmp_path):
@@ -418,23 +455,24 @@ GOLDEN: dict[str, dict[str, float]] = {
     },
     "mtl_soft_pdf": {
         "step": 2,
-        "loss_det_cls": 1.128645658493042,
-        "loss_det_box": 2.777059316635132,
-        "loss_kd_seg_soft": 0.0022439633030444384,
-        "loss_kd_seg_feat": 1.1332000494003296,
-        "loss_seg_ce": 1.8072178363800049,
-        "loss_kd_det_soft_cls": 4.154263496398926,
-        "loss_kd_det_soft_box": 0.09668225795030594,
-        "loss_kd_det_pdf_feat": 0.960878849029541,
-        "loss_kd_det_pdf_cls": 0.00021291882148943841,
-        "loss_kd_det_pdf_box": 0.08888285607099533,
+        "loss_det_cls": 1.1286638975143433,
+        "loss_det_box": 2.776988983154297,
+        "loss_kd_seg_soft": 0.0022602342069149017,
+        "loss_kd_seg_feat": 1.1296238899230957,
+        "loss_seg_ce": 1.8070552349090576,
+        "loss_kd_det_soft_cls": 4.154260635375977,
+        "loss_kd_det_soft_box": 0.09668144583702087,
+        "loss_kd_det_pdf_feat": 0.9613233208656311,
+        "loss_kd_det_pdf_cls": 0.00021294521866366267,
+        "loss_kd_det_pdf_box": 0.08888491988182068,
         "det_map": 0.0,
         "seg_miou": 0.002958904109589041,
     },
 }
 """Last metrics.jsonl row of two tiny fixed-seed runs, recorded with the code before the training loop was split
 and the unlabelled stream added (commit "issue 9 §1"), so both changes are checked to leave them exactly as they
-were. Re-record (PMTL_RECORD_GOLDEN=1 prints them) only for a deliberate change of the method."""
+were. Re-record (PMTL_RECORD_GOLDEN=1 prints them) only for a deliberate change of the method: ``mtl_soft_pdf``
+was re-recorded in issue 19, when each teacher began to see its own input normalisation (``mtl`` is unchanged)."""
 
 
 @pytest.fixture(scope="module")
@@ -533,9 +571,104 @@ def test_unlabelled_reader_tolerates_missing_labels_and_maps_bands(chips, unlabe
     mapped = UnlabelledChips([swapped], "train", ["nir", "red", "green"])
     assert torch.equal(mapped[1], plain[1].flip(0))  # band names permuted → reordered to the model's bands
     four = write_chip_dataset(tmp_path / "four", {"train": 2}, size=64, bands=("red", "green", "blue", "nir"))
+    rgbir = UnlabelledChips([four], "train", ["nir", "red", "green"])  # a larger product: kept whole
+    assert rgbir.bands == ["red", "green", "blue", "nir"] and rgbir[0].shape == (4, 64, 64)
+    other = write_chip_dataset(tmp_path / "other", {"train": 2}, size=64, bands=("b1", "b2", "b3", "b4"))
     with pytest.raises(ConfigError, match=r"data\.unlabelled.*expected chips with 3 bands.*found 4 bands") as err:
-        UnlabelledChips([four], "train", ["nir", "red", "green"])
+        UnlabelledChips([other], "train", ["nir", "red", "green"])
     assert "\n" not in str(err.value)
+
+
+def _teacher_with_inputs(checkpoint: Path, out: Path, bands: list[str], mean: list[float], std: list[float]) -> Path:
+    """A copy of a teacher checkpoint that says it was trained on ``bands`` normalised with ``mean``/``std``."""
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["metadata"] = {**payload["metadata"], "bands": bands, "mean": mean, "std": std}
+    torch.save(payload, out)
+    return out
+
+
+def test_each_teacher_sees_its_own_bands_and_normalisation(chips, small_teachers, tmp_path):
+    """x_teacher = (x01[its bands] - mu_t) / sigma_t on every stream; the student keeps the run's view."""
+    import numpy as np
+
+    from engine.train import objectives as O
+    from engine.train.loop import prepare_batch
+    from engine.train.setup import build_run
+
+    t_det = _teacher_with_inputs(
+        small_teachers["det"], tmp_path / "tdet.pt", ["nir", "red", "green"], [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
+    )
+    t_seg = _teacher_with_inputs(
+        small_teachers["seg"], tmp_path / "tseg.pt", ["red", "green", "blue"], [0.4, 0.3, 0.2], [0.2, 0.3, 0.4]
+    )
+    rgbir = write_chip_dataset(tmp_path / "town", {"train": 4}, size=64, bands=("red", "green", "blue", "nir"))
+    cfg = load_config(
+        None,
+        _overrides(
+            chips, tmp_path / "run", "kd.soft=true", "kd.feature=mse", f"kd.det_teacher={t_det}",
+            f"kd.seg_teacher={t_seg}", f"data.unlabelled={rgbir}", "data.augment=false",
+        ),
+    )  # fmt: skip
+    run = build_run(cfg)
+    for aug in run.device_aug.values():
+        aug.eval()
+    raw = torch.from_numpy(np.load(rgbir / "train" / "images.npy")[:2].transpose(0, 3, 1, 2).copy())
+    images, _, seen = prepare_batch(run, "unlabelled", {"image": raw})
+    x01 = raw.float() / 255
+
+    def expect(order, mean, std):
+        return (x01[:, order] - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+    assert torch.allclose(seen["det"], expect([3, 0, 1], [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]), atol=1e-6)
+    assert torch.allclose(seen["seg"], expect([0, 1, 2], [0.4, 0.3, 0.2], [0.2, 0.3, 0.4]), atol=1e-6)
+    assert torch.allclose(images, expect([3, 0, 1], *run.norm), atol=1e-6)  # the student: IRRG out of RGBIR
+    # a labelled NIR-R-G stream has no blue band: the RGB teacher reads the student's input, normalised its way
+    raw = torch.from_numpy(np.load(chips["det"] / "train" / "images.npy")[:2].transpose(0, 3, 1, 2).copy())
+    images, _, seen = prepare_batch(run, "det", {"image": raw})
+    x01 = raw.float() / 255
+    assert torch.allclose(seen["seg"], expect([0, 1, 2], [0.4, 0.3, 0.2], [0.2, 0.3, 0.4]), atol=1e-6)
+    # and batch_objective hands each teacher its own view
+    fed = {}
+
+    class Spy(O.Teacher):
+        def predict(self, x, heads=None):
+            fed[self.bands] = x
+            return super().predict(x, heads)
+
+    spies = {task: Spy(t.net, t.bands, t.mean, t.std) for task, t in run.teachers.items()}
+    empty = {"boxes": torch.zeros(2, 1, 4), "labels": torch.full((2, 1), -1)}
+    O.batch_objective(run.model, "det", images, empty, spies, run.settings, run.anchors_for, (0.1, 0.2), seen)
+    assert fed == {("red", "green", "blue"): seen["seg"]}
+
+
+def test_a_labelled_stream_with_permuted_band_names_is_read_in_the_model_order(chips, tmp_path):
+    import numpy as np
+
+    from engine.evaluate.run import evaluate_model, read_order
+    from engine.train.setup import build_run
+
+    swapped = write_chip_dataset(
+        tmp_path / "seg", {"train": 4, "val": 2}, size=64, seed=2, bands=("green", "red", "nir")
+    )
+    for split in ("train", "val"):  # the same pixels, stored in the other band order
+        np.save(swapped / split / "images.npy", np.load(chips["seg"] / split / "images.npy")[..., ::-1].copy())
+    run = build_run(load_config(None, _overrides({**chips, "seg": swapped}, tmp_path / "run")))
+    assert run.views["seg"]["student"].indices.tolist() == [2, 1, 0]
+    # validation reads them the same way: the scores equal those on the chips stored in the model's order
+    net, model_bands = run.eval_net, ["nir", "red", "green"]
+    assert read_order(net, run.manifests["seg"], model_bands, swapped) == [2, 1, 0]
+    scores = [evaluate_model(net, None, root, "val", normalization=run.norm, bands=model_bands)["seg"] for root in
+              (chips["seg"], swapped)]  # fmt: skip
+    assert scores[0] == scores[1]
+
+
+def test_unlabelled_zoom_out_canvas_is_in_the_stream_band_order(chips, unlabelled, tmp_path):
+    from engine.data.datasets import UnlabelledChips
+
+    swapped = unlabelled_dataset(chips["seg"], tmp_path / "swapped", bands=("green", "red", "nir"))
+    plain = UnlabelledChips([unlabelled], "train", ["nir", "red", "green"])
+    mapped = UnlabelledChips([swapped], "train", ["nir", "red", "green"])
+    assert mapped.parts[0].fill.tolist() == plain.parts[0].fill[::-1].tolist()
 
 
 def test_unlabelled_config_needs_distillation_and_folders():

@@ -21,7 +21,7 @@ import numpy as np
 from osgeo import gdal
 
 from engine.chip.stats import ChipSummary, TileStats
-from engine.chip.windows import chip_windows
+from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import approx_range, check_band_names, listed, range_warning, raster_band_names
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError, param_ref
@@ -224,6 +224,7 @@ def chip_tiles(
     )
     infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
+    gsd = one_gsd([(str(info.path), info.gsd) for info in infos])  # one dataset, one GSD: checked before cutting
     bands = _band_names(infos[0], band_names)
     counts: dict[str, int] = {}
     for tile, tile_windows in zip(tiles, windows):
@@ -277,7 +278,7 @@ def chip_tiles(
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,
             "stride": stride,
-            "gsd": infos[0].gsd,
+            "gsd": gsd,
             "value_scaling": summary.value_scaling,
             "mean": mean,
             "std": std,

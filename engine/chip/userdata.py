@@ -24,7 +24,7 @@ from engine.chip import classtable as ct
 from engine.chip import sources as src
 from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
-from engine.chip.windows import chip_windows
+from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
 from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable
 from engine.core.errors import ConfigError, InputError, param_ref
@@ -106,6 +106,7 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
 
 def _check_grids(grids: Sequence[src.ImageGrid], scale_max: float | None) -> tuple[str, float]:
     first = grids[0]
+    one_gsd([(str(grid.path), grid.gsd) for grid in grids])  # one dataset, one GSD: checked before cutting
     for grid in grids[1:]:
         if (grid.bands, grid.dtype) != (first.bands, first.dtype):
             raise InputError(
@@ -484,7 +485,7 @@ def _manifest(
             "skipped_geometries": vector.skipped if vector else 0,
         },
         "split": {**run.plan.as_dict(), "dropped_overlapping_chips": dropped},
-        "gsd": first.gsd,
+        "gsd": one_gsd([(str(grid.path), grid.gsd) for grid in run.grids]),
         "value_scaling": summary.value_scaling,
         "mean": summary.mean,
         "std": summary.std,

@@ -29,7 +29,7 @@ def temporary_sibling(path: str | os.PathLike[str], suffix: str = "") -> Path:
     return Path(name)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if os.name == "nt":  # os.kill would terminate it; a file a live process holds cannot be removed there anyway
         return False
     try:
@@ -55,7 +55,7 @@ def remove_stale_partials(path: str | os.PathLike[str]) -> list[Path]:
         match = pattern.match(entry.name)
         if match is None or (match.group(1) and int(match.group(1)) == os.getpid()):
             continue
-        if match.group(1) and _process_alive(int(match.group(1))):
+        if match.group(1) and process_alive(int(match.group(1))):
             continue
         try:
             if entry.is_dir() and not entry.is_symlink():

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, get_worker_info
 
+from engine.core.bands import bands_by_name, input_order
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import ChipDataset, open_chip_dataset
 from engine.data.samplers import EpochStreamSampler
@@ -172,7 +173,8 @@ class _ImageChips(_ChipDataset):
     ) -> None:
         super().__init__(root, split, train=train, augment=augment)
         self.order = order
-        """Band order that maps this dataset's bands to the model's (identity unless the names are permuted)."""
+        """Band order that maps this dataset's bands to the stream's (identity unless the names are permuted)."""
+        self.fill = self.fill[order]  # the zoom-out canvas in the order the image is read in
 
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         index, seed = _split_key(key)
@@ -188,25 +190,37 @@ def unlabelled_split(manifest: Mapping[str, Any], split: str) -> list[str]:
 
 
 def band_order(root: Path, bands: Sequence[str], model_bands: Sequence[str], key: str) -> list[int]:
-    """Indices that put a dataset's bands in the model's order: same names permuted → reordered, otherwise kept in
-    order (as predict does when no band map is given); a different band COUNT is a ConfigError."""
-    if len(bands) != len(model_bands):
+    """Indices that put a dataset's bands in the model's order (:func:`engine.core.bands.input_order`): the model's
+    names picked by name (permuted, or out of a larger product), otherwise kept in order (as predict does when no
+    band map is given); a different band COUNT without the model's names is a ConfigError."""
+    order = input_order(bands, model_bands)
+    if order is None:
         raise ConfigError(
             f"config key '{key}' ({root}): expected chips with {len(model_bands)} bands {list(model_bands)} like the "
             f"training data, found {len(bands)} bands {list(bands)}; re-chip the imagery with matching bands"
         )
-    if sorted(bands) == sorted(model_bands) and len(set(bands)) == len(bands):
-        return [list(bands).index(name) for name in model_bands]
-    if list(bands) != list(model_bands):
+    if bands_by_name(bands, model_bands) is None and list(bands) != list(model_bands):
         log.warning("%s: bands %s are used in order as the model's %s", root, list(bands), list(model_bands))
-    return list(range(len(bands)))
+    return order
+
+
+def stream_bands(manifests: Sequence[Mapping[str, Any]], model_bands: Sequence[str]) -> list[str]:
+    """The bands of the unlabelled stream's batches: the model's (each dataset read in the model's order,
+    :func:`band_order`), unless the datasets hold a larger product that includes the model's bands by name (RGBIR
+    for an IRRG model): then that product, whole, in the first dataset's order, so each teacher can take its own
+    bands from it."""
+    first = list(manifests[0]["bands"])
+    larger = len(first) > len(model_bands) and bands_by_name(first, model_bands) is not None
+    alike = all(len(m["bands"]) == len(first) and bands_by_name(m["bands"], first) is not None for m in manifests)
+    return first if larger and alike else list(model_bands)
 
 
 class UnlabelledChips(Dataset):
     """The unlabelled stream: imagery of one or more chip datasets (``data.unlabelled``), items ``(C,H,W)`` images.
 
     Any pmtl chip dataset works, labelled or not (``"task": "none"`` manifests have no label arrays); its training
-    split is used when it has one, else every split. Bands are mapped to the model's (:func:`band_order`).
+    split is used when it has one, else every split. Items carry :attr:`bands` (:func:`stream_bands`): each network
+    of the run picks its own bands from them.
     """
 
     def __init__(
@@ -219,9 +233,10 @@ class UnlabelledChips(Dataset):
         key: str = "data.unlabelled",
     ) -> None:
         self.parts: list[_ImageChips] = []
-        for root in roots:
-            manifest = open_chip_dataset(root).manifest
-            order = band_order(Path(root), manifest["bands"], model_bands, key)
+        manifests = [open_chip_dataset(root).manifest for root in roots]
+        self.bands = stream_bands(manifests, model_bands)
+        for root, manifest in zip(roots, manifests):
+            order = band_order(Path(root), manifest["bands"], self.bands, key)
             for name in unlabelled_split(manifest, split):
                 self.parts.append(_ImageChips(root, name, train, augment, order))
         self.root = Path(roots[0]) if len(roots) == 1 else Path(os.path.commonpath([str(r) for r in roots]))

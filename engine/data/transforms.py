@@ -363,10 +363,13 @@ class DeviceAugment(nn.Module):
             raise InputError(
                 f"DeviceAugment: expected images (B, {self.mean.shape[1]}, H, W), got shape {tuple(images.shape)}"
             )
+        return (self.unit(images, generator) - self.mean) / self.std
+
+    def unit(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,C,H,W) raw images of any band count → float32 in [0, 1] units (raw / scale_max), jittered in
+        training mode: what each network of a run then views its own way (:class:`BandView`)."""
         x = images.to(torch.float32) / self.scale_max
-        if self.training:
-            x = self._jitter(x, generator)
-        return (x - self.mean) / self.std
+        return self._jitter(x, generator) if self.training else x
 
     def _jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -384,3 +387,27 @@ class DeviceAugment(nn.Module):
         x = gray + factor(self.saturation, 1.0) * (x - gray)
         x = x + factor(self.hue, 0.0, bands=c)
         return x.clamp_(0.0, 1.0)
+
+
+class BandView(nn.Module):
+    """How one network of a training run sees a stream's images in [0, 1] units (:meth:`DeviceAugment.unit`):
+    which bands, in which order, standardised with ITS mean/std. The student's view uses the run's normalisation;
+    a teacher's, the one it was trained with (its checkpoint's), so a frozen teacher sees exactly the inputs it
+    learned from, and the bands of its own product where the stream has them."""
+
+    indices: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, indices: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        if not len(indices) == len(mean) == len(std) or not all(s > 0 for s in std):
+            raise ConfigError(f"BandView: need one mean and std > 0 per band {list(indices)}; got {mean}, {std}")
+        self.register_buffer("indices", torch.tensor(list(indices), dtype=torch.long), persistent=False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.in_order = list(indices) == list(range(len(indices)))
+
+    def forward(self, unit_images: torch.Tensor) -> torch.Tensor:
+        whole = self.in_order and unit_images.shape[1] == len(self.indices)  # no band copy: the usual case
+        return ((unit_images if whole else unit_images.index_select(1, self.indices)) - self.mean) / self.std

@@ -55,7 +55,8 @@ def chips_to_tiles(images: np.ndarray, info: ModelInfo, bands: Sequence[int]) ->
         )
     mean = np.asarray(info.mean, np.float32)[:, None, None]
     std = np.asarray(info.std, np.float32)[:, None, None]
-    x = np.asarray(images, np.float32)[..., list(bands)].transpose(0, 3, 1, 2) / np.float32(info.value_max)
+    value_max = info.value_max_for(np.asarray(images).dtype.name) or info.value_max  # as predict scales it
+    x = np.asarray(images, np.float32)[..., list(bands)].transpose(0, 3, 1, 2) / np.float32(value_max)
     out = np.zeros((n, len(bands), tile, tile), np.float32)
     out[:, :, :h, :w] = (x - mean) / std
     return out

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from engine.core.bands import input_order
+from engine.core.errors import InputError
 from engine.core.progress import Progress, check_cancel
 from engine.data.datasets import make_eval_loader
 from engine.data.transforms import DeviceAugment
@@ -38,6 +40,15 @@ def input_normaliser(
     return DeviceAugment.for_stream(manifest, norm[0], norm[1])
 
 
+def read_order(net: nn.Module, manifest: dict[str, Any], bands: Sequence[str] | None, root: Any) -> list[int]:
+    """Which of the chips' bands the network reads, in order (:func:`engine.core.bands.input_order`)."""
+    wanted = list(bands or getattr(net, "input_bands", None) or manifest["bands"])
+    order = input_order(manifest["bands"], wanted)
+    if order is None:
+        raise InputError(f"{root}: expected chips with the model's bands {wanted}, found {manifest['bands']}")
+    return order
+
+
 @torch.no_grad()
 def evaluate_model(
     net: nn.Module,
@@ -52,12 +63,15 @@ def evaluate_model(
     progress: Progress | None = None,
     shard: tuple[int, int] = (0, 1),
     normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+    bands: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``net`` (EMA weights in training) on ``split``: ``det_map``, ``det_ap50``, ``seg_miou``, …
 
     ``shard=(rank, world_size)`` under DDP: each rank evaluates every world_size-th chip and the meters are
     merged across ranks, so every rank returns the metrics of the whole split. ``normalization`` = (mean, std)
-    the network was trained with; default :func:`input_normalization` of ``net``.
+    the network was trained with; default :func:`input_normalization` of ``net``. ``bands``: the network's band
+    names (default ``net.input_bands``, from its checkpoint): chips with those names permuted, or within a larger
+    product, are read by name, as training reads them.
     """
     device = torch.device(device)
     was_training = net.training
@@ -68,6 +82,7 @@ def evaluate_model(
         loader = make_eval_loader(root, split, task, batch_size, shard=shard, max_chips=max_chips)
         manifest = loader.dataset.dataset.manifest  # the Subset's chip dataset: manifest read once
         normalise = input_normaliser(net, manifest, normalization).to(device).eval()
+        order = read_order(net, manifest, bands, root)
         world = shard[1]
         anchors: dict[tuple[int, int], torch.Tensor] = {}
         total = len(loader)
@@ -77,7 +92,7 @@ def evaluate_model(
             meter = SegmentationMeter(len(manifest["seg_classes"]), class_names=manifest["seg_classes"])
         for index, batch in enumerate(loader):
             check_cancel(progress)
-            images = normalise(batch["image"].to(device))
+            images = normalise(batch["image"][:, order].to(device))
             out = net(images)
             if task == "det":
                 hw = (int(images.shape[-2]), int(images.shape[-1]))

@@ -55,9 +55,19 @@ def target_settings(preset: dict[str, Any]) -> dict[str, Any]:
     return settings
 
 
+def dataset_bands(dataset: str, preset: dict[str, Any]) -> str:
+    """The band product a source dataset's chips hold (Vaihingen IRRG; Potsdam the preset's, RGB by default)."""
+    return "IRRG" if dataset == "vaihingen" else preset["chips"].get("potsdam_bands", "RGB")
+
+
 def target_bands(direction: str, preset: dict[str, Any]) -> str:
-    """The target's band product: the one of the direction's detection dataset (the student's input bands)."""
-    return "IRRG" if DIRECTIONS[direction][0] == "vaihingen" else preset["chips"].get("potsdam_bands", "RGB")
+    """The target's band product the student is scored on: its detection dataset's (the student's input bands)."""
+    return dataset_bands(DIRECTIONS[direction][0], preset)
+
+
+STREAM_BANDS = "RGBIR"
+"""The target product the unlabelled stream reads: it holds every source product (RGB, IRRG), so the student
+takes its own bands from it and each teacher the bands it was trained on (engine.train.setup.input_views)."""
 
 
 def prepare_target_chips(domain: str, preset: dict[str, Any], data_dir: Path, bands: str = "RGB") -> Path:
@@ -151,12 +161,13 @@ def run_target_direction(
     direction: str,
     preset: dict[str, Any],
     chips: dict[str, Path],
-    target: Path,
+    targets: dict[str, Path],
     out: Path,
     seeds: int,
     progress: Progress | None,
 ) -> dict[str, dict[int, dict[str, float]]]:
-    """results[row][seed] = scores, for the rows of :data:`ROWS`."""
+    """results[row][seed] = scores, for the rows of :data:`ROWS`. ``targets``: the target's chips per band product
+    (the students are scored on their detection dataset's, each teacher on its own, the stream reads RGBIR)."""
     det_set, seg_set = DIRECTIONS[direction]
     sources = {"det": chips[det_set], "seg": chips[seg_set]}
     settings = target_settings(preset)
@@ -168,20 +179,23 @@ def run_target_direction(
         overrides = run_overrides(spec, preset, str(sources["det"]), str(sources["seg"]), str(run_dir), 0, {})
         best, cfg = _train_cached(overrides, run_dir, progress)
         teachers[spec.tasks[0]] = str(best)
-        teacher_scores |= _cached_scores(run_dir, best, sources, target, cfg)
+        # each teacher is scored on the target in the band product it was trained on
+        own = targets[dataset_bands(det_set if spec.tasks[0] == "det" else seg_set, preset)]
+        teacher_scores |= _cached_scores(run_dir, best, sources, own, cfg)
+    target = targets[target_bands(direction, preset)]
     results: dict[str, dict[int, dict[str, float]]] = {name: {} for name, _ in ROWS}
     student = _spec(settings["variant"])
     extra = [f"{k}={json.dumps(v)}" for k, v in settings["train"].items()]
     for seed in range(seeds):
         results["teachers"][seed] = teacher_scores
         # the sources-only student is the tables' run of the same variant and seed: shared when both are run
-        for row, unlabelled in (("student", None), ("student_unlabelled", str(target))):
-            run_dir = base / f"seed{seed}" / (student.name if unlabelled is None else f"{student.name}_unlabelled")
+        for row, unlabelled in (("student", False), ("student_unlabelled", True)):
+            run_dir = base / f"seed{seed}" / (f"{student.name}_unlabelled" if unlabelled else student.name)
             overrides = run_overrides(
                 student, preset, str(sources["det"]), str(sources["seg"]), str(run_dir), seed, teachers
             )
-            if unlabelled is not None:
-                overrides += [f"data.unlabelled={json.dumps(unlabelled)}", *extra]
+            if unlabelled:
+                overrides += [f"data.unlabelled={json.dumps(str(targets[STREAM_BANDS]))}", *extra]
             best, cfg = _train_cached(overrides, run_dir, progress)
             results[row][seed] = _cached_scores(run_dir, best, sources, target, cfg)
     return results
@@ -244,8 +258,9 @@ def run_target_experiment(
     """The whole measurement: target chips, every direction × seed, tables; returns the markdown."""
     tables = {}
     for direction in directions:
-        target = prepare_target_chips(domain, preset, data_dir, target_bands(direction, preset))
+        products = {STREAM_BANDS, *(dataset_bands(d, preset) for d in DIRECTIONS[direction])}
+        targets = {bands: prepare_target_chips(domain, preset, data_dir, bands) for bands in sorted(products)}
         tables[direction] = build_target_table(
-            run_target_direction(direction, preset, chips, target, out, seeds, progress)
+            run_target_direction(direction, preset, chips, targets, out, seeds, progress)
         )
     return write_target_tables(out, domain, tables, seeds)

@@ -63,6 +63,17 @@ def validate_metadata(meta: Mapping[str, Any], origin: str = "metadata") -> None
         )
 
 
+def domain_entry(domain: Mapping[str, Any]) -> dict[str, Any]:
+    """One training domain as the metadata's ``domains`` records it: task, dataset, GSD and value scaling."""
+    scaling = domain["value_scaling"]
+    entry = {k: domain[k] for k in ("task", "dataset") if domain.get(k) is not None}
+    return {
+        **entry,
+        "gsd": float(domain["gsd"]),
+        "value_scaling": {"dtype": scaling["dtype"], "max": float(scaling["max"])},
+    }
+
+
 def build_metadata(
     *,
     tasks: Sequence[str],
@@ -87,6 +98,7 @@ def build_metadata(
     provenance: Mapping[str, Any] | None = None,
     seg_thresh: float = 0.0,
     precision: str = "fp32",
+    domains: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The full metadata dict (pmtl keys + Deepness keys), validated against the schema.
 
@@ -111,6 +123,7 @@ def build_metadata(
         },
         "outputs": {k: dict(v) for k, v in outputs.items()},
         "gsd": float(gsd),
+        **({"domains": [domain_entry(d) for d in domains]} if domains else {}),
         "tile_size": int(tile_size),
         "overlap": int(overlap),
         "precision": precision,
@@ -208,6 +221,10 @@ class ModelInfo:
     gsd: float | None
     tile_size: int
     overlap: int
+    gsd_range: tuple[float, float] | None = None
+    """(finest, coarsest) GSD of the training domains; None: only ``gsd`` is known."""
+    value_scalings: tuple[tuple[str, float], ...] = ()
+    """(dtype, max) of each training domain (metadata ``domains``); empty: only ``value_dtype``/``value_max``."""
     seg_output: str | None = None
     seg_kind: str = "logits"
     seg_classes: tuple[str, ...] = ()
@@ -227,6 +244,14 @@ class ModelInfo:
     notes: tuple[str, ...] = ()
     """Defaults the reader had to assume (Deepness-only models); inference logs them."""
     raw: Mapping[str, Any] = dataclasses.field(default_factory=dict, repr=False)
+
+    def value_max_for(self, dtype: str) -> float | None:
+        """The raw value that maps to 1.0 for imagery of ``dtype``: that of the training domain stored in that
+        dtype (the first model input's for older models); None when no domain was."""
+        for domain_dtype, domain_max in self.value_scalings or ((self.value_dtype, self.value_max),):
+            if dtype == domain_dtype:
+                return domain_max
+        return None
 
 
 SEG_COLORS_KEY, DET_COLORS_KEY = "seg.colors", "det.colors"
@@ -304,6 +329,12 @@ def _colors(values: Sequence[Sequence[int]]) -> tuple[tuple[int, int, int], ...]
     return tuple((int(c[0]), int(c[1]), int(c[2])) for c in values)
 
 
+def _gsd_range(meta: Mapping[str, Any]) -> tuple[float, float]:
+    """(finest, coarsest) GSD of the training domains; an older model's single ``gsd`` both ways."""
+    gsds = [float(d["gsd"]) for d in meta.get("domains", ())] or [float(meta["gsd"])]
+    return min(gsds), max(gsds)
+
+
 def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str]) -> ModelInfo:
     version = meta.get("schema_version")
     if version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -332,6 +363,10 @@ def _pmtl_info(meta: Mapping[str, Any], origin: str, graph_outputs: Sequence[str
         gsd=float(meta["gsd"]),
         tile_size=int(meta["tile_size"]),
         overlap=int(meta["overlap"]),
+        gsd_range=_gsd_range(meta),
+        value_scalings=tuple(
+            (d["value_scaling"]["dtype"], float(d["value_scaling"]["max"])) for d in meta.get("domains", ())
+        ),
         seg_output=seg_output,
         seg_kind=seg_kind or "logits",
         seg_classes=seg_classes,

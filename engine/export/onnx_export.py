@@ -9,6 +9,7 @@ The ``deepness`` variant has one output ``seg_probs`` (softmax), the single-outp
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -252,6 +253,7 @@ def export_onnx(
         variances=variances,
         anchors=_anchor_params(model),
         provenance=provenance,
+        domains=metadata.get("domains"),
     )
 
     import onnx
@@ -312,8 +314,9 @@ def export_checkpoint(
         checkpoint=str(ckpt_path),
         weights="ema" if payload.get("ema") else "model",
     )
-    if tile_size is None:
-        tile_size = int(meta.get("chip_size", 320))
+    if tile_size is None:  # the largest training chips fit whole (each domain may have its own chip size)
+        sizes = [d["chip_size"] for d in meta.get("domains") or () if d.get("chip_size")]
+        tile_size = int(max(sizes, default=meta.get("chip_size", 320)))
     check_precision(precision)
     if precision == "fp32":
         return export_onnx(model, out_path, meta, tile_size, **options)
@@ -332,25 +335,44 @@ def _chip_dir(path: Any) -> Path | None:
     return root if (root / "manifest.json").is_file() else None
 
 
+def _labelled_tasks(manifest: Mapping[str, Any]) -> tuple[str, ...]:
+    """The tasks a chip dataset has labels for (manifest ``task``: det|seg|both|none; missing = both)."""
+    return {"none": (), "det": ("det",), "seg": ("seg",)}.get(manifest.get("task", "both"), ("det", "seg"))
+
+
+def given_sources(
+    roots: Sequence[str | os.PathLike[str]], trained: Mapping[str, Mapping[str, Any]]
+) -> list[ChipSource]:
+    """Calibration chip datasets given by the user: every one calibrates; each task's accuracy cost is measured
+    on ONE of them that has that task's labels, the one from the dataset that task was trained on
+    (``trained``: the checkpoint metadata's ``datasets``) when listed, else the first with labels. Unlabelled
+    (``--task none``) chips only calibrate."""
+    manifests = []
+    for root in roots:
+        if _chip_dir(root) is None:
+            raise InputError(f"{param_ref('calibration')} {root}: expected a chip dataset folder with manifest.json")
+        manifests.append(json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8")))
+    measured: dict[int, list[str]] = {k: [] for k in range(len(roots))}
+    for task in ("det", "seg"):
+        labelled = [k for k, m in enumerate(manifests) if task in _labelled_tasks(m)]
+        own = [k for k in labelled if manifests[k].get("dataset") == (trained.get(task) or {}).get("dataset")]
+        if labelled:
+            measured[(own or labelled)[0]].append(task)
+    return [ChipSource(Path(root), tuple(measured[k])) for k, root in enumerate(roots)]
+
+
 def calibration_sources(
     payload: Mapping[str, Any],
     ckpt_path: str | os.PathLike[str],
     calibration: Sequence[str | os.PathLike[str]] | str | os.PathLike[str] | None,
     required: bool = True,
 ) -> list[ChipSource]:
-    """The chip datasets to calibrate on and to measure the accuracy cost on: the ones given (each for every task),
-    else the training config's ``data.det`` / ``data.seg`` recorded in the checkpoint when they still exist
-    (none found: an InputError when ``required``, else an empty list)."""
+    """The chip datasets to calibrate on and to measure the accuracy cost on: the ones given
+    (:func:`given_sources`), else the training config's ``data.det`` / ``data.seg`` recorded in the checkpoint when
+    they still exist (none found: an InputError when ``required``, else an empty list)."""
     if calibration is not None:
         roots = [calibration] if isinstance(calibration, (str, os.PathLike)) else list(calibration)
-        sources = []
-        for root in roots:
-            if _chip_dir(root) is None:
-                raise InputError(
-                    f"{param_ref('calibration')} {root}: expected a chip dataset folder with manifest.json"
-                )
-            sources.append(ChipSource(Path(root)))
-        return sources
+        return given_sources(roots, (payload.get("metadata") or {}).get("datasets") or {})
     data = (payload.get("config") or {}).get("data") or {}
     found: dict[Path, list[str]] = {}
     for task in ("det", "seg"):

@@ -162,7 +162,7 @@ def int8_graph(
     sources: Sequence[ChipSource],
     work: Path,
     calibration_chips: int = DEFAULT_CALIBRATION_CHIPS,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write the INT8 graph of ``fp32_path`` to ``out_path`` (no metadata yet); return its ``quantization`` entry."""
@@ -283,7 +283,7 @@ def convert_precision(
     calibration_chips: int = DEFAULT_CALIBRATION_CHIPS,
     eval_split: str = "val",
     eval_chips: int = DEFAULT_EVAL_CHIPS,
-    reduce_range: bool = False,
+    reduce_range: bool = True,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Write the ``precision`` copy of the fp32 pmtl model ``fp32_path`` to ``out_path`` (atomically); return its

@@ -22,7 +22,7 @@ def postprocess_detections(
 ) -> list[dict[str, Tensor]]:
     """Per image {"boxes" (N, 4) xyxy px float32, "scores" (N,), "labels" (N,) long}, sorted by score.
 
-    Each (anchor, class) pair scoring above ``score_threshold`` is a candidate (sigmoid scores: one anchor may
+    Each (anchor, class) pair scoring at least ``score_threshold`` is a candidate (sigmoid scores: one anchor may
     yield several classes); ``pre_nms_top_k`` keeps the best candidates before NMS (speed), per-class NMS at
     ``iou_threshold``, then at most ``max_detections`` (None = no cap, the evaluation protocol of REFERENCE §2).
     Boxes are clipped to ``image_hw`` when given.
@@ -32,7 +32,7 @@ def postprocess_detections(
     results: list[dict[str, Tensor]] = []
     for scores_img, deltas_img in zip(scores_all, box_deltas):
         flat = scores_img.reshape(-1)
-        keep = torch.nonzero(flat > score_threshold).squeeze(1)
+        keep = torch.nonzero(flat >= score_threshold).squeeze(1)
         scores = flat[keep]
         if pre_nms_top_k is not None and scores.numel() > pre_nms_top_k:
             scores, order = scores.topk(pre_nms_top_k)

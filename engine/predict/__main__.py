@@ -9,20 +9,10 @@ import logging
 import sys
 from functools import partial
 
-from engine.core.cli import cli_progress, options, run_cli
+from engine.core.cli import cli_progress, run_cli
 from engine.core.errors import log_params_as_flags, quiet_gdal_close_errors
 from engine.core.progress import Progress
-
-PREDICT_OPTIONS = ("aoi", "bands", "overlap", "batch_size", "out_probs", "out_polygons", "device", "threads",
-                   "score_thresh", "value_max")  # fmt: skip
-"""Options passed to ``predict_raster`` under their own names."""
-
-
-def _bands(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated band numbers like 4,1,2, found {text!r}") from exc
+from engine.predict.options import add_raster_options, raster_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-vector", help="detections GeoPackage (one layer: class, class_id, score)")
     parser.add_argument("--out-probs", help="per-class probability GeoTIFF (uint8, p*250, 255 = nodata)")
     parser.add_argument("--out-polygons", help="class map polygons GeoPackage (class_id, class)")
-    parser.add_argument("--aoi", help="polygon vector file limiting the area processed")
-    parser.add_argument("--bands", type=_bands, help="raster band numbers in the model's band order, e.g. 4,1,2")
-    parser.add_argument("--overlap", type=int, help="tile overlap in px (default: the model's recommendation)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
-    parser.add_argument(
-        "--score-thresh", type=float, help="detection score threshold for all classes (default: the model's, per class)"
-    )
-    parser.add_argument("--value-max", type=float, help="raw value that maps to 1.0 (default: the model's scaling)")
+    add_raster_options(parser)
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
@@ -55,13 +37,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _predict(args: argparse.Namespace, progress: Progress) -> None:
-    from engine.predict.pipeline import predict_raster
+    from engine.predict.pipeline import run_prediction
 
-    keywords = options(args, PREDICT_OPTIONS)
-    summary = predict_raster(args.model, args.input, args.out_raster, args.out_vector, progress=progress, **keywords)
+    outputs = {
+        "raster": args.out_raster,
+        "probs": args.out_probs,
+        "vector": args.out_vector,
+        "polygons": args.out_polygons,
+    }
+    settings = raster_settings(args)
+    prediction = run_prediction(
+        args.model, args.input, outputs, settings, device=args.device, threads=args.threads, progress=progress
+    )
     if hasattr(progress, "close"):
         progress.close()
-    print(json.dumps(summary.as_dict(), indent=1))
+    print(json.dumps(prediction.summary.as_dict(), indent=1))
 
 
 if __name__ == "__main__":

@@ -92,9 +92,10 @@ def tile_detections(
     tile: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One tile's graph outputs (A, D) sigmoid scores and (A, 4) boxes → kept (boxes, scores, labels), boxes
-    clipped to the tile. Mirrors ``engine.models.postprocess_detections`` (every anchor×class above threshold;
-    ``score_thresh`` one number, or one per class (D,))."""
-    anchor_idx, labels = np.nonzero(scores > score_thresh)
+    clipped to the tile. Mirrors ``engine.models.postprocess_detections`` (every anchor×class scoring at least the
+    threshold, as ``engine.evaluate.detection.f1_optimal_score`` chose it; ``score_thresh`` one number, or one per
+    class (D,))."""
+    anchor_idx, labels = np.nonzero(scores >= score_thresh)
     if anchor_idx.size == 0:
         return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
     picked = np.clip(boxes[anchor_idx], 0.0, float(tile)).astype(np.float32)
@@ -134,12 +135,21 @@ _SEAMS = ((RIGHT, LEFT, (0, 1)), (BOTTOM, TOP, (1, 0)))
 """(side of box a, facing side of box b, offset of b's tile from a's): the two kinds of seam between tiles."""
 
 
-def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float) -> np.ndarray:
-    """(len(a), len(b)) True where box b (next tile to the right / below) continues box a across their seam: it
-    starts before a ends, and along the seam they span mostly the same extent (1-D IoU ≥ ``min_overlap``)."""
-    end, start, lo, hi = (2, 0, 1, 3) if side == RIGHT else (3, 1, 0, 2)
-    reaches = a[:, end, None] > b[None, :, start]
-    return reaches & (_span_iou(a[:, lo], a[:, hi], b[:, lo], b[:, hi]) >= min_overlap)
+def _continues_across(a: np.ndarray, b: np.ndarray, side: int, min_overlap: float, margin: float = 1.0) -> np.ndarray:
+    """(len(a), len(b)) True where box b (next tile to the right / below) continues box a across their seam.
+
+    An object cut by both facing borders crosses the whole band the two tiles share, so its part in tile a spans
+    from before b's start up to a's border, and its part in tile b from b's border past a's end: a starts no later
+    than b, b ends no earlier than a, and they meet (touching counts: with no overlap the borders coincide). Two
+    different objects, each whole in one tile and cut in the other, fail this. Along the seam both parts span
+    mostly the same extent (1-D IoU ≥ ``min_overlap``). ``margin``: the border tolerance of
+    :func:`truncated_at_seams`.
+    """
+    start, end, lo, hi = (0, 2, 1, 3) if side == RIGHT else (1, 3, 0, 2)
+    a_start, a_end = a[:, start, None], a[:, end, None]
+    b_start, b_end = b[None, :, start], b[None, :, end]
+    spans_band = (a_start <= b_start + margin) & (b_end >= a_end - margin) & (a_end >= b_start - margin)
+    return spans_band & (_span_iou(a[:, lo], a[:, hi], b[:, lo], b[:, hi]) >= min_overlap)
 
 
 def _seam_matches(

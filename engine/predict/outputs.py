@@ -118,8 +118,15 @@ def style_class_map(band: gdal.Band, classes: Sequence[str], palette: Sequence[S
     band.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
 
 
-def create_class_map(path: Path, src: Source, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> gdal.Dataset:
-    out = _create(path, src, 1)
+def create_class_map(
+    path: Path,
+    src: Source,
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    grid_ds: gdal.Dataset | None = None,
+) -> gdal.Dataset:
+    """A styled uint8 class-map GeoTIFF on the working grid of ``src`` (or on ``grid_ds``'s grid)."""
+    out = _create(path, src, 1, grid_ds)
     style_class_map(out.GetRasterBand(1), classes, palette)
     return out
 
@@ -156,10 +163,11 @@ def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) 
     )
     out.SetGeoTransform(target.GetGeoTransform())  # the exact input grid, not one re-derived from bounds
     out.SetProjection(target.GetProjection())
+    # every TIFF tag (colour table → PhotometricInterpretation) before any pixel: once GDAL has flushed a block
+    # (an output larger than its cache), libtiff refuses to change them
     for b in range(1, work.RasterCount + 1):
         source_band, band = work.GetRasterBand(b), out.GetRasterBand(b)
         band.SetNoDataValue(NODATA)
-        band.Fill(NODATA)
         if source_band.GetRasterColorTable() is not None:
             band.SetRasterColorTable(source_band.GetRasterColorTable())
             band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
@@ -167,7 +175,15 @@ def _warp_to_input(work_path: Path, out_path: Path, src: Source, resample: str) 
         band.SetDescription(source_band.GetDescription())
         if source_band.GetScale() not in (None, 1.0):
             band.SetScale(source_band.GetScale())
-    gdal.Warp(out, work, resampleAlg=resample, srcNodata=NODATA, dstNodata=NODATA, multithread=False)
+    gdal.Warp(
+        out,
+        work,
+        resampleAlg=resample,
+        srcNodata=NODATA,
+        dstNodata=NODATA,
+        multithread=False,
+        warpOptions=["INIT_DEST=NO_DATA"],  # pixels no working pixel reaches are nodata, written once
+    )
     out.FlushCache()
     del out  # closed here, inside the caller's error collection
     work = None
@@ -180,18 +196,25 @@ def write_detections(
     src: Source,
     name: str = "",
     colours: Sequence[Sequence[int]] = (),
+    sources: Sequence[str] | None = None,
 ) -> None:
     """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS.
 
     The model's class names and colours go into the layer metadata (``CLASS_NAMES``, ``CLASS_COLORS``, JSON), as
     class maps carry theirs, so a styler that only has the file draws each class in the model's colour.
+    ``sources`` (one per detection) adds a field ``source``: the raster each object was found in.
     """
     with writing(name or path):
-        _write_detections(path, dets, classes, src, colours)
+        _write_detections(path, dets, classes, src, colours, sources)
 
 
 def _write_detections(
-    path: Path, dets: Detections, classes: Sequence[str], src: Source, colours: Sequence[Sequence[int]]
+    path: Path,
+    dets: Detections,
+    classes: Sequence[str],
+    src: Source,
+    colours: Sequence[Sequence[int]],
+    sources: Sequence[str] | None = None,
 ) -> None:
     gt = src.geotransform
     work_srs = srs_of(src.wkt)
@@ -204,12 +227,14 @@ def _write_detections(
     layer.CreateField(ogr.FieldDefn("class", ogr.OFTString))
     layer.CreateField(ogr.FieldDefn("class_id", ogr.OFTInteger))
     layer.CreateField(ogr.FieldDefn("score", ogr.OFTReal))
+    if sources is not None:
+        layer.CreateField(ogr.FieldDefn("source", ogr.OFTString))
     layer.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
     if len(colours) == len(classes):
         layer.SetMetadataItem("CLASS_COLORS", json.dumps([[int(v) for v in c[:3]] for c in colours]))
     defn = layer.GetLayerDefn()
     layer.StartTransaction()
-    for box, score, label in zip(dets.boxes, dets.scores, dets.labels):
+    for k, (box, score, label) in enumerate(zip(dets.boxes, dets.scores, dets.labels)):
         px = np.array([box[0], box[2], box[2], box[0], box[0]], np.float64)
         py = np.array([box[1], box[1], box[3], box[3], box[1]], np.float64)
         mx, my = pixel_to_map(gt, px, py)
@@ -224,6 +249,8 @@ def _write_detections(
         feature.SetField("class", classes[int(label)] if int(label) < len(classes) else f"class_{int(label)}")
         feature.SetField("class_id", int(label))
         feature.SetField("score", float(score))
+        if sources is not None:
+            feature.SetField("source", str(sources[k]))
         feature.SetGeometry(polygon)
         layer.CreateFeature(feature)
     layer.CommitTransaction()

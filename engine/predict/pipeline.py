@@ -28,7 +28,7 @@ from engine.predict.detections import (
     truncated_at_seams,
 )
 from engine.predict.model import OnnxModel
-from engine.predict.raster import Source, WindowReader, load_aoi, open_source
+from engine.predict.raster import MAX_GSD_RATIO, Source, WindowReader, grid_dataset, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
 log = logging.getLogger("engine.predict")
@@ -75,9 +75,29 @@ def _read_batch(src: Source, grid: TileGrid, chunk: Sequence[tuple[int, int]]) -
     return tiles
 
 
-def _batches(src: Source, grid: TileGrid, batch_size: int) -> Iterator[list[_Tile]]:
+@dataclasses.dataclass(frozen=True)
+class TileWindow:
+    """Tile rows [``first``, ``stop``) of a raster's grid, predicted as one piece of a larger job (the region job's
+    windows of a raster too big for one task). The row above ``first`` runs too, unwritten: its blend carries into
+    row ``first``, so every pixel written is the one a whole-raster run writes. Detections come back per tile,
+    unmerged: the job merges every window's at once, seams between windows like any other."""
+
+    first: int
+    stop: int
+
+    def tiles(self, grid: TileGrid) -> list[tuple[int, int]]:
+        """The tiles this window runs, in raster order (the blending row above included)."""
+        return [(i, j) for i in range(max(self.first - 1, 0), self.stop) for j in range(len(grid.xs))]
+
+    def pixel_rows(self, grid: TileGrid) -> tuple[int, int]:
+        """The raster rows [y0, y1) this window writes."""
+        y0 = grid.ys[self.first] if self.first > 0 else 0
+        y1 = grid.ys[self.stop] if self.stop < len(grid.ys) else grid.height
+        return y0, y1
+
+
+def _batches(src: Source, grid: TileGrid, batch_size: int, order: list[tuple[int, int]]) -> Iterator[list[_Tile]]:
     """Tiles in raster order, batch by batch; the next batch is read in a thread while the model runs."""
-    order = grid.tiles()
     chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmtl-read") as pool:
         pending = pool.submit(_read_batch, src, grid, chunks[0])
@@ -91,15 +111,18 @@ def _batches(src: Source, grid: TileGrid, batch_size: int) -> Iterator[list[_Til
 class _SegWriter:
     """Turns blended final blocks into class ids (and probabilities) written window by window."""
 
-    def __init__(self, kind: str, classes: out.RasterOutput | None, probs: out.RasterOutput | None) -> None:
+    def __init__(
+        self, kind: str, classes: out.RasterOutput | None, probs: out.RasterOutput | None, y0: int = 0
+    ) -> None:
         self.kind, self.classes, self.probs = kind, classes, probs
+        self.y0 = y0  # the first raster row of the outputs (a window's band)
 
     def write(self, block: FinalBlock, valid: np.ndarray) -> None:
         invalid = ~valid[: block.rows, : block.cols]
         if self.classes is not None:
             ids = block.data.argmax(axis=0).astype(np.uint8)
             ids[invalid] = out.NODATA
-            self.classes.write(1, ids, block.x, block.y)
+            self.classes.write(1, ids, block.x, block.y - self.y0)
         if self.probs is not None:
             if self.kind == "logits":
                 probs = out.softmax(block.data)
@@ -108,7 +131,7 @@ class _SegWriter:
             scaled = (probs * out.PROB_SCALE + 0.5).astype(np.uint8)
             scaled[:, invalid] = out.NODATA
             for b in range(scaled.shape[0]):
-                self.probs.write(b + 1, scaled[b], block.x, block.y)
+                self.probs.write(b + 1, scaled[b], block.x, block.y - self.y0)
 
     def outputs(self) -> list[out.RasterOutput]:
         return [o for o in (self.classes, self.probs) if o is not None]
@@ -142,11 +165,14 @@ class _TileSink:
     writer: _SegWriter | None
     detect: bool
     thresh: float | np.ndarray
+    first_row: int = 0  # tile rows above it only blend (a window's extra row): nothing of theirs is kept
     parts: list[Detections] = dataclasses.field(default_factory=list)
 
     def consume(self, tiles: list[_Tile], run: list[_Tile], result) -> None:
         if self.detect and result is not None and result.scores is not None:
             for k, tile in enumerate(run):
+                if tile.i < self.first_row:
+                    continue
                 found = _tile_dets(self.model, self.grid, tile, result.scores[k], result.boxes[k], self.thresh)
                 if found is not None:
                     self.parts.append(found)
@@ -154,7 +180,7 @@ class _TileSink:
             seg = {id(t): result.seg[k] for k, t in enumerate(run)} if run else {}
             for tile in tiles:
                 block = self.blender.add(tile.i, tile.j, seg.get(id(tile)))
-                if block is not None:
+                if block is not None and tile.i >= self.first_row:
                     self.writer.write(block, tile.valid)
 
 
@@ -167,17 +193,20 @@ def _run_tiles(
     detect: bool,
     thresh: float | np.ndarray,
     progress: Progress | None,
+    window: TileWindow | None = None,
 ) -> tuple[list[Detections], int]:
     """The sliding window: read (one batch ahead, in a thread), run, then blend + write seg and collect per-tile
     detections in another thread while the model runs the next batch (onnxruntime releases the GIL; with a fast
     int8 model this work would otherwise add ~10 % to the run). Returns the detections and how many tiles ran
-    (tiles with no valid pixel are skipped)."""
-    blender = Blender(grid, len(model.info.seg_classes)) if writer is not None else None
-    sink = _TileSink(model, grid, blender, writer, detect, thresh)
+    (tiles with no valid pixel are skipped). ``window``: only those tile rows."""
+    order = grid.tiles() if window is None else window.tiles(grid)
+    first = 0 if window is None else window.first
+    blender = Blender(grid, len(model.info.seg_classes), order[0][0]) if writer is not None else None
+    sink = _TileSink(model, grid, blender, writer, detect, thresh, first)
     done = tiles_run = 0
     pending = None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pmtl-post") as post:
-        for tiles in _batches(src, grid, batch_size):
+        for tiles in _batches(src, grid, batch_size, order):
             check_cancel(progress)
             run = [t for t in tiles if t.data is not None]
             result = model.run(np.stack([t.data for t in run])) if run else None
@@ -187,25 +216,243 @@ def _run_tiles(
             pending = post.submit(sink.consume, tiles, run, result)
             done += len(tiles)
             if progress is not None:
-                progress.report(0.95 * done / len(grid), f"tile {done}/{len(grid)}")
+                progress.report(0.95 * done / len(order), f"tile {done}/{len(order)}")
         if pending is not None:
             pending.result()
     return sink.parts, tiles_run
 
 
-def _check_request(model: OnnxModel, out_raster, out_vector, out_probs, out_polygons) -> None:
-    if not any((out_raster, out_vector, out_probs, out_polygons)):
+def _check_request(model: OnnxModel, requested: dict[str, str], detect: bool) -> None:
+    if not requested and not detect:
         raise ConfigError("predict: give at least one output (out_raster, out_vector, out_probs or out_polygons)")
     info = model.info
-    if info.seg_output is None and (out_raster or out_probs or out_polygons):
+    if info.seg_output is None and requested.keys() & {"raster", "probs", "polygons"}:
         raise ConfigError(
             f"model '{model.path}' has no segmentation output: out_raster/out_probs/out_polygons unusable"
         )
-    if info.det_scores_output is None and out_vector:
+    if info.det_scores_output is None and detect:
         raise ConfigError(f"model '{model.path}' has no detection outputs: out_vector unusable")
-    for value, name in ((out_raster, "out_raster"), (out_vector, "out_vector"), (out_probs, "out_probs")):
-        out.check_writable(value, name)
-    out.check_writable(out_polygons, "out_polygons")
+    for name, value in requested.items():
+        out.check_writable(value, f"out_{name}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RasterSettings:
+    """The per-raster options of ``engine.predict`` (the region job passes the same to every raster): band
+    mapping, AOI, tile overlap, batch, thresholds, value scaling, GSD limits and the GDAL block cache (MB)."""
+
+    aoi: str | None = None
+    bands: tuple[int, ...] | None = None
+    overlap: int | None = None
+    batch_size: int = 4
+    score_thresh: float | None = None
+    value_max: float | None = None
+    gsd_tolerance: float = 0.25
+    max_gsd_ratio: float = MAX_GSD_RATIO
+    cache_mb: int = 32
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 1:
+            raise ConfigError(f"{param_ref('batch_size')}: expected a number >= 1, found {self.batch_size}")
+        if not self.max_gsd_ratio > 1.0:
+            raise ConfigError(f"{param_ref('max_gsd_ratio')}: expected a ratio > 1, found {self.max_gsd_ratio}")
+
+
+@contextlib.contextmanager
+def bounded_gdal_cache(megabytes: int) -> Iterator[None]:
+    """GDAL's block cache capped at ``megabytes`` meanwhile (its default is a share of the machine's memory): the
+    memory of reading, writing and warping does not follow the raster's size. Restored after."""
+    old_cache = gdal.GetCacheMax()
+    gdal.SetCacheMax(int(megabytes) * 1024 * 1024)
+    try:
+        yield
+    finally:
+        gdal.SetCacheMax(old_cache)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One raster's result: the summary, and the detections kept (working-grid pixels of ``source``)."""
+
+    summary: PredictSummary
+    detections: Detections
+    source: Source
+
+
+def _open_model(model_path: PathLike | OnnxModel, device: str, threads: int | None) -> tuple[OnnxModel, list[str]]:
+    """The model (an already-open one as it is, not loaded twice) and its notes, logged."""
+    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
+    notes = list(model.info.notes)
+    if model.info.raw.get("precision") == "fp16" and model.provider == "CPUExecutionProvider":
+        notes.append("fp16 model on the CPU provider (no CUDA in onnxruntime): slower than its fp32 or int8 export")
+    for note in notes:
+        log.warning(note)
+    return model, notes
+
+
+def open_input(
+    model: OnnxModel, input_path: PathLike | WindowReader, settings: RasterSettings, notes: list[str]
+) -> Source:
+    """The input as :class:`Source` (working grid chosen, GSD checked) with the AOI of ``settings``."""
+    src = open_source(
+        input_path,
+        model.info,
+        settings.bands,
+        settings.value_max,
+        settings.gsd_tolerance,
+        notes,
+        settings.max_gsd_ratio,
+    )
+    if settings.aoi is not None:
+        src.aoi = load_aoi(settings.aoi, src)
+    return src
+
+
+@dataclasses.dataclass
+class _Targets:
+    """Where each output is written: ``final`` the temporary names renamed on success; the class map and
+    probabilities go through a working-grid scratch file first when the input is warped."""
+
+    requested: dict[str, str]
+    final: dict[str, Path]
+    class_final: Path | None = None
+    class_work: Path | None = None
+    prob_work: Path | None = None
+
+
+def _targets(stack: contextlib.ExitStack, requested: dict[str, str], warped: bool) -> _Targets:
+    final = {name: Path(stack.enter_context(atomic_path(p))) for name, p in requested.items()}
+
+    def scratch(target: PathLike) -> Path:
+        path = temporary_sibling(target, ".tif")
+        stack.callback(lambda: path.unlink(missing_ok=True))
+        return path
+
+    targets = _Targets(requested, final)
+    if "raster" in requested or "polygons" in requested:
+        targets.class_final = final.get("raster") or scratch(requested["polygons"])
+        targets.class_work = scratch(targets.class_final) if warped else targets.class_final
+    if "probs" in requested:
+        targets.prob_work = scratch(final["probs"]) if warped else final["probs"]
+    return targets
+
+
+def _open_writer(targets: _Targets, src: Source, info) -> _SegWriter:
+    writer = _SegWriter(info.seg_kind, None, None)
+    class_name = targets.requested.get("raster") or targets.requested.get("polygons")
+    if targets.class_work is not None:
+        with out.writing(class_name):
+            writer.classes = out.RasterOutput(
+                class_name, out.create_class_map(targets.class_work, src, info.seg_classes, info.seg_colors)
+            )
+    if targets.prob_work is not None:
+        with out.writing(targets.requested["probs"]):
+            writer.probs = out.RasterOutput(
+                targets.requested["probs"], out.create_probabilities(targets.prob_work, src, info.seg_classes)
+            )
+    return writer
+
+
+def _finish_rasters(targets: _Targets, src: Source, info) -> None:
+    """Warp the working-grid rasters onto the input grid, then polygonise the class map."""
+    requested = targets.requested
+    if src.warped:
+        class_name = requested.get("raster") or requested.get("polygons")
+        if targets.class_work is not None:
+            out.warp_to_input(targets.class_work, targets.class_final, src, "near", class_name)
+        if targets.prob_work is not None:
+            out.warp_to_input(targets.prob_work, targets.final["probs"], src, "bilinear", requested["probs"])
+    if "polygons" in requested:
+        count = out.polygonize(targets.class_final, targets.final["polygons"], info.seg_classes, requested["polygons"])
+        log.info("%d segment polygons", count)
+
+
+def merge_detections(parts: list[Detections], info, width: int, height: int) -> tuple[Detections, int]:
+    """Per-tile detections → one per object (seam fragments fused, duplicates merged), boxes clipped to the
+    ``width`` × ``height`` raster; also returns how many there were before the merge."""
+    dets = fuse_seam_fragments(Detections.concat(parts))
+    kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
+    kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, width)
+    kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, height)
+    return kept, len(dets)
+
+
+def tile_plan(model: OnnxModel, src: Source, settings: RasterSettings) -> tuple[TileGrid, float | np.ndarray]:
+    """The raster's tile grid (the model's tile, the overlap asked for or the model's) and detection thresholds."""
+    info = model.info
+    overlap = info.overlap if settings.overlap is None else int(settings.overlap)
+    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
+    thresh = default_thresholds(info) if settings.score_thresh is None else float(settings.score_thresh)
+    log.info(
+        "model %s on %s: %d tiles of %d px, provider %s", model.path, src.path, len(grid), grid.tile, model.provider
+    )
+    return grid, thresh
+
+
+def _run_and_write(
+    model: OnnxModel,
+    src: Source,
+    targets: _Targets,
+    settings: RasterSettings,
+    detect: bool,
+    progress: Progress | None,
+) -> tuple[Detections, int, int, int]:
+    """Tiles → rasters (closed, warped, polygonised) and merged detections (written when requested); returns the
+    detections, raw detection count, tile count and tiles run."""
+    info = model.info
+    grid, thresh = tile_plan(model, src, settings)
+    writer = _open_writer(targets, src, info)
+    parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), None, progress)
+    _finish_rasters(targets, src, info)
+    kept, raw_count = merge_detections(parts, info, src.width, src.height) if detect else (Detections.empty(), 0)
+    if "vector" in targets.requested:
+        name = targets.requested["vector"]
+        out.write_detections(targets.final["vector"], kept, info.det_classes, src, name, colours=info.det_colors)
+    check_cancel(progress)
+    return kept, raw_count, len(grid), tiles_run
+
+
+def run_prediction(
+    model_path: PathLike | OnnxModel,
+    input_path: PathLike | WindowReader,
+    outputs: dict[str, PathLike],
+    settings: RasterSettings,
+    *,
+    detect: bool | None = None,
+    device: str = "auto",
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Prediction:
+    """:func:`predict_raster` with its steps named: open the model and input, open the outputs (``outputs`` keys
+    raster, probs, vector, polygons), run the tiles, warp and polygonise, merge detections. ``detect`` (default:
+    when a vector output is asked for) also returns the detections without writing them (the region job)."""
+    started = time.perf_counter()
+    model, notes = _open_model(model_path, device, threads)
+    requested = {name: str(p) for name, p in outputs.items() if p is not None}
+    detect = "vector" in requested if detect is None else bool(detect)
+    _check_request(model, requested, detect)
+    src = open_input(model, input_path, settings, notes)
+    with bounded_gdal_cache(settings.cache_mb), contextlib.ExitStack() as stack:
+        targets = _targets(stack, requested, src.warped)
+        kept, raw_count, tiles, tiles_run = _run_and_write(model, src, targets, settings, detect, progress)
+    seconds = time.perf_counter() - started
+    megapixels = src.width * src.height / 1e6
+    if progress is not None:
+        progress.report(1.0, "done")
+    summary = PredictSummary(
+        provider=model.provider,
+        tiles=tiles,
+        tiles_run=tiles_run,
+        seconds=seconds,
+        megapixels=megapixels,
+        mpx_per_s=megapixels / max(seconds, 1e-9),
+        detections=len(kept),
+        raw_detections=raw_count,
+        warnings=notes,
+        outputs=requested,
+        model_source=model.info.source,
+    )
+    return Prediction(summary, kept, src)
 
 
 def predict_raster(
@@ -225,6 +472,7 @@ def predict_raster(
     score_thresh: float | None = None,
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
+    max_gsd_ratio: float = MAX_GSD_RATIO,
     cache_mb: int = 32,
     progress: Progress | None = None,
 ) -> PredictSummary:
@@ -237,124 +485,87 @@ def predict_raster(
     probabilities (×250), ``out_polygons`` the class map as polygons, ``out_vector`` detections (one layer, fields
     class, class_id, score). Every output appears only if the whole run succeeds. ``bands``: 1-based raster band
     numbers in the model's band order. ``overlap`` defaults to the model's recommendation. ``model_path`` may be
-    an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with).
+    an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with). A raster whose
+    GSD is more than ``max_gsd_ratio`` times away from the model's is refused.
     """
-    started = time.perf_counter()
-    batch_size = 4 if batch_size is None else int(batch_size)
-    if batch_size < 1:
-        raise ConfigError(f"{param_ref('batch_size')}: expected a number >= 1, found {batch_size}")
-    # an already-open model (the QGIS algorithm reads its metadata first) is used as it is, not loaded twice
-    model = model_path if isinstance(model_path, OnnxModel) else OnnxModel(model_path, device=device, threads=threads)
-    info = model.info
-    _check_request(model, out_raster, out_vector, out_probs, out_polygons)
-    notes = list(info.notes)
-    if info.raw.get("precision") == "fp16" and model.provider == "CPUExecutionProvider":
-        notes.append("fp16 model on the CPU provider (no CUDA in onnxruntime): slower than its fp32 or int8 export")
-    for note in notes:
-        log.warning(note)
-    src = open_source(input_path, info, bands, value_max, gsd_tolerance, notes)
-    if aoi is not None:
-        src.aoi = load_aoi(aoi, src)
-    overlap = info.overlap if overlap is None else int(overlap)
-    grid = TileGrid(src.width, src.height, info.tile_size, overlap)
-    thresh = default_thresholds(info) if score_thresh is None else float(score_thresh)
-    log.info(
-        "model %s on %s: %d tiles of %d px, provider %s", model.path, input_path, len(grid), grid.tile, model.provider
+    settings = RasterSettings(
+        aoi=None if aoi is None else str(aoi),
+        bands=None if bands is None else tuple(int(b) for b in bands),
+        overlap=overlap,
+        batch_size=4 if batch_size is None else int(batch_size),
+        score_thresh=score_thresh,
+        value_max=value_max,
+        gsd_tolerance=gsd_tolerance,
+        max_gsd_ratio=max_gsd_ratio,
+        cache_mb=cache_mb,
     )
+    outputs = {"raster": out_raster, "probs": out_probs, "vector": out_vector, "polygons": out_polygons}
+    return run_prediction(
+        model_path, input_path, outputs, settings, device=device, threads=threads, progress=progress
+    ).summary
 
-    old_cache = gdal.GetCacheMax()
-    gdal.SetCacheMax(int(cache_mb) * 1024 * 1024)  # bounded block cache: memory does not follow raster size
-    raw_count = 0
-    kept = Detections.empty()
-    requested = {
-        name: str(p)
-        for name, p in (
-            ("raster", out_raster),
-            ("probs", out_probs),
-            ("vector", out_vector),
-            ("polygons", out_polygons),
-        )
-        if p is not None
-    }
+
+@dataclasses.dataclass
+class WindowPrediction:
+    """One :class:`TileWindow` of a raster: its class-map band was written (working grid, rows ``rows``), its
+    detections are per tile, unmerged, in working-grid pixels; ``tiles_run`` tiles ran."""
+
+    detections: Detections
+    rows: tuple[int, int]
+    tiles_run: int
+
+
+def predict_window(
+    model: OnnxModel,
+    input_path: PathLike,
+    out_band: PathLike | None,
+    settings: RasterSettings,
+    window: TileWindow,
+    progress: Progress | None = None,
+) -> WindowPrediction:
+    """Run one window of a raster: ``out_band`` (a GeoTIFF, written under a temporary name) receives the class ids
+    of the window's rows on the working grid (no warp: the whole raster is warped once, when its windows are put
+    together); detections are returned per tile for the job to merge with the other windows'."""
+    notes: list[str] = []
+    src = open_input(model, input_path, settings, notes)
+    grid, thresh = tile_plan(model, src, settings)
+    y0, y1 = window.pixel_rows(grid)
+    detect = model.info.det_scores_output is not None
+    with bounded_gdal_cache(settings.cache_mb), contextlib.ExitStack() as stack:
+        writer = _SegWriter(model.info.seg_kind, None, None, y0)
+        if out_band is not None and model.info.seg_output is not None:
+            band = Path(stack.enter_context(atomic_path(out_band)))
+            gt = src.geotransform
+            rows_grid = grid_dataset(
+                src.width, y1 - y0, (gt[0], gt[1], gt[2], gt[3] + y0 * gt[5], gt[4], gt[5]), src.wkt
+            )
+            with out.writing(out_band):
+                created = out.create_class_map(band, src, model.info.seg_classes, model.info.seg_colors, rows_grid)
+            writer.classes = out.RasterOutput(str(out_band), created)
+        parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), window, progress)
+    return WindowPrediction(Detections.concat(parts), (y0, y1), tiles_run)
+
+
+def _run_and_close(
+    model: OnnxModel,
+    src: Source,
+    grid: TileGrid,
+    settings: RasterSettings,
+    writer: _SegWriter,
+    detection: tuple[bool, float | np.ndarray],
+    window: TileWindow | None,
+    progress: Progress | None,
+) -> tuple[list[Detections], int]:
+    """:func:`_run_tiles`, then the raster outputs flushed and closed (a full disk fails here, before any
+    rename); on any error they are dropped. ``detection``: (detect, thresholds)."""
+    segment = writer if writer.outputs() else None
     try:
-        with contextlib.ExitStack() as stack:
-            final = {name: Path(stack.enter_context(atomic_path(p))) for name, p in requested.items()}
-
-            def scratch(target: PathLike) -> Path:
-                path = temporary_sibling(target, ".tif")
-                stack.callback(lambda: path.unlink(missing_ok=True))
-                return path
-
-            need_classes = out_raster is not None or out_polygons is not None
-            class_final = final.get("raster") or (scratch(out_polygons) if need_classes else None)
-            class_work = (scratch(class_final) if src.warped else class_final) if class_final else None
-            prob_work = (scratch(final["probs"]) if src.warped else final["probs"]) if out_probs else None
-
-            class_name = requested.get("raster") or requested.get("polygons")
-            writer = _SegWriter(info.seg_kind, None, None)
-            if class_work is not None:
-                with out.writing(class_name):
-                    writer.classes = out.RasterOutput(
-                        class_name, out.create_class_map(class_work, src, info.seg_classes, info.seg_colors)
-                    )
-            if prob_work is not None:
-                with out.writing(requested["probs"]):
-                    writer.probs = out.RasterOutput(
-                        requested["probs"], out.create_probabilities(prob_work, src, info.seg_classes)
-                    )
-            try:
-                parts, tiles_run = _run_tiles(
-                    model,
-                    src,
-                    grid,
-                    batch_size,
-                    writer if writer.outputs() else None,
-                    out_vector is not None,
-                    thresh,
-                    progress,
-                )
-            except BaseException:
-                for output in writer.outputs():
-                    output.discard()
-                raise
-            for output in writer.outputs():
-                output.close()  # flushed and checked: a full disk fails here, before any rename
-
-            check_cancel(progress)
-            if src.warped:
-                if class_work is not None:
-                    out.warp_to_input(class_work, class_final, src, "near", class_name)
-                if prob_work is not None:
-                    out.warp_to_input(prob_work, final["probs"], src, "bilinear", requested["probs"])
-            if out_polygons is not None:
-                count = out.polygonize(class_final, final["polygons"], info.seg_classes, requested["polygons"])
-                log.info("%d segment polygons", count)
-            if out_vector is not None:
-                dets = fuse_seam_fragments(Detections.concat(parts))
-                raw_count = len(dets)
-                kept = dets.take(merge_across_tiles(dets, info.iou_thresh, info.ios_thresh))
-                kept.boxes[:, 0::2] = np.clip(kept.boxes[:, 0::2], 0, src.width)
-                kept.boxes[:, 1::2] = np.clip(kept.boxes[:, 1::2], 0, src.height)
-                out.write_detections(
-                    final["vector"], kept, info.det_classes, src, requested["vector"], colours=info.det_colors
-                )
-            check_cancel(progress)
-    finally:
-        gdal.SetCacheMax(old_cache)
-    seconds = time.perf_counter() - started
-    megapixels = src.width * src.height / 1e6
-    if progress is not None:
-        progress.report(1.0, "done")
-    return PredictSummary(
-        provider=model.provider,
-        tiles=len(grid),
-        tiles_run=tiles_run,
-        seconds=seconds,
-        megapixels=megapixels,
-        mpx_per_s=megapixels / max(seconds, 1e-9),
-        detections=len(kept),
-        raw_detections=raw_count,
-        warnings=notes,
-        outputs=requested,
-        model_source=info.source,
-    )
+        parts, tiles_run = _run_tiles(model, src, grid, int(settings.batch_size), segment, *detection, progress, window)
+    except BaseException:
+        for output in writer.outputs():
+            output.discard()
+        raise
+    for output in writer.outputs():
+        output.close()
+    check_cancel(progress)
+    return parts, tiles_run

@@ -1,7 +1,8 @@
 """The input raster as the model needs it: band mapping, value scaling, validity (nodata / AOI), working grid.
 
-When the raster's CRS is geographic, or its GSD is far from the model's, a lazily warped VRT (GDAL warp, with an
-alpha band marking real pixels) is the working grid: still read window by window, so memory stays flat. Outputs
+When the raster's CRS is geographic, or its GSD lies outside the range of the model's training domains (metadata
+``domains``; an older model's single ``gsd``), a lazily warped VRT (GDAL warp, with an alpha band marking real
+pixels) is the working grid: still read window by window, so memory stays flat. Outputs
 are computed on the working grid and warped back onto the input grid at the end.
 
 A raster GDAL cannot open (a QGIS XYZ/WMS basemap, a virtual raster) comes in as a :class:`WindowReader`: an object
@@ -244,18 +245,20 @@ def _band_warnings(ds: gdal.Dataset, band_list: Sequence[int], path: str, info: 
 def _value_scale(
     dtype: str, approx_range: Callable[[], tuple[float, float]], path: str, info: ModelInfo, value_max: float | None
 ) -> float:
-    """The raw value that maps to 1.0: given, the model's when the raster has its dtype (with a warning when the
-    raster's values use little of that range), else the raster's max."""
+    """The raw value that maps to 1.0: given, else that of the training domain (``info.value_scalings``) whose dtype
+    the raster has (with a warning when the raster's values use little of it or exceed it), else the raster's max
+    (with a warning)."""
     if value_max is not None:
         if value_max <= 0:
             raise ConfigError(f"{param_ref('value_max')}: expected a value > 0, found {value_max}")
         return float(value_max)
-    if dtype == info.value_dtype:
+    trained = info.value_max_for(dtype)
+    if trained is not None:
         if dtype != "uint8":
-            warning = range_warning(f"raster '{path}'", dtype, approx_range(), info.value_max, "value_max")
+            warning = range_warning(f"raster '{path}'", dtype, approx_range(), trained, "value_max")
             if warning:
                 log.warning(warning)
-        return info.value_max
+        return trained
     approx = approx_range()[1]
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
@@ -297,6 +300,22 @@ def _warp(ds: gdal.Dataset, srs_wkt: str, res: float | None) -> gdal.Dataset:
     return gdal.Warp("", ds, **options)
 
 
+MAX_GSD_RATIO: float = 8.0
+"""A raster whose GSD is further than this factor from the model's is refused (``max_gsd_ratio`` overrides)."""
+
+
+def check_gsd_ratio(path: str, gsd: float, model_gsd: float, max_gsd_ratio: float) -> None:
+    """InputError when ``gsd`` and the model's GSD are more than ``max_gsd_ratio`` apart (either way): a 30 m
+    scene given to a 20 cm model would be upsampled 150x and run for days."""
+    ratio = max(gsd / model_gsd, model_gsd / gsd)
+    if ratio > max_gsd_ratio:
+        raise InputError(
+            f"input raster '{path}': its GSD is {gsd:.3f} m and the model's {model_gsd:.3f} m ({ratio:.1f}x apart, "
+            f"more than {max_gsd_ratio:g}x); use a model trained at this GSD, or set --max-gsd-ratio "
+            f"(QGIS: Largest GSD ratio) above {ratio:.1f} to resample anyway"
+        )
+
+
 def open_source(
     path: str | os.PathLike[str] | WindowReader,
     info: ModelInfo,
@@ -304,6 +323,7 @@ def open_source(
     value_max: float | None = None,
     gsd_tolerance: float = 0.25,
     notes: list[str] | None = None,
+    max_gsd_ratio: float = MAX_GSD_RATIO,
 ) -> Source:
     """Open and check the input raster; choose the working grid (the raster itself, or a warped VRT).
 
@@ -327,7 +347,7 @@ def open_source(
     scale, offset = _standardisation(info, raw_max)
     known = len(notes)
     notes += _band_warnings(ds, band_list, path, info, bands is not None)
-    work, warped = _working_grid(ds, path, info, gsd_tolerance, notes)
+    work, warped = _working_grid(ds, path, info, (gsd_tolerance, max_gsd_ratio), notes)
     for note in notes[known:]:  # the model's own notes were logged by the caller
         log.warning(note)
     flags = {b: work.GetRasterBand(b).GetMaskFlags() for b in band_list}
@@ -347,9 +367,11 @@ def open_source(
 
 
 def _working_grid(
-    ds: gdal.Dataset, path: str, info: ModelInfo, gsd_tolerance: float, notes: list[str]
+    ds: gdal.Dataset, path: str, info: ModelInfo, gsd_limits: tuple[float, float], notes: list[str]
 ) -> tuple[gdal.Dataset, bool]:
-    """The raster itself, or a warped VRT when its CRS is geographic or its GSD far from the model's."""
+    """The raster itself, or a warped VRT when its CRS is geographic or its GSD far from the model's
+    (``gsd_limits``: the relative tolerance that needs no resampling, and the ratio refused outright)."""
+    gsd_tolerance, max_gsd_ratio = gsd_limits
     gt = ds.GetGeoTransform()
     srs = srs_of(ds.GetProjection())
     if srs is None:
@@ -360,21 +382,46 @@ def _working_grid(
         utm.ImportFromEPSG(utm_epsg(float(cx), float(cy)))
         probe = _warp(ds, utm.ExportToWkt(), None)
         res = math.sqrt(abs(probe.GetGeoTransform()[1] * probe.GetGeoTransform()[5]))
-        if info.gsd and abs(res / info.gsd - 1.0) > gsd_tolerance:
-            res = info.gsd
+        if info.gsd:
+            check_gsd_ratio(path, res, nearest_trained_gsd(res, info), max_gsd_ratio)
+        res = working_gsd(res, info, gsd_tolerance) or res
         notes.append(
             f"geographic CRS: processed in {utm.GetName()} (EPSG:{utm_epsg(float(cx), float(cy))}) at {res:.3f} m"
         )
         return _warp(ds, utm.ExportToWkt(), res), True
     elif info.gsd:
         gsd = _gsd_m(gt, srs)
-        if gsd is not None and abs(gsd / info.gsd - 1.0) > gsd_tolerance:
+        if gsd is not None:
+            check_gsd_ratio(path, gsd, nearest_trained_gsd(gsd, info), max_gsd_ratio)
+        target = None if gsd is None else working_gsd(gsd, info, gsd_tolerance)
+        if target is not None:
+            lo, hi = info.gsd_range or (info.gsd, info.gsd)
+            trained = f"{lo:.3f} m" if lo == hi else f"{lo:.3f}-{hi:.3f} m"
             notes.append(
-                f"raster GSD {gsd:.3f} m is far from the model's {info.gsd:.3f} m: resampled to it with GDAL warp "
-                "(outputs are written on the input grid)"
+                f"raster GSD {gsd:.3f} m is outside the model's trained {trained}: resampled to {target:.3f} m with "
+                "GDAL warp (outputs are written on the input grid)"
             )
-            return _warp(ds, ds.GetProjection(), info.gsd / srs.GetLinearUnits()), True
+            return _warp(ds, ds.GetProjection(), target / srs.GetLinearUnits()), True
     return ds, False
+
+
+def nearest_trained_gsd(gsd: float, info: ModelInfo) -> float:
+    """The trained GSD nearest to ``gsd``: ``gsd`` itself inside the training domains' range, else its nearer end."""
+    lo, hi = info.gsd_range or (info.gsd, info.gsd)
+    return min(max(gsd, lo), hi)
+
+
+def working_gsd(gsd: float, info: ModelInfo, tolerance: float) -> float | None:
+    """The GSD to resample a raster of ``gsd`` metres to: None when it lies within the training domains' range
+    (``info.gsd_range``, widened by ``tolerance``), else the nearer end of that range."""
+    if not info.gsd:
+        return None
+    lo, hi = info.gsd_range or (info.gsd, info.gsd)
+    if gsd < lo * (1.0 - tolerance):
+        return lo
+    if gsd > hi * (1.0 + tolerance):
+        return hi
+    return None
 
 
 def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] | None, value_max: float | None):
@@ -398,6 +445,10 @@ def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] |
         warped=False,
         windows=reader,
     )
+
+
+class OutsideAoi(InputError):
+    """The AOI does not overlap the raster (a region job skips that raster; a single prediction fails)."""
 
 
 def load_aoi(path: str | os.PathLike[str], source: Source) -> ogr.Geometry:
@@ -440,5 +491,5 @@ def load_aoi(path: str | os.PathLike[str], source: Source) -> ogr.Geometry:
     extent = ogr.Geometry(ogr.wkbPolygon)
     extent.AddGeometry(ring)
     if not union.Intersects(extent) or union.Intersection(extent).GetArea() <= 0:
-        raise InputError(f"AOI '{path}': its polygons do not overlap the raster '{source.path}'")
+        raise OutsideAoi(f"AOI '{path}': its polygons do not overlap the raster '{source.path}'")
     return union

@@ -85,7 +85,9 @@ class FinalBlock:
 class Blender:
     """Accumulates weighted tile outputs in raster order and hands back final blocks as soon as they are done."""
 
-    def __init__(self, grid: TileGrid, channels: int) -> None:
+    def __init__(self, grid: TileGrid, channels: int, first_row: int = 0) -> None:
+        """``first_row``: the tile row to start at (a window of the grid; that row's own output is incomplete, as
+        the rows above it never ran, and is for the caller to drop)."""
         self.grid = grid
         t, o = grid.tile, grid.overlap
         self.window = ramp(t, o)
@@ -100,7 +102,7 @@ class Blender:
         self.bottom = np.zeros((channels, o, grid.padded_width), np.float32)
         self.right = np.zeros((channels, t, o), np.float32)
         self.channels = channels
-        self._next = 0
+        self._next = first_row * len(grid.xs)
 
     def add(self, i: int, j: int, values: np.ndarray | None) -> FinalBlock | None:
         """Add tile (i, j)'s (C, T, T) output (None: skipped tile, contributes nothing); tiles must come in order."""

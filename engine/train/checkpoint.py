@@ -82,4 +82,5 @@ def model_from_checkpoint(
     meta = payload.get("metadata") or {}
     net.normalization = meta.get("normalization", "dataset")  # how its inputs were scaled
     net.input_normalization = (meta["mean"], meta["std"]) if "mean" in meta and "std" in meta else None
+    net.input_bands = list(meta["bands"]) if meta.get("bands") else None  # names, in the order it reads them
     return net.eval().to(device), payload

@@ -164,6 +164,40 @@ def _check_unlabelled(cfg: dict[str, Any]) -> None:
         )
 
 
+RESUME_FREE_KEYS = frozenset(
+    {"runtime.device", "runtime.out", "runtime.tensorboard", "runtime.log_every", "data.num_workers"}
+)
+"""Keys a resumed run may change: where it runs and how it logs, never what it computes (a changed epoch count or
+learning rate bends the cosine schedule; a changed batch size or seed, the batch stream)."""
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix: node}
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        out |= _flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Dotted key → (saved, current) for every key outside :data:`RESUME_FREE_KEYS` whose value differs."""
+    old, new = _flatten(saved), _flatten(current)
+    keys = sorted((set(old) | set(new)) - RESUME_FREE_KEYS)
+    return {key: (old.get(key), new.get(key)) for key in keys if old.get(key) != new.get(key)}
+
+
+def check_resume_config(saved: dict[str, Any], current: dict[str, Any], checkpoint: str | Path) -> None:
+    """Refuse to resume with a configuration other than the one the checkpoint was trained with."""
+    changed = resume_differences(saved, current)
+    if changed:
+        parts = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
+        raise ConfigError(
+            f"--resume ({checkpoint}): expected the configuration the run was started with, found changes: {parts}; "
+            "resume with the saved values or start a new run in another output folder"
+        )
+
+
 def validate_config(raw: dict[str, Any]) -> dict[str, Any]:
     """Merge ``raw`` over the defaults and check every key and type; raise ConfigError naming the key."""
     cfg = _check(raw, DEFAULTS, "")

@@ -121,13 +121,18 @@ def _select_score(metrics: dict[str, Any], select: str, tasks: list[str]) -> flo
     return {"det": det, "seg": seg, "mean": 0.5 * (det + seg)}[select]
 
 
-def prepare_batch(run: Run, stream: str, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Move a batch to the device; photometric jitter (train mode) and the run's normalisation on its images."""
+def prepare_batch(
+    run: Run, stream: str, batch: dict[str, Any]
+) -> tuple[torch.Tensor, dict[str, Any], dict[str, torch.Tensor]]:
+    """Move a batch to the device; photometric jitter (train mode), then each network's view of the jittered
+    images (``run.views``): the student's input and, with distillation, each teacher's (its bands, its mean/std)."""
     batch = _to_device(batch, run.device)
-    images = run.device_aug[stream](batch["image"], generator=run.aug_generator)
+    unit = run.device_aug[stream].unit(batch["image"], generator=run.aug_generator)
+    seen = {who: view(unit) for who, view in run.views[stream].items()}
     if run.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, batch
+        seen = {who: x.contiguous(memory_format=torch.channels_last) for who, x in seen.items()}
+    images = seen.pop("student")
+    return images, batch, seen
 
 
 def set_learning_rate(run: Run, step: int) -> None:
@@ -152,7 +157,7 @@ def train_step(
     terms: dict[str, torch.Tensor] = {}
     seen = 0
     for index, stream in enumerate(run.streams):
-        images, batch = prepare_batch(run, stream, next(streams[stream]))
+        images, batch, teacher_images = prepare_batch(run, stream, next(streams[stream]))
         last = index == len(run.streams) - 1
         sync = contextlib.nullcontext() if not run.info.enabled or last else run.model.no_sync()
         with sync:
@@ -166,6 +171,7 @@ def train_step(
                     run.settings,
                     run.anchors_for,
                     tuple(run.model_cfg.box_variances),
+                    teacher_images,
                 )
             sum(stream_terms.values()).backward()
         terms |= stream_terms
@@ -255,6 +261,7 @@ def validate(run: Run) -> dict[str, Any]:
         progress=None,
         shard=(run.info.rank, run.info.world_size),
         normalization=run.norm,
+        bands=run.manifests[run.tasks[0]]["bands"],
     )
 
 
@@ -376,6 +383,20 @@ def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def training_domains(manifests: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each trained task's imagery domain: dataset, GSD (m), value scaling and chip size."""
+    return [
+        {
+            "task": task,
+            "dataset": m["dataset"],
+            "gsd": float(m["gsd"]),
+            "value_scaling": dict(m["value_scaling"]),
+            "chip_size": int(m["chip_size"]),
+        }
+        for task, m in manifests.items()
+    ]
+
+
 def checkpoint_metadata(
     cfg: dict[str, Any],
     manifests: dict[str, Any],
@@ -383,7 +404,9 @@ def checkpoint_metadata(
     norm: Normalization,
 ) -> dict[str, Any]:
     """What export needs to describe the model: classes, bands, scaling, the ONE input normalisation every stream
-    was trained with (so both heads of the deployed model see inputs as in training), provenance, metrics."""
+    was trained with (so both heads of the deployed model see inputs as in training), provenance, metrics.
+    ``gsd``, ``value_scaling`` and ``chip_size`` are the first dataset's (older readers); ``domains`` records every
+    trained domain's GSD and value scaling, which predict reads (a 5 cm + 9 cm model resamples neither)."""
     first = next(iter(manifests.values()))
     mean, std = norm
     return {
@@ -400,6 +423,7 @@ def checkpoint_metadata(
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },
+        "domains": training_domains(manifests),
         "kd": {
             "soft": cfg["kd"]["soft"],
             "feature": cfg["kd"]["feature"],

@@ -10,7 +10,7 @@ supervised loss. Only the heads that receive a loss from a batch run (:func:`hea
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,9 +27,13 @@ STREAMS = ("det", "seg", "unlabelled")
 
 @dataclass
 class Teacher:
-    """A frozen, pre-trained network for one task (eval mode, no gradients)."""
+    """A frozen, pre-trained network for one task (eval mode, no gradients), with what its inputs were in training:
+    ``bands`` (names) and ``mean``/``std`` (in [0, 1] units); None for a teacher fed the student's inputs."""
 
     net: nn.Module
+    bands: tuple[str, ...] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -204,13 +208,16 @@ def batch_objective(
     settings: Objectives,
     anchors_for: Callable[[torch.Tensor], torch.Tensor],
     variances: tuple[float, float],
+    teacher_images: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every loss term of one batch of ``stream``: its supervised loss (none for unlabelled) plus distillation.
 
-    ``model`` is the (possibly DDP-wrapped) :class:`StudentWithAdapters`. Terms of the unlabelled stream are
-    named ``unlabelled_kd_…`` and scaled by ``kd.unlabelled.det_weight`` / ``seg_weight``.
+    ``model`` is the (possibly DDP-wrapped) :class:`StudentWithAdapters`. ``teacher_images[task]``: the same batch
+    as the ``task`` teacher sees it (its bands, its normalisation; ``images`` when not given). Terms of the
+    unlabelled stream are named ``unlabelled_kd_…`` and scaled by ``kd.unlabelled.det_weight`` / ``seg_weight``.
     """
     kd, loss = settings.kd, settings.loss
+    seen_by = teacher_images or {}
     out = model(images, heads=heads_for(stream, kd), adapt=adapted_for(stream, kd))
     terms: dict[str, torch.Tensor] = {}
     if stream == "det":
@@ -220,11 +227,11 @@ def batch_objective(
     if not kd.enabled:
         return terms
     if stream in ("det", "unlabelled"):
-        t_seg = teachers["seg"].predict(images, heads=teacher_heads("seg", kd))
+        t_seg = teachers["seg"].predict(seen_by.get("seg", images), heads=teacher_heads("seg", kd))
         seg_terms = distill_segmentation(out, t_seg, kd)
         terms |= seg_terms if stream == "det" else _scaled(seg_terms, kd.unlabelled.seg_weight, "unlabelled_")
     if stream in ("seg", "unlabelled"):
-        t_det = teachers["det"].predict(images, heads=teacher_heads("det", kd))
+        t_det = teachers["det"].predict(seen_by.get("det", images), heads=teacher_heads("det", kd))
         det_terms = distill_detection(out, t_det, kd, loss)
         terms |= det_terms if stream == "seg" else _scaled(det_terms, kd.unlabelled.det_weight, "unlabelled_")
     return terms

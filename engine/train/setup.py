@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from engine.core.bands import bands_by_name, input_order
 from engine.core.errors import ConfigError, param_ref
 from engine.core.settings import Objectives, configure_losses
 from engine.data import datasets as D
@@ -31,7 +32,7 @@ from engine.models.adapters import FeatureAdapters
 from engine.models.config import ModelConfig
 from engine.train import objectives as O
 from engine.train.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
-from engine.train.config import unlabelled_roots
+from engine.train.config import check_resume_config, unlabelled_roots
 from engine.train.distributed import DistInfo, init_distributed, pick_device
 from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16
 
@@ -64,6 +65,8 @@ class Run:
     ema: ModelEMA | None
     datasets: dict[str, Any]
     device_aug: dict[str, T.DeviceAugment]
+    views: dict[str, dict[str, T.BandView]]
+    """Per stream, how each network sees its batches: ``student`` and each teacher task (:func:`input_views`)."""
     aug_generator: torch.Generator
     stream_seed: dict[str, int]
     per_rank_batch: int
@@ -117,13 +120,22 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def load_teacher(path: str, device: torch.device, channels_last: bool) -> tuple[O.Teacher, int]:
-    """A frozen teacher (EMA weights, eval mode, no gradients) and its feature width."""
+def load_teacher(path: str, device: torch.device, channels_last: bool, key: str) -> tuple[O.Teacher, int]:
+    """A frozen teacher (EMA weights, eval mode, no gradients) with the bands and input normalisation it was
+    trained with (its checkpoint metadata), and its feature width."""
     net, payload = model_from_checkpoint(path, device)
     net.requires_grad_(False)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return O.Teacher(net=net), int(payload["model_config"].get("channels", 256))
+    meta = payload.get("metadata") or {}
+    if net.input_normalization is None:
+        raise ConfigError(
+            f"config key '{key}' ({path}): expected a checkpoint that records its input mean/std (metadata 'mean', "
+            "'std'), found none; train the teacher with engine.train"
+        )
+    mean, std = (tuple(float(v) for v in values) for values in net.input_normalization)
+    bands = tuple(meta["bands"]) if meta.get("bands") else None
+    return O.Teacher(net=net, bands=bands, mean=mean, std=std), int(payload["model_config"].get("channels", 256))
 
 
 def check_teachers(teachers: dict[str, O.Teacher], student_cfg: ModelConfig, kd: dict[str, Any]) -> None:
@@ -209,7 +221,8 @@ def build_networks(
     adapters = nn.ModuleDict()
     if settings.kd.enabled:
         for task in ("det", "seg"):
-            teachers[task], width = load_teacher(cfg["kd"][f"{task}_teacher"], device, channels_last)
+            key = f"kd.{task}_teacher"
+            teachers[task], width = load_teacher(cfg["kd"][f"{task}_teacher"], device, channels_last, key)
             adapters[task] = FeatureAdapters(model_cfg.channels, width, kernel_size=cfg["kd"]["adapter_kernel"])
         check_teachers(teachers, model_cfg, cfg["kd"])
     wrapped = O.StudentWithAdapters(student, adapters)
@@ -261,6 +274,59 @@ def stream_manifest(run_manifests: dict[str, dict[str, Any]], datasets: dict[str
     return datasets[stream].manifests[0] if stream == "unlabelled" else run_manifests[stream]
 
 
+COUNT_CHUNK_PIXELS = 1 << 22
+"""Pixels of label masks counted at a time (np.bincount widens them to 8-byte integers: 32 MiB a chunk)."""
+
+
+def class_pixel_counts(masks: np.ndarray, num_classes: int) -> np.ndarray:
+    """Labelled pixels per class in (N, H, W) uint8 masks (a memory map), counted a few chips at a time, so a
+    large chip set is never widened (or read) whole; ignore (255) and out-of-table values are not counted."""
+    per_chip = max(1, int(np.prod(masks.shape[1:])))
+    step = max(1, COUNT_CHUNK_PIXELS // per_chip)
+    counts = np.zeros(256, np.int64)
+    for start in range(0, len(masks), step):
+        counts += np.bincount(np.asarray(masks[start : start + step]).reshape(-1), minlength=256)
+    return counts[:num_classes]
+
+
+def batch_bands(run_manifests: dict[str, dict[str, Any]], datasets: dict[str, Any], stream: str) -> list[str]:
+    """The band names of a stream's raw batches, as its dataset yields them."""
+    return list(datasets[stream].bands if stream == "unlabelled" else run_manifests[stream]["bands"])
+
+
+def teacher_order(have: list[str], teacher: O.Teacher, student_order: list[int], key: str) -> list[int]:
+    """Which bands of a batch a teacher reads: its own product's, by name, where the batch has them (an RGBIR
+    target holds both IRRG and RGB); else the student's input, as partial MTL feeds one model both domains."""
+    own = bands_by_name(have, teacher.bands) if teacher.bands else None
+    order = own if own is not None else student_order
+    if len(order) != teacher.net.cfg.in_channels:
+        raise ConfigError(
+            f"config key '{key}': expected a teacher reading {len(order)} bands of {have}, found one with "
+            f"{teacher.net.cfg.in_channels} bands {list(teacher.bands or [])}"
+        )
+    return order
+
+
+def input_views(
+    bands: dict[str, list[str]], model_bands: list[str], norm: Normalization, teachers: dict[str, O.Teacher]
+) -> dict[str, dict[str, T.BandView]]:
+    """Per stream (its batches' ``bands``): the student's view (the model's bands, by name where the stream has
+    them, with the run's normalisation) and each teacher's (:func:`teacher_order`, its own normalisation)."""
+    views: dict[str, dict[str, T.BandView]] = {}
+    for stream, have in bands.items():
+        order = input_order(have, model_bands)
+        if order is None:
+            raise ConfigError(
+                f"config key 'data.{stream}': expected chips with the model's {len(model_bands)} bands "
+                f"{model_bands}, found {have}; re-chip them with matching bands"
+            )
+        views[stream] = {"student": T.BandView(order, *norm)}
+        for task, teacher in teachers.items():
+            t_order = teacher_order(have, teacher, order, f"kd.{task}_teacher")
+            views[stream][task] = T.BandView(t_order, teacher.mean or norm[0], teacher.std or norm[1])
+    return views
+
+
 def with_class_weights(settings: Objectives, cfg: dict[str, Any], tasks: list[str]) -> Objectives:
     """``settings`` with the segmentation CE's class weights when ``loss.seg_class_balance`` > 0, from the pixel
     counts of the segmentation training split's labels (every rank counts the same chips)."""
@@ -268,8 +334,7 @@ def with_class_weights(settings: Objectives, cfg: dict[str, Any], tasks: list[st
     if power <= 0 or "seg" not in tasks:
         return settings
     store = open_chip_dataset(cfg["data"]["seg"])
-    masks = store.masks(cfg["data"]["train_split"])
-    counts = np.bincount(np.asarray(masks).reshape(-1), minlength=256)[: len(store.seg_classes)]
+    counts = class_pixel_counts(store.masks(cfg["data"]["train_split"]), len(store.seg_classes))
     if counts.sum() == 0:
         raise ConfigError(
             f"config key 'loss.seg_class_balance' needs labelled pixels: split '{cfg['data']['train_split']}' of "
@@ -307,6 +372,11 @@ def build_run(cfg: dict[str, Any]) -> Run:
         name: T.DeviceAugment.for_stream(stream_manifest(manifests, datasets, name), *norm).to(device)
         for name in streams
     }
+    bands = {name: batch_bands(manifests, datasets, name) for name in streams}
+    views = {
+        stream: {who: view.to(device) for who, view in by.items()}
+        for stream, by in input_views(bands, model_bands, norm, nets.teachers).items()
+    }
     iters = optim_cfg["iters_per_epoch"] or max(  # an epoch is set by the labelled data; unlabelled cycles
         len(datasets[task]) // info.world_size // per_rank_batch for task in tasks
     )
@@ -330,6 +400,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
         ema=ema,
         datasets=datasets,
         device_aug=device_aug,
+        views=views,
         aug_generator=torch.Generator(device=device),
         stream_seed=stream_seed,
         per_rank_batch=per_rank_batch,
@@ -347,6 +418,7 @@ def restore_state(run: Run, resume: bool) -> RunState:
     if not last_path.is_file():
         raise ConfigError(f"{param_ref('resume')}: no checkpoint at '{last_path}' to resume from")
     saved = load_checkpoint(last_path, map_location="cpu")
+    check_resume_config(saved.get("config") or {}, run.cfg, last_path)
     run.student.load_state_dict(saved["model"])
     if saved.get("adapters"):
         run.adapters.load_state_dict(saved["adapters"])

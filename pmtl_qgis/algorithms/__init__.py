@@ -2,6 +2,7 @@
 
 from .chip_tiles import ChipTiles
 from .detect_segment import DetectSegment
+from .detect_segment_region import DetectSegmentRegion
 from .evaluate import Evaluate
 from .export_onnx import ExportOnnx
 from .generate_synthetic import GenerateSynthetic
@@ -15,6 +16,7 @@ ALGORITHMS = (
     Train,
     ExportOnnx,
     DetectSegment,
+    DetectSegmentRegion,
     Evaluate,
     RenderMap,
     InstallDependencies,
@@ -24,6 +26,7 @@ __all__ = [
     "ALGORITHMS",
     "ChipTiles",
     "DetectSegment",
+    "DetectSegmentRegion",
     "Evaluate",
     "ExportOnnx",
     "GenerateSynthetic",

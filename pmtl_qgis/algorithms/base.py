@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
+    QgsProcessingParameterFile,
     QgsProperty,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
@@ -147,6 +148,16 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
             defaultValue=0,
         )
 
+    def onnx_model_param(self, name: str) -> None:
+        """The 'ONNX model' file parameter of the inference algorithms."""
+        self.param(
+            QgsProcessingParameterFile,
+            name,
+            "ONNX model",
+            fileFilter="ONNX models (*.onnx)",
+            help="A model written by 'Export a checkpoint to ONNX'.",
+        )
+
     def device(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         return DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]
 
@@ -269,6 +280,18 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         if integer:
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
+
+    def number_flags(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, options: Sequence[tuple[str, str, bool]]
+    ) -> list[str]:
+        """Command-line flags ``[flag, value, …]`` for the optional Number parameters ``(name, flag, integer)``
+        that were given (left empty: the engine's default applies)."""
+        arguments: list[str] = []
+        for name, flag, integer in options:
+            value = self.optional_number(parameters, name, context, integer=integer)
+            if value is not None:
+                arguments += [flag, str(value)]
+        return arguments
 
     def optional_file(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> Path | None:
         """An optional file/folder parameter as an existing path, or None when left empty."""

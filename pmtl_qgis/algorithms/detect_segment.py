@@ -24,7 +24,6 @@ from qgis.core import (
     QgsProcessingParameterExtent,
     QgsProcessingParameterFeatureSink,
     QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
@@ -84,6 +83,7 @@ class DetectSegment(PmtlAlgorithm):
     BATCH_SIZE = "BATCH_SIZE"
     SCORE_THRESHOLD = "SCORE_THRESHOLD"
     VALUE_MAX = "VALUE_MAX"
+    MAX_GSD_RATIO = "MAX_GSD_RATIO"
     DEVICE = "DEVICE"
     PRECISION = "PRECISION"
     OUTPUT_RASTER = "OUTPUT_RASTER"
@@ -101,13 +101,7 @@ class DetectSegment(PmtlAlgorithm):
             help="An orthophoto: any raster layer (a file, a GeoPackage raster, an XYZ / WMS basemap, a virtual "
             "raster). Its band descriptions / colour interpretation are checked against the model's band names.",
         )
-        self.param(
-            QgsProcessingParameterFile,
-            self.MODEL,
-            "ONNX model",
-            fileFilter="ONNX models (*.onnx)",
-            help="A model written by 'Export a checkpoint to ONNX'.",
-        )
+        self.onnx_model_param(self.MODEL)
         self.param(
             QgsProcessingParameterBand,
             self.BANDS,
@@ -157,6 +151,14 @@ class DetectSegment(PmtlAlgorithm):
                 1.0,
                 None,
                 "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained).",
+            ),
+            (
+                self.MAX_GSD_RATIO,
+                "Largest GSD ratio",
+                number.Double,
+                1.0,
+                None,
+                "A raster whose resolution is further than this factor from the model's is refused (empty: 8).",
             ),
         ):
             limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
@@ -261,6 +263,7 @@ class DetectSegment(PmtlAlgorithm):
             device=device,
             score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
             value_max=self.optional_number(parameters, self.VALUE_MAX, context),
+            **self._gsd_limit(parameters, context),
             progress=self.progress(feedback),
         )
         results: dict[str, Any] = {}
@@ -284,6 +287,11 @@ class DetectSegment(PmtlAlgorithm):
         feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
         results[self.SUMMARY] = json.dumps(summary, default=str)
         return results
+
+    def _gsd_limit(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, float]:
+        """``max_gsd_ratio`` when given (else the engine's default applies)."""
+        ratio = self.optional_number(parameters, self.MAX_GSD_RATIO, context)
+        return {} if ratio is None else {"max_gsd_ratio": ratio}
 
     @staticmethod
     def _raster_input(

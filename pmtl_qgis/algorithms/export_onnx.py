@@ -122,11 +122,7 @@ class ExportOnnx(PmtlAlgorithm):
         arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path)]
         arguments += ["--variant", VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]]
         arguments += ["--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
-        for name, flag, integer in self.OPTIONS:
-            value = self.optional_number(parameters, name, context, integer=integer)
-            if value is not None:
-                arguments += [flag, str(value)]
-        return arguments
+        return arguments + self.number_flags(parameters, context, self.OPTIONS)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback

@@ -1,0 +1,206 @@
+"""pmtl:detect_segment_region: many raster layers or a folder + ONNX model → a region job on Dask (engine.region in
+the engine process) → classes.vrt + detections.gpkg, loaded styled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingContext,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputRasterLayer,
+    QgsProcessingOutputVectorLayer,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFolderDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterString,
+)
+
+from ..styling import style_on_load
+from .base import PmtlAlgorithm, is_unset
+
+FOLDER = QgsProcessingParameterFile.Folder
+INTEGER, DOUBLE = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
+
+
+class DetectSegmentRegion(PmtlAlgorithm):
+    ALG_ID = "detect_segment_region"
+    DISPLAY_NAME = "Detect and segment a region (many rasters, Dask)"
+    GROUP_ID = "inference"
+    GROUP_NAME = "Inference"
+    REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal", "distributed")
+    HELP = (
+        "Runs an ONNX model exported by pmtl over many orthophotos at once (a town, a county): the raster layers "
+        "chosen and/or every raster of a folder. One task per raster on Dask: local worker processes by default, "
+        "or the workers of a running Dask scheduler (Scheduler address, e.g. tcp://10.0.0.5:8786; the workers need "
+        "the pmtl engine installed and must reach the model and rasters by the same paths).\n\n"
+        "Writes into the output folder a Cloud-Optimised GeoTIFF class map per input (classes/), classes.vrt over "
+        "them, detections.gpkg (fields class, class_id, score, source; objects cut by the border between two "
+        "adjacent rasters joined) and region.json (status and time of each raster). A raster that cannot be read "
+        "fails alone; Resume skips the rasters a previous run finished. Runs in a separate Python process "
+        "(python -m engine.region); Cancel stops it and keeps the finished rasters.\n\n"
+        "Example (qgis_process): qgis_process run pmtl:detect_segment_region -- FOLDER=/data/orthos "
+        "MODEL=/models/student.onnx WORKERS=2 OUTPUT=/out/region"
+    )
+
+    INPUTS = "INPUTS"
+    FOLDER = "FOLDER"
+    MODEL = "MODEL"
+    WORKERS = "WORKERS"
+    THREADS_PER_WORKER = "THREADS_PER_WORKER"
+    SCHEDULER = "SCHEDULER"
+    RESUME = "RESUME"
+    BANDS = "BANDS"
+    SCORE_THRESHOLD = "SCORE_THRESHOLD"
+    VALUE_MAX = "VALUE_MAX"
+    MAX_GSD_RATIO = "MAX_GSD_RATIO"
+    OUTPUT = "OUTPUT"
+    CLASSES = "CLASSES"
+    DETECTIONS = "DETECTIONS"
+    REPORT = "REPORT"
+    NUMBER_FLAGS = (
+        (THREADS_PER_WORKER, "--threads-per-worker", True),
+        (SCORE_THRESHOLD, "--score-thresh", False),
+        (VALUE_MAX, "--value-max", False),
+        (MAX_GSD_RATIO, "--max-gsd-ratio", False),
+    )
+    """Optional numbers → engine.region flags: (parameter, flag, integer)."""
+
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        number = QgsProcessingParameterNumber
+        self.param(
+            QgsProcessingParameterMultipleLayers,
+            self.INPUTS,
+            "Input rasters",
+            layerType=QgsProcessing.TypeRaster,
+            optional=True,
+            help="Raster layers read from files (GDAL); with the folder below, or alone.",
+        )
+        self.param(
+            QgsProcessingParameterFile,
+            self.FOLDER,
+            "Folder of rasters",
+            behavior=FOLDER,
+            optional=True,
+            help="Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder.",
+        )
+        self.onnx_model_param(self.MODEL)
+        self.param(
+            number, self.WORKERS, "Local workers", type=INTEGER, defaultValue=2, minValue=1,
+            help="Worker processes on this computer, each running one raster at a time (ignored with a scheduler).",
+        )  # fmt: skip
+        self.param(
+            QgsProcessingParameterString,
+            self.SCHEDULER,
+            "Dask scheduler address",
+            optional=True,
+            advanced=True,
+            help="Join a running Dask cluster (e.g. tcp://10.0.0.5:8786) instead of starting local workers.",
+        )
+        self.param(
+            QgsProcessingParameterBoolean,
+            self.RESUME,
+            "Resume",
+            defaultValue=False,
+            help="Skip the rasters that a previous run into the same folder finished (region.json).",
+        )
+        self.param(
+            QgsProcessingParameterString,
+            self.BANDS,
+            "Bands (model order)",
+            optional=True,
+            advanced=True,
+            help="Raster band numbers in the model's band order, e.g. 4,1,2; empty: the bands as they are.",
+        )
+        for name, label, kind, minimum, text in (
+            (self.THREADS_PER_WORKER, "Threads per worker", INTEGER, 1, "onnxruntime threads (empty: cores/workers)."),
+            (self.SCORE_THRESHOLD, "Detection score threshold", DOUBLE, 0.0, "Empty: the model's own, per class."),
+            (self.VALUE_MAX, "Input value maximum", DOUBLE, 1.0, "Raw value that maps to 1.0 (empty: the model's)."),
+            (self.MAX_GSD_RATIO, "Largest GSD ratio", DOUBLE, 1.0, "Refuse rasters further from the model's GSD."),
+        ):
+            self.param(number, name, label, type=kind, minValue=minimum, optional=True, advanced=True, help=text)
+        self.device_param("auto: CUDA when onnxruntime has it, else the CPU.")
+        self.param(
+            QgsProcessingParameterFolderDestination,
+            self.OUTPUT,
+            "Output folder",
+            help="classes/, classes.vrt, detections.gpkg and region.json are written here.",
+        )
+        self.addOutput(QgsProcessingOutputRasterLayer(self.CLASSES, self.tr("Class map (VRT over every raster)")))
+        self.addOutput(QgsProcessingOutputVectorLayer(self.DETECTIONS, self.tr("Detections")))
+        self.addOutput(QgsProcessingOutputFile(self.REPORT, self.tr("Region report (region.json)")))
+
+    def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
+        if is_unset(parameters, self.INPUTS) and is_unset(parameters, self.FOLDER):
+            return "Give input raster layers, a folder of rasters, or both (found neither)."
+        return None
+
+    def input_paths(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        """The rasters as the engine opens them: each layer's file, and the folder."""
+        paths = []
+        unset = is_unset(parameters, self.INPUTS)
+        layers = [] if unset else self.parameterAsLayerList(parameters, self.INPUTS, context)
+        for layer in layers:
+            source = layer.source().split("|", 1)[0]
+            if layer.providerType() != "gdal" or not Path(source).is_file():
+                raise QgsProcessingException(
+                    f"Input rasters: '{layer.name()}' is not a raster file ({layer.providerType()} layer); "
+                    "use 'Detect and segment' for web and virtual layers"
+                )
+            paths.append(source)
+        folder = self.optional_file(parameters, self.FOLDER, context)
+        return paths + ([str(folder)] if folder is not None else [])
+
+    def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_dir: str) -> list[str]:
+        """The ``python -m engine.region`` arguments for these parameters (what the tests compare)."""
+        model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
+        arguments = ["--model", str(model)]
+        for path in self.input_paths(parameters, context):
+            arguments += ["--input", path]
+        arguments += ["--out", out_dir, "--device", self.device(parameters, context)]
+        if is_unset(parameters, self.SCHEDULER):
+            arguments += ["--workers", str(self.parameterAsInt(parameters, self.WORKERS, context))]
+        else:
+            arguments += ["--scheduler", self.parameterAsString(parameters, self.SCHEDULER, context).strip()]
+        if self.parameterAsBool(parameters, self.RESUME, context):
+            arguments.append("--resume")
+        if not is_unset(parameters, self.BANDS):
+            arguments += ["--bands", self.parameterAsString(parameters, self.BANDS, context).replace(" ", "")]
+        return arguments + self.number_flags(parameters, context, self.NUMBER_FLAGS)
+
+    def process(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        out_dir = self.parameterAsString(parameters, self.OUTPUT, context)
+        result = self.run_engine("engine.region", self.arguments(parameters, context, out_dir), feedback)
+        done = result.last_event("done")
+        if result.canceled:
+            raise QgsProcessingException(
+                f"{self.displayName()} was cancelled; the rasters it finished are kept in {out_dir} (Resume goes on)."
+            )
+        if done is None:
+            self.check_engine_result(result)
+            raise QgsProcessingException(f"The region job ended without a result:\n{result.error_text()}")
+        for source, error in (done.get("failures") or {}).items():
+            feedback.reportError(f"{source}: {error}")
+        feedback.pushInfo(f"Summary: {json.dumps(done, default=str)}")
+        outputs = done.get("outputs") or {}
+        results: dict[str, Any] = {self.REPORT: outputs.get("report")}
+        for name, key, kind, title in (
+            (self.CLASSES, "classes", "class_raster", "Region classes"),
+            (self.DETECTIONS, "detections", "detections", "Region detections"),
+        ):
+            path = outputs.get(key)
+            results[name] = path
+            if path:
+                details = QgsProcessingContext.LayerDetails(title, context.project(), name)
+                context.addLayerToLoadOnCompletion(path, details)
+                style_on_load(context, path, kind)
+        return results
