@@ -476,13 +476,20 @@ class Session:
         ]
 
     def rgb_model(self, path: Path) -> bool:
-        """The session's model, its metadata saying bands red, green, blue (the venv's onnx package writes it)."""
+        """The session's model, its metadata saying it was trained on bands red, green, blue (the venv's onnx
+        package writes it)."""
         code = (
             "import json, sys, onnx\n"
             "model = onnx.load(sys.argv[1])\n"
+            "rgb = ['red', 'green', 'blue']\n"
             "for prop in model.metadata_props:\n"
+            "    value = json.loads(prop.value)\n"
             "    if prop.key == 'input':\n"
-            "        prop.value = json.dumps({**json.loads(prop.value), 'bands': ['red', 'green', 'blue']})\n"
+            "        prop.value = json.dumps({**value, 'bands': rgb})\n"
+            "    if prop.key == 'provenance':\n"  # the training datasets' bands: what the model was trained on
+            "        for dataset in (value.get('datasets') or {}).values():\n"
+            "            dataset['bands'] = rgb\n"
+            "        prop.value = json.dumps(value)\n"
             "onnx.save(model, sys.argv[2])\n"
         )
         python = REPO / ".venv" / "bin" / "python"
