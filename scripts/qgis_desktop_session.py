@@ -483,10 +483,10 @@ class Session:
             "model = onnx.load(sys.argv[1])\n"
             "rgb = ['red', 'green', 'blue']\n"
             "for prop in model.metadata_props:\n"
-            "    value = json.loads(prop.value)\n"
             "    if prop.key == 'input':\n"
-            "        prop.value = json.dumps({**value, 'bands': rgb})\n"
+            "        prop.value = json.dumps({**json.loads(prop.value), 'bands': rgb})\n"
             "    if prop.key == 'provenance':\n"  # the training datasets' bands: what the model was trained on
+            "        value = json.loads(prop.value)\n"
             "        for dataset in (value.get('datasets') or {}).values():\n"
             "            dataset['bands'] = rgb\n"
             "        prop.value = json.dumps(value)\n"
