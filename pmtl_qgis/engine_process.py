@@ -21,7 +21,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +50,11 @@ class ProcessResult:
         return found[-1] if found else None
 
     def error_text(self) -> str:
-        """The engine's error event if it sent one, else its error lines, else the last lines of its output."""
+        """The engine's error event if it sent one (unrendered: its parameters are for the caller to name), else
+        its error lines, else the last lines of its output."""
         error = self.last_event("error")
-        if error is not None and error.get("message"):
-            return str(error["message"])
+        if error is not None and (error.get("template") or error.get("message")):
+            return str(error.get("template") or error["message"])
         errors = [line for line in self.tail if line.startswith("error:") or "Error:" in line]
         return "\n".join(errors[-5:] or self.tail[-15:])
 
@@ -148,8 +149,11 @@ def run_streaming(
     cancel_grace_s: float = 60.0,
     terminate_grace_s: float = 15.0,
     tail_lines: int = 40,
+    render: Callable[[str], str] | None = None,
 ) -> ProcessResult:
-    """Run ``command``, forward its output to ``feedback`` and stop it cleanly when the user cancels."""
+    """Run ``command``, forward its output to ``feedback`` and stop it cleanly when the user cancels. ``render``
+    rewrites the child's console lines for the log (an engine CLI with ``--json-progress`` leaves parameter
+    references for its caller to name)."""
     process = subprocess.Popen(
         list(command),
         stdout=subprocess.PIPE,
@@ -179,7 +183,7 @@ def run_streaming(
             stream_open = False
         elif line:
             tail.append(line)
-            _forward(line, feedback, result)
+            _forward(line, feedback, result, render)
         if feedback is not None and feedback.isCanceled() and process.poll() is None:
             if not result.canceled:
                 result.canceled = True
@@ -196,11 +200,13 @@ def run_streaming(
     return result
 
 
-def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessResult) -> None:
+def _forward(
+    line: str, feedback: QgsProcessingFeedback | None, result: ProcessResult, render: Callable[[str], str] | None
+) -> None:
     event = parse_event(line)
     if event is None:
         if feedback is not None:
-            feedback.pushConsoleInfo(line)
+            feedback.pushConsoleInfo(render(line) if render is not None else line)
         return
     result.events.append(event)
     if feedback is None:
@@ -209,6 +215,6 @@ def _forward(line: str, feedback: QgsProcessingFeedback | None, result: ProcessR
     if isinstance(progress, (int, float)):
         feedback.setProgress(100.0 * max(0.0, min(1.0, float(progress))))
     if event.get("event") == "error":
-        feedback.reportError(describe_event(event))
-    elif event.get("event") != "progress" or event.get("message"):
+        return  # the algorithm raises it, in its own words (ProcessResult.error_text)
+    if event.get("event") != "progress" or event.get("message"):
         feedback.pushInfo(describe_event(event))  # a bare per-step progress event only moves the bar

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from qgis.core import (
@@ -18,6 +19,7 @@ from qgis.core import (
     QgsCoordinateTransformContext,
     QgsDistanceArea,
     QgsPointXY,
+    QgsProcessingUtils,
     QgsRasterBandStats,
     QgsRasterLayer,
     QgsRectangle,
@@ -207,3 +209,9 @@ def prediction_input(layer: QgsRasterLayer, gsd: float | None, area: QgsRectangl
     if name is not None:  # QGIS opened it with GDAL, so the engine's GDAL can too
         return name
     return provider_windows(layer, gsd, area)
+
+
+def is_temporary_output(source: str) -> bool:
+    """True for a file in Processing's temporary folder (memory layers saved for GDAL, selections, temporary
+    outputs of earlier steps): it is gone when QGIS closes. ``source`` may carry a ``|layername=…`` suffix."""
+    return Path(QgsProcessingUtils.tempFolder()).resolve() in Path(source.split("|")[0]).resolve().parents

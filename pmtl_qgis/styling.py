@@ -29,6 +29,7 @@ from qgis.core import (
 from qgis.PyQt import sip
 from qgis.PyQt.QtGui import QColor
 
+from .layer_reader import is_temporary_output
 from .scope import import_engine
 
 SCORE_LABEL = '"class" || \' \' || format_number("score", 2)'
@@ -228,3 +229,13 @@ def style_on_load(context: QgsProcessingContext, layer_id: str, kind: str, class
     class_polygons; ``classes`` (names, colours) of the model's detection head (detections) or segmentation head."""
     if layer_id and context.willLoadLayerOnCompletion(layer_id):
         context.layerToLoadOnCompletionDetails(layer_id).setPostProcessor(_new_styler(kind, classes))
+
+
+def name_on_load(context: QgsProcessingContext, layer_id: str, title: str, source: QgsMapLayer) -> None:
+    """Name output ``layer_id`` after what it is and its input layer when QGIS loads it: "Class map —
+    top_potsdam_2_10" (every run's layers can be told apart). An input that is itself a temporary Processing output
+    (a model's intermediate step, named OUTPUT or the like) names nothing: QGIS's own naming stays."""
+    if is_temporary_output(source.source()):
+        return
+    if layer_id and context.willLoadLayerOnCompletion(layer_id):
+        context.layerToLoadOnCompletionDetails(layer_id).name = f"{title} — {source.name()}"

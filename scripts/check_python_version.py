@@ -1,14 +1,15 @@
-"""Fail when code that runs inside QGIS's own Python needs a newer Python than 3.9.
+"""Fail when code that QGIS's own Python may run needs a newer Python than 3.9.
 
-QGIS 3.22-3.34 ship Python 3.9 (Windows, OSGeo4W) or 3.10 (Ubuntu 22.04). Everything QGIS's process imports — the
-plugin and the engine modules it loads in-process — must run there. Two checks:
+QGIS 3.22-3.34 ship Python 3.9 (Windows, OSGeo4W) or 3.10 (Ubuntu 22.04). Everything QGIS's Python may run — the
+plugin, the engine modules it loads in-process, and the whole engine, which the training dependency profile runs on
+that same Python — must run there. Two checks:
 
 * vermin: library members, syntax and modules newer than the target (``itertools.pairwise``, ``datetime.UTC``,
   ``match``, ...). Annotations are not evaluated (every such file has ``from __future__ import annotations``).
 * union types ``X | Y`` evaluated at run time (``isinstance(x, int | float)``, a module-level type alias): vermin's
   own union detection also flags postponed annotations, so this AST walk looks only where the union is evaluated.
 
-Usage: ``python scripts/check_python_version.py [FILES...]`` (default: the QGIS-side files of this checkout).
+Usage: ``python scripts/check_python_version.py [FILES...]`` (default: pmtl_qgis/ and engine/ of this checkout).
 """
 
 from __future__ import annotations
@@ -21,23 +22,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = "3.9"
-QGIS_SIDE = (
-    "pmtl_qgis",
-    "engine/__init__.py",
-    "engine/core",
-    "engine/chip",
-    "engine/synth",
-    "engine/predict",
-    "engine/data/__init__.py",
-    "engine/data/boxes.py",
-    "engine/data/chipstore.py",
-    "engine/data/isprs.py",
-    "engine/data/labels.py",
-    "engine/export/__init__.py",
-    "engine/core/modelio.py",
-    "engine/train/config.py",
-)
-"""Files and packages QGIS's process imports (tests/test_python_version_check.py keeps this list complete)."""
+QGIS_SIDE = ("pmtl_qgis", "engine")
+"""Everything QGIS may run: the plugin, and the whole engine (the training dependency profile installs torch into
+QGIS's own Python and runs ``engine.train`` on it)."""
 
 TYPE_NAMES = {"int", "float", "str", "bytes", "bool", "list", "dict", "tuple", "set", "frozenset", "type", "object"}
 

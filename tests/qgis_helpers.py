@@ -89,9 +89,12 @@ def write_geotiff(
     origin: tuple[float, float] = (500000.0, 5400000.0),
     epsg: int = 32632,
 ) -> Path:
-    """Write a (bands, H, W) uint8 array as a georeferenced GeoTIFF (north-up, square pixels)."""
+    """Write a (bands, H, W) array (uint8, uint16, …) as a georeferenced GeoTIFF (north-up, square pixels)."""
+    from osgeo import gdal_array
+
     count, height, width = bands.shape
-    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, gdal.GDT_Byte)
+    kind = gdal_array.NumericTypeCodeToGDALTypeCode(bands.dtype)
+    dataset = gdal.GetDriverByName("GTiff").Create(str(path), width, height, count, kind)
     dataset.SetGeoTransform((origin[0], gsd, 0.0, origin[1], 0.0, -gsd))
     srs = osr.SpatialReference()
     srs.ImportFromEPSG(epsg)
@@ -157,7 +160,6 @@ def build_pipeline_model() -> Any:
     from qgis.core import (
         QgsProcessingModelAlgorithm,
         QgsProcessingModelChildAlgorithm,
-        QgsProcessingModelOutput,
         QgsProcessingModelParameter,
         QgsProcessingParameterEnum,
         QgsProcessingParameterNumber,
@@ -262,15 +264,87 @@ def build_pipeline_model() -> Any:
         "detect": {"OUTPUT_RASTER": ("class_map", "Class map"), "OUTPUT_DETECTIONS": ("detections", "Detections")},
         "render": {"OUTPUT": ("map", "Map image (PNG)")},
     }
+    add_steps(model, steps, outputs)
+    return model
+
+
+def add_steps(model: Any, steps: list[Any], outputs: dict[str, dict[str, tuple[str, str]]]) -> None:
+    """Add child algorithms to ``model`` with their model outputs (child id → {child output: (name, description)});
+    every mandatory input a step was given no source for gets the algorithm's default as a static value, as the
+    modeler's dialog does (a model without them does not validate)."""
+    from qgis.core import QgsProcessingModelChildParameterSource, QgsProcessingModelOutput
+    from qgis.PyQt.QtCore import QPointF
+
     for step in steps:
-        for child_output, (name, description) in outputs.get(step.childId(), {}).items():
+        algorithm = QgsApplication.processingRegistry().algorithmById(step.algorithmId())
+        for definition in algorithm.parameterDefinitions():
+            optional = definition.flags() & definition.FlagOptional
+            if definition.isDestination() or optional or definition.name() in step.parameterSources():
+                continue
+            default = QgsProcessingModelChildParameterSource.fromStaticValue(definition.defaultValue())
+            step.addParameterSources(definition.name(), [default])
+        for index, (child_output, (name, description)) in enumerate(outputs.get(step.childId(), {}).items()):
             output = QgsProcessingModelOutput(name, description)
             output.setChildId(step.childId())
             output.setChildOutputName(child_output)
-            output.setPosition(QPointF(700, step.position().y()))
+            output.setPosition(QPointF(700 + 60 * index, step.position().y() + 40 * index))
             step.setModelOutputs({**step.modelOutputs(), name: output})
         model.addChildAlgorithm(step)
     model.updateDestinationParameters()
+
+
+MANY_RASTERS_MODEL = REPO / "models" / "examples" / "pmtl_detect_many_rasters.model3"
+
+
+def build_many_rasters_model() -> Any:
+    """The example model for many rasters: a virtual mosaic of the rasters (GDAL) → detect_segment over it, so the
+    detections of neighbouring rasters are merged across their seams. Regenerate the .model3 with
+    ``build_many_rasters_model().toFile(str(MANY_RASTERS_MODEL))``."""
+    from qgis.core import (
+        QgsProcessing,
+        QgsProcessingModelAlgorithm,
+        QgsProcessingModelChildAlgorithm,
+        QgsProcessingModelParameter,
+        QgsProcessingParameterFile,
+        QgsProcessingParameterMultipleLayers,
+    )
+    from qgis.core import QgsProcessingModelChildParameterSource as Source
+    from qgis.PyQt.QtCore import QPointF
+
+    ensure_provider()
+    model = QgsProcessingModelAlgorithm("pmtl: detect over many rasters", "pmtl examples", "pmtl_detect_many_rasters")
+    model.setHelpContent(
+        {
+            "ALG_DESC": "Runs an exported pmtl model over many orthophoto tiles at once: GDAL builds a virtual "
+            "mosaic of the rasters (no copy of the pixels), 'Detect and segment' runs over it, so there is one class "
+            "map and one detections layer, and objects cut by tile edges are reported once. For a separate result "
+            "per raster, use Batch Processing on 'Detect and segment' instead.",
+            "ALG_CREATOR": "pmtl",
+        }
+    )
+    inputs = [
+        QgsProcessingParameterMultipleLayers("RASTERS", "Orthophoto tiles", QgsProcessing.TypeRaster),
+        QgsProcessingParameterFile("MODEL", "ONNX model", fileFilter="ONNX models (*.onnx)"),
+    ]
+    for index, parameter in enumerate(inputs):
+        model.addModelParameter(parameter, QgsProcessingModelParameter(parameter.name()))
+        model.parameterComponent(parameter.name()).setPosition(QPointF(120, 60 + 80 * index))
+    mosaic = QgsProcessingModelChildAlgorithm("gdal:buildvirtualraster")
+    mosaic.setChildId("mosaic")
+    mosaic.setDescription("Virtual mosaic of the tiles")
+    mosaic.setPosition(QPointF(420, 80))
+    mosaic.addParameterSources("INPUT", [Source.fromModelParameter("RASTERS")])
+    mosaic.addParameterSources("SEPARATE", [Source.fromStaticValue(False)])  # one band per colour, not per file
+    detect = QgsProcessingModelChildAlgorithm("pmtl:detect_segment")
+    detect.setChildId("detect")
+    detect.setDescription("Detect and segment")
+    detect.setPosition(QPointF(420, 220))
+    detect.addParameterSources("INPUT", [Source.fromChildOutput("mosaic", "OUTPUT")])
+    detect.addParameterSources("MODEL", [Source.fromModelParameter("MODEL")])
+    outputs = {
+        "detect": {"OUTPUT_RASTER": ("class_map", "Class map"), "OUTPUT_DETECTIONS": ("detections", "Detections")}
+    }
+    add_steps(model, [mosaic, detect], outputs)
     return model
 
 
@@ -281,9 +355,11 @@ def tiny_onnx_model(
     seg_colors: list[list[int]] | None = None,
     det_colors: list[list[int]] | None = None,
     tile: int = 32,
+    datasets: dict[str, Any] | None = None,
 ) -> Path:
     """A small untrained network with both heads exported through the real exporter (a second or so), with the
-    given class colours in its metadata (default: the engine's colours for the names)."""
+    given class colours in its metadata (default: the engine's colours for the names) and, when given, the training
+    ``datasets`` it records (task → {dataset, gsd, bands})."""
     import torch
     from torch import nn
 
@@ -323,6 +399,7 @@ def tiny_onnx_model(
         "palette": seg_colors or [list(c) for c in class_colors(seg_classes)],
         "det_classes": list(det_classes),
         **({"det_palette": det_colors} if det_colors else {}),
+        **({"datasets": datasets} if datasets else {}),
     }
     export_onnx(TinyNet(), path, describe, tile, overlap=4, score_thresh=0.5)
     return path

@@ -236,7 +236,7 @@ def test_output_folder_not_empty_is_refused_unless_overwrite(vaihingen, tmp_path
     root, _ = vaihingen
     out = tmp_path / "out"
     chip_dataset("vaihingen", root, out, size=32, stride=32)
-    with pytest.raises(InputError, match="found a chip dataset; pass --overwrite"):
+    with pytest.raises(InputError, match="found a chip dataset; set --overwrite"):
         chip_dataset("vaihingen", root, out, size=32, stride=32)
     summary = chip_dataset("vaihingen", root, out, size=16, stride=16, overwrite=True)
     assert open_chip_dataset(out).chip_size == 16 and summary.chips_per_split["val"] == 4
@@ -338,7 +338,7 @@ def test_cli_prints_the_summary_and_reports_bad_input(vaihingen, tmp_path: Path,
     text = capsys.readouterr().out
     assert "chips per split: train 5, val 1" in text and "class pixel shares: impervious" in text
     assert chip_main([*args, "--out", str(tmp_path / "b")]) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    assert "set --overwrite" in capsys.readouterr().err
     splits = tmp_path / "splits.json"
     splits.write_text(json.dumps({"area1": "train", "area2": "train"}))
     assert chip_main([*args, "--out", str(tmp_path / "b"), "--overwrite", "--splits", str(splits)]) == 0

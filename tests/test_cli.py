@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.core.cli import EXIT_CANCELLED, EXIT_ERROR, run_cli
-from engine.core.errors import InputError
+from engine.core.errors import InputError, param_ref
 from engine.core.progress import Cancelled, LineProgress, TqdmProgress
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,20 @@ def test_run_cli_passes_the_jobs_status_and_says_what_a_cancel_kept(capsys) -> N
 def test_json_errors_reach_the_parent_as_an_event(capsys) -> None:
     assert run_cli(lambda: _raise(InputError("bad")), json_errors=True) == EXIT_ERROR
     out = capsys.readouterr().out
-    assert json.loads(out) == {"event": "error", "message": "bad"}
+    assert json.loads(out) == {"event": "error", "message": "bad", "template": "bad"}
+
+
+def test_a_parent_program_gets_the_parameters_to_name_in_its_own_words(capsys) -> None:
+    error = InputError(f"{param_ref('bands')} [1, 2]: expected 3 band numbers")
+    assert run_cli(lambda: _raise(error), json_errors=True) == EXIT_ERROR
+    captured = capsys.readouterr()
+    assert captured.err == "error: --bands [1, 2]: expected 3 band numbers\n"  # the command line's words
+    assert json.loads(captured.out)["template"] == "[[bands]] [1, 2]: expected 3 band numbers"
+    cancelled = f"last.pt is kept (resume with {param_ref('resume')})"
+    assert run_cli(lambda: _raise(Cancelled()), cancelled=cancelled) == EXIT_CANCELLED
+    assert capsys.readouterr().err == "last.pt is kept (resume with --resume)\n"
+    assert run_cli(lambda: _raise(Cancelled()), cancelled=cancelled, json_errors=True) == EXIT_CANCELLED
+    assert capsys.readouterr().err == "last.pt is kept (resume with [[resume]])\n"  # QGIS renders its own words
 
 
 def test_synth_cancelled_exits_130_with_one_line(monkeypatch, tmp_path: Path, capsys) -> None:

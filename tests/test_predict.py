@@ -476,7 +476,7 @@ def test_a_model_trained_at_two_gsds_and_dtypes_reads_each_domain_as_trained(mod
     assert [working_gsd(g, info, 0.25) for g in (0.05, 0.07, GSD, 0.03, 0.2)] == [None, None, None, 0.05, GSD]
     img = scene(64, 112, [(20, 24)])
     src = write_tif(tmp_path / "in16.tif", (img.astype(np.uint32) * 4095 // 255).astype(np.uint16))
-    assert _value_scale("uint16", lambda: 1000.0, str(src), info, None) == 4095.0
+    assert _value_scale("uint16", lambda: (0.0, 1000.0), str(src), info, None) == 4095.0
     tiles = chips_to_tiles(np.full((1, 4, 4, 3), 4095, np.uint16), info, [0, 1, 2])  # chip evaluation alike
     assert tiles[0, :, :4, :4].max() == tiles[0, :, :4, :4].min() == 1.0
     summary = predict_raster(path, src, tmp_path / "seg.tif")

@@ -10,7 +10,7 @@ import sys
 from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
-from engine.core.errors import ConfigError, quiet_gdal_close_errors
+from engine.core.errors import ConfigError, log_params_as_flags, quiet_gdal_close_errors
 from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log_params_as_flags()
     progress = cli_progress("chipping")
     cancelled = "chipping interrupted; the output is not marked complete"
     return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)

@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from osgeo import gdal
 
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
+from engine.core.bands import approx_range, check_band_names, listed, range_warning, raster_band_names
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES, head_keys
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ChipWriter
@@ -93,10 +95,31 @@ def _resolve_scaling(infos: Sequence[RasterInfo], scale_max: float | None) -> tu
             raise InputError(f"{info.path}: expected {infos[0].bands} bands like {infos[0].path}, found {info.bands}")
     top = float(np.iinfo(dtype).max)
     if scale_max is None:
+        if dtype != "uint8":
+            where = f"raster '{infos[0].path}'" + (f" and {len(infos) - 1} more" if len(infos) > 1 else "")
+            warning = range_warning(where, dtype, approx_range([info.path for info in infos]), top, "scale_max")
+            if warning:
+                log.warning(warning)
         return dtype, top
     if not 0 < scale_max <= top:
         raise ConfigError(f"scale_max: expected a value in (0, {top:g}] for {dtype} imagery, found {scale_max!r}")
     return dtype, float(scale_max)
+
+
+def _band_names(info: RasterInfo, given: Sequence[str] | None) -> list[str]:
+    """The dataset's band names: as given (checked against the names the first raster states), else the raster's own
+    names when it names every band (descriptions, colour interpretation), else band1..bandN."""
+    stated = raster_band_names(gdal.Open(str(info.path)))
+    if not given:
+        return [str(n) for n in stated.names] if all(stated.described) else [f"band{i + 1}" for i in range(info.bands)]
+    if len(given) != info.bands:
+        raise ConfigError(f"{param_ref('band_names')}: expected {info.bands} names for {info.path}, found {given}")
+    fix = (
+        f"give the raster's band names in its order in {param_ref('band_names')}, e.g. {','.join(listed(stated.names))}"
+    )
+    for warning in check_band_names(stated, given, f"raster '{info.path}'", "the band names given are", fix):
+        log.warning(warning)
+    return list(given)
 
 
 def _tile_record(tile: TileSpec, info: RasterInfo) -> dict[str, Any]:
@@ -199,14 +222,6 @@ def _cut_tiles(
                 pending.cancel()
 
 
-def _band_names(given: Sequence[str] | None, first: RasterInfo) -> list[str]:
-    """The chips' band names: ``given`` (one per band of the first tile), else ``band1..bandN``."""
-    bands = list(given) if given else [f"band{i + 1}" for i in range(first.bands)]
-    if len(bands) != first.bands:
-        raise ConfigError(f"band_names: expected {first.bands} names for {first.path}, found {bands}")
-    return bands
-
-
 def _summary_record(summary: ChipSummary) -> dict[str, Any]:
     """The manifest's ``summary``: boxes per class, class pixel shares, off-palette pixels."""
     return {
@@ -247,7 +262,7 @@ def chip_tiles(
     infos, windows = _check_tiles(tiles, size, stride, progress)
     dtype, scale = _resolve_scaling(infos, scale_max)
     gsd = one_gsd([(str(info.path), info.gsd) for info in infos])  # one dataset, one GSD: checked before cutting
-    bands = _band_names(band_names, infos[0])
+    bands = _band_names(infos[0], band_names)
     counts: dict[str, int] = {}
     for tile, tile_windows in zip(tiles, windows):
         counts[tile.split] = counts.get(tile.split, 0) + len(tile_windows)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from osgeo import gdal, ogr, osr
 
+from engine.core.bands import raster_band_names
 from engine.core.errors import InputError
 from engine.data.isprs import gdal_array_dtype
 
@@ -99,7 +100,8 @@ def image_grid(path: str | os.PathLike[str]) -> ImageGrid:
         raise InputError(f"{path}: expected a north-up image (no rotation, negative y step), found geotransform {gt}")
     srs = ds.GetSpatialRef()
     bands = [ds.GetRasterBand(i + 1) for i in range(ds.RasterCount)]
-    names = tuple(b.GetDescription().strip() or f"band{i + 1}" for i, b in enumerate(bands))
+    stated = raster_band_names(ds)  # a description, else the colour interpretation (Red, Green, Blue)
+    names = tuple(b.GetDescription().strip() or stated.names[i] or f"band{i + 1}" for i, b in enumerate(bands))
     return ImageGrid(
         Path(path), ds.RasterXSize, ds.RasterYSize, ds.RasterCount, gdal_array_dtype(bands[0].DataType), tuple(gt),
         srs.ExportToWkt() if srs is not None else "", tuple(b.GetNoDataValue() for b in bands),

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, param_ref
 
 SPLIT_MODES = ("tile", "block")
 _PRIORITY = {"test": 0, "val": 1, "train": 2}
@@ -31,14 +31,14 @@ class SplitPlan:
 
     def __post_init__(self) -> None:
         if self.mode not in SPLIT_MODES:
-            raise ConfigError(f"--split-by: expected one of {list(SPLIT_MODES)}, found {self.mode!r}")
+            raise ConfigError(f"{param_ref('split_by')}: expected one of {list(SPLIT_MODES)}, found {self.mode!r}")
         if not (0 <= self.val < 1 and 0 <= self.test < 1 and self.val + self.test < 1):
             raise ConfigError(
-                f"--val-fraction/--test-fraction: expected fractions >= 0 with a sum below 1, found "
-                f"{self.val} and {self.test}"
+                f"{param_ref('val_fraction')}/{param_ref('test_fraction')}: expected fractions >= 0 with a sum "
+                f"below 1, found {self.val} and {self.test}"
             )
         if self.block < 1:
-            raise ConfigError(f"--block: expected a block side of at least 1 px, found {self.block}")
+            raise ConfigError(f"{param_ref('block')}: expected a block side of at least 1 px, found {self.block}")
 
     def as_dict(self) -> dict[str, object]:
         return {"split_by": self.mode, "val_fraction": self.val, "test_fraction": self.test, "seed": self.seed,

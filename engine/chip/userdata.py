@@ -25,8 +25,9 @@ from engine.chip import sources as src
 from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
+from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
 from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable, head_keys
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ARRAY_NAMES, ChipWriter
@@ -97,7 +98,9 @@ def find_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         elif entry.is_file():
             images.append(entry)
         else:
-            raise InputError(f"--image {entry}: expected a raster file or a folder of rasters, found nothing there")
+            raise InputError(
+                f"{param_ref('image')} {entry}: expected a raster file or a folder of rasters, found nothing there"
+            )
     return images
 
 
@@ -110,16 +113,28 @@ def _check_grids(grids: Sequence[src.ImageGrid], scale_max: float | None) -> tup
                 f"{grid.path}: expected {first.bands} {first.dtype} bands like {first.path}, found "
                 f"{grid.bands} {grid.dtype}"
             )
+        fix = f"give rasters with their bands in one order (e.g. save {grid.path} with its bands reordered)"
+        for warning in check_band_names(
+            StatedBands.of(grid.band_names), first.band_names, str(grid.path), f"{first.path} has", fix
+        ):
+            log.debug(warning)  # unnamed bands: the dataset's names come from the first raster, nothing to add
     if first.dtype in ("uint8", "uint16"):
         top = float(np.iinfo(first.dtype).max)
         if scale_max is not None and not 0 < scale_max <= top:
-            raise ConfigError(f"--scale-max: expected a value in (0, {top:g}] for {first.dtype}, found {scale_max}")
+            raise ConfigError(
+                f"{param_ref('scale_max')}: expected a value in (0, {top:g}] for {first.dtype}, found {scale_max}"
+            )
+        if scale_max is None and first.dtype == "uint16":
+            values = approx_range([grid.path for grid in grids])
+            warning = range_warning(f"raster '{first.path}'", first.dtype, values, top, "scale_max")
+            if warning:
+                log.warning(warning)
         return first.dtype, float(scale_max or top)
     if first.dtype in ("float32", "float64", "int16", "int32", "uint32"):
         if scale_max is None or scale_max <= 0:
             raise ConfigError(
-                f"{first.path}: {first.dtype} imagery needs --scale-max (the raw value that maps to 1.0); chips are "
-                "stored as uint16 of raw / scale-max"
+                f"{first.path}: {first.dtype} imagery needs {param_ref('scale_max')} (the raw value that maps to "
+                "1.0); chips are stored as uint16 of raw / that maximum"
             )
         return "uint16", float(scale_max)
     raise InputError(f"{first.path}: expected uint8, uint16, integer or float imagery, found {first.dtype}")
@@ -138,10 +153,13 @@ def _resolve_labels(spec: LabelSource) -> _Labels:
     empty = ClassTable((), ())
     if spec.task == "none":
         if spec.path:
-            raise ConfigError("--labels: imagery-only chips (--task none) take no labels; drop --labels")
+            raise ConfigError(
+                f"{param_ref('labels')}: imagery-only chips ({param_ref('task')} none) take no labels; leave "
+                f"{param_ref('labels')} empty"
+            )
         return _Labels("none", empty, empty)
     if not spec.path:
-        raise ConfigError(f"--labels: --task {spec.task} needs a label layer or class raster")
+        raise ConfigError(f"{param_ref('labels')}: {param_ref('task')} {spec.task} needs a label layer or class raster")
     records = ct.load_class_file(spec.classes_file) if spec.classes_file else None
     if src.is_vector(spec.path):
         vector = src.read_vector(spec.path, spec.class_field)
@@ -152,7 +170,7 @@ def _resolve_labels(spec: LabelSource) -> _Labels:
         ids = [index[ct.value_key(v)] if spec.class_field else 0 for v in vector.values]
         return _Labels("vector", ct.with_background(objects), objects, vector=vector, object_ids=ids)
     if spec.class_field:
-        raise ConfigError(f"--class-field: {spec.path} is a raster; class fields belong to vector labels")
+        raise ConfigError(f"{param_ref('class_field')}: {spec.path} is a raster; class fields belong to vector labels")
     header = src.open_raster(spec.path)
     if header.RasterCount == 3 and src.gdal_array_dtype(header.GetRasterBand(1).DataType) == "uint8":
         return _Labels("palette", ISPRS_SEG, ISPRS_DET)  # ISPRS RGB colours, on the image grid
@@ -397,9 +415,11 @@ def chip_images(
     """
     start = time.perf_counter()
     if labels.task not in TASKS:
-        raise ConfigError(f"--task: expected one of {list(TASKS)}, found {labels.task!r}")
+        raise ConfigError(f"{param_ref('task')}: expected one of {list(TASKS)}, found {labels.task!r}")
     if size < 1 or stride < 1:
-        raise ConfigError(f"--size/--stride: expected positive integers, found size={size}, stride={stride}")
+        raise ConfigError(
+            f"{param_ref('size')}/{param_ref('stride')}: expected positive integers, found {size} and {stride}"
+        )
     plan = plan or SplitPlan(block=2 * size)
     params = BoxParams(connectivity, min_area)
     paths = find_images(images)

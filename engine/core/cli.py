@@ -4,7 +4,8 @@ A ``__main__`` parses its arguments, then hands the work to :func:`run_cli`:
 
 * the job's own errors (:class:`~engine.core.errors.PmtlError`: bad input, bad config, an output that cannot be
   written) and any other ``OSError`` become one line ``error: …`` on stderr and exit status :data:`EXIT_ERROR`
-  (plus an ``error`` event on stdout with ``--json-progress``), never a traceback;
+  (plus an ``error`` event on stdout with ``--json-progress``, whose ``template`` leaves the parameters it names
+  for the parent program to name in its own words), never a traceback;
 * a cancel (:class:`~engine.core.progress.Cancelled`, ``cancel`` on stdin, SIGTERM) or Ctrl-C exits with
   :data:`EXIT_CANCELLED` after one line saying what was kept;
 * the progress reporter is closed on every path, before the last line is printed.
@@ -17,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.core.errors import PmtlError
+from engine.core.errors import PmtlError, error_event, render_message
 from engine.core.progress import Cancelled, JsonLinesProgress, Progress, TqdmProgress
 
 EXIT_OK = 0
@@ -55,13 +56,14 @@ def run_cli(
         code = job()
     except (Cancelled, KeyboardInterrupt):
         _close(progress)
-        print(cancelled() if callable(cancelled) else cancelled, file=sys.stderr)
+        line = cancelled() if callable(cancelled) else cancelled
+        print(line if json_errors else render_message(line), file=sys.stderr)  # a parent program names parameters
         return EXIT_CANCELLED
     except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         _close(progress)
         print(f"error: {exc}", file=sys.stderr)
         if json_errors:
-            JsonLinesProgress().emit("error", message=str(exc))
+            JsonLinesProgress().emit("error", **error_event(exc))
         return EXIT_ERROR
     _close(progress)
     return code if isinstance(code, int) else EXIT_OK

@@ -3,16 +3,58 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+_REFERENCE = re.compile(r"\[\[([a-z][a-z0-9_]*)\]\]")
+"""How a message refers to a user-facing parameter: ``[[value_max]]`` (see :func:`param_ref`)."""
+
+
+def param_ref(name: str) -> str:
+    """A reference to the user-facing parameter ``name`` inside an error message (the command-line flag, ``_`` for
+    ``-``). Each front door renders it in its own words: the CLI as the flag (``--value-max``), the QGIS
+    algorithms as the dialog field's label."""
+    return f"[[{name}]]"
+
+
+def cli_flag(name: str) -> str:
+    """How the command line names a parameter: ``value_max`` → ``--value-max``."""
+    return "--" + name.replace("_", "-")
+
 
 class PmtlError(Exception):
-    """Base class for every error the engine raises on purpose (bad input, bad config, missing data)."""
+    """Base class for every error the engine raises on purpose (bad input, bad config, missing data).
+
+    Its message may name parameters with :func:`param_ref`; ``str()`` renders them as command-line flags,
+    :meth:`render` in any other front door's words."""
+
+    @property
+    def template(self) -> str:
+        """The message with its parameter references unrendered."""
+        return str(self.args[0]) if self.args else ""
+
+    @property
+    def params(self) -> list[str]:
+        """The parameters the message names, in order."""
+        return _REFERENCE.findall(self.template)
+
+    def render(self, words: Callable[[str], str] = cli_flag) -> str:
+        """The message with each parameter reference replaced by ``words(name)``."""
+        return render_message(self.template, words)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def render_message(template: str, words: Callable[[str], str] = cli_flag) -> str:
+    """``template`` (an error message, e.g. an engine child's error event) with its parameter references rendered."""
+    return _REFERENCE.sub(lambda match: words(match.group(1)), template)
 
 
 class InputError(PmtlError, ValueError):
@@ -21,6 +63,26 @@ class InputError(PmtlError, ValueError):
 
 class ConfigError(PmtlError, ValueError):
     """A config value or CLI parameter that does not validate."""
+
+
+class ParamWords(logging.Filter):
+    """A log handler's filter that renders the parameter references in each message with ``words``."""
+
+    def __init__(self, words: Callable[[str], str] = cli_flag) -> None:
+        super().__init__()
+        self.words = words
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "[[" in message:
+            record.msg, record.args = render_message(message, self.words), ()
+        return True
+
+
+def log_params_as_flags() -> None:
+    """For the CLIs, after ``logging.basicConfig``: log messages name parameters as command-line flags."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ParamWords())
 
 
 class OutputError(PmtlError, OSError):
@@ -72,3 +134,10 @@ def quiet_gdal_close_errors() -> None:
         previous(unraisable)
 
     sys.unraisablehook = hook
+
+
+def error_event(error: BaseException) -> dict[str, str]:
+    """The fields of a CLI's JSON ``error`` event: the message as the CLI prints it and, for a front door that
+    renders parameters in its own words (the QGIS plugin), the unrendered ``template``."""
+    template = error.template if isinstance(error, PmtlError) else str(error)
+    return {"message": str(error), "template": template}

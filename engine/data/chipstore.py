@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.core.atomic import atomic_path
 from engine.core.classes import IGNORE_INDEX
-from engine.core.errors import InputError, filesystem_full, output_error
+from engine.core.errors import InputError, filesystem_full, output_error, param_ref
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,13 @@ def prepare_output_dir(out_dir: str | os.PathLike[str], overwrite: bool = False)
         log.warning("%s: removing the partial output of an interrupted chipping run", out)
         _clear(out)
     elif ours and overwrite:
-        log.warning("%s: --overwrite: replacing the existing chip dataset", out)
+        log.warning("%s: replacing the existing chip dataset (%s)", out, param_ref("overwrite"))
         _clear(out)
     elif ours:
-        raise InputError(f"{out}: expected an empty output folder, found a chip dataset; pass --overwrite to replace")
+        raise InputError(f"{out}: expected an empty output folder, found a chip dataset; set {param_ref('overwrite')} to replace it")
     else:
         raise InputError(
-            f"{out}: expected an empty output folder (or a chip dataset to --overwrite), found {entries[:8]}; "
+            f"{out}: expected an empty output folder (or a chip dataset to replace with {param_ref('overwrite')}), found {entries[:8]}; "
             "choose another folder or empty it yourself"
         )
     return out

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.modelio import ModelInfo
 from engine.core.progress import Progress, check_cancel
 
@@ -50,7 +50,9 @@ def chips_to_tiles(images: np.ndarray, info: ModelInfo, bands: Sequence[int]) ->
     n, h, w, _ = images.shape
     tile = info.tile_size
     if h > tile or w > tile:
-        raise InputError(f"chips of {h}×{w} px do not fit the model's {tile} px tiles; export with --tile-size >= {h}")
+        raise InputError(
+            f"chips of {h}×{w} px do not fit the model's {tile} px tiles; export with {param_ref('tile_size')} >= {h}"
+        )
     mean = np.asarray(info.mean, np.float32)[:, None, None]
     std = np.asarray(info.std, np.float32)[:, None, None]
     value_max = info.value_max_for(np.asarray(images).dtype.name) or info.value_max  # as predict scales it
@@ -161,7 +163,7 @@ def _score_task(
     progress: tuple[Progress | None, float, float],
 ) -> tuple[list[dict[str, Any]], tuple[int, int]]:
     """Metrics of every model on one chip set, plus (agreeing, total) chip pixels of models 0 and 1 (seg only)."""
-    flag = "--det-chips" if task == "det" else "--seg-chips"
+    flag = param_ref("det_chips") if task == "det" else param_ref("seg_chips")
     store = _open_chips(root, split, flag)
     orders = [_check_model(m, task, store, flag) for m in models]
     images = store.images(split)

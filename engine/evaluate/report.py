@@ -45,7 +45,7 @@ def to_jsonable(value: Any) -> Any:
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
         return to_jsonable(value.tolist())
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
@@ -60,7 +60,7 @@ def write_report(path: str | os.PathLike[str], metrics: Mapping[str, Any]) -> No
 
 
 def _num(value: Any, width: int = 6) -> str:
-    return f"{value:{width}.4f}" if isinstance(value, int | float) else f"{'n/a':>{width}}"
+    return f"{value:{width}.4f}" if isinstance(value, (int, float)) else f"{'n/a':>{width}}"
 
 
 def _segmentation_table(m: Mapping[str, Any]) -> list[str]:

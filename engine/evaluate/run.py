@@ -23,7 +23,7 @@ def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Scalar metrics under ``det_``/``seg_`` names (for logs and tables); nested ones kept under ``{prefix}``."""
     flat: dict[str, Any] = {prefix: metrics}
     for key, value in metrics.items():
-        if isinstance(value, int | float) and value is not None:
+        if isinstance(value, (int, float)) and value is not None:
             flat[f"{prefix}_{key}"] = float(value)
     return flat
 

@@ -67,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     inner = cli_progress(f"export {args.precision}", json_lines=args.json_progress, disable=args.precision == "fp32")
     # The export has no safe points to poll: a cancel interrupts it, and the temporary file is removed on the way out.
     progress = watch(inner, args.control_stdin, interrupt=True)
-    progress.report(0.0, f"exporting {args.checkpoint}")
     cancelled = "export cancelled; no model was written"
     return run_cli(
         partial(_export, args, progress), cancelled=cancelled, progress=progress, json_errors=args.json_progress
@@ -75,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _export(args: argparse.Namespace, progress: CancelWatch) -> None:
+    progress.report(0.0, f"exporting {args.checkpoint}")  # a cancel may come as soon as this line is out
     from engine.export.onnx_export import export_checkpoint  # torch loads here: a cancel may already come
 
     quantization = {"calibration_chips": args.calibration_chips, "eval_chips": args.eval_chips}

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from engine.core import modelio as md
 from engine.core.atomic import atomic_path
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress
 from engine.export.quantize import ChipSource, check_precision, convert_precision
 from engine.models.anchors import DEFAULT_VARIANCES, decode
@@ -369,7 +369,7 @@ def given_sources(
     manifests = []
     for root in roots:
         if _chip_dir(root) is None:
-            raise InputError(f"--calibration {root}: expected a chip dataset folder with manifest.json")
+            raise InputError(f"{param_ref('calibration')} {root}: expected a chip dataset folder with manifest.json")
         manifests.append(json.loads((Path(root) / "manifest.json").read_text(encoding="utf-8")))
     measured: dict[int, list[str]] = {k: [] for k in range(len(roots))}
     for task in ("det", "seg"):
@@ -402,7 +402,7 @@ def calibration_sources(
         recorded = {task: data.get(task) for task in ("det", "seg")}
         raise InputError(
             f"checkpoint '{ckpt_path}': int8 needs calibration chips; the training chip datasets it records "
-            f"{recorded} are not there: give one with --calibration DIR"
+            f"{recorded} are not there: give one with {param_ref('calibration')}"
         )
     return [ChipSource(root, tuple(tasks)) for root, tasks in found.items()]
 

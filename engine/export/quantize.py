@@ -28,7 +28,7 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from engine.core import modelio as md
 from engine.core.atomic import atomic_path
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress, ScaledProgress, check_cancel
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
@@ -172,7 +172,7 @@ def int8_graph(
     from engine.predict.model import OnnxModel
 
     if not sources:
-        raise ConfigError("int8 export needs calibration chips: give a chip dataset (--calibration DIR)")
+        raise ConfigError(f"int8 export needs calibration chips: give a chip dataset in {param_ref('calibration')}")
     if calibration_chips < 1:
         raise ConfigError(f"parameter 'calibration_chips' must be >= 1, found {calibration_chips}")
     info = OnnxModel(fp32_path, device="cpu").info

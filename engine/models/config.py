@@ -81,9 +81,9 @@ def _check_choice(origin: str, key: str, value: Any, choices: tuple[str, ...]) -
 
 
 def _check_floats(origin: str, key: str, value: Any, length: int | None = None) -> tuple[float, ...]:
-    ok = isinstance(value, list | tuple) and len(value) > 0 and (length is None or len(value) == length)
+    ok = isinstance(value, (list, tuple)) and len(value) > 0 and (length is None or len(value) == length)
     if ok:
-        ok = all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in value)
+        ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)
     if not ok:
         size = f"{length} " if length else ""
         raise ConfigError(f"{_where(origin, key)}: expected a list of {size}positive numbers, found {value!r}")
@@ -99,7 +99,7 @@ def _check_bool(origin: str, key: str, value: Any) -> bool:
 def _check_tasks(origin: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
-    ok = isinstance(value, list | tuple) and len(value) > 0 and all(v in TASKS for v in value)
+    ok = isinstance(value, (list, tuple)) and len(value) > 0 and all(v in TASKS for v in value)
     if not ok or len(set(value)) != len(value):
         expected = f"a non-empty list of distinct {list(TASKS)}"
         raise ConfigError(f"{_where(origin, 'tasks')}: expected {expected}, found {value!r}")
@@ -109,7 +109,7 @@ def _check_tasks(origin: str, value: Any) -> tuple[str, ...]:
 def _check_pretrained(origin: str, value: Any) -> str | None:
     if value is None or value == "imagenet":
         return value
-    if isinstance(value, str | os.PathLike) and str(value):
+    if isinstance(value, (str, os.PathLike)) and str(value):
         return str(value)
     expected = "null, 'imagenet' or a state-dict path"
     raise ConfigError(f"{_where(origin, 'pretrained')}: expected {expected}, found {value!r}")

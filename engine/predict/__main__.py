@@ -10,7 +10,7 @@ import sys
 from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
-from engine.core.errors import quiet_gdal_close_errors
+from engine.core.errors import log_params_as_flags, quiet_gdal_close_errors
 from engine.core.progress import Progress
 from engine.predict.options import add_raster_options, raster_settings
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    log_params_as_flags()
 
     progress = cli_progress("predict", json_lines=args.json_progress)
     cancelled = "prediction cancelled; no output written"

@@ -16,7 +16,7 @@ import numpy as np
 from osgeo import gdal
 
 from engine.core.atomic import atomic_path, temporary_sibling
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, param_ref
 from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import (
@@ -253,9 +253,9 @@ class RasterSettings:
 
     def __post_init__(self) -> None:
         if int(self.batch_size) < 1:
-            raise ConfigError(f"parameter 'batch_size' must be >= 1, found {self.batch_size}")
+            raise ConfigError(f"{param_ref('batch_size')}: expected a number >= 1, found {self.batch_size}")
         if not self.max_gsd_ratio > 1.0:
-            raise ConfigError(f"parameter 'max_gsd_ratio' must be > 1, found {self.max_gsd_ratio}")
+            raise ConfigError(f"{param_ref('max_gsd_ratio')}: expected a ratio > 1, found {self.max_gsd_ratio}")
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ from typing import Protocol
 import numpy as np
 from osgeo import gdal, ogr, osr
 
-from engine.core.errors import ConfigError, InputError
+from engine.core.bands import check_against_any, mapping_hint, range_warning, raster_band_names
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.modelio import ModelInfo
 
 gdal.UseExceptions()
@@ -190,7 +191,7 @@ def _band_list(
         bands = [int(b) for b in bands]
         if len(bands) != info.channels or not all(1 <= b <= count for b in bands):
             raise ConfigError(
-                f"parameter 'bands' {bands}: expected {info.channels} band numbers in 1..{count} for the model's "
+                f"{param_ref('bands')} {bands}: expected {info.channels} band numbers in 1..{count} for the model's "
                 f"inputs {list(info.bands or [])} (raster '{path}' has {count} bands)"
             )
         return bands
@@ -199,7 +200,7 @@ def _band_list(
         wanted = list(info.bands) if info.bands else f"{info.channels} bands"
         raise InputError(
             f"raster '{path}': the model expects {info.channels} bands {wanted}, the raster has {len(data_bands)} "
-            f"({[names[b - 1] for b in data_bands]}); give a band mapping, e.g. --bands "
+            f"({[names[b - 1] for b in data_bands]}); give a band mapping in {param_ref('bands')}, e.g. "
             f"{','.join(str(i + 1) for i in range(info.channels))} (raster band numbers in the model's band order)"
         )
     return data_bands
@@ -212,28 +213,63 @@ def _gdal_bands(ds: gdal.Dataset) -> tuple[list[int], list[str]]:
     return alpha, [gdal.GetColorInterpretationName(value) for value in interp]
 
 
+class _ApproxRange:
+    """The approximate (min, max) of the bands used, computed once when asked for (from overviews or a sample)."""
+
+    def __init__(self, ds: gdal.Dataset, bands: Sequence[int]) -> None:
+        self.ds, self.bands = ds, bands
+        self._range: tuple[float, float] | None = None
+
+    def __call__(self) -> tuple[float, float]:
+        if self._range is None:
+            ranges = [self.ds.GetRasterBand(b).ComputeRasterMinMax(True) for b in self.bands]
+            self._range = (min(float(r[0]) for r in ranges), max(float(r[1]) for r in ranges))
+        return self._range
+
+
+def _band_warnings(ds: gdal.Dataset, band_list: Sequence[int], path: str, info: ModelInfo, mapped: bool) -> list[str]:
+    """The raster's band names (descriptions, colour interpretation) against the model's: an InputError for a clear
+    mismatch the user did not map, warnings for what cannot be checked."""
+    if not info.bands:
+        return []
+    stated = raster_band_names(ds)
+    fix = mapping_hint(stated, info.bands)
+    trained = [list(info.bands)]
+    for dataset in ((info.raw.get("provenance") or {}).get("datasets") or {}).values():
+        bands = list(dataset.get("bands") or []) if isinstance(dataset, dict) else []
+        if len(bands) == info.channels and bands not in trained:
+            trained.append(bands)  # partial MTL: each task's chips may have had their own bands
+    return check_against_any(stated.pick(band_list), trained, f"raster '{path}'", "the model", fix, not mapped)
+
+
 def _value_scale(
-    dtype: str, approx_max: Callable[[], float], path: str, info: ModelInfo, value_max: float | None
+    dtype: str, approx_range: Callable[[], tuple[float, float]], path: str, info: ModelInfo, value_max: float | None
 ) -> float:
     """The raw value that maps to 1.0: given, else that of the training domain (``info.value_scalings``) whose dtype
-    the raster has, else the raster's max (with a warning)."""
+    the raster has (with a warning when the raster's values use little of it or exceed it), else the raster's max
+    (with a warning)."""
     if value_max is not None:
         if value_max <= 0:
-            raise ConfigError(f"parameter 'value_max' must be > 0, found {value_max}")
+            raise ConfigError(f"{param_ref('value_max')}: expected a value > 0, found {value_max}")
         return float(value_max)
     trained = info.value_max_for(dtype)
     if trained is not None:
+        if dtype != "uint8":
+            warning = range_warning(f"raster '{path}'", dtype, approx_range(), trained, "value_max")
+            if warning:
+                log.warning(warning)
         return trained
-    approx = approx_max()
+    approx = approx_range()[1]
     scale = 1.0 if dtype not in _DTYPES.values() and approx <= 1.0 else max(approx, 1.0)
     log.warning(
         "raster '%s' is %s but the model was trained on %s (max %g): scaling by the raster's approximate maximum %g "
-        "(set value_max / --value-max to override)",
+        "(set %s to override)",
         path,
         dtype,
         info.value_dtype,
         info.value_max,
         scale,
+        param_ref("value_max"),
     )
     return scale
 
@@ -307,14 +343,12 @@ def open_source(
         raise InputError(f"input raster '{path}': expected a raster with bands, found none")
     alpha, names = _gdal_bands(ds)
     band_list = _band_list(ds.RasterCount, alpha, names, path, info, bands)
-
-    def raster_max() -> float:
-        return max(float(ds.GetRasterBand(b).ComputeRasterMinMax(True)[1]) for b in band_list)
-
-    raw_max = _value_scale(_gdal_dtype(ds, band_list[0]), raster_max, path, info, value_max)
+    raw_max = _value_scale(_gdal_dtype(ds, band_list[0]), _ApproxRange(ds, band_list), path, info, value_max)
     scale, offset = _standardisation(info, raw_max)
+    known = len(notes)
+    notes += _band_warnings(ds, band_list, path, info, bands is not None)
     work, warped = _working_grid(ds, path, info, (gsd_tolerance, max_gsd_ratio), notes)
-    for note in notes:
+    for note in notes[known:]:  # the model's own notes were logged by the caller
         log.warning(note)
     flags = {b: work.GetRasterBand(b).GetMaskFlags() for b in band_list}
     mask_bands = [b for b in band_list if flags[b] != gdal.GMF_ALL_VALID]
@@ -395,10 +429,10 @@ def _reader_source(reader: WindowReader, info: ModelInfo, bands: Sequence[int] |
     names = [f"band {b}" for b in range(1, reader.band_count + 1)]
     band_list = _band_list(reader.band_count, reader.alpha_bands, names, reader.name, info, bands)
 
-    def reader_max() -> float:
-        return float(reader.approx_max(band_list))
+    def reader_range() -> tuple[float, float]:
+        return 0.0, float(reader.approx_max(band_list))
 
-    raw_max = _value_scale(reader.dtype, reader_max, reader.name, info, value_max)
+    raw_max = _value_scale(reader.dtype, reader_range, reader.name, info, value_max)
     scale, offset = _standardisation(info, raw_max)
     grid = grid_dataset(reader.width, reader.height, reader.geotransform, reader.wkt)
     return Source(

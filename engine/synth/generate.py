@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.core.atomic import write_json_atomic
 from engine.core.classes import SEG_CLASSES
-from engine.core.errors import ConfigError, InputError
+from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Cancelled, Progress, check_cancel
 from engine.synth.domains import DOMAINS, EPSG, LAYOUT_DIRS, DomainSpec, select_tiles
 from engine.synth.tile import generate_tile
@@ -75,7 +75,9 @@ def _prepare_root(root: Path, overwrite: bool) -> None:
         raise InputError(f"output folder {root}: expected a folder, found a file")
     if root.is_dir() and any(root.iterdir()):
         if not overwrite:
-            raise InputError(f"output folder {root} is not empty: choose an empty folder or pass --overwrite")
+            raise InputError(
+                f"output folder {root} is not empty: choose an empty folder or set {param_ref('overwrite')}"
+            )
         for name in (*LAYOUT_DIRS["vaihingen"], *LAYOUT_DIRS["potsdam"]):
             shutil.rmtree(root / name, ignore_errors=True)
         (root / SUMMARY_FILE).unlink(missing_ok=True)

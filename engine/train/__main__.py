@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engine.core.cli import cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, quiet_gdal_close_errors
+from engine.core.errors import PmtlError, param_ref, quiet_gdal_close_errors
 from engine.core.progress import JsonLinesProgress
 from engine.train.config import load_config
 from engine.train.distributed import init_distributed, shutdown
@@ -74,7 +74,7 @@ def _what_is_left(cfg: dict | None) -> str:
     """What a cancelled run leaves behind, truthfully: a checkpoint to resume from, or nothing yet."""
     last = Path(cfg["runtime"]["out"]) / "last.pt" if cfg else None
     if last is not None and last.is_file():
-        return f"{last} is kept (resume with --resume)"
+        return f"{last} is kept (resume with {param_ref('resume')})"
     return "no checkpoint was written yet (cancelled before the end of the first epoch)"
 
 

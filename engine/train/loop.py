@@ -275,7 +275,7 @@ def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metric
         "lr": run.optimizer.param_groups[0]["lr"],
         "train_img_per_s": losses.images * run.info.world_size / max(1e-9, losses.seconds),
         **{f"loss_{k}": v for k, v in zip(losses.names, means)},
-        **{k: v for k, v in metrics.items() if isinstance(v, int | float)},
+        **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         # not "det_…": those names are the scalar metrics (logs, tables, the CLI's summary)
         **({"class_score_thresh": class_score_thresh(metrics["det"])} if "det" in metrics else {}),
         "steps": losses.points,
@@ -328,7 +328,7 @@ def save_epoch(
         save_checkpoint(run.out_dir / "last.pt", payload)
         with (run.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(row) + "\n")
-        scalars = {k: v for k, v in row.items() if isinstance(v, int | float)}  # curve points etc. stay in files
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float))}  # curve points etc. stay in files
         if progress is not None and hasattr(progress, "emit"):
             progress.emit("metrics", **scalars)
         if writer is not None:

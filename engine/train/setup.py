@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.core.bands import bands_by_name, input_order
-from engine.core.errors import ConfigError
+from engine.core.errors import ConfigError, param_ref
 from engine.core.settings import Objectives, configure_losses
 from engine.data import datasets as D
 from engine.data import transforms as T
@@ -115,7 +115,7 @@ def param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str
             for name, param in sub.named_parameters(recurse=False):
                 if not param.requires_grad:
                     continue
-                is_norm = isinstance(sub, nn.modules.batchnorm._BatchNorm | nn.GroupNorm | nn.LayerNorm)
+                is_norm = isinstance(sub, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
                 (no_decay if is_norm or name == "bias" else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -177,7 +177,7 @@ def dataset_info(cfg: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if labelled not in (task, "both"):
             raise ConfigError(
                 f"config key 'data.{task}' ({cfg['data'][task]}): expected a chip dataset with {task} labels, "
-                f"found one chipped with --task {labelled}"
+                f"found one chipped for task {labelled!r}"
             )
     return info
 
@@ -416,7 +416,7 @@ def restore_state(run: Run, resume: bool) -> RunState:
     if not resume:
         return RunState()
     if not last_path.is_file():
-        raise ConfigError(f"--resume: no checkpoint at '{last_path}' to resume from")
+        raise ConfigError(f"{param_ref('resume')}: no checkpoint at '{last_path}' to resume from")
     saved = load_checkpoint(last_path, map_location="cpu")
     check_resume_config(saved.get("config") or {}, run.cfg, last_path)
     run.student.load_state_dict(saved["model"])

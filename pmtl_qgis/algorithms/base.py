@@ -3,26 +3,36 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from qgis.core import (
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFile,
+    QgsProperty,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
 
 from ..engine_process import ProcessResult, engine_command, run_streaming
-from ..environment import PLUGIN_DIR, engine_root, find_python_env, install_message, missing_modules
+from ..environment import (
+    PLUGIN_DIR,
+    PythonEnv,
+    engine_root,
+    find_python_env,
+    install_message,
+    missing_modules,
+)
 from ..environment import subprocess_environment as child_environment
 from ..feedback import FeedbackProgress
 from ..scope import engine_scope, import_engine
@@ -34,12 +44,40 @@ ICON_PATH = PLUGIN_DIR / "icon.svg"
 
 
 def is_unset(parameters: dict[str, Any], name: str) -> bool:
-    """True when an optional parameter was left empty: missing, None, '' or QGIS's NULL (a null QVariant, which
-    the algorithm dialog passes for an empty optional field)."""
-    value = parameters.get(name)
+    """True when an optional parameter was left empty, in any form QGIS passes that: missing, None, '' or blank,
+    NULL (a null QVariant: the algorithm dialog's empty optional field), or an output definition or property whose
+    value is empty (the Batch Processing panel's and the modeler's empty optional outputs)."""
+    return _is_empty(parameters.get(name))
+
+
+def _is_empty(value: Any) -> bool:
+    if isinstance(value, QgsProcessingOutputLayerDefinition):
+        return _is_empty(value.sink)
+    if isinstance(value, QgsProperty):
+        return value.propertyType() == QgsProperty.StaticProperty and _is_empty(value.staticValue())
     if isinstance(value, QVariant):
-        value = None if value.isNull() or not value.isValid() else value.value()
+        return value.isNull() or not value.isValid() or _is_empty(value.value())
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+class EngineWarnings(logging.Handler):
+    """While active (a ``with`` block), the engine's log warnings go to ``feedback.pushWarning``, rendered by
+    ``render`` (parameters named in the dialog's words)."""
+
+    def __init__(self, feedback: QgsProcessingFeedback, render: Callable[[str], str]) -> None:
+        super().__init__(logging.WARNING)
+        self.feedback = feedback
+        self.render = render
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.feedback.pushWarning(self.render(record.getMessage()))
+
+    def __enter__(self) -> EngineWarnings:
+        logging.getLogger("engine").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger("engine").removeHandler(self)
 
 
 class PmtlAlgorithm(QgsProcessingAlgorithm):
@@ -53,6 +91,9 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     DEVICE = "DEVICE"
     REQUIRED_MODULES: tuple[str, ...] = ()
     """Modules the algorithm needs; checked (without importing) before it runs, with an install message."""
+    ENGINE_PARAMS: ClassVar[dict[str, str]] = {}
+    """Engine parameter names (the command-line flags' words, e.g. ``scale_max``) whose QGIS parameter is not
+    simply the name in capitals; errors and warnings name those parameters by their dialog label."""
 
     def name(self) -> str:
         return self.ALG_ID
@@ -141,9 +182,17 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        """Runs :meth:`process` with the engine's imports and GDAL settings, restored for everybody else after."""
-        with engine_scope():
-            return self.process(parameters, context, feedback)
+        """Runs :meth:`process` with the engine's imports and GDAL settings, restored for everybody else after.
+        Optional parameters left empty (in whatever form, see :func:`is_unset`) are removed first, so every
+        ``parameterAs…`` call sees them as not given; the engine's warnings go to the log as warnings."""
+        given = {name: value for name, value in parameters.items() if not self._empty_optional(parameters, name)}
+        with engine_scope(), EngineWarnings(feedback, self.engine_text):
+            return self.process(given, context, feedback)
+
+    def _empty_optional(self, parameters: dict[str, Any], name: str) -> bool:
+        definition = self.parameterDefinition(name)
+        optional = definition is not None and bool(definition.flags() & QgsProcessingParameterDefinition.FlagOptional)
+        return optional and is_unset(parameters, name)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
@@ -172,20 +221,30 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         except progress_module.Cancelled as exc:
             raise QgsProcessingException(f"{self.displayName()} was cancelled; no output was written.") from exc
         except errors.PmtlError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(exc.render(self.param_words)) from exc
         except ModuleNotFoundError as exc:
             raise QgsProcessingException(install_message([(exc.name or "?").split(".")[0]])) from exc
 
     def run_engine(self, module: str, arguments: Sequence[str], feedback: QgsProcessingFeedback) -> ProcessResult:
         """``python -m MODULE ARGUMENTS`` in the dependency environment, streamed into ``feedback``; torch is never
         imported into QGIS, a crash there cannot take QGIS down, Cancel works on every OS."""
+        env = self.engine_env()
+        return self.run_command(engine_command(env.python, module, arguments), env, feedback)
+
+    def engine_env(self) -> PythonEnv:
+        """The dependency environment (its Python has torch), or the Processing error saying what to install."""
         env = find_python_env()
         if env.problem or env.python is None:
             raise QgsProcessingException(install_message(list(self.REQUIRED_MODULES) or ["torch"]))
-        command = engine_command(env.python, module, arguments)
-        feedback.pushCommandInfo(" ".join(shlex.quote(part) for part in command))
+        return env
+
+    def run_command(self, command: Sequence[str], env: PythonEnv, feedback: QgsProcessingFeedback) -> ProcessResult:
+        """Run an engine command line (see :func:`~pmtl_qgis.engine_process.engine_command`) in ``env``; its
+        console lines name parameters in the dialog's words."""
+        feedback.pushCommandInfo(" ".join(shlex.quote(str(part)) for part in command))
         feedback.pushInfo("Starting the engine (loading PyTorch)…")
-        return run_streaming(command, feedback, env=child_environment(env), cwd=engine_root())
+        environment, cwd = child_environment(env), engine_root()
+        return run_streaming(command, feedback, env=environment, cwd=cwd, render=self.engine_text)
 
     def check_engine_result(self, result: ProcessResult) -> None:
         """Raise the Processing error for a child that failed, lacked a module, or was cancelled."""
@@ -195,9 +254,20 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         if result.canceled:
             raise QgsProcessingException(f"{self.displayName()} was cancelled; no output was written.")
         if result.returncode != 0:
-            raise QgsProcessingException(
-                f"{self.displayName()} failed (exit code {result.returncode}):\n{result.error_text()}"
-            )
+            text = self.engine_text(result.error_text())
+            raise QgsProcessingException(f"{self.displayName()} failed (exit code {result.returncode}):\n{text}")
+
+    def engine_text(self, text: str) -> str:
+        """An engine message (an error event's template, a log warning) with its parameters in the dialog's words."""
+        if "[[" not in text:
+            return text  # most lines (every console line of a training) name no parameter
+        return self.engine("engine.core.errors").render_message(text, self.param_words)
+
+    def param_words(self, name: str) -> str:
+        """How this algorithm's dialog names the engine parameter ``name``: its field's label, quoted."""
+        definition = self.parameterDefinition(self.ENGINE_PARAMS.get(name, name.upper()))
+        label = definition.description() if definition is not None else name.replace("_", " ")
+        return f"'{label}'"
 
     # Reading parameters ---------------------------------------------------------------------------------------
 

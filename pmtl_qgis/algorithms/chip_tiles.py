@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qgis.core import (
     QgsProcessing,
@@ -24,6 +26,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 
+from ..layer_reader import is_temporary_output
 from .base import PmtlAlgorithm, is_unset
 
 DATASETS = ("vaihingen", "potsdam")
@@ -53,6 +56,7 @@ class ChipTiles(PmtlAlgorithm):
     GROUP_ID = "data"
     GROUP_NAME = "Data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
+    ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "IMAGES", "labels": "POLYGONS"}
     HELP = (
         "Cuts large orthophoto tiles and their ISPRS RGB-coded label rasters into square chips and writes a chip "
         "dataset folder (images, class masks, eroded masks, detection boxes from connected blobs of building / tree "
@@ -425,14 +429,37 @@ class ChipTiles(PmtlAlgorithm):
                 self.parameterAsInt(parameters, self.SEED, context), 2 * size,
             )  # fmt: skip
         except self.engine("engine.core.errors").PmtlError as exc:
-            raise QgsProcessingException(str(exc)) from exc
+            raise QgsProcessingException(exc.render(self.param_words)) from exc
         feedback.pushInfo(f"Chipping {len(images)} raster(s) for task '{task}' with labels {labels.path}")
         # chip_images has plain defaults for connectivity / min_area: leave out what the user left empty
         options = {k: v for k, v in options.items() if k != "out_dir" and v is not None}
+        out_dir = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
         self.call_engine(
-            userdata.chip_images, feedback, images=images, out_dir=self.parameterAsFileOutput(parameters,
-            self.OUTPUT, context), labels=labels, plan=plan, **options,
-        )  # fmt: skip
+            userdata.chip_images, feedback, images=images, out_dir=out_dir, labels=labels, plan=plan, **options
+        )
+        self.keep_temporary_sources(Path(out_dir), {"source": labels.path, "aoi": labels.aoi}, feedback)
+
+    def keep_temporary_sources(
+        self, out_dir: Path, sources: dict[str, str | None], feedback: QgsProcessingFeedback
+    ) -> None:
+        """Copy label / AOI files that live in Processing's temporary folder (memory layers, selections, temporary
+        outputs: gone when QGIS closes) into ``out_dir/labels``; the manifest's ``labels`` entries name the copies."""
+        manifest_path = out_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        changed = False
+        for key, source in sources.items():
+            path, _, layer = (source or "").partition("|")
+            if not path or not is_temporary_output(path):
+                continue
+            (out_dir / "labels").mkdir(exist_ok=True)
+            for part in Path(path).parent.glob(Path(path).stem + ".*"):  # a shapefile's sidecars too
+                shutil.copy2(part, out_dir / "labels" / part.name)
+            copy = str((out_dir / "labels" / Path(path).name).resolve()) + (f"|{layer}" if layer else "")
+            manifest["labels"][key] = copy
+            changed = True
+            feedback.pushInfo(f"Labels from a temporary layer kept with the chips: {copy}")
+        if changed:
+            self.engine("engine.core.atomic").write_json_atomic(manifest_path, manifest)
 
     def _tile_spec(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
         isprs = self.engine("engine.data.isprs")

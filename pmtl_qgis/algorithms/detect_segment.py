@@ -37,7 +37,7 @@ from qgis.core import (
 from qgis.PyQt.QtCore import QVariant
 
 from ..layer_reader import LayerError, prediction_input
-from ..styling import style_on_load
+from ..styling import name_on_load, style_on_load
 from .base import PmtlAlgorithm, is_unset
 
 PRECISIONS = ("as exported", "fp32", "int8", "fp16")
@@ -94,7 +94,13 @@ class DetectSegment(PmtlAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         number, sink = QgsProcessingParameterNumber, QgsProcessingParameterFeatureSink
-        self.param(QgsProcessingParameterRasterLayer, self.INPUT, "Input raster", help="An orthophoto (GDAL file).")
+        self.param(
+            QgsProcessingParameterRasterLayer,
+            self.INPUT,
+            "Input raster",
+            help="An orthophoto: any raster layer (a file, a GeoPackage raster, an XYZ / WMS basemap, a virtual "
+            "raster). Its band descriptions / colour interpretation are checked against the model's band names.",
+        )
         self.onnx_model_param(self.MODEL)
         self.param(
             QgsProcessingParameterBand,
@@ -282,9 +288,11 @@ class DetectSegment(PmtlAlgorithm):
             )
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
-        text = json.dumps(summary.as_dict() if hasattr(summary, "as_dict") else summary, default=str)
-        feedback.pushInfo(f"Summary: {text}")
-        results[self.SUMMARY] = text
+        for name, value in results.items():
+            name_on_load(context, value, self.parameterDefinition(name).description(), layer)
+        summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
+        feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
+        results[self.SUMMARY] = json.dumps(summary, default=str)
         return results
 
     def _gsd_limit(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, float]:

@@ -127,7 +127,8 @@ class Train(PmtlAlgorithm):
         "every step, the log shows losses and validation metrics per epoch, and Cancel stops it after the current "
         "step. Checkpoints: OUTPUT/best.pt (best on the validation split, never the test split) and OUTPUT/last.pt "
         "(after every epoch). The output folder defaults to a new folder under ~/pmtl/runs (or $PMTL_RUNS), kept "
-        "after QGIS exits; to continue a cancelled or interrupted run, choose its folder and tick 'Resume'.\n\n"
+        "after QGIS exits; to continue a cancelled or interrupted run, choose its folder and tick 'Resume the run in "
+        "the checkpoint folder'.\n\n"
         "Example (qgis_process): qgis_process run pmtl:train -- DET_DATA=/data/chips_potsdam "
         "SEG_DATA=/data/chips_vaihingen KD=6 DET_TEACHER=/runs/tdet/best.pt SEG_TEACHER=/runs/tseg/best.pt "
         "EPOCHS=70 OUTPUT=/runs/student"
@@ -360,10 +361,9 @@ class Train(PmtlAlgorithm):
         if unlabelled:
             roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
             overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
-        arguments = ["--config", config_path] if config_path else []
-        if self.parameterAsBool(parameters, self.RESUME, context):
-            arguments.append("--resume")
-        result = self.run_engine("engine.train", arguments + overrides, feedback)
+        env = self.engine_env()
+        resume = self.parameterAsBool(parameters, self.RESUME, context)
+        result = self.run_command(training_command(env.python, config_path, overrides, resume), env, feedback)
         return self._results(result, out_dir, feedback)
 
     def unlabelled_roots(
@@ -437,7 +437,9 @@ class Train(PmtlAlgorithm):
         if result.canceled:
             self._report_cancel(result, last, feedback)
         elif result.returncode != 0:
-            raise QgsProcessingException(f"Training failed (exit code {result.returncode}):\n{result.error_text()}")
+            raise QgsProcessingException(
+                f"Training failed (exit code {result.returncode}):\n{self.engine_text(result.error_text())}"
+            )
         metrics = done.get("metrics", {}) if done else {}
         results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
         if best.exists():
@@ -461,5 +463,6 @@ class Train(PmtlAlgorithm):
         metrics = result.last_event("metrics")
         epoch = f"epoch {metrics['epoch']}" if metrics and "epoch" in metrics else "an earlier run"
         feedback.pushWarning(
-            f"Training cancelled; the checkpoint of {epoch} is kept: {last} (tick 'Resume' and run again to continue)."
+            f"Training cancelled; the checkpoint of {epoch} is kept: {last} (tick 'Resume the run in the checkpoint "
+            "folder' and run again to continue)."
         )
