@@ -226,7 +226,7 @@ def export_onnx(
     specs = output_specs(tasks, variant, num_seg, num_det, tile, num_anchors)
     graph_tasks = sorted({s["task"] for s in specs.values()}, key=["det", "seg"].index)
 
-    provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights")
+    provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights", "init")
     provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
     if "model_config" not in provenance and cfg is not None:
         provenance["model_config"] = cfg.to_dict()
