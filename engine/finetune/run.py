@@ -89,20 +89,27 @@ def training_config(opts: FinetuneOptions, checkpoint: Path, payload: dict[str, 
     return validate_config(config_overrides(opts, checkpoint, chips, loss))
 
 
-def score_start(cfg: dict[str, Any], progress: Progress | None) -> dict[str, float]:
-    """The starting model mapped onto the new class table (new classes fresh), scored on the held-out blocks."""
+def start_network(cfg: dict[str, Any]) -> tuple[Any, tuple[tuple[float, ...], tuple[float, ...]]]:
+    """The starting model mapped onto the run's class table (new classes fresh, seeded as training starts them)
+    and the input normalisation the run trains with."""
     import torch
 
     from engine.data import transforms as T
     from engine.data.chipstore import open_chip_dataset
-    from engine.evaluate.run import evaluate_model
     from engine.train import warmstart as W
     from engine.train.setup import student_network
 
-    torch.manual_seed(int(cfg["runtime"]["seed"]))  # the fresh rows of new classes, as training starts them
+    torch.manual_seed(int(cfg["runtime"]["seed"]))
     manifests = {t: open_chip_dataset(cfg["data"][t]).manifest for t in cfg["tasks"]}
     _, net, start, _ = student_network(cfg, manifests)
-    norm = W.normalization(start, manifests, T.run_normalization(list(manifests.values()), "pooled"))
+    return net, W.normalization(start, manifests, T.run_normalization(list(manifests.values()), "pooled"))
+
+
+def score_start(cfg: dict[str, Any], progress: Progress | None) -> dict[str, float]:
+    """The starting model (:func:`start_network`) scored on the held-out blocks."""
+    from engine.evaluate.run import evaluate_model
+
+    net, norm = start_network(cfg)
     metrics = evaluate_model(
         net, cfg["data"].get("det"), cfg["data"].get("seg"), split="val", batch_size=cfg["data"]["batch_size"],
         normalization=norm, progress=progress,
