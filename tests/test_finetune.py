@@ -25,22 +25,13 @@ from engine.train.loop import train
 from engine.train.setup import student_network
 from tests.chipfixtures import write_chip_dataset
 from tests.test_labels_chip import ORIGIN, utm
+from tests.test_labels_train import TINY
 
 gdal.UseExceptions()
 ogr.UseExceptions()
 torch.set_num_threads(1)
 
 SMALL = ModelConfig(channels=16, seg_channels=16, num_det_classes=3, num_seg_classes=3)
-TINY = [
-    "data.batch_size=2",
-    "data.num_workers=0",
-    "optim.epochs=1",
-    "optim.iters_per_epoch=2",
-    "optim.warmup_iters=1",
-    "ema.tau=2.0",
-    "runtime.log_every=1",
-    "runtime.device=cpu",
-]
 START_GSD = 0.09
 
 

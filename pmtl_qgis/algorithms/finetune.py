@@ -24,7 +24,7 @@ from qgis.core import (
 
 from ..engine_process import ProcessResult
 from .base import PmtlAlgorithm, is_unset
-from .chip_tiles import VECTOR_FORMATS, raster_path
+from .chip_tiles import raster_path
 from .train import runs_root
 
 TASKS = ("det", "seg", "both")
@@ -182,23 +182,15 @@ class Finetune(PmtlAlgorithm):
         return {
             "checkpoint": str(model.resolve()),
             "images": raster_path(self.parameterAsRasterLayer(parameters, self.INPUT, context), "Raster"),
-            "labels": self._vector(parameters, self.LABELS, context, feedback),
+            "labels": self.vector_path(parameters, self.LABELS, context, feedback),
             "class_field": field or None,
             "task": TASKS[self.parameterAsEnum(parameters, self.TASK, context)],
-            "aoi": self._vector(parameters, self.AOI, context, feedback),
+            "aoi": self.vector_path(parameters, self.AOI, context, feedback),
             "steps": self.optional_number(parameters, self.STEPS, context, integer=True),
             "size": self.optional_number(parameters, self.SIZE, context, integer=True),
             "device": None if device == "auto" else device,
             "out": str(Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()),
         }
-
-    def _vector(
-        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> str | None:
-        """A file OGR reads for a feature source (memory layers and selections are saved to a temporary file)."""
-        if is_unset(parameters, name):
-            return None
-        return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
