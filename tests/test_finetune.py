@@ -262,3 +262,43 @@ def test_cli_one_line_errors(start, tmp_path: Path, capsys):
     err = _error(capsys, "--checkpoint", str(bare), *common, "--labels", str(labels), "--out", str(tmp_path / "d"))
     assert "other.onnx" in err and "provenance.checkpoint" in err
     assert not (tmp_path / "a" / "model.onnx").exists()
+
+
+class CancelAfter:
+    """A Progress that asks to cancel once training has reported ``after`` times (chipping reports first)."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.training_reports, self.messages = after, 0, []
+
+    def report(self, fraction: float | None, message: str = "") -> None:
+        self.messages.append(message)
+        if fraction is not None and fraction > 0.15:  # the training share of the bar (engine.finetune.run)
+            self.training_reports += 1
+
+    def is_canceled(self) -> bool:
+        return self.training_reports >= self.after
+
+
+def test_cancel_during_training_stops_without_a_model(start, tmp_path: Path):
+    from engine.core.progress import Cancelled
+    from engine.finetune.options import FinetuneOptions
+    from engine.finetune.run import finetune
+
+    raster = _raster(tmp_path / "ortho.tif")
+    labels = _polygons(tmp_path / "edited.gpkg", HOUSES, ["building"] * len(HOUSES))
+    opts = FinetuneOptions(
+        checkpoint=str(start["best"]),
+        images=[str(raster)],
+        labels=str(labels),
+        out=str(tmp_path / "ft"),
+        steps=50,
+        size=64,
+        holdout=0.3,
+        batch_size=2,
+        device="cpu",
+    )
+    progress = CancelAfter(2)
+    with pytest.raises(Cancelled):
+        finetune(opts, progress)
+    assert progress.training_reports == 2 and any("chipping" in m for m in progress.messages)
+    assert not (tmp_path / "ft" / "model.onnx").exists() and not (tmp_path / "ft" / "best.pt").exists()

@@ -84,12 +84,15 @@ def at_gsd(image: Path, gsd: float, work: Path) -> Path:
 
     from engine.chip.sources import image_grid
 
-    native = image_grid(image).gsd
+    grid = image_grid(image)
+    native = grid.gsd
     if abs(native - gsd) <= GSD_TOLERANCE * gsd:
         return image
     work.mkdir(parents=True, exist_ok=True)
     out = work / f"{image.stem}_{gsd:g}m.vrt"
-    options = gdal.WarpOptions(format="VRT", xRes=gsd, yRes=gsd, resampleAlg="average" if gsd > native else "bilinear")
+    ratio = gsd / native  # the same ratio in CRS units (degrees for a geographic CRS)
+    x_res, y_res = abs(grid.geotransform[1]) * ratio, abs(grid.geotransform[5]) * ratio
+    options = gdal.WarpOptions(format="VRT", xRes=x_res, yRes=y_res, resampleAlg="average" if ratio > 1 else "bilinear")
     if gdal.Warp(str(out), str(image), options=options) is None:
         raise InputError(f"--image {image}: GDAL could not resample it to {gsd:g} m ({gdal.GetLastErrorMsg()})")
     return out
