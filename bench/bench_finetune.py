@@ -94,9 +94,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test_aoi = half_aoi(args.image, other, args.out / f"{other}.gpkg")
     opts = FinetuneOptions(checkpoint=str(args.checkpoint), images=[str(args.image)], labels=str(args.labels),
                            out=str(args.out / "finetuned"), class_name=args.class_name, aoi=str(train_aoi),
-                           steps=args.steps, seed=args.seed, size=args.size)  # fmt: skip
+                           steps=args.steps, seed=args.seed, size=args.size, gsd=args.gsd, lr=args.lr,
+                           encoder_lr=args.encoder_lr, frozen_stages=args.frozen_stages)  # fmt: skip
     checkpoint, payload = resolve_checkpoint(opts.checkpoint)
-    gsd, size = float(payload["metadata"]["gsd"]), args.size or int(payload["metadata"]["chip_size"])
+    gsd, size = args.gsd or float(payload["metadata"]["gsd"]), args.size or int(payload["metadata"]["chip_size"])
     rows: dict[str, Any] = {}
     started = time.perf_counter()
     result = finetune(opts)
@@ -138,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, help="chip size (default: the starting model's)")
+    parser.add_argument("--gsd", type=float, help="GSD in m (default: the starting model's)")
+    defaults = FinetuneOptions(checkpoint="", images=[], labels="", out="")
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--encoder-lr", type=float, default=defaults.encoder_lr)
+    parser.add_argument("--frozen-stages", type=int, default=defaults.frozen_stages)
     parser.add_argument("--train-half", choices=["west", "east"], default="west")
     parser.add_argument("--class-name", default="building")
     parser.add_argument("--imagenet", action="store_true", help="also from ImageNet weights (must be on disk)")
