@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
+from engine.core.cli import cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
-from engine.core.errors import PmtlError, quiet_gdal_close_errors
-from engine.core.progress import Cancelled, JsonLinesProgress, TqdmProgress
+from engine.core.errors import quiet_gdal_close_errors
+from engine.core.progress import JsonLinesProgress
 from engine.finetune.options import add_arguments, from_namespace
 
 EPILOG = """example:
@@ -38,27 +40,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _finetune(args: argparse.Namespace, progress: Any) -> int:
+    from engine.finetune.run import finetune
+
+    result = finetune(from_namespace(args), watch(progress, args.control_stdin))
+    progress.close()
+    print(result.format())
+    if args.json_progress:
+        JsonLinesProgress().emit(
+            "done", model=result.model, checkpoint=result.checkpoint, before=result.before, after=result.after
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
-    from engine.finetune.run import finetune
-
-    inner = JsonLinesProgress() if args.json_progress else TqdmProgress("fine-tuning")
-    try:
-        result = finetune(from_namespace(args), watch(inner, args.control_stdin))
-    except Cancelled:
-        print("fine-tuning cancelled; no model was written", file=sys.stderr)
-        return 130
-    except (PmtlError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if args.json_progress:
-            JsonLinesProgress().emit("error", message=str(exc))
-        return 2
-    print(result.format())
-    if args.json_progress:
-        JsonLinesProgress().emit("done", model=result.model, checkpoint=result.checkpoint, before=result.before,
-                                 after=result.after)  # fmt: skip
-    return 0
+    progress = cli_progress("fine-tuning", args.json_progress)
+    return run_cli(
+        lambda: _finetune(args, progress),
+        cancelled="fine-tuning cancelled; no model was written",
+        progress=progress,
+        json_errors=args.json_progress,
+    )
 
 
 if __name__ == "__main__":
