@@ -43,8 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _finetune(args: argparse.Namespace, progress: Any) -> int:
     from engine.finetune.run import finetune
 
-    result = finetune(from_namespace(args), watch(progress, args.control_stdin))
-    progress.close()
+    watched = watch(progress, args.control_stdin)
+    result = finetune(from_namespace(args), watched)
+    watched.close()
     print(result.format())
     if args.json_progress:
         JsonLinesProgress().emit(

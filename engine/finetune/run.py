@@ -118,7 +118,7 @@ def score_start(cfg: dict[str, Any], progress: Progress | None) -> dict[str, flo
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if k.startswith(("det_", "seg_")) and isinstance(v, int | float)}
+    return {k: float(v) for k, v in metrics.items() if k.startswith(("det_", "seg_")) and isinstance(v, (int, float))}
 
 
 def _start_geometry(opts: FinetuneOptions, meta: dict[str, Any]) -> tuple[float, int, str | None]:
