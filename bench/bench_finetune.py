@@ -68,7 +68,7 @@ def score(net: Any, chips: Path, norm: Any = None) -> dict[str, float]:
 
 
 def score_checkpoint(path: Path, chips: Path) -> dict[str, float]:
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
 
     net, _ = model_from_checkpoint(path)
     return score(net, chips)

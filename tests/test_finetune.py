@@ -17,9 +17,9 @@ from engine.data.chipstore import open_chip_dataset
 from engine.finetune.__main__ import main as finetune_main
 from engine.finetune.prepare import extent_aoi
 from engine.models import build_model
+from engine.models.checkpoint import load_checkpoint
 from engine.models.config import ModelConfig
 from engine.models.transfer import class_pairs, first_conv, remap_rows, transfer_weights
-from engine.train.checkpoint import load_checkpoint
 from engine.train.config import load_config
 from engine.train.loop import train
 from engine.train.setup import student_network
@@ -29,7 +29,6 @@ from tests.test_labels_train import TINY
 
 gdal.UseExceptions()
 ogr.UseExceptions()
-torch.set_num_threads(1)
 
 SMALL = ModelConfig(channels=16, seg_channels=16, num_det_classes=3, num_seg_classes=3)
 START_GSD = 0.09

@@ -12,7 +12,7 @@ from engine.chip.userdata import LabelSource, chip_images, find_images
 from engine.core.errors import InputError
 from engine.core.progress import Progress
 from engine.finetune.options import FinetuneOptions
-from engine.train.checkpoint import load_checkpoint
+from engine.models.checkpoint import load_checkpoint
 
 GSD_TOLERANCE = 0.05
 """Rasters within 5 % of the model's GSD are chipped as they are; others are resampled."""

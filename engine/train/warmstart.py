@@ -23,9 +23,9 @@ from torch import nn
 
 from engine.core.errors import ConfigError
 from engine.models import load_model_config
+from engine.models.checkpoint import inference_state, load_checkpoint
 from engine.models.config import ModelConfig
 from engine.models.transfer import Transfer, transfer_weights
-from engine.train.checkpoint import inference_state, load_checkpoint
 from engine.train.config import FROZEN_STAGES
 
 GSD_TOLERANCE = 0.05
