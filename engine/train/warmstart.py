@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from engine.core.classes import recorded
 from engine.core.errors import ConfigError
 from engine.models import load_model_config
 from engine.models.checkpoint import inference_state, load_checkpoint
@@ -152,9 +153,9 @@ def run_metadata(start: WarmStart, cfg: dict[str, Any], report: Transfer) -> dic
     if keep:
         out["tasks"] = [t for t in ("det", "seg") if t in cfg["tasks"] or t in keep]
     if "seg" in keep:
-        out.update(seg_classes=meta.get("seg_classes"), palette=meta.get("palette"))
+        out.update(seg_classes=meta.get("seg_classes"), seg_colors=recorded(meta, "seg_colors"))
     if "det" in keep:
-        out.update(det_classes=meta.get("det_classes"), det_palette=meta.get("det_palette"))
-        if meta.get("det_score_thresholds"):
-            out["det_score_thresholds"] = meta["det_score_thresholds"]
+        out.update(det_classes=meta.get("det_classes"), det_colors=recorded(meta, "det_colors"))
+        if recorded(meta, "class_score_thresh"):
+            out["class_score_thresh"] = recorded(meta, "class_score_thresh")
     return out
