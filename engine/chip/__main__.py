@@ -11,6 +11,7 @@ from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
 from engine.core.errors import ConfigError, log_params_as_flags, quiet_gdal_close_errors
+from engine.core.options import ChipOptions, add_options
 from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -51,8 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
     own.add_argument("--name", default="custom", help="dataset name recorded in the manifest (default custom)")
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    parser.add_argument("--size", type=int, default=320, help="chip side in pixels (default 320)")
-    parser.add_argument("--stride", type=int, default=320, help="step between chips in pixels (default 320)")
+    add_options(parser, ChipOptions, "size", "stride")
     parser.add_argument("--connectivity", type=int, choices=[4, 8], default=DEFAULT_CONNECTIVITY,
                         help=f"blob connectivity for boxes (default {DEFAULT_CONNECTIVITY})")  # fmt: skip
     parser.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA,
