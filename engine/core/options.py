@@ -54,7 +54,7 @@ class PredictOptions:
 class WorkerOptions:
     """Where ``python -m engine.region`` and Processing's 'Detect and segment a region' run."""
 
-    workers: int = option(2, "local worker processes (ignored with --scheduler)")
+    workers: int = option(2, "local worker processes, each running one raster at a time (ignored with a scheduler)")
 
 
 def _field(options: type, name: str) -> dataclasses.Field:

@@ -136,6 +136,17 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(parameter)
         return parameter
 
+    def option_param(self, kind: type, name: str, label: str, options: type, field: str, **extra: Any) -> None:
+        """A parameter whose default and help come from the engine's options dataclass ``options`` (its ``field``):
+        the one place that default is written (see ``engine.core.options``)."""
+        engine_options = self.engine_options()
+        help = engine_options.help_sentence(options, field)
+        self.param(kind, name, label, help=help, defaultValue=engine_options.default_of(options, field), **extra)
+
+    def engine_options(self) -> ModuleType:
+        """``engine.core.options``: the front doors' option dataclasses (standard library only)."""
+        return self.engine("engine.core.options")
+
     def device_param(self, help: str) -> None:
         """The advanced 'Device' choice (auto, cpu, cuda) under the name DEVICE."""
         self.param(

@@ -149,24 +149,9 @@ class ChipTiles(PmtlAlgorithm):
             defaultValue=0,
             help="Which split the chips of the raster layers belong to.",
         )
-        self.param(
-            number,
-            self.SIZE,
-            "Chip size (px)",
-            type=number.Integer,
-            defaultValue=320,
-            minValue=16,
-            help="Side of the square chips (the paper: 320).",
-        )
-        self.param(
-            number,
-            self.STRIDE,
-            "Stride (px)",
-            type=number.Integer,
-            defaultValue=320,
-            minValue=1,
-            help="Step between chips; smaller than the size gives overlapping chips.",
-        )
+        chip_options = self.engine_options().ChipOptions
+        self.option_param(number, self.SIZE, "Chip size (px)", chip_options, "size", type=number.Integer, minValue=16)
+        self.option_param(number, self.STRIDE, "Stride (px)", chip_options, "stride", type=number.Integer, minValue=1)
         self.param(
             enum,
             self.POTSDAM,

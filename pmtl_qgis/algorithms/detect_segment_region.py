@@ -92,10 +92,8 @@ class DetectSegmentRegion(PmtlAlgorithm):
             help="Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder.",
         )
         self.onnx_model_param(self.MODEL)
-        self.param(
-            number, self.WORKERS, "Local workers", type=INTEGER, defaultValue=2, minValue=1,
-            help="Worker processes on this computer, each running one raster at a time (ignored with a scheduler).",
-        )  # fmt: skip
+        workers = self.engine_options().WorkerOptions
+        self.option_param(number, self.WORKERS, "Local workers", workers, "workers", type=INTEGER, minValue=1)
         self.param(
             QgsProcessingParameterString,
             self.SCHEDULER,

@@ -29,6 +29,7 @@ from qgis.core import (
 
 from ..engine_process import ProcessResult, engine_command
 from ..environment import engine_root, install_message
+from ..scope import import_engine
 from .base import PmtlAlgorithm, is_unset
 
 MODELS = (
@@ -79,8 +80,9 @@ def yaml_path(path: Path | str) -> str:
     return json.dumps(str(path))
 
 
-def chip_size_of(datasets: list[Path], default: int = 320) -> int:
-    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike."""
+def chip_size_of(datasets: list[Path], default: int | None = None) -> int:
+    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike;
+    ``default`` (None: the engine's default chip size) when none records one."""
     for root in datasets:
         try:
             size = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("chip_size")
@@ -88,7 +90,7 @@ def chip_size_of(datasets: list[Path], default: int = 320) -> int:
             continue
         if isinstance(size, int) and size > 0:
             return size
-    return default
+    return default if default is not None else import_engine("engine.core.options").ChipOptions.size
 
 
 def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
@@ -165,6 +167,8 @@ class Train(PmtlAlgorithm):
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         file, number = QgsProcessingParameterFile, QgsProcessingParameterNumber
+        engine_options = self.engine_options()
+        train = engine_options.config_defaults(engine_options.TrainOptions)
         self.param(
             file,
             self.DET_DATA,
@@ -223,7 +227,7 @@ class Train(PmtlAlgorithm):
             type=INTEGER,
             optional=True,
             minValue=1,
-            help="Empty: the config's value (70 by default, as in the paper).",
+            help=f"Empty: the config's value ({train['epochs']} by default, as in the paper).",
         )
         self.param(
             QgsProcessingParameterBoolean,
@@ -245,9 +249,9 @@ class Train(PmtlAlgorithm):
         )
         for name, label, kind, minimum, text in (
             (self.BATCH_SIZE, "Batch size", INTEGER, 1, "Images per batch and task (empty: config)."),
-            (self.LR, "Learning rate", DOUBLE, 0.0, "Peak SGD learning rate (empty: config, 0.01)."),
+            (self.LR, "Learning rate", DOUBLE, 0.0, f"Peak SGD learning rate (empty: config, {train['lr']:g})."),
             (self.ITERS, "Iterations per epoch", INTEGER, 1, "Empty: one pass over the larger dataset."),
-            (self.SEED, "Random seed", INTEGER, 0, "Empty: config (0)."),
+            (self.SEED, "Random seed", INTEGER, 0, f"Empty: config ({train['seed']})."),
         ):
             self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
         self.device_param("auto: CUDA when PyTorch sees a GPU, else the CPU.")
