@@ -150,8 +150,8 @@ class ChipTiles(PmtlAlgorithm):
             help="Which split the chips of the raster layers belong to.",
         )
         chip_options = self.engine_options().ChipOptions
-        self.option_param(number, self.SIZE, "Chip size (px)", chip_options, "size", type=number.Integer, minValue=16)
-        self.option_param(number, self.STRIDE, "Stride (px)", chip_options, "stride", type=number.Integer, minValue=1)
+        self.add_spec(self.option_spec("integer", self.SIZE, "Chip size (px)", chip_options, "size", minValue=16))
+        self.add_spec(self.option_spec("integer", self.STRIDE, "Stride (px)", chip_options, "stride", minValue=1))
         self.param(
             enum,
             self.POTSDAM,

@@ -101,7 +101,7 @@ class DetectSegment(PmtlAlgorithm):
             help="An orthophoto: any raster layer (a file, a GeoPackage raster, an XYZ / WMS basemap, a virtual "
             "raster). Its band descriptions / colour interpretation are checked against the model's band names.",
         )
-        self.onnx_model_param(self.MODEL)
+        self.add_spec(self.onnx_model_spec(self.MODEL))
         self.param(
             QgsProcessingParameterBand,
             self.BANDS,
@@ -163,7 +163,7 @@ class DetectSegment(PmtlAlgorithm):
         ):
             limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
             self.param(number, name, label, type=kind, optional=True, advanced=True, help=text, **limits)
-        self.device_param("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran).")
+        self.add_spec(self.device_spec("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran)."))
         self.param(
             QgsProcessingParameterEnum,
             self.PRECISION,

@@ -91,9 +91,9 @@ class DetectSegmentRegion(PmtlAlgorithm):
             optional=True,
             help="Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder.",
         )
-        self.onnx_model_param(self.MODEL)
+        self.add_spec(self.onnx_model_spec(self.MODEL))
         workers = self.engine_options().WorkerOptions
-        self.option_param(number, self.WORKERS, "Local workers", workers, "workers", type=INTEGER, minValue=1)
+        self.add_spec(self.option_spec("integer", self.WORKERS, "Local workers", workers, "workers", minValue=1))
         self.param(
             QgsProcessingParameterString,
             self.SCHEDULER,
@@ -124,7 +124,7 @@ class DetectSegmentRegion(PmtlAlgorithm):
             (self.MAX_GSD_RATIO, "Largest GSD ratio", DOUBLE, 1.0, "Refuse rasters further from the model's GSD."),
         ):
             self.param(number, name, label, type=kind, minValue=minimum, optional=True, advanced=True, help=text)
-        self.device_param("auto: CUDA when onnxruntime has it, else the CPU.")
+        self.add_spec(self.device_spec("auto: CUDA when onnxruntime has it, else the CPU."))
         self.param(
             QgsProcessingParameterFolderDestination,
             self.OUTPUT,

@@ -254,7 +254,7 @@ class Train(PmtlAlgorithm):
             (self.SEED, "Random seed", INTEGER, 0, f"Empty: config ({train['seed']})."),
         ):
             self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
-        self.device_param("auto: CUDA when PyTorch sees a GPU, else the CPU.")
+        self.add_spec(self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."))
         self.param(
             QgsProcessingParameterString,
             self.OVERRIDES,
