@@ -85,7 +85,7 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     ALG_ID = ""
     DISPLAY_NAME = ""
     GROUP_ID = ""
-    GROUP_NAME = ""
+    """The group's id; its name in the toolbox is the id capitalised (data → Data)."""
     HELP = ""
     DEVICE = "DEVICE"
     REQUIRED_MODULES: tuple[str, ...] = ()
@@ -101,7 +101,7 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.DISPLAY_NAME)
 
     def group(self) -> str:
-        return self.tr(self.GROUP_NAME)
+        return self.tr(self.GROUP_ID.capitalize())
 
     def groupId(self) -> str:
         return self.GROUP_ID

@@ -54,7 +54,6 @@ class ChipTiles(PmtlAlgorithm):
     ALG_ID = "chip_tiles"
     DISPLAY_NAME = "Chip tiles into a training dataset"
     GROUP_ID = "data"
-    GROUP_NAME = "Data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
     ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "IMAGES", "labels": "POLYGONS"}
     HELP = (

@@ -34,7 +34,6 @@ class DetectSegmentRegion(PmtlAlgorithm):
     ALG_ID = "detect_segment_region"
     DISPLAY_NAME = "Detect and segment a region (many rasters, Dask)"
     GROUP_ID = "inference"
-    GROUP_NAME = "Inference"
     REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal", "distributed")
     HELP = (
         "Runs an ONNX model exported by pmtl over many orthophotos at once (a town, a county): the raster layers "

@@ -29,7 +29,6 @@ class Evaluate(PmtlAlgorithm):
     ALG_ID = "evaluate"
     DISPLAY_NAME = "Evaluate a checkpoint"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "torchvision")
     HELP = (
         "Measures a trained network on a split of chip datasets: detection mean average precision over IoU "

@@ -24,7 +24,6 @@ class ExportOnnx(PmtlAlgorithm):
     ALG_ID = "export_onnx"
     DISPLAY_NAME = "Export a checkpoint to ONNX"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "onnx")
     HELP = (
         "Exports the network of a training checkpoint (both heads, dynamic batch) to an ONNX file that "

@@ -32,7 +32,6 @@ class GenerateSynthetic(PmtlAlgorithm):
     ALG_ID = "generate_synthetic"
     DISPLAY_NAME = "Generate synthetic ISPRS-like data"
     GROUP_ID = "data"
-    GROUP_NAME = "Data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
     HELP = (
         "Writes a synthetic twin of the ISPRS 2D semantic labelling benchmark: georeferenced orthophoto tiles "

@@ -71,7 +71,6 @@ class RenderMap(PmtlAlgorithm):
     ALG_ID = "render_map"
     DISPLAY_NAME = "Render a result map (PNG)"
     GROUP_ID = "inference"
-    GROUP_NAME = "Inference"
     HELP = (
         "Draws what 'Detect and segment' found the way QGIS shows it: the orthophoto, the class map on top with "
         "its class colours (half transparent), and the detected boxes outlined by class and labelled with their score,"

@@ -116,7 +116,6 @@ class Train(PmtlAlgorithm):
     ALG_ID = "train"
     DISPLAY_NAME = "Train a detection + segmentation network"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "torchvision", "yaml")
     HELP = (
         "Trains one network for object detection (building, tree, car) and semantic segmentation (6 ISPRS "
