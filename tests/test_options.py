@@ -74,6 +74,7 @@ def test_the_command_lines_take_their_defaults_from_the_options():
 
     chip = chip_parser().parse_args(["--out", "x"])
     assert (chip.size, chip.stride) == (ChipOptions.size, ChipOptions.stride) == (320, 320)
+    assert (chip.val_fraction, chip.seed) == (ChipOptions.val_fraction, ChipOptions.seed) == (0.2, 0)
     predict = predict_parser().parse_args(["--model", "m.onnx", "--input", "in.tif"])
     assert (predict.batch_size, predict.device) == (PredictOptions.batch_size, PredictOptions.device) == (4, "auto")
     region = region_parser().parse_args(["--model", "m.onnx", "--input", "in.tif", "--out", "o"])
@@ -101,6 +102,8 @@ def test_an_option_renders_its_default_into_its_help_and_type():
 QGIS_OPTIONS = [
     ("pmtl:chip_tiles", "SIZE", ChipOptions, "size"),
     ("pmtl:chip_tiles", "STRIDE", ChipOptions, "stride"),
+    ("pmtl:chip_tiles", "VAL_FRACTION", ChipOptions, "val_fraction"),
+    ("pmtl:chip_tiles", "SEED", ChipOptions, "seed"),
     ("pmtl:detect_segment_region", "WORKERS", WorkerOptions, "workers"),
 ]
 

@@ -163,27 +163,17 @@ class ChipTiles(PmtlAlgorithm):
 
     def _own_splits(self) -> list[Spec]:
         classes = "List of {name, value, colour}: value = class field value or class raster value."
-        fraction = "Share of blocks (or rasters) held out for validation."
         split_by = (
             "block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across splits."
         )
-        class_files, share = "YAML/JSON (*.yaml *.yml *.json)", {"minValue": 0.0, "maxValue": 0.9}
+        class_files = {"fileFilter": "YAML/JSON (*.yaml *.yml *.json)", **ADVANCED_OPTIONAL}
+        share = {"minValue": 0.0, "maxValue": 0.9, "advanced": True}
+        chip_options = self.engine_options().ChipOptions
         return [
-            spec(
-                "file",
-                self.CLASSES_FILE,
-                "Class table (YAML/JSON)",
-                classes,
-                fileFilter=class_files,
-                **ADVANCED_OPTIONAL,
-            ),
-            spec(
-                "double", self.VAL_FRACTION, "Validation fraction", fraction, defaultValue=0.2, **share, advanced=True
-            ),
+            spec("file", self.CLASSES_FILE, "Class table (YAML/JSON)", classes, **class_files),
+            self.option_spec("double", self.VAL_FRACTION, "Validation fraction", chip_options, "val_fraction", **share),
             spec("enum", self.SPLIT_BY, "Split by", split_by, options=SPLIT_BY, defaultValue=0, advanced=True),
-            spec(
-                "integer", self.SEED, "Split seed", "The same seed gives the same split.", defaultValue=0, advanced=True
-            ),
+            self.option_spec("integer", self.SEED, "Split seed", chip_options, "seed", advanced=True),
         ]
 
     def _output(self) -> list[Spec]:
