@@ -19,8 +19,8 @@ import torch
 from engine.core.settings import configure_losses
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
+from engine.models.checkpoint import save_checkpoint
 from engine.train import objectives as O
-from engine.train.checkpoint import save_checkpoint
 from engine.train.config import load_config
 from engine.train.loop import train
 from engine.train.schedule import ModelEMA

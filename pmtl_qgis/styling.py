@@ -1,7 +1,7 @@
 """Styles applied to outputs when QGIS loads them: the model's class colours for class maps and detection boxes.
 
-Colours come from the model (``ModelInfo.seg_colors`` / ``det_colors``); a class the model does not know (an older
-layer, a field edited by hand) gets a deterministic fallback colour from ``engine.export.metadata.class_colors``.
+Colours come from the model (``ModelInfo.head(task).colors``); a class the model does not know (an older
+layer, a field edited by hand) gets a deterministic fallback colour from ``engine.core.modelio.class_colors``.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ Classes = tuple[Sequence[str], Sequence[RGB]]
 
 def fallback_colors(names: Sequence[str]) -> tuple[RGB, ...]:
     """The engine's colours for classes without colours from a model (ISPRS names keep their ISPRS colours)."""
-    return import_engine("engine.export.metadata").class_colors(list(names))
+    return import_engine("engine.core.modelio").class_colors(list(names))
 
 
 def complete_classes(classes: Classes | None, found: Sequence[str] = ()) -> Classes:

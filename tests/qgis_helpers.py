@@ -363,7 +363,7 @@ def tiny_onnx_model(
     import torch
     from torch import nn
 
-    from engine.export.metadata import class_colors
+    from engine.core.modelio import class_colors
     from engine.export.onnx_export import export_onnx
 
     class TinyNet(nn.Module):

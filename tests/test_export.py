@@ -16,14 +16,14 @@ from testmodels import isprs_description
 from torch import nn
 from torchvision.ops import batched_nms
 
+from engine.core import modelio as md
 from engine.core.classes import DET_CLASSES, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.export import export_checkpoint, export_onnx
-from engine.export import metadata as md
 from engine.export.__main__ import main as export_main
 from engine.models import ModelConfig, build_model, decode, postprocess_detections
+from engine.models.checkpoint import save_checkpoint
 from engine.predict.detections import nms, tile_detections
-from engine.train.checkpoint import save_checkpoint
 
 torch.set_num_threads(1)
 TILE = 64

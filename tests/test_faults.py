@@ -131,7 +131,7 @@ def test_full_disk_injected_at_the_write_layer(model, tmp_path, monkeypatch, cap
 
 def test_full_disk_while_chipping_and_checkpointing(tmp_path, monkeypatch):
     from engine.data.chipstore import ChipWriter
-    from engine.train import checkpoint
+    from engine.models import checkpoint
 
     out = tmp_path / "chips"
 

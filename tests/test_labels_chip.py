@@ -128,7 +128,7 @@ def test_vector_labels_in_another_crs_give_gdals_masks_and_envelope_boxes(scene,
     data = open_chip_dataset(out)
     m = data.manifest
     assert m["task"] == "both" and m["seg_classes"] == [BACKGROUND, "house", "shed"]
-    assert m["det_classes"] == ["house", "shed"] and len(m["det_palette"]) == 2
+    assert m["det_classes"] == ["house", "shed"] and len(m["det_colors"]) == 2
     assert [r["value"] for r in m["class_tables"]["det"]] == ["house", "shed"]
     expected_mask = gdal_mask(scene["image"], scene["labels"], {"house": 1, "shed": 2})
     assert (expected_mask > 0).sum() > 600  # the polygons really are there
@@ -171,7 +171,7 @@ def test_class_raster_with_nodata_on_a_coarser_grid_is_warped_nearest(tmp_path: 
     labels = LabelSource("seg", str(path), classes_file=str(classes))
     chip_images([image], out, labels, size=16, stride=16, plan=plan)
     data = open_chip_dataset(out)
-    assert data.seg_classes == ["field", "forest"] and data.manifest["palette"][0] == [250, 220, 0]
+    assert data.seg_classes == ["field", "forest"] and data.manifest["seg_colors"][0] == [250, 220, 0]
     assert data.det_classes == [] and data.bands == ["band1"] and data.value_scaling["dtype"] == "uint16"
     fine = np.repeat(np.repeat(coarse, 2, 0), 2, 1)
     expected = np.select([fine == 3, fine == 7], [0, 1], IGNORE_INDEX).astype(np.uint8)

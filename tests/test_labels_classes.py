@@ -25,10 +25,10 @@ torch.set_num_threads(1)
 
 SEG = ClassTable(("background", "roof"), ((200, 200, 200), (180, 30, 40)), (None, "roof"))
 DET = ClassTable(("shed", "house"), ((10, 20, 30), (250, 128, 0)))
-SEG_MANIFEST = {"task": "seg", "seg_classes": list(SEG.names), "palette": [list(c) for c in SEG.colours],
+SEG_MANIFEST = {"task": "seg", "seg_classes": list(SEG.names), "palette": [list(c) for c in SEG.colors],
                 "det_classes": []}  # fmt: skip
 DET_MANIFEST = {"task": "det", "seg_classes": [], "palette": [], "det_classes": list(DET.names),
-                "det_palette": [list(c) for c in DET.colours]}  # fmt: skip
+                "det_palette": [list(c) for c in DET.colors]}  # fmt: skip
 
 
 class HouseNet(nn.Module):
@@ -50,7 +50,7 @@ def test_class_table_records_round_trip_and_isprs_fallbacks():
     seg, det = tables_from_manifest({"seg_classes": list(ISPRS_SEG.names), "palette": [list(c) for c in PALETTE],
                                      "det_classes": list(ISPRS_DET.names)})  # fmt: skip
     # an ISPRS manifest written before det_palette existed: detection colours are those of the same-named class
-    assert det.colours == ISPRS_DET.colours == (PALETTE[1], PALETTE[3], PALETTE[4])
+    assert det.colors == ISPRS_DET.colors == (PALETTE[1], PALETTE[3], PALETTE[4])
     assert seg.names == ISPRS_SEG.names
     assert tables_from_manifest(DET_MANIFEST)[1] == DET
 
@@ -62,9 +62,9 @@ def test_heads_and_checkpoint_classes_come_from_each_tasks_manifest():
     meta = class_metadata(manifests)
     assert meta == {
         "seg_classes": ["background", "roof"],
-        "palette": [[200, 200, 200], [180, 30, 40]],
+        "seg_colors": [[200, 200, 200], [180, 30, 40]],
         "det_classes": ["shed", "house"],
-        "det_palette": [[10, 20, 30], [250, 128, 0]],
+        "det_colors": [[10, 20, 30], [250, 128, 0]],
     }
 
 
@@ -86,7 +86,10 @@ def test_user_classes_reach_onnx_metadata_and_every_predict_output(tmp_path: Pat
     assert props["det"]["colors"] == [[10, 20, 30], [250, 128, 0]]
     assert props["class_names"] == {"0": "background", "1": "roof"}  # Deepness
     info = OnnxModel(model).info
-    assert info.seg_colors == ((200, 200, 200), (180, 30, 40)) and info.det_colors == ((10, 20, 30), (250, 128, 0))
+    assert info.head("seg").colors == ((200, 200, 200), (180, 30, 40)) and info.head("det").colors == (
+        (10, 20, 30),
+        (250, 128, 0),
+    )
 
     image = scene(96, 100, [(20, 24), (60, 60)], bands=1).astype(np.uint16) * 8  # 1-band uint16 "pan"
     src = write_tif(tmp_path / "pan.tif", image)

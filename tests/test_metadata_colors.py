@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from testmodels import tiny_contract
 
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
 from engine.core.errors import InputError
-from engine.export.metadata import build_metadata, class_colors, model_info, to_props
+from engine.core.modelio import HeadSpec, class_colors, model_info, to_props
 
 OUTPUTS = {
     "seg_logits": {"task": "seg", "kind": "logits", "shape": ["batch", 3, 64, 64]},
@@ -17,21 +18,11 @@ GRAPH = [(name, spec["shape"]) for name, spec in OUTPUTS.items()]
 
 
 def _meta(seg_classes, det_classes, seg_colors=(), det_colors=()) -> dict:
-    return build_metadata(
-        tasks=["seg", "det"],
-        bands=["r", "g", "b"],
-        value_scaling={"dtype": "uint8", "max": 255},
-        mean=[0, 0, 0],
-        std=[1, 1, 1],
-        gsd=0.1,
-        tile_size=64,
-        overlap=8,
-        outputs=OUTPUTS,
-        seg_classes=seg_classes,
-        palette=seg_colors or class_colors(seg_classes),
-        det_classes=det_classes,
-        det_colors=det_colors,
-    )
+    heads = {
+        "seg": HeadSpec(tuple(seg_classes), tuple(map(tuple, seg_colors or class_colors(seg_classes)))),
+        "det": HeadSpec(tuple(det_classes), tuple(map(tuple, det_colors or class_colors(det_classes)))),
+    }
+    return tiny_contract(heads, 64).to_metadata(OUTPUTS)
 
 
 def _info(meta: dict):
@@ -43,8 +34,8 @@ def test_colors_come_from_the_metadata_keys():
     meta = _meta(["water", "field", "road"], ["boat", "tractor"], seg_colors, det_colors)
     assert meta["seg"]["colors"] == seg_colors and meta["det"]["colors"] == det_colors  # what export writes
     info = _info(meta)
-    assert info.seg_colors == ((0, 0, 200), (10, 200, 10), (90, 90, 90))
-    assert info.det_colors == ((1, 2, 3), (4, 5, 6))
+    assert info.head("seg").colors == ((0, 0, 200), (10, 200, 10), (90, 90, 90))
+    assert info.head("det").colors == ((1, 2, 3), (4, 5, 6))
 
 
 def test_older_metadata_without_colors_falls_back_isprs_names_first():
@@ -53,10 +44,10 @@ def test_older_metadata_without_colors_falls_back_isprs_names_first():
         meta[head].pop("colors", None)
     info = _info(meta)
     building, tree, car = (PALETTE[SEG_CLASSES.index(n)] for n in ("building", "tree", "car"))
-    assert info.seg_colors[0] == building and info.seg_colors[2] == tree  # from seg.palette
-    assert info.det_colors[0] == car
-    assert info.seg_colors[1] not in PALETTE
-    assert len(set(info.det_colors)) == 3 and len(set(info.seg_colors)) == 3
+    assert info.head("seg").colors[0] == building and info.head("seg").colors[2] == tree  # from seg.palette
+    assert info.head("det").colors[0] == car
+    assert info.head("seg").colors[1] not in PALETTE
+    assert len(set(info.head("det").colors)) == 3 and len(set(info.head("seg").colors)) == 3
 
 
 def test_fallback_colours_are_deterministic_and_distinct():

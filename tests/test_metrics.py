@@ -174,8 +174,8 @@ def test_meter_reports_each_classes_best_f1_threshold() -> None:
     _det(meter, [BOX_A, BOX_FAR2, BOX_FAR], [0.9, 0.8, 0.7], [0, 0, 0], [BOX_A, BOX_FAR], [0, 0])
     per_class = meter.compute()["per_class"]
     # TP .9, FP .8, TP .7 against 2 GT: F1 2/3 at .9, 2/4 at .8, 4/5 at .7
-    assert per_class["building"]["f1_score_thresh"] == pytest.approx(0.7) and per_class["building"]["f1"] == 0.8
-    assert per_class["car"]["f1_score_thresh"] is None
+    assert per_class["building"]["class_score_thresh"] == pytest.approx(0.7) and per_class["building"]["f1"] == 0.8
+    assert per_class["car"]["class_score_thresh"] is None
 
 
 def test_all_point_envelope() -> None:

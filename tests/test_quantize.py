@@ -15,20 +15,20 @@ from chipfixtures import write_chip_dataset
 from osgeo import gdal, osr
 from torch import nn
 
+from engine.core import modelio as md
 from engine.core.classes import DET_CLASSES, PALETTE, SEG_CLASSES
 from engine.core.errors import ConfigError, InputError
 from engine.evaluate.__main__ import main as evaluate_main
 from engine.evaluate.onnx_eval import chips_to_tiles, compare_onnx, evaluate_onnx
 from engine.evaluate.run import evaluate_model
 from engine.export import export_checkpoint
-from engine.export import metadata as md
 from engine.export.__main__ import main as export_main
 from engine.export.onnx_export import export_int8_or_fp32, given_sources
 from engine.export.quantize import ChipSource, convert_precision, float_tail_nodes
 from engine.models import ModelConfig, build_model
+from engine.models.checkpoint import model_from_checkpoint, save_checkpoint
 from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
-from engine.train.checkpoint import model_from_checkpoint, save_checkpoint
 
 torch.set_num_threads(1)
 TILE = 64

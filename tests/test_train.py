@@ -258,7 +258,7 @@ def test_torchrun_two_processes_gloo(chips, tmp_path):
 
 
 def test_tensorboard_scalars_and_per_class_score_thresholds_are_written(chips, tmp_path):
-    from engine.train.checkpoint import load_checkpoint
+    from engine.models.checkpoint import load_checkpoint
     from engine.train.loop import train
 
     cfg = load_config(None, _overrides(chips, tmp_path, "optim.epochs=1", "runtime.tensorboard=true"))
@@ -268,13 +268,13 @@ def test_tensorboard_scalars_and_per_class_score_thresholds_are_written(chips, t
     # the best epoch's per-class validation thresholds travel to export in the checkpoint (not as scalars)
     meta = load_checkpoint(result.best_checkpoint)["metadata"]
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[-1])
-    assert set(meta["det_score_thresholds"]) == set(meta["det_classes"]) == set(row["score_thresholds"])
+    assert set(meta["class_score_thresh"]) == set(meta["det_classes"]) == set(row["class_score_thresh"])
     assert all(isinstance(v, float) for v in meta["validation"].values())
 
 
 def test_imagenet_normalization_is_recorded_and_used_for_evaluation(chips, tmp_path):
     from engine.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
     from engine.train.loop import train
 
     cfg = load_config(
@@ -407,7 +407,7 @@ def test_exported_onnx_scores_like_torch_evaluation_on_both_datasets(tmp_path):
     from engine.evaluate.onnx_eval import evaluate_onnx
     from engine.evaluate.run import evaluate_model
     from engine.export.onnx_export import export_checkpoint
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
     from engine.train.loop import train
 
     splits = {"train": 4, "val": 1, "test": 2}

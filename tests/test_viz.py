@@ -18,7 +18,7 @@ from engine.data.chipstore import open_chip_dataset
 from engine.viz import plot_predictions, preview_chips
 from engine.viz.chips import pick_chips, preview_figure
 from engine.viz.predictions import predictions_figure
-from engine.viz.render import det_colours, display_bands, draw_boxes, mask_rgba, palette_of, to_display
+from engine.viz.render import det_colors_of, display_bands, draw_boxes, mask_rgba, seg_colors_of, to_display
 
 MANIFEST = {
     "dataset": "vaihingen",
@@ -83,7 +83,7 @@ def test_to_display_rejects_wrong_band_count():
 
 
 def test_mask_rgba_colours_classes_and_clears_ignore():
-    palette = palette_of(MANIFEST)
+    palette = seg_colors_of(MANIFEST)
     mask = np.array([[1, IGNORE_INDEX], [4, 0]], np.uint8)
     rgba = mask_rgba(mask, palette, IGNORE_INDEX, alpha=0.5)
     np.testing.assert_allclose(rgba[0, 0], [0, 0, 1, 0.5])  # building blue
@@ -94,14 +94,22 @@ def test_mask_rgba_colours_classes_and_clears_ignore():
 
 
 def test_det_colours_follow_the_segmentation_palette():
-    np.testing.assert_allclose(det_colours(MANIFEST), np.array([PALETTE[1], PALETTE[3], PALETTE[4]]) / 255)
+    np.testing.assert_allclose(det_colors_of(MANIFEST), np.array([PALETTE[1], PALETTE[3], PALETTE[4]]) / 255)
+
+
+def test_det_colours_are_the_manifests_own_when_it_has_them():
+    """User detection classes coloured in their class table are drawn in those colours (the manifest's
+    ``det_colors``; older manifests ``det_palette``), not in those of the same-named segmentation class."""
+    own = [[10, 20, 30], [40, 50, 60], [70, 80, 90]]
+    for key in ("det_colors", "det_palette"):
+        np.testing.assert_allclose(det_colors_of({**MANIFEST, key: own}), np.array(own) / 255)
 
 
 def test_draw_boxes_places_pixel_edges_and_skips_padding():
     fig = Figure()
     ax = fig.add_subplot()
     ax.imshow(np.zeros((20, 20, 3)))
-    colours = det_colours(MANIFEST)
+    colours = det_colors_of(MANIFEST)
     boxes = np.array([[2, 3, 7, 9], [0, 0, 1, 1], [10, 0, 20, 5]], np.float32)
     drawn = draw_boxes(ax, boxes, np.array([2, -1, 0]), DET_CLASSES, colours, scores=np.array([0.9, 0.1, 0.4]))
     assert drawn == 2

@@ -80,9 +80,26 @@ def bright_square_score(bright: Tensor) -> Tensor:
 def save_random_checkpoint(path: Path, cfg: Any, metadata: dict, seed: int = 0) -> Path:
     """A ``best.pt`` of an untrained network built from ``cfg`` (a ``ModelConfig``), with ``metadata``."""
     from engine.models import build_model
-    from engine.train.checkpoint import save_checkpoint
+    from engine.models.checkpoint import save_checkpoint
 
     torch.manual_seed(seed)
     state = build_model(cfg).state_dict()
     save_checkpoint(path, {"model_config": cfg.to_dict(), "model": state, "metadata": metadata})
     return path
+
+
+def tiny_contract(heads: dict, tile: int, **fields: Any) -> Any:
+    """A :class:`~engine.core.modelio.ModelContract` of a 3-band uint8 model with ``heads`` (task -> HeadSpec)
+    for ``tile`` px tiles; ``fields`` replace any other field."""
+    from engine.core.modelio import ModelContract
+
+    base: dict[str, Any] = {
+        "tasks": tuple(t for t in ("det", "seg") if t in heads),
+        "bands": ("r", "g", "b"),
+        "value_scaling": {"dtype": "uint8", "max": 255},
+        "mean": (0.0, 0.0, 0.0),
+        "std": (1.0, 1.0, 1.0),
+        "gsd": 0.1,
+        "overlap": tile // 8,
+    }
+    return ModelContract(heads=heads, tile_size=tile, **{**base, **fields})

@@ -23,7 +23,7 @@ from osgeo import gdal
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import approx_range, check_band_names, listed, range_warning, raster_band_names
-from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES, head_keys
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.options import ChipOptions
 from engine.core.progress import Progress, check_cancel
@@ -195,6 +195,43 @@ class _Cutter:
                 self.chips.append({**record, "boxes": named})
 
 
+def _cut_tiles(
+    cutter: _Cutter,
+    tiles: Sequence[TileSpec],
+    infos: Sequence[RasterInfo],
+    windows: Sequence[Sequence[Window]],
+    progress: Progress | None,
+) -> None:
+    """Cut every tile into ``cutter``, reading the next tile in a background thread (GDAL releases the GIL)
+    while this one is cut; progress by pixels done, from 2 % to 99 %."""
+    total_px = sum(info.width * info.height for info in infos)
+    done_px = 0
+    with ThreadPoolExecutor(3, thread_name_prefix="chip-read") as pool:
+        pending: _TileLoad | None = _TileLoad(pool, tiles[0])
+        try:
+            for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
+                check_cancel(progress)
+                if progress:
+                    progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
+                loaded = pending.result()
+                pending = _TileLoad(pool, tiles[i + 1]) if i + 1 < len(tiles) else None
+                cutter.cut(tile, loaded, tile_windows, progress)
+                done_px += info.width * info.height
+                del loaded
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+
+def _summary_record(summary: ChipSummary) -> dict[str, Any]:
+    """The manifest's ``summary``: boxes per class, class pixel shares, off-palette pixels."""
+    return {
+        "boxes_per_class": summary.boxes_per_class,
+        "class_pixel_shares": summary.class_pixel_shares,
+        "off_palette_pixels": summary.off_palette_pixels,
+    }
+
+
 def chip_tiles(
     tiles: Sequence[TileSpec],
     out_dir: str | os.PathLike[str],
@@ -234,27 +271,9 @@ def chip_tiles(
     if stats_split is None:
         log.warning("%s: no 'train' split; band mean/std are computed over all tiles", out_dir)
     total_px = sum(info.width * info.height for info in infos)
-    done_px = 0
-    # the next tile is read in a background thread (GDAL releases the GIL) while this one is cut
-    with (
-        ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer,
-        ThreadPoolExecutor(3, thread_name_prefix="chip-read") as pool,
-    ):
+    with ChipWriter(out_dir, counts, size, len(bands), dtype, overwrite) as writer:
         cutter = _Cutter(writer, params, stats_split, scale)
-        pending: _TileLoad | None = _TileLoad(pool, tiles[0])
-        try:
-            for i, (tile, info, tile_windows) in enumerate(zip(tiles, infos, windows)):
-                check_cancel(progress)
-                if progress:
-                    progress.report(0.02 + 0.97 * done_px / total_px, f"chipping {tile.name}")
-                loaded = pending.result()
-                pending = _TileLoad(pool, tiles[i + 1]) if i + 1 < len(tiles) else None
-                cutter.cut(tile, loaded, tile_windows, progress)
-                done_px += info.width * info.height
-                del loaded
-        finally:
-            if pending is not None:
-                pending.cancel()
+        _cut_tiles(cutter, tiles, infos, windows, progress)
         check_cancel(progress)
         mean, std = cutter.stats.mean_std(scale)
         summary = ChipSummary(
@@ -271,10 +290,8 @@ def chip_tiles(
         manifest = {
             "dataset": dataset,
             "bands": bands,
-            "seg_classes": list(SEG_CLASSES),
-            "palette": [list(c) for c in PALETTE],
-            "det_classes": list(DET_CLASSES),
-            "det_palette": [list(c) for c in ISPRS_DET_PALETTE],
+            **head_keys("seg", SEG_CLASSES, PALETTE),
+            **head_keys("det", DET_CLASSES, ISPRS_DET_PALETTE),
             "task": "both",
             "ignore_index": IGNORE_INDEX,
             "chip_size": size,
@@ -287,11 +304,7 @@ def chip_tiles(
             "box_params": params.as_dict(),
             "tiles": {tile.name: _tile_record(tile, info) for tile, info in zip(tiles, infos)},
             "splits": dict(counts),
-            "summary": {
-                "boxes_per_class": summary.boxes_per_class,
-                "class_pixel_shares": summary.class_pixel_shares,
-                "off_palette_pixels": summary.off_palette_pixels,
-            },
+            "summary": _summary_record(summary),
             "chips": cutter.chips,
         }
         writer.commit(manifest)

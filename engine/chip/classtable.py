@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.core.classes import BACKGROUND, BACKGROUND_COLOUR, ClassTable, default_colour
+from engine.core.classes import BACKGROUND, BACKGROUND_COLOR, ClassTable, default_color
 from engine.core.errors import InputError
 
 DEFAULT_CLASS_NAME = "object"
@@ -64,8 +64,8 @@ def load_class_file(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _table(records: Sequence[Mapping[str, Any]]) -> ClassTable:
-    colours = tuple(tuple(r["colour"]) if r.get("colour") else default_colour(i) for i, r in enumerate(records))
-    return ClassTable(tuple(r["name"] for r in records), colours, tuple(r.get("value") for r in records))  # type: ignore[arg-type]
+    colors = tuple(tuple(r["colour"]) if r.get("colour") else default_color(i) for i, r in enumerate(records))
+    return ClassTable(tuple(r["name"] for r in records), colors, tuple(r.get("value") for r in records))  # type: ignore[arg-type]
 
 
 def value_key(value: Any) -> str:
@@ -86,8 +86,8 @@ def vector_classes(
     values = sorted({value_key(v) for v in found if v is not None})
     if records is None:
         if not values:
-            return ClassTable((class_name or DEFAULT_CLASS_NAME,), (default_colour(0),), (None,))
-        return ClassTable(tuple(values), tuple(default_colour(i) for i in range(len(values))), tuple(values))
+            return ClassTable((class_name or DEFAULT_CLASS_NAME,), (default_color(0),), (None,))
+        return ClassTable(tuple(values), tuple(default_color(i) for i in range(len(values))), tuple(values))
     table = _table(records)
     known = {value_key(v) for v in table.values if v is not None}
     if values:
@@ -96,14 +96,14 @@ def vector_classes(
             raise InputError(
                 f"{where}: class values {missing[:10]} are not in the class table (values {sorted(known)[:10]})"
             )
-    return ClassTable(table.names, table.colours, tuple(None if v is None else value_key(v) for v in table.values))
+    return ClassTable(table.names, table.colors, tuple(None if v is None else value_key(v) for v in table.values))
 
 
 def with_background(objects: ClassTable) -> ClassTable:
     """Segmentation classes of vector labels: background (index 0, pixels outside every polygon) + the objects."""
     if BACKGROUND in objects.names:
         return objects
-    return ClassTable((BACKGROUND, *objects.names), (BACKGROUND_COLOUR, *objects.colours), (None, *objects.values))
+    return ClassTable((BACKGROUND, *objects.names), (BACKGROUND_COLOR, *objects.colors), (None, *objects.values))
 
 
 def raster_classes(found: Iterable[int], records: Sequence[Mapping[str, Any]] | None, where: str) -> ClassTable:
@@ -111,8 +111,8 @@ def raster_classes(found: Iterable[int], records: Sequence[Mapping[str, Any]] | 
     values = sorted({int(v) for v in found})
     if records is None:
         names = tuple(BACKGROUND if v == 0 else f"class_{v}" for v in values)
-        colours = tuple(BACKGROUND_COLOUR if v == 0 else default_colour(i) for i, v in enumerate(values))
-        return ClassTable(names, colours, tuple(values))
+        colors = tuple(BACKGROUND_COLOR if v == 0 else default_color(i) for i, v in enumerate(values))
+        return ClassTable(names, colors, tuple(values))
     table = _table(records)
     try:
         table_values = {int(v) for v in table.values if v is not None}
@@ -123,7 +123,7 @@ def raster_classes(found: Iterable[int], records: Sequence[Mapping[str, Any]] | 
         raise InputError(
             f"{where}: raster values {missing[:10]} are not in the class table (values {sorted(table_values)[:10]})"
         )
-    return ClassTable(table.names, table.colours, tuple(None if v is None else int(v) for v in table.values))
+    return ClassTable(table.names, table.colors, tuple(None if v is None else int(v) for v in table.values))
 
 
 def detection_subset(seg: ClassTable) -> tuple[ClassTable, np.ndarray]:
@@ -135,7 +135,7 @@ def detection_subset(seg: ClassTable) -> tuple[ClassTable, np.ndarray]:
     lookup = np.full(256, -1, np.int64)
     lookup[keep] = np.arange(len(keep))
     det = ClassTable(
-        tuple(seg.names[i] for i in keep), tuple(seg.colours[i] for i in keep), tuple(seg.values[i] for i in keep)
+        tuple(seg.names[i] for i in keep), tuple(seg.colors[i] for i in keep), tuple(seg.values[i] for i in keep)
     )
     return det, lookup
 

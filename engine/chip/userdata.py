@@ -26,7 +26,7 @@ from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
-from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable
+from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable, head_keys
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.options import ChipOptions
 from engine.core.progress import Progress, check_cancel
@@ -387,10 +387,8 @@ def _class_keys(labels: _Labels, task: str) -> dict[str, Any]:
     seg = labels.seg if task in ("seg", "both") else ClassTable((), ())
     det = labels.det if task in ("det", "both") else ClassTable((), ())
     return {
-        "seg_classes": list(seg.names),
-        "palette": [list(c) for c in seg.colours],
-        "det_classes": list(det.names),
-        "det_palette": [list(c) for c in det.colours],
+        **head_keys("seg", seg.names, seg.colors),
+        **head_keys("det", det.names, det.colors),
         "class_tables": {"seg": seg.to_records(), "det": det.to_records()},
     }
 

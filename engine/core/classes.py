@@ -62,17 +62,17 @@ _DISTINCT_COLOURS: tuple[tuple[int, int, int], ...] = (
 BACKGROUND: str = "background"
 """Name of the class of labelled pixels outside every polygon (segmentation from vector labels)."""
 
-BACKGROUND_COLOUR: tuple[int, int, int] = (200, 200, 200)
+BACKGROUND_COLOR: tuple[int, int, int] = (200, 200, 200)
 
 
-def default_colour(index: int) -> tuple[int, int, int]:
+def default_color(index: int) -> tuple[int, int, int]:
     """A distinct colour for the ``index``-th user class without a colour of its own."""
     return _DISTINCT_COLOURS[index % len(_DISTINCT_COLOURS)]
 
 
 @dataclass(frozen=True)
 class ClassTable:
-    """The classes of one head: names, colours and where each comes from (raster value or attribute value).
+    """The classes of one head: names, colors and where each comes from (raster value or attribute value).
 
     The index of a class in the table is its id in masks and detection labels. ``values[i]`` is what marks class
     ``i`` in the label source (a class raster's pixel value, a vector layer's attribute value), None when nothing
@@ -80,15 +80,15 @@ class ClassTable:
     """
 
     names: tuple[str, ...]
-    colours: tuple[tuple[int, int, int], ...]
+    colors: tuple[tuple[int, int, int], ...]
     values: tuple[int | str | None, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.values:
             object.__setattr__(self, "values", (None,) * len(self.names))
-        if not len(self.names) == len(self.colours) == len(self.values):
+        if not len(self.names) == len(self.colors) == len(self.values):
             raise ValueError(
-                f"class table: {len(self.names)} names, {len(self.colours)} colours, {len(self.values)} values"
+                f"class table: {len(self.names)} names, {len(self.colors)} colours, {len(self.values)} values"
             )
         if len(set(self.names)) != len(self.names):
             raise ValueError(f"class table: duplicate class names in {list(self.names)}")
@@ -102,7 +102,7 @@ class ClassTable:
 
     def to_records(self) -> list[dict[str, Any]]:
         """JSON records ``{name, colour: [r, g, b], value}`` in class order (the manifest's ``class_tables``)."""
-        return [{"name": n, "colour": list(c), "value": v} for n, c, v in zip(self.names, self.colours, self.values)]
+        return [{"name": n, "colour": list(c), "value": v} for n, c, v in zip(self.names, self.colors, self.values)]
 
     @classmethod
     def from_records(cls, records: Sequence[Mapping[str, Any]]) -> ClassTable:
@@ -122,25 +122,46 @@ ISPRS_SEG = ClassTable(SEG_CLASSES, PALETTE, tuple(range(len(SEG_CLASSES))))
 ISPRS_DET = ClassTable(DET_CLASSES, ISPRS_DET_PALETTE, DET_TO_SEG)
 
 
-def det_colours_for(names: Sequence[str], seg: ClassTable | None = None) -> tuple[tuple[int, int, int], ...]:
+def det_colors_for(names: Sequence[str], seg: ClassTable | None = None) -> tuple[tuple[int, int, int], ...]:
     """Colours of detection classes without their own: the segmentation class of the same name, else distinct."""
-    seg_colour = dict(zip(seg.names, seg.colours)) if seg is not None else {}
-    return tuple(seg_colour.get(name, default_colour(i)) for i, name in enumerate(names))
+    seg_color = dict(zip(seg.names, seg.colors)) if seg is not None else {}
+    return tuple(seg_color.get(name, default_color(i)) for i, name in enumerate(names))
+
+
+LEGACY_KEYS: dict[str, str] = {
+    "seg_colors": "palette",
+    "det_colors": "det_palette",
+    "class_score_thresh": "det_score_thresholds",
+}
+"""Chip-manifest / checkpoint-metadata key -> the name files written before issue 22 used for it (still read)."""
+
+
+def recorded(meta: Mapping[str, Any], key: str) -> Any:
+    """``meta[key]``, else what older manifests and checkpoints called it (:data:`LEGACY_KEYS`); None: neither."""
+    value = meta.get(key)
+    return meta.get(LEGACY_KEYS[key]) if value is None and key in LEGACY_KEYS else value
+
+
+def head_keys(task: str, names: Sequence[str], colors: Sequence[Sequence[int]]) -> dict[str, list]:
+    """The keys one head's classes have in chip manifests and checkpoint metadata: ``{task}_classes`` and
+    ``{task}_colors`` ([r, g, b] per class)."""
+    return {f"{task}_classes": list(names), f"{task}_colors": [[int(v) for v in c] for c in colors]}
 
 
 def tables_from_manifest(manifest: Mapping[str, Any]) -> tuple[ClassTable, ClassTable]:
     """(segmentation, detection) class tables of a chip manifest or checkpoint metadata.
 
-    Reads ``seg_classes`` / ``palette`` / ``det_classes`` / ``det_palette``; older manifests without
-    ``det_palette`` get detection colours from the segmentation class of the same name (the ISPRS case).
+    Reads ``seg_classes`` / ``seg_colors`` / ``det_classes`` / ``det_colors`` (or their older names, see
+    :data:`LEGACY_KEYS`); older manifests without detection colours get those of the segmentation class of the same
+    name (the ISPRS case).
     """
     seg_names = tuple(manifest.get("seg_classes") or ())
-    palette = manifest.get("palette") or ()
-    seg_colours = (
-        tuple(_rgb(c) for c in palette) if palette else tuple(default_colour(i) for i in range(len(seg_names)))
+    recorded_seg = recorded(manifest, "seg_colors")
+    seg_colors = (
+        tuple(_rgb(c) for c in recorded_seg) if recorded_seg else tuple(default_color(i) for i in range(len(seg_names)))
     )
-    seg = ClassTable(seg_names, seg_colours[: len(seg_names)])
+    seg = ClassTable(seg_names, seg_colors[: len(seg_names)])
     det_names = tuple(manifest.get("det_classes") or ())
-    det_palette = manifest.get("det_palette")
-    det_colours = tuple(_rgb(c) for c in det_palette) if det_palette else det_colours_for(det_names, seg)
-    return seg, ClassTable(det_names, det_colours)
+    recorded_det = recorded(manifest, "det_colors")
+    det_colors = tuple(_rgb(c) for c in recorded_det) if recorded_det else det_colors_for(det_names, seg)
+    return seg, ClassTable(det_names, det_colors)

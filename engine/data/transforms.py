@@ -411,3 +411,15 @@ class BandView(nn.Module):
     def forward(self, unit_images: torch.Tensor) -> torch.Tensor:
         whole = self.in_order and unit_images.shape[1] == len(self.indices)  # no band copy: the usual case
         return ((unit_images if whole else unit_images.index_select(1, self.indices)) - self.mean) / self.std
+
+
+def input_normaliser(
+    net: nn.Module, manifest: dict[str, Any], normalization: tuple[Sequence[float], Sequence[float]] | None = None
+) -> DeviceAugment:
+    """Raw chips of ``manifest`` → the network's inputs: ``normalization`` (mean, std), else the one recorded with
+    the network (``net.input_normalization``, set from its checkpoint), else (networks without a record) the
+    dataset's own statistics."""
+    norm = normalization or getattr(net, "input_normalization", None)
+    if norm is None:
+        return DeviceAugment.from_manifest(manifest, "dataset")
+    return DeviceAugment.for_stream(manifest, norm[0], norm[1])

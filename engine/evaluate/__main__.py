@@ -42,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
 
 def load_network(checkpoint: Path, device: torch.device) -> torch.nn.Module:
     """The checkpoint's network (EMA weights when kept); InputError when its weights do not fit its config."""
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
 
     try:
         net, _ = model_from_checkpoint(checkpoint, device)

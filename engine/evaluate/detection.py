@@ -248,7 +248,7 @@ class DetectionMeter:
                 "ap75": self._at(ap, 0.75),
                 "num_gt": record.num_gt,
                 "num_pred": int(sum(len(s) for s in record.scores)),
-                "f1_score_thresh": score_thresh,  # the map's threshold for this class (IoU 0.5, best F1)
+                "class_score_thresh": score_thresh,  # the map's threshold for this class (IoU 0.5, best F1)
                 "f1": f1,
             }
         return {

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from engine.core.errors import ConfigError, InputError, param_ref
+from engine.core.modelio import ModelInfo
 from engine.core.progress import Progress, check_cancel
-from engine.export.metadata import ModelInfo
 
 if TYPE_CHECKING:
     from engine.predict.model import OnnxModel
@@ -111,7 +111,7 @@ def _check_model(model: Any, task: str, store: Any, flag: str) -> list[int]:
     if task == "seg" and info.seg_output is None:
         raise ConfigError(f"{flag} {store.root}: model '{model.path}' has no segmentation output")
     names = store.det_classes if task == "det" else store.seg_classes
-    model_names = info.det_classes if task == "det" else info.seg_classes
+    model_names = info.head("det").classes if task == "det" else info.head("seg").classes
     if len(names) != len(model_names):
         raise InputError(
             f"{flag} {store.root}: chips have {len(names)} classes {names}, model '{model.path}' predicts "

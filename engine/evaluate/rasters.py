@@ -74,8 +74,9 @@ def score_scenes(
     """
     model = OnnxModel(model_path, threads=threads)
     info = model.info
-    seg = SegmentationMeter(len(info.seg_classes), IGNORE_INDEX, info.seg_classes) if info.seg_classes else None
-    det = DetectionMeter(info.det_classes) if info.det_classes else None
+    seg_classes = info.head("seg").classes
+    seg = SegmentationMeter(len(seg_classes), IGNORE_INDEX, seg_classes) if seg_classes else None
+    det = DetectionMeter(info.head("det").classes) if info.head("det").classes else None
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="pmtl-score-") as tmp:
         for i, scene in enumerate(scenes):
             classes = Path(tmp) / f"classes_{i}.tif" if seg else None
@@ -88,7 +89,7 @@ def score_scenes(
                 seg.update(pred.astype(np.int64), np.where(pred == 255, IGNORE_INDEX, truth).astype(np.int64))
             if det is not None and dets is not None:
                 gt_boxes, gt_labels = boxes_from_mask(label)
-                det.update(*_read_boxes(dets, scene.image, info.det_classes), gt_boxes, gt_labels)
+                det.update(*_read_boxes(dets, scene.image, info.head("det").classes), gt_boxes, gt_labels)
     out: dict[str, Any] = {}
     if seg is not None:
         out["seg"] = seg.compute()

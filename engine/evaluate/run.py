@@ -13,7 +13,7 @@ from engine.core.bands import input_order
 from engine.core.errors import InputError
 from engine.core.progress import Progress, check_cancel
 from engine.data.datasets import make_eval_loader
-from engine.data.transforms import DeviceAugment
+from engine.data.transforms import input_normaliser
 from engine.evaluate.detection import DetectionMeter
 from engine.evaluate.segmentation import SegmentationMeter
 from engine.models.postprocess import postprocess_detections
@@ -26,18 +26,6 @@ def _flatten(prefix: str, metrics: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (int, float)) and value is not None:
             flat[f"{prefix}_{key}"] = float(value)
     return flat
-
-
-def input_normaliser(
-    net: nn.Module, manifest: dict[str, Any], normalization: tuple[Sequence[float], Sequence[float]] | None = None
-) -> DeviceAugment:
-    """Raw chips of ``manifest`` → the network's inputs: ``normalization`` (mean, std), else the one recorded with
-    the network (``net.input_normalization``, set from its checkpoint), else (networks without a record) the
-    dataset's own statistics."""
-    norm = normalization or getattr(net, "input_normalization", None)
-    if norm is None:
-        return DeviceAugment.from_manifest(manifest, "dataset")
-    return DeviceAugment.for_stream(manifest, norm[0], norm[1])
 
 
 def read_order(net: nn.Module, manifest: dict[str, Any], bands: Sequence[str] | None, root: Any) -> list[int]:

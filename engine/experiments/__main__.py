@@ -46,7 +46,7 @@ def train_and_test(
 ) -> tuple[Path, dict[str, Any]]:
     """Train one config (continuing an interrupted or finished run) and test its best checkpoint."""
     from engine.evaluate.run import evaluate_model
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
     from engine.train.distributed import DistInfo, pick_device
     from engine.train.loop import train
 

@@ -103,7 +103,7 @@ def prepare_target_chips(domain: str, preset: dict[str, Any], data_dir: Path, ba
 def _evaluate(checkpoint: Path, roots: dict[str, Path | None], batch_size: int, device_name: str) -> dict[str, Any]:
     """Test-split metrics of a checkpoint on the given chip sets (a task whose root is None is skipped)."""
     from engine.evaluate.run import evaluate_model
-    from engine.train.checkpoint import model_from_checkpoint
+    from engine.models.checkpoint import model_from_checkpoint
     from engine.train.distributed import DistInfo, pick_device
 
     device = pick_device(device_name, DistInfo())

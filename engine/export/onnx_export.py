@@ -19,11 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from engine.core import modelio as md
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, ISPRS_SEG, PALETTE, SEG_CLASSES, det_colours_for
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress
-from engine.export import metadata as md
 from engine.export.quantize import ChipSource, check_precision, convert_precision
 from engine.models.anchors import DEFAULT_VARIANCES, decode
 
@@ -138,14 +137,6 @@ def _anchor_params(model: nn.Module) -> dict[str, Any]:
     }
 
 
-def _names(metadata: Mapping[str, Any], key: str, default: Sequence[Any], count: int) -> list[Any]:
-    """Class names / colours for a head with ``count`` outputs (the ISPRS defaults when the metadata has none)."""
-    values = list(metadata.get(key) or default)
-    if count and len(values) != count:
-        raise InputError(f"export: metadata '{key}' has {len(values)} entries, the model head has {count} classes")
-    return values[:count]
-
-
 def _torch_export(
     wrapper: nn.Module, example: Tensor, path: Path, outputs: list[str], opset: int, dynamo: bool
 ) -> None:
@@ -160,16 +151,40 @@ def _torch_export(
         torch.onnx.export(wrapper, (example,), str(path), dynamo=False, opset_version=opset, dynamic_axes=axes, **names)
 
 
-DEFAULT_SCORE_THRESH: float = 0.3
-"""Detection score threshold of an exported model when training recorded none for a class."""
+PROVENANCE_KEYS: tuple[str, ...] = (
+    "name",
+    "datasets",
+    "kd",
+    "validation",
+    "model_config",
+    "role",
+    "checkpoint",
+    "weights",
+)
 
 
-def _class_thresholds(metadata: Mapping[str, Any], det_names: Sequence[str]) -> list[float] | None:
-    """The validation-F1 thresholds recorded by training, in ``det_names`` order (None: no record)."""
-    found = metadata.get("det_score_thresholds")
-    if not det_names or not isinstance(found, Mapping):
-        return None
-    return [DEFAULT_SCORE_THRESH if found.get(name) is None else float(found[name]) for name in det_names]
+def _contract(
+    model: nn.Module,
+    metadata: Mapping[str, Any],
+    tasks: Sequence[str],
+    tile: int,
+    overlap: int,
+    sizes: tuple[int, int],
+    class_thresholds: bool,
+) -> md.ModelContract:
+    """The model contract of an export: checkpoint metadata (classes, input, domains, provenance) and the graph's
+    heads (``sizes``: segmentation and detection class counts). ``class_thresholds`` False: the per-class
+    thresholds training recorded are left out (one threshold was given for all classes)."""
+    provenance = {k: metadata[k] for k in PROVENANCE_KEYS if metadata.get(k) is not None}
+    cfg = getattr(model, "cfg", None)
+    if "model_config" not in provenance and cfg is not None:
+        provenance["model_config"] = cfg.to_dict()
+    sizes_of = {t: n for t, n in zip(("seg", "det"), sizes) if t in tasks}
+    contract = md.ModelContract.from_checkpoint(metadata, sizes_of, tile, overlap, provenance, "export")
+    if "det" in contract.heads and not class_thresholds:
+        det = dataclasses.replace(contract.heads["det"], class_score_thresh=None)
+        contract = dataclasses.replace(contract, heads={**contract.heads, "det": det})
+    return contract
 
 
 def export_onnx(
@@ -189,26 +204,15 @@ def export_onnx(
     """Write ``model`` as ONNX with validated metadata to ``out_path`` (atomically) and return that metadata.
 
     ``metadata`` describes the data the model was trained on, with the checkpoint-metadata keys: ``bands``,
-    ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally ``seg_classes``, ``palette``,
-    ``det_classes``, ``det_palette`` (the ISPRS classes and colours when absent) and provenance (``name``,
-    ``datasets``, ``kd``, ``validation``, ``model_config``, ``role``, ``checkpoint``, ``weights``).
+    ``value_scaling`` {dtype, max}, ``mean``, ``std``, ``gsd`` (m), and optionally the head keys of
+    :func:`engine.core.modelio.heads_to_checkpoint` (the ISPRS classes and colours when absent) and provenance
+    (:data:`PROVENANCE_KEYS`).
     ``model`` needs ``anchors_for((H, W))`` when it has a detection head. ``score_thresh`` None: each detection
-    class gets the threshold training found best on validation (``det_score_thresholds`` in ``metadata``; classes
-    without one, and models without the record, get :data:`DEFAULT_SCORE_THRESH`); a number: that, for all.
+    class gets the threshold training found best on validation (``class_score_thresh`` in ``metadata``; classes
+    without one, and models without the record, get :data:`~engine.core.modelio.DEFAULT_SCORE_THRESH`); a number:
+    that, for all.
     """
-    if variant not in VARIANTS:
-        raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
-    if opset < 18:
-        raise ConfigError(f"export: parameter 'opset' must be >= 18, found {opset}")
-    missing = [k for k in ("bands", "value_scaling", "mean", "std", "gsd") if k not in metadata]
-    if missing:
-        raise InputError(f"export: model metadata lacks the keys {missing} (found {sorted(metadata)})")
-    tile = int(tile_size)
-    if tile < 16:
-        raise ConfigError(f"export: parameter 'tile_size' must be >= 16 px, found {tile}")
-    overlap = tile // 5 if overlap is None else int(overlap)
-    if not 0 <= overlap <= tile // 2:
-        raise ConfigError(f"export: parameter 'overlap' must be within [0, {tile // 2}] px, found {overlap}")
+    tile, overlap = _checked_options(metadata, tile_size, overlap, variant, opset)
     channels = len(metadata["bands"])
 
     model = model.eval().cpu()
@@ -226,39 +230,54 @@ def export_onnx(
     specs = output_specs(tasks, variant, num_seg, num_det, tile, num_anchors)
     graph_tasks = sorted({s["task"] for s in specs.values()}, key=["det", "seg"].index)
 
-    provenance_keys = ("name", "datasets", "kd", "validation", "model_config", "role", "checkpoint", "weights")
-    provenance = {k: metadata[k] for k in provenance_keys if metadata.get(k) is not None}
-    if "model_config" not in provenance and cfg is not None:
-        provenance["model_config"] = cfg.to_dict()
-    num_det_out = num_det if "det" in graph_tasks else 0
-    det_names = _names(metadata, "det_classes", DET_CLASSES, num_det_out)
-    meta = md.build_metadata(
-        tasks=graph_tasks,
-        bands=metadata["bands"],
-        value_scaling=metadata["value_scaling"],
-        mean=metadata["mean"],
-        std=metadata["std"],
-        gsd=metadata["gsd"],
-        tile_size=tile,
-        overlap=overlap,
-        outputs=specs,
-        seg_classes=_names(metadata, "seg_classes", SEG_CLASSES, num_seg),
-        palette=_names(metadata, "palette", PALETTE, num_seg),
-        det_classes=det_names,
-        det_colors=_names(metadata, "det_palette", det_colours_for(det_names, ISPRS_SEG), num_det_out),
-        score_thresh=DEFAULT_SCORE_THRESH if score_thresh is None else float(score_thresh),
-        class_score_thresh=None if score_thresh is not None else _class_thresholds(metadata, det_names),
+    contract = _contract(model, metadata, graph_tasks, tile, overlap, (num_seg, num_det), score_thresh is None)
+    decoding = md.Decoding(
+        score_thresh=md.DEFAULT_SCORE_THRESH if score_thresh is None else float(score_thresh),
         iou_thresh=iou_thresh,
         ios_thresh=ios_thresh,
         variances=variances,
         anchors=_anchor_params(model),
-        provenance=provenance,
-        domains=metadata.get("domains"),
     )
+    meta = contract.to_metadata(specs, decoding)
 
+    _write_graph(wrapper, Path(out_path), meta, specs, (channels, tile), opset, dynamo)
+    return meta
+
+
+def _checked_options(
+    metadata: Mapping[str, Any], tile_size: int, overlap: int | None, variant: str, opset: int
+) -> tuple[int, int]:
+    """(tile, overlap) of an export, after refusing options and metadata it cannot use (overlap None: tile / 5)."""
+    if variant not in VARIANTS:
+        raise ConfigError(f"export: parameter 'variant' must be one of {list(VARIANTS)}, found {variant!r}")
+    if opset < 18:
+        raise ConfigError(f"export: parameter 'opset' must be >= 18, found {opset}")
+    missing = [k for k in ("bands", "value_scaling", "mean", "std", "gsd") if k not in metadata]
+    if missing:
+        raise InputError(f"export: model metadata lacks the keys {missing} (found {sorted(metadata)})")
+    tile = int(tile_size)
+    if tile < 16:
+        raise ConfigError(f"export: parameter 'tile_size' must be >= 16 px, found {tile}")
+    overlap = tile // 5 if overlap is None else int(overlap)
+    if not 0 <= overlap <= tile // 2:
+        raise ConfigError(f"export: parameter 'overlap' must be within [0, {tile // 2}] px, found {overlap}")
+    return tile, overlap
+
+
+def _write_graph(
+    wrapper: nn.Module,
+    out_path: Path,
+    meta: Mapping[str, Any],
+    specs: Mapping[str, Mapping[str, Any]],
+    input_size: tuple[int, int],
+    opset: int,
+    dynamo: bool,
+) -> None:
+    """Export ``wrapper`` to ``out_path`` (atomically) with ``meta`` as metadata_props and the declared output
+    shapes, checked by ONNX and by one onnxruntime run (``input_size``: channels, tile)."""
     import onnx
 
-    out_path = Path(out_path)
+    channels, tile = input_size
     with atomic_path(out_path) as tmp:
         with torch.no_grad():
             _torch_export(wrapper, torch.zeros(2, channels, tile, tile), tmp, list(specs), opset, dynamo)
@@ -271,7 +290,6 @@ def export_onnx(
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         check_output_shapes(tmp, specs, channels, tile)
-    return meta
 
 
 def export_checkpoint(
@@ -292,12 +310,13 @@ def export_checkpoint(
     (``quantization``: its keyword options, e.g. ``calibration_chips``, ``eval_chips``, ``eval_split``), calibrated
     on ``calibration`` chip datasets or, by default, on the training chip datasets recorded in the checkpoint.
 
-    Checkpoint form (engine.train.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
-    state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, seg_classes, palette,
-    det_classes, name, datasets, kd, validation}}. ``options`` go to :func:`export_onnx`.
+    Checkpoint form (engine.models.checkpoint): {"model_config": dict, "model": state_dict, "ema": {"module":
+    state_dict, ...} | None, "metadata": {bands, value_scaling, mean, std, gsd, chip_size, the head keys of
+    :func:`engine.core.modelio.heads_to_checkpoint`, name, datasets, kd, validation}}. ``options`` go to
+    :func:`export_onnx`.
     """
     from engine.models import build_model, load_model_config
-    from engine.train.checkpoint import inference_state, load_checkpoint
+    from engine.models.checkpoint import inference_state, load_checkpoint
 
     options = {k: v for k, v in options.items() if v is not None}  # None = "the default" (QGIS optional params)
     payload = load_checkpoint(ckpt_path)

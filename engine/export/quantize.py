@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
+from engine.core import modelio as md
 from engine.core.atomic import atomic_path
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.progress import Progress, ScaledProgress, check_cancel
-from engine.export import metadata as md
 
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 DEFAULT_CALIBRATION_CHIPS: int = 64

@@ -77,10 +77,11 @@ def nms(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thresh: f
 
 
 def default_thresholds(info: Any) -> float | np.ndarray:
-    """A model's own detection thresholds (:class:`~engine.export.metadata.ModelInfo`): one per class (D,) when its
+    """A model's own detection thresholds (:class:`~engine.core.modelio.ModelInfo`): one per class (D,) when its
     metadata records them (the best validation F1 of each class), else its single ``score_thresh``."""
-    if info.class_score_thresh is not None and len(info.class_score_thresh) == len(info.det_classes):
-        return np.asarray(info.class_score_thresh, np.float32)
+    per_class = info.head("det").class_score_thresh  # one per class (HeadSpec checks the count)
+    if per_class is not None:
+        return np.asarray(per_class, np.float32)
     return float(info.score_thresh)
 
 

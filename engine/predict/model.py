@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.core.errors import ConfigError, InputError
-from engine.export.metadata import ModelInfo, model_info
+from engine.core.modelio import ModelInfo, model_info
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
@@ -70,7 +70,7 @@ class OnnxModel:
             )
         seg_shape = dict(outputs).get(self.info.seg_output) if self.info.seg_output else None
         if seg_shape and len(seg_shape) == 4 and isinstance(seg_shape[1], int):
-            classes = len(self.info.seg_classes)
+            classes = len(self.info.head("seg").classes)
             if seg_shape[1] != classes and not (seg_shape[1] == 1 and classes == 2):
                 raise InputError(
                     f"model '{self.path}': metadata names {classes} segmentation classes, the graph output "

@@ -104,11 +104,11 @@ def _create(path: Path, like: Source, bands: int, grid_ds: gdal.Dataset | None =
     return out
 
 
-def style_class_map(band: gdal.Band, classes: Sequence[str], palette: Sequence[Sequence[int]]) -> None:
-    """ISPRS colour table + class names on a class-id band (index 255 = nodata, transparent)."""
+def style_class_map(band: gdal.Band, classes: Sequence[str], colors: Sequence[Sequence[int]]) -> None:
+    """The classes' colours as a colour table + class names on a class-id band (index 255 = nodata, transparent)."""
     table = gdal.ColorTable()
-    for i, colour in enumerate(palette):
-        table.SetColorEntry(i, (*(int(c) for c in colour[:3]), 255))
+    for i, color in enumerate(colors):
+        table.SetColorEntry(i, (*(int(c) for c in color[:3]), 255))
     table.SetColorEntry(NODATA, (0, 0, 0, 0))
     band.SetRasterColorTable(table)
     band.SetRasterColorInterpretation(gdal.GCI_PaletteIndex)
@@ -122,12 +122,12 @@ def create_class_map(
     path: Path,
     src: Source,
     classes: Sequence[str],
-    palette: Sequence[Sequence[int]],
+    colors: Sequence[Sequence[int]],
     grid_ds: gdal.Dataset | None = None,
 ) -> gdal.Dataset:
     """A styled uint8 class-map GeoTIFF on the working grid of ``src`` (or on ``grid_ds``'s grid)."""
     out = _create(path, src, 1, grid_ds)
-    style_class_map(out.GetRasterBand(1), classes, palette)
+    style_class_map(out.GetRasterBand(1), classes, colors)
     return out
 
 
@@ -195,7 +195,7 @@ def write_detections(
     classes: Sequence[str],
     src: Source,
     name: str = "",
-    colours: Sequence[Sequence[int]] = (),
+    colors: Sequence[Sequence[int]] = (),
     sources: Sequence[str] | None = None,
 ) -> None:
     """One GeoPackage polygon layer 'detections' (fields class, class_id, score) in the input raster's CRS.
@@ -205,7 +205,7 @@ def write_detections(
     ``sources`` (one per detection) adds a field ``source``: the raster each object was found in.
     """
     with writing(name or path):
-        _write_detections(path, dets, classes, src, colours, sources)
+        _write_detections(path, dets, classes, src, colors, sources)
 
 
 def _write_detections(
@@ -213,7 +213,7 @@ def _write_detections(
     dets: Detections,
     classes: Sequence[str],
     src: Source,
-    colours: Sequence[Sequence[int]],
+    colors: Sequence[Sequence[int]],
     sources: Sequence[str] | None = None,
 ) -> None:
     gt = src.geotransform
@@ -230,8 +230,8 @@ def _write_detections(
     if sources is not None:
         layer.CreateField(ogr.FieldDefn("source", ogr.OFTString))
     layer.SetMetadataItem("CLASS_NAMES", json.dumps(list(classes)))
-    if len(colours) == len(classes):
-        layer.SetMetadataItem("CLASS_COLORS", json.dumps([[int(v) for v in c[:3]] for c in colours]))
+    if len(colors) == len(classes):
+        layer.SetMetadataItem("CLASS_COLORS", json.dumps([[int(v) for v in c[:3]] for c in colors]))
     defn = layer.GetLayerDefn()
     layer.StartTransaction()
     for k, (box, score, label) in enumerate(zip(dets.boxes, dets.scores, dets.labels)):

@@ -202,7 +202,7 @@ def _run_tiles(
     (tiles with no valid pixel are skipped). ``window``: only those tile rows."""
     order = grid.tiles() if window is None else window.tiles(grid)
     first = 0 if window is None else window.first
-    blender = Blender(grid, len(model.info.seg_classes), order[0][0]) if writer is not None else None
+    blender = Blender(grid, len(model.info.head("seg").classes), order[0][0]) if writer is not None else None
     sink = _TileSink(model, grid, blender, writer, detect, thresh, first)
     done = tiles_run = 0
     pending = None
@@ -344,12 +344,13 @@ def _open_writer(targets: _Targets, src: Source, info) -> _SegWriter:
     if targets.class_work is not None:
         with out.writing(class_name):
             writer.classes = out.RasterOutput(
-                class_name, out.create_class_map(targets.class_work, src, info.seg_classes, info.seg_colors)
+                class_name,
+                out.create_class_map(targets.class_work, src, info.head("seg").classes, info.head("seg").colors),
             )
     if targets.prob_work is not None:
         with out.writing(targets.requested["probs"]):
             writer.probs = out.RasterOutput(
-                targets.requested["probs"], out.create_probabilities(targets.prob_work, src, info.seg_classes)
+                targets.requested["probs"], out.create_probabilities(targets.prob_work, src, info.head("seg").classes)
             )
     return writer
 
@@ -364,7 +365,9 @@ def _finish_rasters(targets: _Targets, src: Source, info) -> None:
         if targets.prob_work is not None:
             out.warp_to_input(targets.prob_work, targets.final["probs"], src, "bilinear", requested["probs"])
     if "polygons" in requested:
-        count = out.polygonize(targets.class_final, targets.final["polygons"], info.seg_classes, requested["polygons"])
+        count = out.polygonize(
+            targets.class_final, targets.final["polygons"], info.head("seg").classes, requested["polygons"]
+        )
         log.info("%d segment polygons", count)
 
 
@@ -408,7 +411,9 @@ def _run_and_write(
     kept, raw_count = merge_detections(parts, info, src.width, src.height) if detect else (Detections.empty(), 0)
     if "vector" in targets.requested:
         name = targets.requested["vector"]
-        out.write_detections(targets.final["vector"], kept, info.det_classes, src, name, colours=info.det_colors)
+        out.write_detections(
+            targets.final["vector"], kept, info.head("det").classes, src, name, colors=info.head("det").colors
+        )
     check_cancel(progress)
     return kept, raw_count, len(grid), tiles_run
 
@@ -541,7 +546,9 @@ def predict_window(
                 src.width, y1 - y0, (gt[0], gt[1], gt[2], gt[3] + y0 * gt[5], gt[4], gt[5]), src.wkt
             )
             with out.writing(out_band):
-                created = out.create_class_map(band, src, model.info.seg_classes, model.info.seg_colors, rows_grid)
+                created = out.create_class_map(
+                    band, src, model.info.head("seg").classes, model.info.head("seg").colors, rows_grid
+                )
             writer.classes = out.RasterOutput(str(out_band), created)
         parts, tiles_run = _run_and_close(model, src, grid, settings, writer, (detect, thresh), window, progress)
     return WindowPrediction(Detections.concat(parts), (y0, y1), tiles_run)

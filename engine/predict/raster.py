@@ -25,7 +25,7 @@ from osgeo import gdal, ogr, osr
 
 from engine.core.bands import check_against_any, mapping_hint, range_warning, raster_band_names
 from engine.core.errors import ConfigError, InputError, param_ref
-from engine.export.metadata import ModelInfo
+from engine.core.modelio import ModelInfo
 
 gdal.UseExceptions()
 ogr.UseExceptions()

@@ -193,7 +193,7 @@ def write_region_detections(
     kept, sources, frame = join_across_inputs(parts, model_info.iou_thresh, model_info.ios_thresh)
     with atomic_path(path) as tmp:
         out.write_detections(
-            tmp, kept, model_info.det_classes, frame.source(), str(path), model_info.det_colors, sources
+            tmp, kept, model_info.head("det").classes, frame.source(), str(path), model_info.head("det").colors, sources
         )
     return len(kept)
 

@@ -27,10 +27,11 @@ from torch import nn
 from engine.core.atomic import write_json_atomic
 from engine.core.classes import tables_from_manifest
 from engine.core.errors import ConfigError, PmtlError
+from engine.core.modelio import HeadSpec, class_thresholds, heads_to_checkpoint
 from engine.core.progress import Progress, check_cancel
 from engine.evaluate.run import evaluate_model
+from engine.models.checkpoint import capture_rng, inference_state, save_checkpoint
 from engine.train import objectives as O
-from engine.train.checkpoint import capture_rng, inference_state, save_checkpoint
 from engine.train.config import unlabelled_roots
 from engine.train.distributed import DistInfo, all_reduce_mean, barrier
 from engine.train.schedule import lr_factor
@@ -276,15 +277,15 @@ def epoch_row(run: Run, state: RunState, epoch: int, losses: EpochLosses, metric
         **{f"loss_{k}": v for k, v in zip(losses.names, means)},
         **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
         # not "det_…": those names are the scalar metrics (logs, tables, the CLI's summary)
-        **({"score_thresholds": score_thresholds(metrics["det"])} if "det" in metrics else {}),
+        **({"class_score_thresh": class_score_thresh(metrics["det"])} if "det" in metrics else {}),
         "steps": losses.points,
     }
 
 
-def score_thresholds(det_metrics: dict[str, Any]) -> dict[str, float | None]:
+def class_score_thresh(det_metrics: dict[str, Any]) -> dict[str, float | None]:
     """Per detection class, the score threshold with the best F1 on the validation split (IoU 0.5): what the
     exported model shows on a map by default (one threshold for all classes hides the small, low-scored ones)."""
-    return {name: c["f1_score_thresh"] for name, c in det_metrics["per_class"].items()}
+    return {name: c["class_score_thresh"] for name, c in det_metrics["per_class"].items()}
 
 
 def record_epoch(run: Run, state: RunState, row: dict[str, Any], metrics: dict[str, Any]) -> bool:
@@ -371,16 +372,17 @@ def inference_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return {**{k: payload[k] for k in keep}, "model": inference_state(payload), "ema": None}
 
 
-def class_metadata(manifests: dict[str, Any]) -> dict[str, Any]:
-    """Names and colours of each head's classes, each from its own task's chip dataset."""
-    out: dict[str, Any] = {}
+def class_metadata(manifests: dict[str, Any], thresholds: dict[str, float | None] | None = None) -> dict[str, Any]:
+    """The checkpoint keys of each head (:func:`engine.core.modelio.heads_to_checkpoint`): classes and colours from
+    its own task's chip dataset, and the detection classes' validation-F1 ``thresholds`` (class name -> value)."""
+    heads: dict[str, HeadSpec] = {}
     if "seg" in manifests:
         seg, _ = tables_from_manifest(manifests["seg"])
-        out.update(seg_classes=list(seg.names), palette=[list(c) for c in seg.colours])
+        heads["seg"] = HeadSpec(seg.names, seg.colors)
     if "det" in manifests:
         _, det = tables_from_manifest(manifests["det"])
-        out.update(det_classes=list(det.names), det_palette=[list(c) for c in det.colours])
-    return out
+        heads["det"] = HeadSpec(det.names, det.colors, class_thresholds(thresholds, det.names))
+    return heads_to_checkpoint(heads)
 
 
 def training_domains(manifests: dict[str, Any]) -> list[dict[str, Any]]:
@@ -419,7 +421,7 @@ def checkpoint_metadata(
         "std": list(std),
         "gsd": first["gsd"],
         "chip_size": first["chip_size"],
-        **class_metadata(manifests),
+        **class_metadata(manifests, row.get("class_score_thresh")),
         "datasets": {
             task: {"dataset": m["dataset"], "gsd": m["gsd"], "bands": m["bands"]} for task, m in manifests.items()
         },
@@ -431,6 +433,5 @@ def checkpoint_metadata(
             "seg_teacher": cfg["kd"]["seg_teacher"],
         },
         "validation": {k: v for k, v in row.items() if k.startswith(("det_", "seg_"))},  # scalars only (epoch_row)
-        **({"det_score_thresholds": row["score_thresholds"]} if "score_thresholds" in row else {}),
         **({"unlabelled": unlabelled_roots(cfg)} if unlabelled_roots(cfg) else {}),
     }

@@ -29,9 +29,9 @@ from engine.data.chipstore import open_chip_dataset
 from engine.losses import class_balance_weights
 from engine.models import build_model, load_model_config
 from engine.models.adapters import FeatureAdapters
+from engine.models.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
 from engine.models.config import ModelConfig
 from engine.train import objectives as O
-from engine.train.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
 from engine.train.config import check_resume_config, unlabelled_roots
 from engine.train.distributed import DistInfo, init_distributed, pick_device
 from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16

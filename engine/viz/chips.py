@@ -22,11 +22,11 @@ from engine.viz.render import (
     band_label,
     boxes_text,
     class_legend,
-    det_colours,
+    det_colors_of,
     display_bands,
     draw_boxes,
-    palette_of,
     save_figure,
+    seg_colors_of,
     show_chip,
     to_display,
 )
@@ -85,7 +85,7 @@ def preview_figure(chip_root: str | os.PathLike[str], split: str = "train", coun
     picks = pick_chips(total, count, seed)
     rgb = to_display([np.asarray(dataset.images(split)[i]) for i in picks], manifest)
     masks, boxes, chips = dataset.masks(split), dataset.boxes(split), dataset.chips(split)
-    palette, colours = palette_of(manifest), det_colours(manifest)
+    palette, colours = seg_colors_of(manifest), det_colors_of(manifest)
 
     per_row = pairs_per_row(len(picks))
     rows = math.ceil(len(picks) / per_row)

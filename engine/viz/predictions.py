@@ -20,10 +20,10 @@ from engine.viz.chips import dataset_heading
 from engine.viz.render import (
     boxes_text,
     class_legend,
-    det_colours,
+    det_colors_of,
     draw_boxes,
-    palette_of,
     save_figure,
+    seg_colors_of,
     show_chip,
     to_display,
 )
@@ -110,7 +110,7 @@ def predictions_figure(
     axes = fig.subplots(count, 3, squeeze=False)
     for i in range(count):
         meta = manifests[i]
-        palette, colours = palette_of(meta), det_colours(meta)
+        palette, colours = seg_colors_of(meta), det_colors_of(meta)
         ignore = int(meta.get("ignore_index", IGNORE_INDEX))
         names = list(meta["det_classes"])
         scores = None if pr_s[i] is None else np.asarray(pr_s[i], dtype=np.float64).reshape(-1)

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from engine.core.atomic import atomic_path
-from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES
+from engine.core.classes import DET_CLASSES, IGNORE_INDEX, PALETTE, SEG_CLASSES, recorded
 from engine.core.errors import InputError
 
 MASK_ALPHA = 0.45
@@ -29,7 +29,7 @@ STRETCH = (1.0, 99.0)
 """Percentile stretch for display only, one pair of limits for all three bands so colour balance is kept."""
 
 _BAND_ALIASES = {"r": "red", "g": "green", "b": "blue", "ir": "nir", "nearinfrared": "nir", "near_infrared": "nir"}
-_FALLBACK_COLOURS = ((228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40))
+_FALLBACK_COLORS = ((228, 26, 28), (55, 126, 184), (77, 175, 74), (152, 78, 163), (255, 127, 0), (166, 86, 40))
 
 
 def display_bands(bands: Sequence[str]) -> tuple[list[int], str]:
@@ -90,22 +90,27 @@ def _dtype_max(images: Sequence[np.ndarray]) -> float:
     return float(np.iinfo(dtype).max) if np.issubdtype(dtype, np.integer) else 1.0
 
 
-def palette_of(manifest: Mapping[str, Any]) -> np.ndarray:
+def seg_colors_of(manifest: Mapping[str, Any]) -> np.ndarray:
     """(n_seg_classes, 3) float palette in [0, 1]: the manifest's, else the ISPRS one."""
-    palette = np.asarray(manifest.get("palette") or PALETTE, dtype=np.float32) / 255.0
+    colors = recorded(manifest, "seg_colors")
+    palette = np.asarray(colors or PALETTE, dtype=np.float32) / 255.0
     n = len(manifest.get("seg_classes") or SEG_CLASSES)
     if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] < n:
-        raise InputError(f"chip manifest 'palette': expected {n} RGB triples, found {manifest.get('palette')!r}")
+        raise InputError(f"chip manifest 'seg_colors': expected {n} RGB triples, found {colors!r}")
     return palette[:n]
 
 
-def det_colours(manifest: Mapping[str, Any]) -> np.ndarray:
-    """(n_det_classes, 3) colours of detection classes: the palette colour of the segmentation class of that name."""
+def det_colors_of(manifest: Mapping[str, Any]) -> np.ndarray:
+    """(n_det_classes, 3) colours of detection classes in [0, 1]: the manifest's ``det_colors``, else the colour of
+    the segmentation class of that name."""
+    own = recorded(manifest, "det_colors")
+    if own:
+        return np.asarray(own, dtype=np.float32).reshape(-1, 3) / 255.0
     seg = list(manifest.get("seg_classes") or SEG_CLASSES)
-    palette = palette_of(manifest)
+    palette = seg_colors_of(manifest)
     colours = []
     for i, name in enumerate(manifest.get("det_classes") or DET_CLASSES):
-        colours.append(palette[seg.index(name)] if name in seg else np.asarray(_FALLBACK_COLOURS[i % 6]) / 255.0)
+        colours.append(palette[seg.index(name)] if name in seg else np.asarray(_FALLBACK_COLORS[i % 6]) / 255.0)
     return np.asarray(colours, dtype=np.float32).reshape(-1, 3)
 
 
@@ -221,14 +226,14 @@ def class_legend(
     fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] = (), bottom_inches: float = 0.08
 ) -> None:
     """Two one-row legends under the panels: mask colours (+ 'no label'), then box colours (+ ``extra`` handles)."""
-    palette = palette_of(manifest)
+    palette = seg_colors_of(manifest)
     classes: list[Any] = [
         Patch(facecolor=colour, edgecolor="#555555", linewidth=0.5, label=name.replace("_", " "))
         for name, colour in zip(manifest.get("seg_classes") or SEG_CLASSES, palette)
     ]
     classes.append(Patch(facecolor="none", edgecolor="#555555", linewidth=0.5, hatch="////", label="no label"))
     boxes: list[Any] = []
-    for name, colour in zip(manifest.get("det_classes") or DET_CLASSES, det_colours(manifest)):
+    for name, colour in zip(manifest.get("det_classes") or DET_CLASSES, det_colors_of(manifest)):
         line = Line2D([], [], color=colour, linewidth=2.0, label=f"{name} box")
         line.set_path_effects(_halo(colour, 3.5))
         boxes.append(line)

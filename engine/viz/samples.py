@@ -18,7 +18,7 @@ from torch import nn
 
 from engine.core.errors import ConfigError, InputError
 from engine.data.chipstore import open_chip_dataset
-from engine.evaluate.run import input_normaliser
+from engine.data.transforms import input_normaliser
 from engine.models.postprocess import postprocess_detections
 from engine.viz.predictions import plot_predictions
 

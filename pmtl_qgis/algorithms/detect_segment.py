@@ -207,16 +207,23 @@ class DetectSegment(PmtlAlgorithm):
         results: dict[str, Any] = {}
         if out_raster:
             results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster", (info.seg_classes, info.seg_colors))
+            style_on_load(context, out_raster, "class_raster", (info.head("seg").classes, info.head("seg").colors))
         results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
             parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
         )
-        style_on_load(context, results[self.OUTPUT_DETECTIONS], "detections", (info.det_classes, info.det_colors))
+        style_on_load(
+            context, results[self.OUTPUT_DETECTIONS], "detections", (info.head("det").classes, info.head("det").colors)
+        )
         if tmp_polygons:
             results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
                 parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
             )
-            style_on_load(context, results[self.OUTPUT_POLYGONS], "class_polygons", (info.seg_classes, info.seg_colors))
+            style_on_load(
+                context,
+                results[self.OUTPUT_POLYGONS],
+                "class_polygons",
+                (info.head("seg").classes, info.head("seg").colors),
+            )
         if out_probs:
             results[self.OUTPUT_PROBS] = out_probs
         for name, value in results.items():
