@@ -13,9 +13,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-DISPLAY_SCORE_THRESH: float = 0.3
-"""Detection score below which a box is not drawn (figures, the map, the display threshold a model ships with)."""
-
 
 def option(default: Any, help: str, **argparse_options: Any) -> Any:
     """A dataclass field: the option's default, its help text (no trailing full stop, no default in it) and any
