@@ -6,7 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from testmodels import ColourSegmenter, rgb_description
+
+torch.set_num_threads(1)
+# One thread for the whole session, whichever test files are collected: fixed-seed runs compared with recorded
+# numbers (tests/test_train.py's golden runs) sum their reductions in another order on two threads.
 
 
 class ColourModels:

@@ -27,7 +27,6 @@ from engine.export import export_onnx
 from engine.models import ModelConfig, build_model
 from engine.predict import predict_raster
 
-torch.set_num_threads(1)
 TILE = 64
 GSD = 0.09
 DEEPNESS_MODEL_TYPES = {"Segmentor", "Detector", "Regressor", "Recognition", "Superresolution"}

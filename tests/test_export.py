@@ -25,7 +25,6 @@ from engine.models import ModelConfig, build_model, decode, postprocess_detectio
 from engine.models.checkpoint import save_checkpoint
 from engine.predict.detections import nms, tile_detections
 
-torch.set_num_threads(1)
 TILE = 64
 DESCRIPTION = isprs_description(
     name="student_soft_pdf",

@@ -21,7 +21,6 @@ from engine.train.setup import head_sizes
 from tests.test_predict import GSD, TILE, read_detections, scene, write_tif
 
 gdal.UseExceptions()
-torch.set_num_threads(1)
 
 SEG = ClassTable(("background", "roof"), ((200, 200, 200), (180, 30, 40)), (None, "roof"))
 DET = ClassTable(("shed", "house"), ((10, 20, 30), (250, 128, 0)))

@@ -21,7 +21,6 @@ from engine.train.loop import train
 from tests.test_labels_chip import GSD, ORIGIN, utm, write_image, write_polygons
 
 gdal.UseExceptions()
-torch.set_num_threads(1)
 
 SIZE = 128
 TINY = [

@@ -42,7 +42,6 @@ from engine.predict.model import OnnxModel
 from engine.predict.tiling import Blender, TileGrid
 
 gdal.UseExceptions()
-torch.set_num_threads(1)
 
 TILE, OVERLAP, GSD = 64, 16, 0.09
 CAR, IMPERVIOUS = SEG_CLASSES.index("car"), SEG_CLASSES.index("impervious")

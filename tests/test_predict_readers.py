@@ -19,7 +19,6 @@ from engine.export import export_onnx
 from engine.models import ModelConfig, build_model
 from engine.predict import predict_raster
 
-torch.set_num_threads(1)
 GSD = 0.09
 ORIGIN = (500000.0, 5400000.0)
 DESCRIPTION = isprs_description(GSD, classes=False)

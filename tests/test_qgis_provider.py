@@ -34,6 +34,7 @@ STABLE_IDS = {
     "generate_synthetic",
     "chip_tiles",
     "train",
+    "finetune",
     "export_onnx",
     "detect_segment",
     "detect_segment_region",

@@ -30,7 +30,6 @@ from engine.models.checkpoint import model_from_checkpoint, save_checkpoint
 from engine.predict import predict_raster
 from engine.predict.model import OnnxModel
 
-torch.set_num_threads(1)
 TILE = 64
 CFG = ModelConfig(channels=32, seg_channels=16)
 

@@ -160,6 +160,7 @@ PROVENANCE_KEYS: tuple[str, ...] = (
     "role",
     "checkpoint",
     "weights",
+    "init",  # where a fine-tuned model started (engine.train.warmstart)
 )
 
 

@@ -55,6 +55,14 @@ DEFAULTS: dict[str, Any] = {
         # trains on the normalisation inference uses (ours; 0 = off, see engine.train.loop.freeze_encoder_norms)
         "freeze_encoder_bn_epochs": 0,
     },
+    # start from a pmtl checkpoint (fine-tuning; engine.train.warmstart): encoder kept, heads matched by class name
+    "init": {
+        "checkpoint": None,
+        "untrained_heads": "drop",  # drop | keep: a head of the checkpoint that this run does not train
+        "frozen_stages": 0,  # ResNet stages without gradient: 1 = stem, 2 = stem + layer1, ...
+        "encoder_lr": 1.0,  # learning rate of the (unfrozen) encoder, x optim.lr
+        "allow_new_gsd": False,  # chips at another GSD than the checkpoint's (one GSD per model otherwise)
+    },
     "ema": {"enabled": True, "decay": 0.9998, "tau": 2000.0},
     "eval": {"score_thresh": 0.05, "nms_iou": 0.5, "select": "auto"},
     "runtime": {
@@ -70,6 +78,9 @@ DEFAULTS: dict[str, Any] = {
 }
 
 OPTIMIZERS = ("sgd", "adamw")
+UNTRAINED_HEADS = ("drop", "keep")
+FROZEN_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+"""ResNet trunk modules frozen by ``init.frozen_stages`` = 1, 2, …"""
 TASKS = ("det", "seg")
 
 
@@ -142,8 +153,21 @@ def _semantic_checks(cfg: dict[str, Any]) -> None:
             f"config key 'optim.freeze_encoder_bn_epochs': expected 0 .. optim.epochs - 1 "
             f"({cfg['optim']['epochs'] - 1}), found {frozen!r}"
         )
+    check_init_config(cfg["init"])
     if cfg["eval"]["select"] not in ("auto", "det", "seg", "mean"):
         raise ConfigError(f"config key 'eval.select': expected auto|det|seg|mean, found {cfg['eval']['select']!r}")
+
+
+def check_init_config(init: dict[str, Any]) -> None:
+    """Values of the ``init`` section (fine-tuning from a checkpoint; types are checked by :func:`_check`)."""
+    if init["untrained_heads"] not in UNTRAINED_HEADS:
+        raise ConfigError(f"config key 'init.untrained_heads': expected drop|keep, found {init['untrained_heads']!r}")
+    if not 0 <= init["frozen_stages"] <= len(FROZEN_STAGES):
+        raise ConfigError(
+            f"config key 'init.frozen_stages': expected 0 .. {len(FROZEN_STAGES)}, found {init['frozen_stages']!r}"
+        )
+    if init["encoder_lr"] < 0:
+        raise ConfigError(f"config key 'init.encoder_lr': expected a factor >= 0, found {init['encoder_lr']!r}")
 
 
 def unlabelled_roots(cfg: dict[str, Any]) -> list[str]:

@@ -142,7 +142,7 @@ def set_learning_rate(run: Run, step: int) -> None:
         step, run.total_steps, optim_cfg["warmup_iters"], optim_cfg["warmup_factor"], optim_cfg["min_lr_ratio"]
     )
     for group in run.optimizer.param_groups:
-        group["lr"] = optim_cfg["lr"] * factor
+        group["lr"] = optim_cfg["lr"] * factor * group.get("lr_scale", 1.0)
 
 
 def train_step(
@@ -313,7 +313,7 @@ def checkpoint_payload(run: Run, state: RunState, row: dict[str, Any]) -> dict[s
         "best": {"score": state.best_score, "metrics": state.best_metrics},
         "history": state.history,
         "config": run.cfg,
-        "metadata": checkpoint_metadata(run.cfg, run.manifests, row, run.norm),
+        "metadata": {**checkpoint_metadata(run.cfg, run.manifests, row, run.norm), **run.init_metadata},
     }
 
 

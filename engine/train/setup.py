@@ -32,6 +32,7 @@ from engine.models.adapters import FeatureAdapters
 from engine.models.checkpoint import load_checkpoint, model_from_checkpoint, restore_rng
 from engine.models.config import ModelConfig
 from engine.train import objectives as O
+from engine.train import warmstart as W
 from engine.train.config import check_resume_config, unlabelled_roots
 from engine.train.distributed import DistInfo, init_distributed, pick_device
 from engine.train.schedule import ModelEMA, build_optimizer, cpu_has_fast_bf16
@@ -74,6 +75,8 @@ class Run:
     channels_last: bool
     amp: bool
     anchors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    init_metadata: dict[str, Any] = field(default_factory=dict)
+    """Checkpoint metadata from ``init.checkpoint`` (provenance, kept heads' classes); empty for a fresh run."""
 
     @property
     def total_steps(self) -> int:
@@ -200,6 +203,26 @@ class _Networks:
     model: nn.Module
     adapters: nn.ModuleDict
     teachers: dict[str, O.Teacher]
+    start: W.WarmStart | None = None
+    init_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def student_network(
+    cfg: dict[str, Any], manifests: dict[str, dict[str, Any]]
+) -> tuple[ModelConfig, nn.Module, W.WarmStart | None, dict[str, Any]]:
+    """The student, fresh (``model``) or from ``init.checkpoint``; heads sized from the chip datasets' class tables.
+    Returns its config, the network, the starting checkpoint (or None) and the metadata the start adds."""
+    bands = len(next(iter(manifests.values()))["bands"])
+    start = W.load_warm_start(cfg)
+    if start is None:
+        model_cfg = dataclasses.replace(
+            load_model_config(cfg["model"]), tasks=tuple(cfg["tasks"]), in_channels=bands, **head_sizes(manifests)
+        )
+        return model_cfg, build_model(model_cfg), None, {}
+    model_cfg = W.model_config(start, cfg, bands, head_sizes(manifests))
+    student = build_model(model_cfg)
+    report = W.apply_warm_start(start, student, cfg, manifests)
+    return model_cfg, student, start, W.run_metadata(start, cfg, report)
 
 
 def build_networks(
@@ -212,11 +235,7 @@ def build_networks(
 ) -> _Networks:
     """Student (seeded: same initial weights on every rank; heads sized from the chip datasets' class tables),
     adaptation layers, frozen teachers, DDP wrapper."""
-    bands = len(next(iter(manifests.values()))["bands"])
-    model_cfg = dataclasses.replace(
-        load_model_config(cfg["model"]), tasks=tuple(cfg["tasks"]), in_channels=bands, **head_sizes(manifests)
-    )
-    student = build_model(model_cfg)
+    model_cfg, student, start, init_metadata = student_network(cfg, manifests)
     teachers: dict[str, O.Teacher] = {}
     adapters = nn.ModuleDict()
     if settings.kd.enabled:
@@ -238,7 +257,18 @@ def build_networks(
         model = DistributedDataParallel(
             wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
-    return _Networks(model_cfg, student, wrapped, model, adapters, teachers)
+    return _Networks(model_cfg, student, wrapped, model, adapters, teachers, start, init_metadata)
+
+
+def optimizer_groups(nets: _Networks, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+    """Parameter groups; a run from ``init.checkpoint`` trains its encoder at ``init.encoder_lr`` × the rate."""
+    decay = cfg["optim"]["weight_decay"]
+    if nets.start is None:
+        return param_groups([nets.wrapped], decay)
+    student = nets.student
+    encoder = param_groups([student.backbone, student.neck], decay)
+    heads = [m for m in (student.det_head, student.seg_head, nets.adapters) if m is not None]
+    return [{**g, "lr_scale": cfg["init"]["encoder_lr"]} for g in encoder] + param_groups(heads, decay)
 
 
 def _require_a_batch(dataset: Any, key: str, root: Any, split: str, per_rank_batch: int, world_size: int) -> None:
@@ -358,7 +388,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
     channels_last = device.type == "cuda" and rt["channels_last"]
     settings = with_class_weights(configure_losses(cfg), cfg, tasks)
     nets = build_networks(cfg, settings, {t: manifests[t] for t in tasks}, info, device, channels_last)
-    optimizer = build_optimizer(param_groups([nets.wrapped], optim_cfg["weight_decay"]), optim_cfg)
+    optimizer = build_optimizer(optimizer_groups(nets, cfg), optim_cfg)
     ema = ModelEMA(nets.student, cfg["ema"]["decay"], cfg["ema"]["tau"]) if cfg["ema"]["enabled"] else None
     per_rank_batch = max(1, data_cfg["batch_size"] // info.world_size)
     model_bands = list(manifests[tasks[0]]["bands"])
@@ -368,6 +398,8 @@ def build_run(cfg: dict[str, Any]) -> Run:
     stream_seed = {name: seed + 7_919 * info.rank + 104_729 * index for index, name in enumerate(streams)}
     # ONE normalisation, pooled over the labelled training sets, for every stream (unlabelled imagery included)
     norm = T.run_normalization(list(manifests.values()), data_cfg["normalization"])
+    if nets.start is not None:  # the starting model's normalisation when the new chips have its bands
+        norm = W.normalization(nets.start, manifests, norm)
     device_aug = {
         name: T.DeviceAugment.for_stream(stream_manifest(manifests, datasets, name), *norm).to(device)
         for name in streams
@@ -407,6 +439,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
         iters=iters,
         channels_last=channels_last,
         amp=bool(rt["amp"]) and (device.type == "cuda" or (bool(rt["cpu_bf16"]) and cpu_has_fast_bf16())),
+        init_metadata=nets.init_metadata,
     )
 
 

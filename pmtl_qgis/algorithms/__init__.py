@@ -5,6 +5,7 @@ from .detect_segment import DetectSegment
 from .detect_segment_region import DetectSegmentRegion
 from .evaluate import Evaluate
 from .export_onnx import ExportOnnx
+from .finetune import Finetune
 from .generate_synthetic import GenerateSynthetic
 from .install_dependencies import InstallDependencies
 from .render_map import RenderMap
@@ -14,6 +15,7 @@ ALGORITHMS = (
     GenerateSynthetic,
     ChipTiles,
     Train,
+    Finetune,
     ExportOnnx,
     DetectSegment,
     DetectSegmentRegion,
@@ -29,6 +31,7 @@ __all__ = [
     "DetectSegmentRegion",
     "Evaluate",
     "ExportOnnx",
+    "Finetune",
     "GenerateSynthetic",
     "InstallDependencies",
     "RenderMap",

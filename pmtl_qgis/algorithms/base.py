@@ -40,6 +40,8 @@ HOMEPAGE = "https://github.com/pmtl/pmtl"
 DEVICES = ("auto", "cpu", "cuda")
 """Device choices of the engine (auto: CUDA when available, else the CPU)."""
 ICON_PATH = PLUGIN_DIR / "icon.svg"
+VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
+"""Vector formats the engine reads as they are; other layers are saved to a GeoPackage first."""
 
 
 def is_unset(parameters: dict[str, Any], name: str) -> bool:
@@ -317,6 +319,14 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
             return None
         definition = self.parameterDefinition(name)
         return self.existing_path(self.parameterAsFile(parameters, name, context), definition.description())
+
+    def vector_path(
+        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> str | None:
+        """A file OGR reads for a feature source (memory layers and selections are saved to a temporary file)."""
+        if is_unset(parameters, name):
+            return None
+        return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
 
     @staticmethod
     def existing_path(value: str, what: str) -> Path:

@@ -26,7 +26,6 @@ SPLITS = ("train", "val", "test")
 CONNECTIVITY = (4, 8)
 TASKS = ("both", "det", "seg", "none")
 SPLIT_BY = ("block", "tile")
-VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
 
 
 def raster_path(layer: QgsRasterLayer | None, what: str) -> str | None:
@@ -268,14 +267,6 @@ class ChipTiles(PmtlAlgorithm):
         text = self.parameterAsString(parameters, self.BAND_NAMES, context)
         return [name.strip() for name in text.split(",") if name.strip()]
 
-    def _vector_path(
-        self, parameters: dict[str, Any], name: str, context: QgsProcessingContext, feedback: QgsProcessingFeedback
-    ) -> str | None:
-        """A file OGR reads for a feature source (memory layers and selections are saved to a temporary file)."""
-        if is_unset(parameters, name):
-            return None
-        return self.parameterAsCompatibleSourceLayerPath(parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
-
     def _chip_own_data(
         self,
         parameters: dict[str, Any],
@@ -288,13 +279,13 @@ class ChipTiles(PmtlAlgorithm):
         layers = self.parameterAsLayerList(parameters, self.IMAGES, context)
         images = [raster_path(layer, "Image rasters") for layer in layers]
         task = TASKS[self.parameterAsEnum(parameters, self.TASK, context)]
-        polygons = self._vector_path(parameters, self.POLYGONS, context, feedback)
+        polygons = self.vector_path(parameters, self.POLYGONS, context, feedback)
         raster = raster_path(self.parameterAsRasterLayer(parameters, self.LABEL, context), "Label raster")
         field = self.parameterAsString(parameters, self.CLASS_FIELD, context) or None
         classes = self.parameterAsFile(parameters, self.CLASSES_FILE, context) or None
         labels = userdata.LabelSource(
             task, None if task == "none" else (polygons or raster), field if polygons else None, None, classes,
-            self._vector_path(parameters, self.AOI, context, feedback),
+            self.vector_path(parameters, self.AOI, context, feedback),
         )  # fmt: skip
         size = options["size"]
         try:
