@@ -11,6 +11,7 @@ from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
 from engine.core.errors import ConfigError, log_params_as_flags, quiet_gdal_close_errors
+from engine.core.options import ChipOptions, add_options
 from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -44,15 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--class-name", help="name of the single class when there is no class field (default object)")
     own.add_argument("--classes", help="class file (YAML/JSON list of {name, value, colour})")
     own.add_argument("--aoi", help="polygon layer of the area where labels are valid (outside: ignored)")
-    own.add_argument("--val-fraction", type=float, default=0.2, help="share of tiles/blocks for val (default 0.2)")
+    add_options(own, ChipOptions, "val_fraction")
     own.add_argument("--test-fraction", type=float, default=0.0, help="share of tiles/blocks for test (default 0)")
     own.add_argument("--split-by", choices=["tile", "block"], default="block", help="split unit (default block)")
     own.add_argument("--block", type=int, help="block side in px for --split-by block (default 2 × size)")
-    own.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    add_options(own, ChipOptions, "seed")
     own.add_argument("--name", default="custom", help="dataset name recorded in the manifest (default custom)")
     parser.add_argument("--out", required=True, help="output folder (must be empty unless --overwrite)")
-    parser.add_argument("--size", type=int, default=320, help="chip side in pixels (default 320)")
-    parser.add_argument("--stride", type=int, default=320, help="step between chips in pixels (default 320)")
+    add_options(parser, ChipOptions, "size", "stride")
     parser.add_argument("--connectivity", type=int, choices=[4, 8], default=DEFAULT_CONNECTIVITY,
                         help=f"blob connectivity for boxes (default {DEFAULT_CONNECTIVITY})")  # fmt: skip
     parser.add_argument("--min-area", type=int, default=DEFAULT_MIN_AREA,

@@ -25,6 +25,7 @@ from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import approx_range, check_band_names, listed, range_warning, raster_band_names
 from engine.core.classes import DET_CLASSES, IGNORE_INDEX, ISPRS_DET_PALETTE, PALETTE, SEG_CLASSES, head_keys
 from engine.core.errors import ConfigError, InputError, param_ref
+from engine.core.options import ChipOptions
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ChipWriter
@@ -235,8 +236,8 @@ def chip_tiles(
     tiles: Sequence[TileSpec],
     out_dir: str | os.PathLike[str],
     *,
-    size: int = 320,
-    stride: int = 320,
+    size: int = ChipOptions.size,
+    stride: int = ChipOptions.stride,
     dataset: str = "custom",
     band_names: Sequence[str] | None = None,
     connectivity: int | None = DEFAULT_CONNECTIVITY,
@@ -317,8 +318,8 @@ def chip_dataset(
     dataset: str,
     root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
-    size: int = 320,
-    stride: int = 320,
+    size: int = ChipOptions.size,
+    stride: int = ChipOptions.stride,
     *,
     bands: str | None = None,
     splits: Mapping[str, str | None] | str | os.PathLike[str] | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.core.errors import ConfigError, param_ref
+from engine.core.options import ChipOptions
 
 SPLIT_MODES = ("tile", "block")
 _PRIORITY = {"test": 0, "val": 1, "train": 2}
@@ -24,9 +25,9 @@ class SplitPlan:
     """How chips are split: by ``tile`` or ``block`` (of ``block`` px), fractions, seed."""
 
     mode: str = "block"
-    val: float = 0.2
+    val: float = ChipOptions.val_fraction
     test: float = 0.0
-    seed: int = 0
+    seed: int = ChipOptions.seed
     block: int = 512
 
     def __post_init__(self) -> None:

@@ -28,6 +28,7 @@ from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
 from engine.core.classes import IGNORE_INDEX, ISPRS_DET, ISPRS_SEG, ClassTable, head_keys
 from engine.core.errors import ConfigError, InputError, param_ref
+from engine.core.options import ChipOptions
 from engine.core.progress import Progress, check_cancel
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA, BoxParams, boxes_from_masks
 from engine.data.chipstore import ARRAY_NAMES, ChipWriter
@@ -397,8 +398,8 @@ def chip_images(
     out_dir: str | os.PathLike[str],
     labels: LabelSource,
     *,
-    size: int = 320,
-    stride: int = 320,
+    size: int = ChipOptions.size,
+    stride: int = ChipOptions.stride,
     plan: SplitPlan | None = None,
     dataset: str = "custom",
     scale_max: float | None = None,

@@ -15,7 +15,7 @@ from engine.core.progress import Progress
 from engine.predict.options import add_raster_options, raster_settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine.predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported ONNX model (pmtl or Deepness segmentation)")
     parser.add_argument("--input", required=True, help="input raster (any GDAL format)")
@@ -26,7 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads (default: all cores)")
     add_raster_options(parser)
     parser.add_argument("--json-progress", action="store_true", help="JSON lines on stdout (for QGIS / scripts)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     log_params_as_flags()

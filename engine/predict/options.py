@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from engine.core.options import PredictOptions, add_options
 from engine.predict.raster import MAX_GSD_RATIO
 
 
@@ -21,8 +22,7 @@ def add_raster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aoi", help="polygon vector file limiting the area processed")
     parser.add_argument("--bands", type=band_numbers, help="raster band numbers in the model's band order, e.g. 4,1,2")
     parser.add_argument("--overlap", type=int, help="tile overlap in px (default: the model's recommendation)")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_options(parser, PredictOptions, "batch_size", "device")
     parser.add_argument(
         "--score-thresh", type=float, help="detection score threshold for all classes (default: the model's, per class)"
     )

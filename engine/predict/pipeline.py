@@ -17,6 +17,7 @@ from osgeo import gdal
 
 from engine.core.atomic import atomic_path, temporary_sibling
 from engine.core.errors import ConfigError, param_ref
+from engine.core.options import PredictOptions
 from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
 from engine.predict.detections import (
@@ -244,7 +245,7 @@ class RasterSettings:
     aoi: str | None = None
     bands: tuple[int, ...] | None = None
     overlap: int | None = None
-    batch_size: int = 4
+    batch_size: int = PredictOptions.batch_size
     score_thresh: float | None = None
     value_max: float | None = None
     gsd_tolerance: float = 0.25
@@ -424,7 +425,7 @@ def run_prediction(
     settings: RasterSettings,
     *,
     detect: bool | None = None,
-    device: str = "auto",
+    device: str = PredictOptions.device,
     threads: int | None = None,
     progress: Progress | None = None,
 ) -> Prediction:
@@ -469,10 +470,10 @@ def predict_raster(
     aoi: PathLike | None = None,
     bands: Sequence[int] | None = None,
     overlap: int | None = None,
-    batch_size: int | None = 4,
+    batch_size: int | None = PredictOptions.batch_size,
     out_probs: PathLike | None = None,
     out_polygons: PathLike | None = None,
-    device: str = "auto",
+    device: str = PredictOptions.device,
     threads: int | None = None,
     score_thresh: float | None = None,
     value_max: float | None = None,

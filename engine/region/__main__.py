@@ -12,6 +12,7 @@ from functools import partial
 from engine.core.cli import EXIT_CANCELLED, EXIT_OK, cli_progress, run_cli
 from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import quiet_gdal_close_errors
+from engine.core.options import WorkerOptions, add_options
 from engine.predict.options import add_raster_options, raster_settings
 from engine.region.job import MAX_TILES_PER_TASK, RegionOptions, run_region
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", required=True, help="output folder: classes/, classes.vrt, detections.gpkg, region.json"
     )
-    parser.add_argument("--workers", type=int, default=2, help="local worker processes (ignored with --scheduler)")
+    add_options(parser, WorkerOptions, "workers")
     parser.add_argument(
         "--threads-per-worker", type=int, help="onnxruntime threads per worker (default: cores/workers)"
     )

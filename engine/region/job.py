@@ -25,6 +25,7 @@ from pathlib import Path
 
 from engine.core.atomic import process_alive, write_json_atomic
 from engine.core.errors import ConfigError, InputError, PmtlError
+from engine.core.options import PredictOptions, WorkerOptions
 from engine.core.progress import Progress
 from engine.predict.model import OnnxModel
 from engine.predict.pipeline import RasterSettings, TileWindow, open_input, tile_plan
@@ -65,11 +66,11 @@ class RegionOptions:
     model: str
     inputs: tuple[str, ...]
     out_dir: str
-    workers: int = 2
+    workers: int = WorkerOptions.workers
     threads_per_worker: int | None = None
     scheduler: str | None = None
     resume: bool = False
-    device: str = "auto"
+    device: str = PredictOptions.device
     settings: RasterSettings = dataclasses.field(default_factory=RasterSettings)
     max_tiles_per_task: int = MAX_TILES_PER_TASK
 

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from engine.core.errors import ConfigError
+from engine.core.options import TrainOptions
 from engine.core.settings import RUN_NORMALIZATIONS, KDSettings, LossSettings, configure_losses, defaults
 
 DEFAULTS: dict[str, Any] = {
@@ -25,7 +26,7 @@ DEFAULTS: dict[str, Any] = {
         "seg": None,
         "train_split": "train",
         "val_split": "val",
-        "batch_size": 10,
+        "batch_size": TrainOptions.batch_size,
         "num_workers": 2,
         "augment": True,
         "normalization": "pooled",
@@ -41,14 +42,14 @@ DEFAULTS: dict[str, Any] = {
     "loss": defaults(LossSettings),
     "optim": {
         "name": "sgd",
-        "lr": 0.01,
+        "lr": TrainOptions.lr,
         "momentum": 0.9,
         "weight_decay": 0.0005,
         "warmup_iters": 500,
         "warmup_factor": 0.1,
         "min_lr_ratio": 0.1,
-        "epochs": 70,
-        "iters_per_epoch": None,
+        "epochs": TrainOptions.epochs,
+        "iters_per_epoch": TrainOptions.iters_per_epoch,
         "grad_clip": 10.0,  # not in the paper or reference: guards short warm-ups against divergence; null = off
         # last N epochs: the shared encoder's BatchNorm uses (and no longer updates) its running statistics, so it
         # trains on the normalisation inference uses (ours; 0 = off, see engine.train.loop.freeze_encoder_norms)
@@ -69,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
         "amp": True,
         "cpu_bf16": False,  # bf16 autocast on CPUs with native bf16 (2x faster steps); opt-in: tiny chips can NaN
         "channels_last": True,
-        "seed": 0,
+        "seed": TrainOptions.seed,
         "out": "runs/run",
         "tensorboard": False,
         "log_every": 10,

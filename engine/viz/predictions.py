@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from engine.core.classes import IGNORE_INDEX
 from engine.core.errors import ConfigError, InputError
+from engine.core.modelio import DEFAULT_SCORE_THRESH
 from engine.viz.chips import dataset_heading
 from engine.viz.render import (
     boxes_text,
@@ -73,7 +74,7 @@ def predictions_figure(
     pred_scores: Sequence[np.ndarray | None] | None,
     pred_labels: Sequence[np.ndarray | None] | None,
     manifest: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-    score_min: float = 0.3,
+    score_min: float = DEFAULT_SCORE_THRESH,
     titles: Sequence[str] | None = None,
     heading: str | None = None,
 ) -> Figure:

@@ -17,8 +17,6 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
     QgsProperty,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
@@ -36,6 +34,7 @@ from ..environment import (
 from ..environment import subprocess_environment as child_environment
 from ..feedback import FeedbackProgress
 from ..scope import engine_scope, import_engine
+from .params import Spec, spec
 
 HOMEPAGE = "https://github.com/pmtl/pmtl"
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,7 +87,7 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     ALG_ID = ""
     DISPLAY_NAME = ""
     GROUP_ID = ""
-    GROUP_NAME = ""
+    """The group's id; its name in the toolbox is the id capitalised (data → Data)."""
     HELP = ""
     DEVICE = "DEVICE"
     REQUIRED_MODULES: tuple[str, ...] = ()
@@ -104,7 +103,7 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         return self.tr(self.DISPLAY_NAME)
 
     def group(self) -> str:
-        return self.tr(self.GROUP_NAME)
+        return self.tr(self.GROUP_ID.capitalize())
 
     def groupId(self) -> str:
         return self.GROUP_ID
@@ -138,27 +137,46 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         self.addParameter(parameter)
         return parameter
 
-    def device_param(self, help: str) -> None:
-        """The advanced 'Device' choice (auto, cpu, cuda) under the name DEVICE."""
-        self.param(
-            QgsProcessingParameterEnum,
-            self.DEVICE,
-            "Device",
-            help=help,
-            advanced=True,
-            options=list(DEVICES),
-            defaultValue=0,
-        )
+    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
+        """The parameters that :meth:`parameters` lists, then the outputs :meth:`outputs` lists."""
+        for item in self.parameters():
+            self.add_spec(item)
+        for kind, name, label in self.outputs():
+            self.addOutput(kind(name, self.tr(label)))
 
-    def onnx_model_param(self, name: str) -> None:
+    def add_spec(self, item: Spec) -> None:
+        """Add the parameter ``item`` describes."""
+        kind, options = item.build()
+        self.param(kind, item.name, item.label, help=item.help, advanced=item.advanced, **options)
+
+    def parameters(self) -> list[Spec]:
+        """The algorithm's parameters, in dialog order, one :func:`~pmtl_qgis.algorithms.params.spec` each."""
+        return []
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        """Outputs besides the destination parameters: ``(QgsProcessingOutput… class, name, label)``."""
+        return []
+
+    def option_spec(self, kind: str, name: str, label: str, options: type, field: str, **extra: Any) -> Spec:
+        """A parameter whose default and help come from the engine's options dataclass ``options`` (its ``field``):
+        the one place that default is written (see ``engine.core.options``)."""
+        engine_options = self.engine_options()
+        help = engine_options.help_sentence(options, field)
+        return spec(kind, name, label, help, defaultValue=engine_options.default_of(options, field), **extra)
+
+    def engine_options(self) -> ModuleType:
+        """``engine.core.options``: the front doors' option dataclasses (standard library only)."""
+        return self.engine("engine.core.options")
+
+    def device_spec(self, help: str) -> Spec:
+        """The advanced 'Device' choice (auto, cpu, cuda) under the name DEVICE."""
+        return spec("enum", self.DEVICE, "Device", help, advanced=True, options=DEVICES, defaultValue=0)
+
+    @staticmethod
+    def onnx_model_spec(name: str) -> Spec:
         """The 'ONNX model' file parameter of the inference algorithms."""
-        self.param(
-            QgsProcessingParameterFile,
-            name,
-            "ONNX model",
-            fileFilter="ONNX models (*.onnx)",
-            help="A model written by 'Export a checkpoint to ONNX'.",
-        )
+        help = "A model written by 'Export a checkpoint to ONNX'."
+        return spec("file", name, "ONNX model", help, fileFilter="ONNX models (*.onnx)")
 
     def device(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str:
         return DEVICES[self.parameterAsEnum(parameters, self.DEVICE, context)]

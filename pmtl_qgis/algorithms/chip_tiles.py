@@ -13,21 +13,12 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterMultipleLayers,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterString,
     QgsRasterLayer,
 )
 
 from ..layer_reader import is_temporary_output
 from .base import PmtlAlgorithm, is_unset
+from .params import ADVANCED_OPTIONAL, Spec, spec
 
 DATASETS = ("vaihingen", "potsdam")
 POTSDAM_BANDS = ("RGB", "IRRG", "RGBIR")
@@ -53,7 +44,6 @@ class ChipTiles(PmtlAlgorithm):
     ALG_ID = "chip_tiles"
     DISPLAY_NAME = "Chip tiles into a training dataset"
     GROUP_ID = "data"
-    GROUP_NAME = "Data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
     ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "IMAGES", "labels": "POLYGONS"}
     HELP = (
@@ -99,230 +89,115 @@ class ChipTiles(PmtlAlgorithm):
     OVERWRITE = "OVERWRITE"
     OUTPUT = "OUTPUT"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        file, enum, raster = QgsProcessingParameterFile, QgsProcessingParameterEnum, QgsProcessingParameterRasterLayer
-        number = QgsProcessingParameterNumber
-        self.param(
-            file,
-            self.INPUT_FOLDER,
-            "ISPRS dataset folder",
-            behavior=QgsProcessingParameterFile.Folder,
-            optional=True,
-            help="Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data').",
-        )
-        self.param(
-            enum,
-            self.DATASET,
-            "Dataset layout",
-            options=list(DATASETS),
-            defaultValue=0,
-            help="Layout of the dataset folder (ignored for raster layers).",
-        )
-        self.param(
-            raster,
-            self.INPUT,
-            "Image raster (instead of a folder)",
-            optional=True,
-            help="An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF.",
-        )
-        self.param(
-            raster,
-            self.LABEL,
-            "Label raster (ISPRS RGB colours)",
-            optional=True,
-            help="Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …).",
-        )
-        self.param(
-            raster,
-            self.ERODED,
-            "Eroded label raster (noBoundary)",
-            optional=True,
-            help="Optional; black boundary pixels are ignored in evaluation. Without it the label is used.",
-        )
-        self._add_own_data_parameters()
-        self.param(
-            enum,
-            self.SPLIT,
-            "Split for the raster layers",
-            options=list(SPLITS),
-            defaultValue=0,
-            help="Which split the chips of the raster layers belong to.",
-        )
-        self.param(
-            number,
-            self.SIZE,
-            "Chip size (px)",
-            type=number.Integer,
-            defaultValue=320,
-            minValue=16,
-            help="Side of the square chips (the paper: 320).",
-        )
-        self.param(
-            number,
-            self.STRIDE,
-            "Stride (px)",
-            type=number.Integer,
-            defaultValue=320,
-            minValue=1,
-            help="Step between chips; smaller than the size gives overlapping chips.",
-        )
-        self.param(
-            enum,
-            self.POTSDAM,
-            "Potsdam bands",
-            options=list(POTSDAM_BANDS),
-            defaultValue=0,
-            optional=True,
-            advanced=True,
-            help="Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR.",
-        )
-        self.param(
-            enum,
-            self.CONNECTIVITY,
-            "Box connectivity",
-            options=[str(c) for c in CONNECTIVITY],
-            optional=True,
-            advanced=True,
-            help="Pixel connectivity of the blobs that become boxes (empty: the engine's default).",
-        )
-        self.param(
-            number,
-            self.MIN_AREA,
-            "Minimum box area (px)",
-            type=number.Integer,
-            optional=True,
-            minValue=0,
-            advanced=True,
-            help="Blobs smaller than this give no box (empty: the engine's default).",
-        )
-        self.param(
-            number,
-            self.VALUE_MAX,
-            "Value scaling maximum (uint16 imagery)",
-            type=number.Double,
-            optional=True,
-            minValue=1.0,
-            advanced=True,
-            help="Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors.",
-        )
-        self.param(
-            QgsProcessingParameterString,
-            self.BAND_NAMES,
-            "Band names (raster layers)",
-            optional=True,
-            advanced=True,
-            help="Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
-            "They travel into the model and let 'Detect and segment' check its input.",
-        )
-        self.param(
-            file,
-            self.SPLITS_FILE,
-            "Split override (JSON)",
-            fileFilter="JSON (*.json)",
-            optional=True,
-            advanced=True,
-            help="Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only).",
-        )
-        self.param(
-            QgsProcessingParameterBoolean,
-            self.OVERWRITE,
-            "Overwrite an existing chip dataset",
-            defaultValue=False,
-            advanced=True,
-            help="Without it, an output folder that already has files is refused.",
-        )
-        self.param(
-            QgsProcessingParameterFolderDestination,
-            self.OUTPUT,
-            "Chip dataset folder",
-            help="Written with manifest.json last: an interrupted run never looks complete.",
-        )
+    def parameters(self) -> list[Spec]:
+        return [*self._isprs(), *self._own_data(), *self._own_splits(), *self._chips(), *self._output()]
 
-    def _add_own_data_parameters(self) -> None:
-        source, number = QgsProcessingParameterFeatureSource, QgsProcessingParameterNumber
-        polygon = [QgsProcessing.TypeVectorPolygon]
-        self.param(
-            QgsProcessingParameterMultipleLayers,
-            self.IMAGES,
-            "Image rasters (your own data)",
-            layerType=QgsProcessing.TypeRaster,
-            optional=True,
-            help="Your orthophotos (1 to N bands, same bands in each), labelled by the polygon layer or the class "
-            "raster in 'Label raster'.",
+    def _isprs(self) -> list[Spec]:
+        folder = "Root of a Vaihingen or Potsdam download (or of 'Generate synthetic ISPRS-like data')."
+        layout = "Layout of the dataset folder (ignored for raster layers)."
+        label = "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …)."
+        eroded = "Optional; black boundary pixels are ignored in evaluation. Without it the label is used."
+        image = "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF."
+        return [
+            spec("folder", self.INPUT_FOLDER, "ISPRS dataset folder", folder, optional=True),
+            spec("enum", self.DATASET, "Dataset layout", layout, options=DATASETS, defaultValue=0),
+            spec("raster", self.INPUT, "Image raster (instead of a folder)", image, optional=True),
+            spec("raster", self.LABEL, "Label raster (ISPRS RGB colours)", label, optional=True),
+            spec("raster", self.ERODED, "Eroded label raster (noBoundary)", eroded, optional=True),
+        ]
+
+    def _own_data(self) -> list[Spec]:
+        images = (
+            "Your orthophotos (1 to N bands, same bands in each), labelled by the polygon layer or the class "
+            "raster in 'Label raster'."
         )
-        self.param(
-            source,
-            self.POLYGONS,
-            "Label polygons",
-            types=polygon,
-            optional=True,
-            help="Objects / areas you labelled (any CRS: reprojected to each image's). Invalid geometries are "
-            "repaired or skipped and counted.",
+        polygons = (
+            "Objects / areas you labelled (any CRS: reprojected to each image's). Invalid geometries are "
+            "repaired or skipped and counted."
         )
-        self.param(
-            QgsProcessingParameterField,
-            self.CLASS_FIELD,
-            "Class field",
-            parentLayerParameterName=self.POLYGONS,
-            optional=True,
-            help="Attribute holding each polygon's class; its distinct values become the classes (empty: one class).",
+        field = "Attribute holding each polygon's class; its distinct values become the classes (empty: one class)."
+        task = "both: detection boxes and segmentation masks; det / seg: one task (partial labels); none: imagery only."
+        aoi = "Where the labels are complete: pixels outside are ignored and no detection chip is cut there."
+        rasters, polygon = {"layerType": QgsProcessing.TypeRaster}, {"types": [QgsProcessing.TypeVectorPolygon]}
+        return [
+            spec("layers", self.IMAGES, "Image rasters (your own data)", images, **rasters, optional=True),
+            spec("source", self.POLYGONS, "Label polygons", polygons, **polygon, optional=True),
+            spec(
+                "field", self.CLASS_FIELD, "Class field", field, parentLayerParameterName=self.POLYGONS, optional=True
+            ),
+            spec("enum", self.TASK, "Labels are for", task, options=TASKS, defaultValue=0),
+            spec("source", self.AOI, "Area of interest", aoi, **polygon, optional=True),
+        ]
+
+    def _chips(self) -> list[Spec]:
+        split = "Which split the chips of the raster layers belong to."
+        potsdam = "Which Potsdam orthophoto folder to read: 2_Ortho_RGB, 3_Ortho_IRRG or 4_Ortho_RGBIR."
+        connectivity = "Pixel connectivity of the blobs that become boxes (empty: the engine's default)."
+        min_area = "Blobs smaller than this give no box (empty: the engine's default)."
+        value_max = "Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors."
+        band_names = (
+            "Names of the image bands in order, comma separated, e.g. 'nir,red,green' (empty: band1..bandN). "
+            "They travel into the model and let 'Detect and segment' check its input."
         )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.TASK,
-            "Labels are for",
-            options=list(TASKS),
-            defaultValue=0,
-            help="both: detection boxes and segmentation masks; det / seg: one task (partial labels); none: imagery "
-            "only.",
+        chip_options, optional = self.engine_options().ChipOptions, ADVANCED_OPTIONAL
+        return [
+            spec("enum", self.SPLIT, "Split for the raster layers", split, options=SPLITS, defaultValue=0),
+            self.option_spec("integer", self.SIZE, "Chip size (px)", chip_options, "size", minValue=16),
+            self.option_spec("integer", self.STRIDE, "Stride (px)", chip_options, "stride", minValue=1),
+            spec("enum", self.POTSDAM, "Potsdam bands", potsdam, options=POTSDAM_BANDS, defaultValue=0, **optional),
+            spec(
+                "enum",
+                self.CONNECTIVITY,
+                "Box connectivity",
+                connectivity,
+                options=[str(c) for c in CONNECTIVITY],
+                **optional,
+            ),
+            spec("integer", self.MIN_AREA, "Minimum box area (px)", min_area, **optional, minValue=0),
+            spec(
+                "double", self.VALUE_MAX, "Value scaling maximum (uint16 imagery)", value_max, **optional, minValue=1.0
+            ),
+            spec("text", self.BAND_NAMES, "Band names (raster layers)", band_names, **optional),
+        ]
+
+    def _own_splits(self) -> list[Spec]:
+        classes = "List of {name, value, colour}: value = class field value or class raster value."
+        split_by = (
+            "block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across splits."
         )
-        self.param(
-            source,
-            self.AOI,
-            "Area of interest",
-            types=polygon,
-            optional=True,
-            help="Where the labels are complete: pixels outside are ignored and no detection chip is cut there.",
-        )
-        self.param(
-            QgsProcessingParameterFile,
-            self.CLASSES_FILE,
-            "Class table (YAML/JSON)",
-            fileFilter="YAML/JSON (*.yaml *.yml *.json)",
-            optional=True,
-            advanced=True,
-            help="List of {name, value, colour}: value = class field value or class raster value.",
-        )
-        self.param(
-            number,
-            self.VAL_FRACTION,
-            "Validation fraction",
-            type=number.Double,
-            defaultValue=0.2,
-            minValue=0.0,
-            maxValue=0.9,
-            advanced=True,
-            help="Share of blocks (or rasters) held out for validation.",
-        )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.SPLIT_BY,
-            "Split by",
-            options=list(SPLIT_BY),
-            defaultValue=0,
-            advanced=True,
-            help="block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across "
-            "splits.",
-        )
-        self.param(
-            number,
-            self.SEED,
-            "Split seed",
-            type=number.Integer,
-            defaultValue=0,
-            advanced=True,
-            help="The same seed gives the same split.",
-        )
+        class_files = {"fileFilter": "YAML/JSON (*.yaml *.yml *.json)", **ADVANCED_OPTIONAL}
+        share = {"minValue": 0.0, "maxValue": 0.9, "advanced": True}
+        chip_options = self.engine_options().ChipOptions
+        return [
+            spec("file", self.CLASSES_FILE, "Class table (YAML/JSON)", classes, **class_files),
+            self.option_spec("double", self.VAL_FRACTION, "Validation fraction", chip_options, "val_fraction", **share),
+            spec("enum", self.SPLIT_BY, "Split by", split_by, options=SPLIT_BY, defaultValue=0, advanced=True),
+            self.option_spec("integer", self.SEED, "Split seed", chip_options, "seed", advanced=True),
+        ]
+
+    def _output(self) -> list[Spec]:
+        splits = "Tile name → split (train/val/test) replacing the standard ISPRS split (dataset folder only)."
+        overwrite = "Without it, an output folder that already has files is refused."
+        output = "Written with manifest.json last: an interrupted run never looks complete."
+        return [
+            spec(
+                "file",
+                self.SPLITS_FILE,
+                "Split override (JSON)",
+                splits,
+                fileFilter="JSON (*.json)",
+                **ADVANCED_OPTIONAL,
+            ),
+            spec(
+                "boolean",
+                self.OVERWRITE,
+                "Overwrite an existing chip dataset",
+                overwrite,
+                defaultValue=False,
+                advanced=True,
+            ),
+            spec("folder_out", self.OUTPUT, "Chip dataset folder", output),
+        ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         folder = not is_unset(parameters, self.INPUT_FOLDER)

@@ -19,14 +19,6 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputString,
-    QgsProcessingParameterBand,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterExtent,
-    QgsProcessingParameterFeatureSink,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterDestination,
-    QgsProcessingParameterRasterLayer,
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsRectangle,
@@ -39,6 +31,7 @@ from qgis.PyQt.QtCore import QVariant
 from ..layer_reader import LayerError, prediction_input
 from ..styling import name_on_load, style_on_load
 from .base import PmtlAlgorithm, is_unset
+from .params import ADVANCED_OPTIONAL, Spec, spec
 
 PRECISIONS = ("as exported", "fp32", "int8", "fp16")
 
@@ -56,7 +49,6 @@ class DetectSegment(PmtlAlgorithm):
     ALG_ID = "detect_segment"
     DISPLAY_NAME = "Detect and segment"
     GROUP_ID = "inference"
-    GROUP_NAME = "Inference"
     REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal")
     HELP = (
         "Runs an ONNX model exported by pmtl over an orthophoto of any size, in overlapping tiles, and writes "
@@ -92,120 +84,66 @@ class DetectSegment(PmtlAlgorithm):
     OUTPUT_PROBS = "OUTPUT_PROBS"
     SUMMARY = "SUMMARY"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        number, sink = QgsProcessingParameterNumber, QgsProcessingParameterFeatureSink
-        self.param(
-            QgsProcessingParameterRasterLayer,
-            self.INPUT,
-            "Input raster",
-            help="An orthophoto: any raster layer (a file, a GeoPackage raster, an XYZ / WMS basemap, a virtual "
-            "raster). Its band descriptions / colour interpretation are checked against the model's band names.",
+    def parameters(self) -> list[Spec]:
+        return [*self._inputs(), *self._tuning(), *self._destinations()]
+
+    def _inputs(self) -> list[Spec]:
+        raster = (
+            "An orthophoto: any raster layer (a file, a GeoPackage raster, an XYZ / WMS basemap, a virtual "
+            "raster). Its band descriptions / colour interpretation are checked against the model's band names."
         )
-        self.onnx_model_param(self.MODEL)
-        self.param(
-            QgsProcessingParameterBand,
-            self.BANDS,
-            "Bands (model order)",
-            parentLayerParameterName=self.INPUT,
-            optional=True,
-            allowMultiple=True,
-            help="Input band numbers in the model's band order; empty: the first bands as they are.",
+        bands = "Input band numbers in the model's band order; empty: the first bands as they are."
+        aoi = "Only pixels inside these polygons are processed; outside is nodata."
+        polygons, several = [QgsProcessing.TypeVectorPolygon], {"optional": True, "allowMultiple": True}
+        return [
+            spec("raster", self.INPUT, "Input raster", raster),
+            self.onnx_model_spec(self.MODEL),
+            spec("band", self.BANDS, "Bands (model order)", bands, parentLayerParameterName=self.INPUT, **several),
+            spec("source", self.AOI, "Area of interest (polygons)", aoi, types=polygons, optional=True),
+            spec("extent", self.EXTENT, "Area of interest (extent)", "A rectangle instead of polygons.", optional=True),
+        ]
+
+    def _tuning(self) -> list[Spec]:
+        overlap, batch = (
+            "Empty: the overlap the model recommends.",
+            "Tiles per inference batch (empty: the engine's default).",
         )
-        self.param(
-            QgsProcessingParameterFeatureSource,
-            self.AOI,
-            "Area of interest (polygons)",
-            types=[QgsProcessing.TypeVectorPolygon],
-            optional=True,
-            help="Only pixels inside these polygons are processed; outside is nodata.",
+        score = "Boxes scoring below it are dropped (empty: the model's own, per class: the best F1 on validation)."
+        value_max = "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained)."
+        gsd = "A raster whose resolution is further than this factor from the model's is refused (empty: 8)."
+        precision = (
+            "The precision the model must have (its metadata says which): int8 runs fastest on CPUs, fp16 on "
+            "CUDA GPUs; export one with 'Export a checkpoint to ONNX'. 'as exported' accepts any."
         )
-        self.param(
-            QgsProcessingParameterExtent,
-            self.EXTENT,
-            "Area of interest (extent)",
-            optional=True,
-            help="A rectangle instead of polygons.",
-        )
-        for name, label, kind, minimum, maximum, text in (
-            (self.OVERLAP, "Tile overlap (px)", number.Integer, 0, None, "Empty: the overlap the model recommends."),
-            (
-                self.BATCH_SIZE,
-                "Batch size",
-                number.Integer,
-                1,
-                None,
-                "Tiles per inference batch (empty: the engine's default).",
+        optional, probability = ADVANCED_OPTIONAL, {"minValue": 0.0, "maxValue": 1.0}
+        return [
+            spec("integer", self.OVERLAP, "Tile overlap (px)", overlap, **optional, minValue=0),
+            spec("integer", self.BATCH_SIZE, "Batch size", batch, **optional, minValue=1),
+            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **optional, **probability),
+            spec("double", self.VALUE_MAX, "Input value maximum", value_max, **optional, minValue=1.0),
+            spec("double", self.MAX_GSD_RATIO, "Largest GSD ratio", gsd, **optional, minValue=1.0),
+            self.device_spec("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran)."),
+            spec(
+                "enum", self.PRECISION, "Model precision", precision, options=PRECISIONS, defaultValue=0, advanced=True
             ),
-            (
-                self.SCORE_THRESHOLD,
-                "Detection score threshold",
-                number.Double,
-                0.0,
-                1.0,
-                "Boxes scoring below it are dropped (empty: the model's own, per class: the best F1 on validation).",
-            ),
-            (
-                self.VALUE_MAX,
-                "Input value maximum",
-                number.Double,
-                1.0,
-                None,
-                "Raw value that maps to 1.0 (e.g. 4095 for 12-bit data; empty: as the model was trained).",
-            ),
-            (
-                self.MAX_GSD_RATIO,
-                "Largest GSD ratio",
-                number.Double,
-                1.0,
-                None,
-                "A raster whose resolution is further than this factor from the model's is refused (empty: 8).",
-            ),
-        ):
-            limits = {"minValue": minimum} if maximum is None else {"minValue": minimum, "maxValue": maximum}
-            self.param(number, name, label, type=kind, optional=True, advanced=True, help=text, **limits)
-        self.device_param("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran).")
-        self.param(
-            QgsProcessingParameterEnum,
-            self.PRECISION,
-            "Model precision",
-            options=list(PRECISIONS),
-            defaultValue=0,
-            advanced=True,
-            help="The precision the model must have (its metadata says which): int8 runs fastest on CPUs, fp16 on "
-            "CUDA GPUs; export one with 'Export a checkpoint to ONNX'. 'as exported' accepts any.",
-        )
-        self.param(
-            QgsProcessingParameterRasterDestination,
-            self.OUTPUT_RASTER,
-            "Class map",
-            help="GeoTIFF, uint8 class index per pixel with the model's class colours; nodata outside the data / AOI.",
-        )
-        self.param(
-            sink,
-            self.OUTPUT_DETECTIONS,
-            "Detections",
-            type=QgsProcessing.TypeVectorPolygon,
-            help="One box polygon per object with fields class, class_id, score, in the raster's CRS.",
-        )
-        self.param(
-            sink,
-            self.OUTPUT_POLYGONS,
-            "Class polygons",
-            type=QgsProcessing.TypeVectorPolygon,
-            optional=True,
-            createByDefault=False,
-            help="The class map as polygons (GDAL polygonize); not written unless asked for.",
-        )
-        self.param(
-            QgsProcessingParameterRasterDestination,
-            self.OUTPUT_PROBS,
-            "Class probabilities",
-            optional=True,
-            createByDefault=False,
-            advanced=True,
-            help="One band per class with the blended softmax probability.",
-        )
-        self.addOutput(QgsProcessingOutputString(self.SUMMARY, self.tr("Run summary (JSON)")))
+        ]
+
+    def _destinations(self) -> list[Spec]:
+        classes = "GeoTIFF, uint8 class index per pixel with the model's class colours; nodata outside the data / AOI."
+        boxes = "One box polygon per object with fields class, class_id, score, in the raster's CRS."
+        polygons = "The class map as polygons (GDAL polygonize); not written unless asked for."
+        probs = "One band per class with the blended softmax probability."
+        vector = QgsProcessing.TypeVectorPolygon
+        later = {"optional": True, "createByDefault": False}
+        return [
+            spec("raster_out", self.OUTPUT_RASTER, "Class map", classes),
+            spec("sink", self.OUTPUT_DETECTIONS, "Detections", boxes, type=vector),
+            spec("sink", self.OUTPUT_POLYGONS, "Class polygons", polygons, type=vector, **later),
+            spec("raster_out", self.OUTPUT_PROBS, "Class probabilities", probs, **later, advanced=True),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [(QgsProcessingOutputString, self.SUMMARY, "Run summary (JSON)")]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if not is_unset(parameters, self.AOI) and not is_unset(parameters, self.EXTENT):

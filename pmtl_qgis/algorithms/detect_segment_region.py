@@ -15,26 +15,17 @@ from qgis.core import (
     QgsProcessingOutputFile,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputVectorLayer,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterMultipleLayers,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
 )
 
 from ..styling import style_on_load
 from .base import PmtlAlgorithm, is_unset
-
-FOLDER = QgsProcessingParameterFile.Folder
-INTEGER, DOUBLE = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
+from .params import ADVANCED_OPTIONAL, Spec, spec
 
 
 class DetectSegmentRegion(PmtlAlgorithm):
     ALG_ID = "detect_segment_region"
     DISPLAY_NAME = "Detect and segment a region (many rasters, Dask)"
     GROUP_ID = "inference"
-    GROUP_NAME = "Inference"
     REQUIRED_MODULES = ("onnxruntime", "numpy", "osgeo.gdal", "distributed")
     HELP = (
         "Runs an ONNX model exported by pmtl over many orthophotos at once (a town, a county): the raster layers "
@@ -73,69 +64,41 @@ class DetectSegmentRegion(PmtlAlgorithm):
     )
     """Optional numbers → engine.region flags: (parameter, flag, integer)."""
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        number = QgsProcessingParameterNumber
-        self.param(
-            QgsProcessingParameterMultipleLayers,
-            self.INPUTS,
-            "Input rasters",
-            layerType=QgsProcessing.TypeRaster,
-            optional=True,
-            help="Raster layers read from files (GDAL); with the folder below, or alone.",
+    def parameters(self) -> list[Spec]:
+        inputs = "Raster layers read from files (GDAL); with the folder below, or alone."
+        folder = "Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder."
+        scheduler = "Join a running Dask cluster (e.g. tcp://10.0.0.5:8786) instead of starting local workers."
+        resume = "Skip the rasters that a previous run into the same folder finished (region.json)."
+        bands = "Raster band numbers in the model's band order, e.g. 4,1,2; empty: the bands as they are."
+        threads, score = "onnxruntime threads (empty: cores/workers).", "Empty: the model's own, per class."
+        value_max, gsd = (
+            "Raw value that maps to 1.0 (empty: the model's).",
+            "Refuse rasters further from the model's GSD.",
         )
-        self.param(
-            QgsProcessingParameterFile,
-            self.FOLDER,
-            "Folder of rasters",
-            behavior=FOLDER,
-            optional=True,
-            help="Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder.",
-        )
-        self.onnx_model_param(self.MODEL)
-        self.param(
-            number, self.WORKERS, "Local workers", type=INTEGER, defaultValue=2, minValue=1,
-            help="Worker processes on this computer, each running one raster at a time (ignored with a scheduler).",
-        )  # fmt: skip
-        self.param(
-            QgsProcessingParameterString,
-            self.SCHEDULER,
-            "Dask scheduler address",
-            optional=True,
-            advanced=True,
-            help="Join a running Dask cluster (e.g. tcp://10.0.0.5:8786) instead of starting local workers.",
-        )
-        self.param(
-            QgsProcessingParameterBoolean,
-            self.RESUME,
-            "Resume",
-            defaultValue=False,
-            help="Skip the rasters that a previous run into the same folder finished (region.json).",
-        )
-        self.param(
-            QgsProcessingParameterString,
-            self.BANDS,
-            "Bands (model order)",
-            optional=True,
-            advanced=True,
-            help="Raster band numbers in the model's band order, e.g. 4,1,2; empty: the bands as they are.",
-        )
-        for name, label, kind, minimum, text in (
-            (self.THREADS_PER_WORKER, "Threads per worker", INTEGER, 1, "onnxruntime threads (empty: cores/workers)."),
-            (self.SCORE_THRESHOLD, "Detection score threshold", DOUBLE, 0.0, "Empty: the model's own, per class."),
-            (self.VALUE_MAX, "Input value maximum", DOUBLE, 1.0, "Raw value that maps to 1.0 (empty: the model's)."),
-            (self.MAX_GSD_RATIO, "Largest GSD ratio", DOUBLE, 1.0, "Refuse rasters further from the model's GSD."),
-        ):
-            self.param(number, name, label, type=kind, minValue=minimum, optional=True, advanced=True, help=text)
-        self.device_param("auto: CUDA when onnxruntime has it, else the CPU.")
-        self.param(
-            QgsProcessingParameterFolderDestination,
-            self.OUTPUT,
-            "Output folder",
-            help="classes/, classes.vrt, detections.gpkg and region.json are written here.",
-        )
-        self.addOutput(QgsProcessingOutputRasterLayer(self.CLASSES, self.tr("Class map (VRT over every raster)")))
-        self.addOutput(QgsProcessingOutputVectorLayer(self.DETECTIONS, self.tr("Detections")))
-        self.addOutput(QgsProcessingOutputFile(self.REPORT, self.tr("Region report (region.json)")))
+        output = "classes/, classes.vrt, detections.gpkg and region.json are written here."
+        workers, optional = self.engine_options().WorkerOptions, ADVANCED_OPTIONAL
+        return [
+            spec("layers", self.INPUTS, "Input rasters", inputs, layerType=QgsProcessing.TypeRaster, optional=True),
+            spec("folder", self.FOLDER, "Folder of rasters", folder, optional=True),
+            self.onnx_model_spec(self.MODEL),
+            self.option_spec("integer", self.WORKERS, "Local workers", workers, "workers", minValue=1),
+            spec("text", self.SCHEDULER, "Dask scheduler address", scheduler, **optional),
+            spec("boolean", self.RESUME, "Resume", resume, defaultValue=False),
+            spec("text", self.BANDS, "Bands (model order)", bands, **optional),
+            spec("integer", self.THREADS_PER_WORKER, "Threads per worker", threads, **optional, minValue=1),
+            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **optional, minValue=0.0),
+            spec("double", self.VALUE_MAX, "Input value maximum", value_max, **optional, minValue=1.0),
+            spec("double", self.MAX_GSD_RATIO, "Largest GSD ratio", gsd, **optional, minValue=1.0),
+            self.device_spec("auto: CUDA when onnxruntime has it, else the CPU."),
+            spec("folder_out", self.OUTPUT, "Output folder", output),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [
+            (QgsProcessingOutputRasterLayer, self.CLASSES, "Class map (VRT over every raster)"),
+            (QgsProcessingOutputVectorLayer, self.DETECTIONS, "Detections"),
+            (QgsProcessingOutputFile, self.REPORT, "Region report (region.json)"),
+        ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if is_unset(parameters, self.INPUTS) and is_unset(parameters, self.FOLDER):

@@ -10,14 +10,11 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingFeedback,
     QgsProcessingOutputNumber,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
 )
 
 from .base import PmtlAlgorithm, is_unset
-from .train import CHECKPOINT_FILTER, FOLDER, INTEGER
+from .params import ADVANCED_OPTIONAL, Spec, spec
+from .train import CHECKPOINT_FILTER
 
 NUMBERS = (
     ("DET_MAP", "det_map", "Detection mAP@[.5:.95]"),
@@ -32,7 +29,6 @@ class Evaluate(PmtlAlgorithm):
     ALG_ID = "evaluate"
     DISPLAY_NAME = "Evaluate a checkpoint"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "torchvision")
     HELP = (
         "Measures a trained network on a split of chip datasets: detection mean average precision over IoU "
@@ -52,64 +48,41 @@ class Evaluate(PmtlAlgorithm):
     MAX_CHIPS = "MAX_CHIPS"
     OUTPUT = "OUTPUT"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        file, number = QgsProcessingParameterFile, QgsProcessingParameterNumber
-        self.param(
-            file, self.CHECKPOINT, "Checkpoint", fileFilter=CHECKPOINT_FILTER, help="best.pt or last.pt of 'Train'."
+    def parameters(self) -> list[Spec]:
+        split = "Name of the split in the chip datasets (val; test if your datasets have one)."
+        det, seg = (
+            "Scored with mAP (needs a detection head).",
+            "Scored with mIoU on eroded masks (needs a segmentation head).",
         )
-        self.param(
-            file,
-            self.DET_DATA,
-            "Detection chip dataset",
-            behavior=FOLDER,
-            optional=True,
-            help="Scored with mAP (needs a detection head).",
-        )
-        self.param(
-            file,
-            self.SEG_DATA,
-            "Segmentation chip dataset",
-            behavior=FOLDER,
-            optional=True,
-            help="Scored with mIoU on eroded masks (needs a segmentation head).",
-        )
-        self.param(
-            QgsProcessingParameterString,
-            self.SPLIT,
-            "Split",
-            defaultValue="val",
-            help="Name of the split in the chip datasets (val; test if your datasets have one).",
-        )
-        self.device_param("auto: the GPU when PyTorch sees one, else the CPU.")
-        self.param(
-            number,
-            self.BATCH_SIZE,
-            "Batch size",
-            type=INTEGER,
-            defaultValue=8,
-            minValue=1,
-            advanced=True,
-            help="Chips per forward pass.",
-        )
-        self.param(
-            number,
-            self.MAX_CHIPS,
-            "At most this many chips",
-            type=INTEGER,
-            optional=True,
-            minValue=1,
-            advanced=True,
-            help="For a quick look; empty: all chips of the split.",
-        )
-        self.param(
-            QgsProcessingParameterFileDestination,
-            self.OUTPUT,
-            "Report (JSON)",
-            fileFilter="JSON (*.json)",
-            help="Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy.",
-        )
-        for name, _, description in NUMBERS:
-            self.addOutput(QgsProcessingOutputNumber(name, self.tr(description)))
+        report = "Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy."
+        return [
+            spec("file", self.CHECKPOINT, "Checkpoint", "best.pt or last.pt of 'Train'.", fileFilter=CHECKPOINT_FILTER),
+            spec("folder", self.DET_DATA, "Detection chip dataset", det, optional=True),
+            spec("folder", self.SEG_DATA, "Segmentation chip dataset", seg, optional=True),
+            spec("text", self.SPLIT, "Split", split, defaultValue="val"),
+            self.device_spec("auto: the GPU when PyTorch sees one, else the CPU."),
+            spec(
+                "integer",
+                self.BATCH_SIZE,
+                "Batch size",
+                "Chips per forward pass.",
+                defaultValue=8,
+                minValue=1,
+                advanced=True,
+            ),
+            spec(
+                "integer",
+                self.MAX_CHIPS,
+                "At most this many chips",
+                "For a quick look; empty: all chips of the split.",
+                **ADVANCED_OPTIONAL,
+                minValue=1,
+            ),
+            spec("file_out", self.OUTPUT, "Report (JSON)", report, fileFilter="JSON (*.json)"),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [(QgsProcessingOutputNumber, name, description) for name, _, description in NUMBERS]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if is_unset(parameters, self.DET_DATA) and is_unset(parameters, self.SEG_DATA):

@@ -9,24 +9,21 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
 )
 
 from .base import PmtlAlgorithm
-from .train import CHECKPOINT_FILTER, DOUBLE, INTEGER
+from .params import ADVANCED_OPTIONAL, Spec, spec
+from .train import CHECKPOINT_FILTER
 
 VARIANTS = ("full", "deepness")
 PRECISIONS = ("fp32", "int8", "fp16")
+OUTPUT_HELP = "The .onnx file for 'Detect and segment' (or the Deepness plugin)."
 
 
 class ExportOnnx(PmtlAlgorithm):
     ALG_ID = "export_onnx"
     DISPLAY_NAME = "Export a checkpoint to ONNX"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "onnx")
     HELP = (
         "Exports the network of a training checkpoint (both heads, dynamic batch) to an ONNX file that "
@@ -59,62 +56,27 @@ class ExportOnnx(PmtlAlgorithm):
     )
     """Optional numbers and the engine.export flag each one sets (left out when empty: the engine's default)."""
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        number = QgsProcessingParameterNumber
-        self.param(
-            QgsProcessingParameterFile,
-            self.CHECKPOINT,
-            "Checkpoint",
-            fileFilter=CHECKPOINT_FILTER,
-            help="best.pt or last.pt written by 'Train'.",
+    def parameters(self) -> list[Spec]:
+        checkpoint, output = "best.pt or last.pt written by 'Train'.", "ONNX models (*.onnx)"
+        tile, overlap = "Inference tile side (empty: the chip size).", "Stored for inference (empty: engine)."
+        opset = "Empty: the engine's default (≥ 18)."
+        score = "Detections below it are dropped at inference (empty: the engine's default)."
+        variant = (
+            "full: class map + detections (pmtl); deepness: the segmentation output as the Deepness plugin expects it."
         )
-        for name, label, kind, minimum, text in (
-            (self.TILE_SIZE, "Tile size (px)", INTEGER, 16, "Inference tile side (empty: the chip size)."),
-            (self.OVERLAP, "Recommended overlap (px)", INTEGER, 0, "Stored for inference (empty: engine)."),
-            (
-                self.SCORE_THRESHOLD,
-                "Detection score threshold",
-                DOUBLE,
-                0.0,
-                "Detections below it are dropped at inference (empty: the engine's default).",
-            ),
-        ):
-            self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
-        self.param(
-            QgsProcessingParameterEnum,
-            self.VARIANT,
-            "Graph outputs",
-            options=list(VARIANTS),
-            defaultValue=0,
-            advanced=True,
-            help="full: class map + detections (pmtl); deepness: the segmentation output as the Deepness plugin "
-            "expects it.",
+        precision = (
+            "fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs."
         )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.PRECISION,
-            "Precision",
-            options=list(PRECISIONS),
-            defaultValue=0,
-            help="fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs.",
-        )
-        self.param(
-            number,
-            self.OPSET,
-            "ONNX opset",
-            type=INTEGER,
-            optional=True,
-            minValue=18,
-            advanced=True,
-            help="Empty: the engine's default (≥ 18).",
-        )
-        self.param(
-            QgsProcessingParameterFileDestination,
-            self.OUTPUT,
-            "ONNX model",
-            fileFilter="ONNX models (*.onnx)",
-            help="The .onnx file for 'Detect and segment' (or the Deepness plugin).",
-        )
+        return [
+            spec("file", self.CHECKPOINT, "Checkpoint", checkpoint, fileFilter=CHECKPOINT_FILTER),
+            spec("integer", self.TILE_SIZE, "Tile size (px)", tile, **ADVANCED_OPTIONAL, minValue=16),
+            spec("integer", self.OVERLAP, "Recommended overlap (px)", overlap, **ADVANCED_OPTIONAL, minValue=0),
+            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **ADVANCED_OPTIONAL, minValue=0.0),
+            spec("enum", self.VARIANT, "Graph outputs", variant, options=VARIANTS, defaultValue=0, advanced=True),
+            spec("enum", self.PRECISION, "Precision", precision, options=PRECISIONS, defaultValue=0),
+            spec("integer", self.OPSET, "ONNX opset", opset, **ADVANCED_OPTIONAL, minValue=18),
+            spec("file_out", self.OUTPUT, "ONNX model", OUTPUT_HELP, fileFilter=output),
+        ]
 
     def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_path: Path) -> list[str]:
         """The ``python -m engine.export`` arguments for these parameters."""

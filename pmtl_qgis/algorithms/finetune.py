@@ -13,18 +13,12 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputString,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFeatureSource,
-    QgsProcessingParameterField,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
 )
 
 from ..engine_process import ProcessResult
 from .base import PmtlAlgorithm, is_unset
 from .chip_tiles import raster_path
+from .params import ADVANCED_OPTIONAL, Spec, spec
 from .train import runs_root
 
 TASKS = ("det", "seg", "both")
@@ -57,7 +51,6 @@ class Finetune(PmtlAlgorithm):
     ALG_ID = "finetune"
     DISPLAY_NAME = "Improve a model with corrected labels"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "torchvision", "onnx", "osgeo.gdal")
     HELP = (
         "Fine-tunes a pmtl model on labels you corrected: run 'Detect and segment', edit its Detections layer "
@@ -87,80 +80,46 @@ class Finetune(PmtlAlgorithm):
     CHECKPOINT = "CHECKPOINT"
     SCORES = "SCORES"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        polygon = [QgsProcessing.TypeVectorPolygon]
-        self.param(QgsProcessingParameterRasterLayer, self.INPUT, "Raster", help="The orthophoto the labels are on.")
-        self.param(
-            QgsProcessingParameterFeatureSource,
-            self.LABELS,
-            "Corrected labels",
-            types=polygon,
-            help="Polygons or boxes of the objects, typically the edited Detections layer of 'Detect and segment'.",
+    def parameters(self) -> list[Spec]:
+        labels = "Polygons or boxes of the objects, typically the edited Detections layer of 'Detect and segment'."
+        field = (
+            "Attribute with each object's class name (the Detections layer's 'class'); empty: one class, the "
+            "model's first detection class."
         )
-        self.param(
-            QgsProcessingParameterField,
-            self.CLASS_FIELD,
-            "Class field",
-            parentLayerParameterName=self.LABELS,
-            optional=True,
-            defaultValue="class",
-            help="Attribute with each object's class name (the Detections layer's 'class'); empty: one class, the "
-            "model's first detection class.",
-        )
-        self.param(
-            QgsProcessingParameterFile,
-            self.MODEL,
-            "Model to improve",
-            fileFilter=MODEL_FILTER,
-            help="A pmtl checkpoint (best.pt) or an exported model (.onnx) whose metadata names its checkpoint.",
-        )
-        self.param(
-            QgsProcessingParameterNumber,
-            self.STEPS,
-            "Training steps",
-            type=QgsProcessingParameterNumber.Integer,
-            minValue=1,
-            defaultValue=option_default("steps"),
-            optional=True,
-            help="Optimizer steps; more steps take longer (a few minutes on 2 CPU cores for the default).",
-        )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.TASK,
-            "Labels are for",
-            options=list(TASKS),
-            defaultValue=0,
-            help="det: boxes for the detection head; seg: polygons as a class mask; both.",
-        )
-        self.param(
-            QgsProcessingParameterFeatureSource,
-            self.AOI,
-            "Area of interest",
-            types=polygon,
-            optional=True,
-            help="Where the labels are complete (default: the extent of the labels).",
-        )
-        self.param(
-            QgsProcessingParameterNumber,
-            self.SIZE,
-            "Chip size (px)",
-            type=QgsProcessingParameterNumber.Integer,
-            minValue=32,
-            optional=True,
-            advanced=True,
-            help="Chip side at the model's GSD (empty: the model's training chip size).",
-        )
-        self.device_param("auto: CUDA when PyTorch sees a GPU, else the CPU.")
-        self.param(
-            QgsProcessingParameterFolderDestination,
-            self.OUTPUT,
-            "Output folder",
-            defaultValue=str(runs_root() / "finetune"),
-            help="Receives model.onnx, best.pt, finetune.json and the chips. Must not hold an earlier run.",
-        )
-        self.addOutput(QgsProcessingOutputFile(self.OUTPUT_MODEL, self.tr("Improved model (model.onnx)")))
-        self.addOutput(QgsProcessingOutputFile(self.CHECKPOINT, self.tr("Improved checkpoint (best.pt)")))
-        self.addOutput(QgsProcessingOutputString(self.SCORES, self.tr("Scores before / after (JSON)")))
+        model = "A pmtl checkpoint (best.pt) or an exported model (.onnx) whose metadata names its checkpoint."
+        steps = "Optimizer steps; more steps take longer (a few minutes on 2 CPU cores for the default)."
+        task = "det: boxes for the detection head; seg: polygons as a class mask; both."
+        aoi = "Where the labels are complete (default: the extent of the labels)."
+        size = "Chip side at the model's GSD (empty: the model's training chip size)."
+        output = "Receives model.onnx, best.pt, finetune.json and the chips. Must not hold an earlier run."
+        polygons, default_steps = {"types": [QgsProcessing.TypeVectorPolygon]}, option_default("steps")
+        return [
+            spec("raster", self.INPUT, "Raster", "The orthophoto the labels are on."),
+            spec("source", self.LABELS, "Corrected labels", labels, **polygons),
+            spec(
+                "field",
+                self.CLASS_FIELD,
+                "Class field",
+                field,
+                parentLayerParameterName=self.LABELS,
+                optional=True,
+                defaultValue="class",
+            ),
+            spec("file", self.MODEL, "Model to improve", model, fileFilter=MODEL_FILTER),
+            spec("integer", self.STEPS, "Training steps", steps, minValue=1, defaultValue=default_steps, optional=True),
+            spec("enum", self.TASK, "Labels are for", task, options=TASKS, defaultValue=0),
+            spec("source", self.AOI, "Area of interest", aoi, **polygons, optional=True),
+            spec("integer", self.SIZE, "Chip size (px)", size, minValue=32, **ADVANCED_OPTIONAL),
+            self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."),
+            spec("folder_out", self.OUTPUT, "Output folder", output, defaultValue=str(runs_root() / "finetune")),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [
+            (QgsProcessingOutputFile, self.OUTPUT_MODEL, "Improved model (model.onnx)"),
+            (QgsProcessingOutputFile, self.CHECKPOINT, "Improved checkpoint (best.pt)"),
+            (QgsProcessingOutputString, self.SCORES, "Scores before / after (JSON)"),
+        ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))

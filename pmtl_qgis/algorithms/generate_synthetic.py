@@ -10,13 +10,10 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputRasterLayer,
     QgsProcessingOutputString,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterNumber,
 )
 
 from .base import PmtlAlgorithm
+from .params import ADVANCED_OPTIONAL, Spec, spec
 
 DOMAINS = ("vaihingen", "potsdam")
 
@@ -35,7 +32,6 @@ class GenerateSynthetic(PmtlAlgorithm):
     ALG_ID = "generate_synthetic"
     DISPLAY_NAME = "Generate synthetic ISPRS-like data"
     GROUP_ID = "data"
-    GROUP_NAME = "Data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
     HELP = (
         "Writes a synthetic twin of the ISPRS 2D semantic labelling benchmark: georeferenced orthophoto tiles "
@@ -58,62 +54,29 @@ class GenerateSynthetic(PmtlAlgorithm):
     LABEL = "LABEL"
     DATASET = "DATASET"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        number = QgsProcessingParameterNumber
-        self.param(
-            QgsProcessingParameterEnum,
-            self.DOMAIN,
-            "Domain",
-            options=list(DOMAINS),
-            defaultValue=0,
-            help="vaihingen: NIR-R-G, 9 cm, small red-roof houses; potsdam: R-G-B, 5 cm, large grey flat-roof blocks.",
-        )
-        self.param(
-            number,
-            self.SEED,
-            "Random seed",
-            type=number.Integer,
-            defaultValue=0,
-            minValue=0,
-            help="Same seed, same scenes.",
-        )
-        self.param(
-            number,
-            self.TILES,
-            "Number of tiles",
-            type=number.Integer,
-            optional=True,
-            minValue=1,
-            advanced=True,
-            help="How many tiles to write (empty: the engine's default, the benchmark's tile count).",
-        )
-        self.param(
-            number,
-            self.TILE_SIZE_M,
-            "Tile side (metres)",
-            type=number.Double,
-            optional=True,
-            minValue=3.0,
-            advanced=True,
-            help="Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes).",
-        )
-        self.param(
-            QgsProcessingParameterBoolean,
-            self.OVERWRITE,
-            "Overwrite a non-empty folder",
-            defaultValue=False,
-            advanced=True,
-            help="Without it, an output folder that already has files is refused.",
-        )
-        self.param(
-            QgsProcessingParameterFolderDestination,
-            self.OUTPUT,
-            "Output dataset folder",
-            help="Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …).",
-        )
-        self.addOutput(QgsProcessingOutputRasterLayer(self.IMAGE, self.tr("Sample image tile (held out)")))
-        self.addOutput(QgsProcessingOutputRasterLayer(self.LABEL, self.tr("Label of the sample tile")))
-        self.addOutput(QgsProcessingOutputString(self.DATASET, self.tr("Dataset kind (vaihingen|potsdam)")))
+    def parameters(self) -> list[Spec]:
+        domain = "vaihingen: NIR-R-G, 9 cm, small red-roof houses; potsdam: R-G-B, 5 cm, large grey flat-roof blocks."
+        tiles = "How many tiles to write (empty: the engine's default, the benchmark's tile count)."
+        side = "Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes)."
+        overwrite = "Without it, an output folder that already has files is refused."
+        output = "Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …)."
+        return [
+            spec("enum", self.DOMAIN, "Domain", domain, options=DOMAINS, defaultValue=0),
+            spec("integer", self.SEED, "Random seed", "Same seed, same scenes.", defaultValue=0, minValue=0),
+            spec("integer", self.TILES, "Number of tiles", tiles, **ADVANCED_OPTIONAL, minValue=1),
+            spec("double", self.TILE_SIZE_M, "Tile side (metres)", side, **ADVANCED_OPTIONAL, minValue=3.0),
+            spec(
+                "boolean", self.OVERWRITE, "Overwrite a non-empty folder", overwrite, defaultValue=False, advanced=True
+            ),
+            spec("folder_out", self.OUTPUT, "Output dataset folder", output),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [
+            (QgsProcessingOutputRasterLayer, self.IMAGE, "Sample image tile (held out)"),
+            (QgsProcessingOutputRasterLayer, self.LABEL, "Label of the sample tile"),
+            (QgsProcessingOutputString, self.DATASET, "Dataset kind (vaihingen|potsdam)"),
+        ]
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback

@@ -23,7 +23,6 @@ class InstallDependencies(PmtlAlgorithm):
     ALG_ID = "install_dependencies"
     DISPLAY_NAME = "Install Python dependencies"
     GROUP_ID = "setup"
-    GROUP_NAME = "Setup"
     REQUIRED_MODULES = ()
     HELP = (
         "Installs the Python packages pmtl needs with pip, run by QGIS's own Python, into a folder of the QGIS "

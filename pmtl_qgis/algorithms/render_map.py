@@ -11,11 +11,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterFileDestination,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterRasterLayer,
-    QgsProcessingParameterVectorLayer,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -24,6 +19,7 @@ from qgis.PyQt.QtGui import QColor, QImage, QPainter, QPen
 
 from ..styling import apply_class_palette, apply_detection_style
 from .base import PmtlAlgorithm
+from .params import Spec, spec
 
 LEGEND_ROW_PX = 22
 
@@ -75,7 +71,6 @@ class RenderMap(PmtlAlgorithm):
     ALG_ID = "render_map"
     DISPLAY_NAME = "Render a result map (PNG)"
     GROUP_ID = "inference"
-    GROUP_NAME = "Inference"
     HELP = (
         "Draws what 'Detect and segment' found the way QGIS shows it: the orthophoto, the class map on top with "
         "its class colours (half transparent), and the detected boxes outlined by class and labelled with their score,"
@@ -93,53 +88,33 @@ class RenderMap(PmtlAlgorithm):
     LEGEND = "LEGEND"
     OUTPUT = "OUTPUT"
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        raster, number = QgsProcessingParameterRasterLayer, QgsProcessingParameterNumber
-        self.param(raster, self.INPUT, "Orthophoto", help="Drawn at the bottom.")
-        self.param(
-            raster,
-            self.CLASS_MAP,
-            "Class map",
-            optional=True,
-            help="The class raster of 'Detect and segment', drawn with its class colours.",
-        )
-        self.param(
-            QgsProcessingParameterVectorLayer,
-            self.DETECTIONS,
-            "Detections",
-            optional=True,
-            help="The detections layer (fields class and score), drawn on top.",
-        )
-        self.param(
-            number,
-            self.OPACITY,
-            "Class map opacity",
-            type=number.Double,
-            defaultValue=0.45,
-            minValue=0.0,
-            maxValue=1.0,
-            help="0: invisible, 1: opaque.",
-        )
-        self.param(
-            number,
-            self.WIDTH,
-            "Image width (px)",
-            type=number.Integer,
-            defaultValue=1200,
-            minValue=64,
-            maxValue=20000,
-            help="The height follows the orthophoto's aspect ratio.",
-        )
-        self.param(
-            QgsProcessingParameterBoolean,
-            self.LEGEND,
-            "Add a legend",
-            defaultValue=True,
-            help="Class colours and box colours under the map.",
-        )
-        self.param(
-            QgsProcessingParameterFileDestination, self.OUTPUT, "Map image", fileFilter="PNG (*.png)", help="PNG file."
-        )
+    def parameters(self) -> list[Spec]:
+        class_map = "The class raster of 'Detect and segment', drawn with its class colours."
+        detections = "The detections layer (fields class and score), drawn on top."
+        width = "The height follows the orthophoto's aspect ratio."
+        return [
+            spec("raster", self.INPUT, "Orthophoto", "Drawn at the bottom."),
+            spec("raster", self.CLASS_MAP, "Class map", class_map, optional=True),
+            spec("vector", self.DETECTIONS, "Detections", detections, optional=True),
+            spec(
+                "double",
+                self.OPACITY,
+                "Class map opacity",
+                "0: invisible, 1: opaque.",
+                defaultValue=0.45,
+                minValue=0.0,
+                maxValue=1.0,
+            ),
+            spec("integer", self.WIDTH, "Image width (px)", width, defaultValue=1200, minValue=64, maxValue=20000),
+            spec(
+                "boolean",
+                self.LEGEND,
+                "Add a legend",
+                "Class colours and box colours under the map.",
+                defaultValue=True,
+            ),
+            spec("file_out", self.OUTPUT, "Map image", "PNG file.", fileFilter="PNG (*.png)"),
+        ]
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback

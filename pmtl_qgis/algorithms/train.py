@@ -16,20 +16,15 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingOutputFile,
     QgsProcessingOutputString,
-    QgsProcessingParameterBoolean,
-    QgsProcessingParameterEnum,
-    QgsProcessingParameterFile,
-    QgsProcessingParameterFolderDestination,
-    QgsProcessingParameterMultipleLayers,
-    QgsProcessingParameterNumber,
-    QgsProcessingParameterString,
     QgsProcessingUtils,
     QgsRasterLayer,
 )
 
 from ..engine_process import ProcessResult, engine_command
 from ..environment import engine_root, install_message
+from ..scope import import_engine
 from .base import PmtlAlgorithm, is_unset
+from .params import ADVANCED_OPTIONAL, Spec, spec
 
 MODELS = (
     ("as in the config (student without a config)", None),
@@ -52,8 +47,6 @@ KD_VARIANTS = (
 )
 CHECKPOINT_FILTER = "PyTorch checkpoints (*.pt *.pth);;All files (*.*)"
 RUNS_ENV_VAR = "PMTL_RUNS"
-FOLDER = QgsProcessingParameterFile.Folder
-INTEGER, DOUBLE = QgsProcessingParameterNumber.Integer, QgsProcessingParameterNumber.Double
 
 
 def runs_root() -> Path:
@@ -79,8 +72,9 @@ def yaml_path(path: Path | str) -> str:
     return json.dumps(str(path))
 
 
-def chip_size_of(datasets: list[Path], default: int = 320) -> int:
-    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike."""
+def chip_size_of(datasets: list[Path], default: int | None = None) -> int:
+    """The chip size of the first labelled chip dataset (its manifest.json), for chipping unlabelled rasters alike;
+    ``default`` (None: the engine's default chip size) when none records one."""
     for root in datasets:
         try:
             size = json.loads((root / "manifest.json").read_text(encoding="utf-8")).get("chip_size")
@@ -88,7 +82,7 @@ def chip_size_of(datasets: list[Path], default: int = 320) -> int:
             continue
         if isinstance(size, int) and size > 0:
             return size
-    return default
+    return default if default is not None else import_engine("engine.core.options").ChipOptions.size
 
 
 def training_command(python: Path, config: str | None, overrides: list[str], resume: bool) -> list[str]:
@@ -114,7 +108,6 @@ class Train(PmtlAlgorithm):
     ALG_ID = "train"
     DISPLAY_NAME = "Train a detection + segmentation network"
     GROUP_ID = "model"
-    GROUP_NAME = "Model"
     REQUIRED_MODULES = ("torch", "torchvision", "yaml")
     HELP = (
         "Trains one network for object detection (building, tree, car) and semantic segmentation (6 ISPRS "
@@ -163,114 +156,78 @@ class Train(PmtlAlgorithm):
     )
     """Number parameters and the config key each one overrides (when set)."""
 
-    def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        file, number = QgsProcessingParameterFile, QgsProcessingParameterNumber
-        self.param(
-            file,
-            self.DET_DATA,
-            "Detection chip dataset",
-            behavior=FOLDER,
-            optional=True,
-            help="A chip dataset folder ('Chip tiles'); its boxes train the detection head.",
-        )
-        self.param(
-            file,
-            self.SEG_DATA,
-            "Segmentation chip dataset",
-            behavior=FOLDER,
-            optional=True,
-            help="A chip dataset folder; its class masks train the segmentation head.",
-        )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.MODEL,
-            "Network",
-            options=[m[0] for m in MODELS],
-            defaultValue=0,
-            help="The student is what you deploy; teachers (larger) are trained first for distillation.",
-        )
-        self.param(
-            QgsProcessingParameterEnum,
-            self.KD,
-            "Knowledge distillation",
-            options=[k[0] for k in KD_VARIANTS],
-            defaultValue=0,
-            help="Needs both datasets and both teachers. The paper's best: soft + pdf.",
-        )
-        self.param(
-            QgsProcessingParameterMultipleLayers,
-            self.UNLABELLED,
-            "Unlabelled imagery (distillation only)",
-            layerType=QgsProcessing.TypeFile,
-            optional=True,
-            help="Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
+    def parameters(self) -> list[Spec]:
+        return [*self._data_and_model(), *self._schedule(), *self._run()]
+
+    def _data_and_model(self) -> list[Spec]:
+        det = "A chip dataset folder ('Chip tiles'); its boxes train the detection head."
+        seg = "A chip dataset folder; its class masks train the segmentation head."
+        network = "The student is what you deploy; teachers (larger) are trained first for distillation."
+        kd = "Needs both datasets and both teachers. The paper's best: soft + pdf."
+        unlabelled = (
+            "Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
             "raster files, which are chipped first into CHECKPOINT FOLDER/unlabelled/ at the training chip size. "
-            "The teachers label them: needs a distillation variant and both teacher checkpoints.",
+            "The teachers label them: needs a distillation variant and both teacher checkpoints."
         )
-        for name, label in ((self.DET_TEACHER, "Detection teacher"), (self.SEG_TEACHER, "Segmentation teacher")):
-            self.param(
-                file,
-                name,
-                f"{label} checkpoint",
-                fileFilter=CHECKPOINT_FILTER,
-                optional=True,
-                help="best.pt of a teacher trained with this tool (used only with distillation).",
-            )
-        self.param(
-            number,
-            self.EPOCHS,
-            "Epochs",
-            type=INTEGER,
-            optional=True,
-            minValue=1,
-            help="Empty: the config's value (70 by default, as in the paper).",
+        teacher = "best.pt of a teacher trained with this tool (used only with distillation)."
+        files = {"layerType": QgsProcessing.TypeFile, "optional": True}
+        checkpoints = {"fileFilter": CHECKPOINT_FILTER, "optional": True}
+        return [
+            spec("folder", self.DET_DATA, "Detection chip dataset", det, optional=True),
+            spec("folder", self.SEG_DATA, "Segmentation chip dataset", seg, optional=True),
+            spec("enum", self.MODEL, "Network", network, options=[m[0] for m in MODELS], defaultValue=0),
+            spec("enum", self.KD, "Knowledge distillation", kd, options=[k[0] for k in KD_VARIANTS], defaultValue=0),
+            spec("layers", self.UNLABELLED, "Unlabelled imagery (distillation only)", unlabelled, **files),
+            spec("file", self.DET_TEACHER, "Detection teacher checkpoint", teacher, **checkpoints),
+            spec("file", self.SEG_TEACHER, "Segmentation teacher checkpoint", teacher, **checkpoints),
+        ]
+
+    def _schedule(self) -> list[Spec]:
+        options = self.engine_options()
+        train = options.config_defaults(options.TrainOptions)
+        epochs = f"Empty: the config's value ({train['epochs']} by default, as in the paper)."
+        resume = (
+            "Continue a cancelled or interrupted run exactly where it stopped: choose its folder as the "
+            "checkpoint folder (it holds last.pt)."
         )
-        self.param(
-            QgsProcessingParameterBoolean,
-            self.RESUME,
-            "Resume the run in the checkpoint folder",
-            defaultValue=False,
-            help="Continue a cancelled or interrupted run exactly where it stopped: choose its folder as the "
-            "checkpoint folder (it holds last.pt).",
+        config = (
+            "A training config; the parameters above override it. Shipped: "
+            f"{engine_root() or '.'}/models/train/ (teacher_det, teacher_seg, student_mtl, student_kd).yaml"
         )
-        self.param(
-            file,
-            self.CONFIG,
-            "Training config (YAML)",
-            fileFilter="YAML (*.yaml *.yml)",
-            optional=True,
-            advanced=True,
-            help="A training config; the parameters above override it. Shipped: "
-            f"{engine_root() or '.'}/models/train/ (teacher_det, teacher_seg, student_mtl, student_kd).yaml",
+        lr, seed = f"Peak SGD learning rate (empty: config, {train['lr']:g}).", f"Empty: config ({train['seed']})."
+        batch, iters = "Images per batch and task (empty: config).", "Empty: one pass over the larger dataset."
+        optional, yaml_files = ADVANCED_OPTIONAL, "YAML (*.yaml *.yml)"
+        return [
+            spec("integer", self.EPOCHS, "Epochs", epochs, optional=True, minValue=1),
+            spec("boolean", self.RESUME, "Resume the run in the checkpoint folder", resume, defaultValue=False),
+            spec("file", self.CONFIG, "Training config (YAML)", config, fileFilter=yaml_files, **optional),
+            spec("integer", self.BATCH_SIZE, "Batch size", batch, **optional, minValue=1),
+            spec("double", self.LR, "Learning rate", lr, **optional, minValue=0.0),
+            spec("integer", self.ITERS, "Iterations per epoch", iters, **optional, minValue=1),
+            spec("integer", self.SEED, "Random seed", seed, **optional, minValue=0),
+        ]
+
+    def _run(self) -> list[Spec]:
+        overrides = (
+            "Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1' "
+            '(quote a value with spaces: "data.det=C:\\My chips").'
         )
-        for name, label, kind, minimum, text in (
-            (self.BATCH_SIZE, "Batch size", INTEGER, 1, "Images per batch and task (empty: config)."),
-            (self.LR, "Learning rate", DOUBLE, 0.0, "Peak SGD learning rate (empty: config, 0.01)."),
-            (self.ITERS, "Iterations per epoch", INTEGER, 1, "Empty: one pass over the larger dataset."),
-            (self.SEED, "Random seed", INTEGER, 0, "Empty: config (0)."),
-        ):
-            self.param(number, name, label, type=kind, optional=True, minValue=minimum, advanced=True, help=text)
-        self.device_param("auto: CUDA when PyTorch sees a GPU, else the CPU.")
-        self.param(
-            QgsProcessingParameterString,
-            self.OVERRIDES,
-            "Config overrides",
-            optional=True,
-            advanced=True,
-            help="Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1' "
-            '(quote a value with spaces: "data.det=C:\\My chips").',
+        output = (
+            "Receives best.pt, last.pt, the effective config, metrics per epoch and training curves. Default: "
+            "a new folder under ~/pmtl/runs ($PMTL_RUNS), kept after QGIS exits."
         )
-        self.param(
-            QgsProcessingParameterFolderDestination,
-            self.OUTPUT,
-            "Checkpoint folder",
-            defaultValue=str(new_run_folder()),
-            help="Receives best.pt, last.pt, the effective config, metrics per epoch and training curves. Default: "
-            "a new folder under ~/pmtl/runs ($PMTL_RUNS), kept after QGIS exits.",
-        )
-        self.addOutput(QgsProcessingOutputFile(self.CHECKPOINT, self.tr("Best checkpoint (best.pt)")))
-        self.addOutput(QgsProcessingOutputFile(self.LAST_CHECKPOINT, self.tr("Last checkpoint (last.pt)")))
-        self.addOutput(QgsProcessingOutputString(self.METRICS, self.tr("Best validation metrics (JSON)")))
+        return [
+            self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."),
+            spec("text", self.OVERRIDES, "Config overrides", overrides, **ADVANCED_OPTIONAL),
+            spec("folder_out", self.OUTPUT, "Checkpoint folder", output, defaultValue=str(new_run_folder())),
+        ]
+
+    def outputs(self) -> list[tuple[type, str, str]]:
+        return [
+            (QgsProcessingOutputFile, self.CHECKPOINT, "Best checkpoint (best.pt)"),
+            (QgsProcessingOutputFile, self.LAST_CHECKPOINT, "Last checkpoint (last.pt)"),
+            (QgsProcessingOutputString, self.METRICS, "Best validation metrics (JSON)"),
+        ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if all(is_unset(parameters, name) for name in (self.DET_DATA, self.SEG_DATA, self.CONFIG)):
