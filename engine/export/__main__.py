@@ -13,6 +13,7 @@ from functools import partial
 
 from engine.core.cli import cli_progress, options, run_cli
 from engine.core.control import STDIN_FLAG, CancelWatch, watch
+from engine.core.modelio import DEFAULT_SCORE_THRESH
 from engine.core.progress import JsonLinesProgress
 
 EXPORT_OPTIONS = ("tile_size", "overlap", "variant", "role", "score_thresh", "iou_thresh", "opset", "dynamo",
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--score-thresh",
         type=float,
         help="detection score threshold for every class (default: per class, the best F1 on the validation split "
-        "as training recorded it; 0.3 where none)",
+        f"as training recorded it; {DEFAULT_SCORE_THRESH:g} where none)",
     )
     parser.add_argument("--iou-thresh", type=float, default=0.5, help="NMS IoU threshold")
     parser.add_argument("--opset", type=int, default=18)

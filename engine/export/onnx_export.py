@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from engine.core import modelio as md
 from engine.core.atomic import atomic_path
 from engine.core.errors import ConfigError, InputError, param_ref
+from engine.core.options import ChipOptions, default_of
 from engine.core.progress import Progress
 from engine.export.quantize import ChipSource, check_precision, convert_precision
 from engine.models.anchors import DEFAULT_VARIANCES, decode
@@ -336,7 +337,7 @@ def export_checkpoint(
     )
     if tile_size is None:  # the largest training chips fit whole (each domain may have its own chip size)
         sizes = [d["chip_size"] for d in meta.get("domains") or () if d.get("chip_size")]
-        tile_size = int(max(sizes, default=meta.get("chip_size", 320)))
+        tile_size = int(max(sizes, default=meta.get("chip_size", default_of(ChipOptions, "size"))))
     check_precision(precision)
     if precision == "fp32":
         return export_onnx(model, out_path, meta, tile_size, **options)
