@@ -94,12 +94,12 @@ def test_inference_profile_from_the_registry_then_detect_segment(tmp_path):
         pytest.skip(unreachable)
     if not SYSTEM_PYTHON.exists() or subprocess.run([SYSTEM_PYTHON, "-c", "import onnxruntime"]).returncode == 0:
         pytest.skip("needs QGIS's Python without onnxruntime of its own")
-    from test_deepness_compat import ColourSegmenter, description
+    from testmodels import ColourSegmenter, isprs_description
 
     from engine.export import export_onnx
 
     model = tmp_path / "model.onnx"
-    export_onnx(ColourSegmenter().eval(), model, description(), 64, overlap=16)
+    export_onnx(ColourSegmenter().eval(), model, isprs_description(), 64, overlap=16)
     image = np.kron(np.random.default_rng(0).integers(0, 256, (3, 4, 4)), np.ones((16, 16), np.int64)).astype(np.uint8)
     ortho = write_geotiff(tmp_path / "ortho.tif", image)
     env = installed_plugin_env(tmp_path, None)  # the zip in a fresh profile, QGIS's own Python: no onnxruntime

@@ -449,9 +449,9 @@ def test_the_whole_regions_figures_are_rendered_from_the_bench_json():
     spec = importlib.util.spec_from_file_location("render_readme", REPO / "scripts" / "render_readme.py")
     render = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(render)
-    part = REPO / "docs" / "readme_parts" / "region.md"
-    assert render.stale_blocks(part.read_text(), REPO, str(part)) == []
-    assert "<!-- figures:region -->" in part.read_text()
+    readme = REPO / "README.md"
+    assert render.stale_blocks(readme.read_text(), REPO, str(readme)) == []
+    assert "<!-- figures:region -->" in readme.read_text()
 
 
 def test_relative_inputs_become_absolute_and_each_worker_loads_the_model_once(model, tmp_path, monkeypatch):
