@@ -206,6 +206,17 @@ def test_resume_refuses_a_changed_configuration_and_names_the_keys(chips, tmp_pa
     assert [row["epoch"] for row in train(same, resume=True).history] == [1]
 
 
+def test_resume_counts_keys_an_older_pmtl_did_not_save_as_their_defaults():
+    from engine.train.config import resume_differences, validate_config
+
+    current = validate_config({"data": {"det": "det_chips", "seg": "seg_chips"}})
+    older = json.loads(json.dumps(current))
+    del older["init"]  # a run started before the ``init`` section existed
+    assert resume_differences(older, current) == {}
+    older["init"] = {"checkpoint": None, "frozen_stages": 2}  # a saved value that differs is still a change
+    assert resume_differences(older, current) == {"init.frozen_stages": (2, 0)}
+
+
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(chips, tmp_path):
     common = [*_overrides(chips, tmp_path / "x", "optim.epochs=3", "optim.iters_per_epoch=4"), "data.num_workers=1"]
     full = _run_cli([*common, f"runtime.out={tmp_path / 'full'}"])

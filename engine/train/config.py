@@ -206,8 +206,11 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Dotted key → (saved, current) for every key outside :data:`RESUME_FREE_KEYS` whose value differs."""
-    old, new = _flatten(saved), _flatten(current)
+    """Dotted key → (saved, current) for every key outside :data:`RESUME_FREE_KEYS` whose value differs.
+
+    A key the saved run does not have (added by a later pmtl) counts as its default, so upgrading pmtl mid-run
+    resumes unless the run changes what it computes."""
+    old, new = _flatten(DEFAULTS) | _flatten(saved), _flatten(current)
     keys = sorted((set(old) | set(new)) - RESUME_FREE_KEYS)
     return {key: (old.get(key), new.get(key)) for key in keys if old.get(key) != new.get(key)}
 
