@@ -462,3 +462,26 @@ def test_relative_inputs_become_absolute_and_each_worker_loads_the_model_once(mo
     assert [i.source for i in expand_inputs(["t.tif"])] == [str(tmp_path / "t.tif")]
     first = worker_model(str(model), "cpu", 1)
     assert worker_model(str(model), "cpu", 1) is first and worker_model(str(model), "cpu", 2) is not first
+
+
+def test_a_worker_session_frees_its_activations_and_predict_keeps_its_arena(model):
+    from engine.predict.model import OnnxModel
+    from engine.region.worker import worker_model
+
+    assert worker_model(str(model), "cpu", 1).session.get_session_options().enable_cpu_mem_arena is False
+    assert OnnxModel(model, "cpu", 1).session.get_session_options().enable_cpu_mem_arena is True
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="malloc_trim is glibc's")
+def test_memory_a_task_freed_goes_back_to_the_os():
+    from engine.region.worker import release_freed_memory
+
+    def resident_mb() -> float:
+        status = Path("/proc/self/status").read_text().splitlines()
+        return next(int(line.split()[1]) / 1024.0 for line in status if line.startswith("VmRSS:"))
+
+    chunks = [bytearray(2048) for _ in range(60_000)]  # ~120 MB of small heap blocks (below glibc's mmap size)
+    del chunks[:-1]  # freed, but the last block pins the top of the heap: glibc cannot shrink it by itself
+    before = resident_mb()
+    release_freed_memory()
+    assert before - resident_mb() > 60.0

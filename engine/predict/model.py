@@ -27,7 +27,16 @@ class TileOutputs:
 class OnnxModel:
     """An onnxruntime session plus the model's :class:`ModelInfo`; ``provider`` says what actually runs it."""
 
-    def __init__(self, path: str | os.PathLike[str], device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str = "auto",
+        threads: int | None = None,
+        *,
+        memory_arena: bool = True,
+    ) -> None:
+        """``memory_arena=False``: onnxruntime frees activations after each run instead of keeping its CPU arena
+        (a long-lived process serving many rasters, e.g. a region worker, then keeps its memory bounded)."""
         import onnxruntime as ort
 
         if device not in DEVICES:
@@ -44,6 +53,7 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        options.enable_cpu_mem_arena = bool(memory_arena)
         if threads:
             options.intra_op_num_threads = int(threads)
         try:

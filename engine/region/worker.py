@@ -11,7 +11,10 @@ returns ``status: failed`` with the one-line error, so one corrupt file fails al
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
+import gc
 import io
 import math
 import os
@@ -89,8 +92,18 @@ def worker_model(path: str, device: str, threads: int | None) -> OnnxModel:
     key = (str(path), device, threads)
     with _MODELS_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = OnnxModel(path, device=device, threads=threads)
+            _MODELS[key] = OnnxModel(path, device=device, threads=threads, memory_arena=False)
         return _MODELS[key]
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by a finished task back to the OS (glibc keeps it otherwise, and the next raster's peak
+    stacks on it: measured +80 MB per worker from the second raster on). A no-op outside glibc."""
+    gc.collect()
+    if platform.system() != "Linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 class TaskProgress:
@@ -224,6 +237,8 @@ def predict_one(job: RasterJob) -> dict:
         summary = _predict(job, model, TaskProgress(job)).summary
     except (Cancelled, PmtlError, OSError) as exc:
         return _not_done(record, exc, started)
+    finally:
+        release_freed_memory()
     return {
         **record,
         "status": "done",
@@ -255,6 +270,8 @@ def predict_window_task(job: RasterJob, index: int, window: TileWindow, parts: i
         )
     except (Cancelled, PmtlError, OSError) as exc:
         return _not_done(record, exc, started)
+    finally:
+        release_freed_memory()
     seconds = time.perf_counter() - started
     return {**record, "status": "done", "seconds": seconds, "tiles": done.tiles_run, "detections": done.detections}
 
@@ -296,6 +313,7 @@ def assemble_raster(job: RasterJob, *windows: dict) -> dict:
     finally:
         for band in bands:
             band.unlink(missing_ok=True)
+        release_freed_memory()
     return {
         **record,
         "status": "done",
