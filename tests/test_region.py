@@ -30,6 +30,7 @@ from tests.test_predict import CAR, GSD, IMPERVIOUS, ORIGIN, OVERLAP, TILE, Blob
 
 gdal.UseExceptions()
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 WORKER_TIMEOUT = 120
 
 
@@ -485,3 +486,31 @@ def test_memory_a_task_freed_goes_back_to_the_os():
     before = resident_mb()
     release_freed_memory()
     assert before - resident_mb() > 60.0
+
+
+def test_the_readmes_slurm_recipe_writes_a_job_that_runs_one_raster_per_worker(monkeypatch):
+    """The README's dask-jobqueue example, run as written up to ``sbatch``: its job script must start workers that
+    take one raster at a time, and its onnxruntime threads must fit the cores SLURM reserves."""
+    import re
+
+    import dask_jobqueue
+
+    import engine.region
+
+    block = re.search(r"```python\n(from dask_jobqueue import SLURMCluster\n.*?)```", README.read_text(), re.S)
+    assert block, "README.md: the SLURM example (a python block starting 'from dask_jobqueue import') is gone"
+    seen: dict = {}
+    monkeypatch.setattr(dask_jobqueue.SLURMCluster, "scale", lambda self, n=0, jobs=0, **_: seen.update(jobs=jobs or n))
+    monkeypatch.setattr(engine.region, "run_region", lambda options: seen.update(options=options))
+    scope: dict = {}
+    exec(compile(block.group(1), "README.md", "exec"), scope)
+    cluster = scope["cluster"]
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    cores = int(re.search(r"--cpus-per-task=(\d+)", script).group(1))
+    workers = int(re.search(r"--nworkers (\d+)", script).group(1))
+    assert re.search(r"--nthreads 1\b", script), script  # one raster at a time per worker
+    assert seen["options"].threads_per_worker * workers <= cores, script
+    assert seen["options"].scheduler == cluster.scheduler_address
