@@ -1,9 +1,10 @@
 """QGIS desktop on a throwaway profile with the plugin installed from its zip, for the scripts that drive QGIS as a
 user does (qgis_screenshots.py, qgis_desktop_session.py): outside QGIS :func:`run_in_fresh_qgis`; inside it (the
-scripts find this module through ``$PMTL_SCRIPTS``) :func:`grab` and :func:`quit_qgis`."""
+scripts find this module through ``$PMTL_SCRIPTS``) :func:`start_driver`, :func:`grab` and :func:`quit_qgis`."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -32,6 +33,26 @@ def run_in_fresh_qgis(script: str, extra_env: Callable[[Path], dict[str, str]], 
         return subprocess.run(command, env=env, timeout=timeout).returncode
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def out_parser(doc: str, default_out: Path) -> argparse.ArgumentParser:
+    """The command line of a script that drives QGIS: its docstring's first line, ``--out`` (its output folder)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--out", default=str(default_out))
+    return parser
+
+
+_DRIVERS: list[Any] = []
+"""The objects driving QGIS, kept alive for their timers."""
+
+
+def start_driver(driver: Any, first_step: Callable[[], None]) -> None:
+    """Inside QGIS: keep ``driver`` alive and call ``first_step`` (one of its methods) once QGIS has settled (4 s);
+    each step schedules the next on a timer, so the GUI paints between steps."""
+    from qgis.PyQt.QtCore import QTimer
+
+    _DRIVERS.append(driver)
+    QTimer.singleShot(4000, first_step)
 
 
 def grab(widget: Any, path: Path) -> None:

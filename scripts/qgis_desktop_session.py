@@ -17,7 +17,6 @@ exits 0 only when every run did what a user expects (scripts/qgis_session_report
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -525,20 +524,19 @@ class Session:
 
 
 def inside_qgis() -> None:
-    from qgis.PyQt.QtCore import QTimer
-
     sys.path.insert(0, os.environ["PMTL_SCRIPTS"])  # this harness's own helpers (QGIS exec()s this file)
+    from qgis_desktop import start_driver
 
     session = Session(Path(os.environ[INSIDE]), Path(os.environ["PMTL_SESSION_WORK"]), bool(os.environ.get(QUICK)))
-    globals()["_session"] = session  # kept alive for the timers
-    QTimer.singleShot(4000, session.poll)
+    start_driver(session, session.poll)
 
 
 if os.environ.get(INSIDE):
     inside_qgis()
 elif __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "out" / "desktop"))
+    from qgis_desktop import out_parser
+
+    parser = out_parser(__doc__, REPO / "out" / "desktop")
     parser.add_argument("--quick", action="store_true", help="only the dialogs that make the model, then the routes")
     arguments = parser.parse_args()
     sys.exit(orchestrate(Path(arguments.out), arguments.quick))

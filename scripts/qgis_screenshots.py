@@ -9,7 +9,6 @@ algorithm's dialog as a user would, and saves each window with QGIS's own widget
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -149,18 +148,16 @@ class Shooter:
 
 
 def inside_qgis() -> None:
-    from qgis.PyQt.QtCore import QTimer
-
     sys.path.insert(0, os.environ["PMTL_SCRIPTS"])  # this harness's own helpers (QGIS exec()s this file)
+    from qgis_desktop import start_driver
 
     shooter = Shooter(Path(os.environ[INSIDE]))
-    globals()["_shooter"] = shooter  # kept alive for the timers
-    QTimer.singleShot(4000, shooter.next)
+    start_driver(shooter, shooter.next)
 
 
 if os.environ.get(INSIDE):
     inside_qgis()
 elif __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(REPO / "docs" / "img"))
-    sys.exit(orchestrate(Path(parser.parse_args().out)))
+    from qgis_desktop import out_parser
+
+    sys.exit(orchestrate(Path(out_parser(__doc__, REPO / "docs" / "img").parse_args().out)))

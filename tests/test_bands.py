@@ -3,12 +3,22 @@ door's words (engine.core.bands, engine.core.errors)."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 from osgeo import gdal
 
 from engine.core.bands import StatedBands, check_band_names, known_band, mapping_hint, range_warning, raster_band_names
-from engine.core.errors import ConfigError, InputError, error_event, param_ref, render_message
+from engine.core.errors import (
+    ConfigError,
+    InputError,
+    error_event,
+    keyword_logger,
+    param_ref,
+    python_api,
+    render_message,
+)
 
 RGB = ["red", "green", "blue"]
 
@@ -90,6 +100,36 @@ def test_errors_name_parameters_in_each_front_doors_words():
     assert error_event(error) == {"message": str(error), "template": error.template}
     assert error_event(OSError("disk")) == {"message": "disk", "template": "disk"}
     assert render_message("a [[task]] b [not a ref] [[x-y]]") == "a --task b [not a ref] [[x-y]]"
+    with pytest.raises(ConfigError) as raised, python_api():  # raised by a public Python function: its keywords
+        raise error
+    assert str(raised.value) == "'value_max': expected a value > 0, found -1; see 'bands'"
+    assert error_event(raised.value)["message"] == "--value-max: expected a value > 0, found -1; see --bands"
+
+
+class _Listener(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_api_warnings_name_keywords_unless_a_front_door_listens_on_the_engine_logger(caplog):
+    """A Python caller reads keyword names; a handler on the ``engine`` logger (the QGIS plugin's) gets the
+    template to render in its dialog's words."""
+    logger = keyword_logger("engine.test_words")
+    assert keyword_logger("engine.test_words").filters == logger.filters and len(logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="engine.test_words"):
+        logger.warning("set %s to override", param_ref("value_max"))
+        front_door = _Listener()
+        logging.getLogger("engine").addHandler(front_door)
+        try:
+            logger.warning("set %s to override", param_ref("value_max"))
+        finally:
+            logging.getLogger("engine").removeHandler(front_door)
+    assert [r.getMessage() for r in caplog.records] == ["set 'value_max' to override", "set [[value_max]] to override"]
+    assert front_door.messages == ["set [[value_max]] to override"]
 
 
 def test_the_chip_cli_warns_about_16_bit_range_with_its_flag(tmp_path):

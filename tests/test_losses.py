@@ -154,6 +154,10 @@ def test_detection_box_loss_mean_over_positive_anchors() -> None:
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert torch.isfinite(deltas.grad).all() and (deltas.grad[0, 1:] == 0).all()
+    # the config's parameters (LossSettings.box_loss) reach the loss; β = 1: the paper's unscaled form
+    wide = detection_box_loss(deltas.detach(), targets, torch.tensor([[2, -1, -2]]), {"beta": 1.0})
+    by_hand = [ALPHA / B_BL1 * (B_BL1 * x + 1) * math.log(B_BL1 * x + 1) - ALPHA * x for x in (0.05, 0.3, 0.2)]
+    assert wide.item() == pytest.approx(sum(by_hand) / 4, rel=1e-6)
 
 
 def test_detection_box_loss_no_positives_is_zero_without_nan() -> None:

@@ -9,6 +9,7 @@ student network (random init) runs the same pipeline end to end.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -384,7 +385,7 @@ def test_band_mapping_and_wrong_band_count(models, tmp_path):
     img = scene(64, 112, [(20, 24)])
     four = np.concatenate([np.full((1, 64, 112), 7, np.uint8), img[[1, 2, 0]]])  # R, G, B-like, NIR at band 4
     src = write_tif(tmp_path / "rgbi.tif", four)
-    with pytest.raises(InputError, match=r"expects 3 bands \['nir', 'red', 'green'\].*has 4.*--bands"):
+    with pytest.raises(InputError, match=r"expects 3 bands \['nir', 'red', 'green'\].*has 4.*'bands'"):
         predict_raster(models["blob"], src, tmp_path / "seg.tif")
     with pytest.raises(ConfigError, match="bands"):
         predict_raster(models["blob"], src, tmp_path / "seg.tif", bands=[4, 1])
@@ -406,6 +407,25 @@ def test_uint16_scaled_as_the_model_says(models, tmp_path):
     # the uint8 model on uint16 data: warned, scaled by the data's maximum
     summary = predict_raster(models["blob"], src, tmp_path / "seg8.tif")
     np.testing.assert_array_equal(class_map(tmp_path / "seg8.tif"), np.where(img[0] == BRIGHT, CAR, IMPERVIOUS))
+
+
+def test_the_python_api_names_parameters_as_its_keywords(models, tmp_path, caplog, capsys):
+    """A Python caller's errors and warnings name ``predict_raster``'s keyword arguments, never a ``[[bands]]``
+    template or a command-line flag; the CLI keeps naming its flags."""
+    src = write_tif(tmp_path / "in16.tif", np.full((3, 32, 48), 1000, np.uint16))
+    with pytest.raises(ConfigError) as error:
+        predict_raster(models["blob"], src, tmp_path / "seg.tif", bands=[4, 1])
+    assert str(error.value).startswith("'bands' [4, 1]: expected 3 band numbers")
+    assert "[[" not in str(error.value) and "--" not in str(error.value)
+    with pytest.raises(ConfigError, match=r"^'value_max': expected a value > 0, found -1"):
+        predict_raster(models["blob"], src, tmp_path / "seg.tif", value_max=-1)
+    with caplog.at_level(logging.WARNING, logger="engine.predict"):
+        predict_raster(models["blob"], src, tmp_path / "seg.tif")  # the uint8 model on uint16 data: warned
+    warning = next(r.getMessage() for r in caplog.records if "uint16" in r.getMessage())
+    assert "(set 'value_max' to override)" in warning and "[[" not in warning
+    argv = ["--model", str(models["blob"]), "--input", str(src), "--out-raster", str(tmp_path / "c.tif")]
+    assert predict_main([*argv, "--bands", "4,1"]) == 2
+    assert "error: --bands [4, 1]: expected 3 band numbers" in capsys.readouterr().err
 
 
 def test_nodata_and_aoi_are_not_predicted(models, tmp_path):

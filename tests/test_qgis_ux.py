@@ -270,6 +270,18 @@ def test_16_bit_imagery_without_a_value_maximum_warns_with_its_range(qgis_proces
     assert not any("uint16 values" in w for w in feedback.warnings)
 
 
+def test_a_predict_warning_names_the_dialog_field_not_the_python_keyword(qgis_processing, tmp_path, model):
+    """The engine's Python API names ``'value_max'`` when nobody else renders its warnings; in QGIS (a handler on
+    the engine logger) the dialog's label stands there."""
+    data = (scene(64)[0].astype(np.uint16) * 16).astype(np.uint16)  # uint16 imagery, the model was trained on uint8
+    feedback = CapturingFeedback()
+    params = {"INPUT": str(write_geotiff(tmp_path / "ortho16.tif", data)), "MODEL": str(model),
+              "OUTPUT_RASTER": str(tmp_path / "c.tif"), "OUTPUT_DETECTIONS": str(tmp_path / "d.gpkg")}  # fmt: skip
+    run_algorithm("pmtl:detect_segment", params, feedback)
+    warning = next(w for w in feedback.warnings if "uint16" in w)
+    assert "(set 'Input value maximum' to override)" in warning and "value_max" not in warning, warning
+
+
 # Legible results -----------------------------------------------------------------------------------------------
 
 

@@ -252,17 +252,22 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(chips, tmp_path
         assert torch.allclose(value.float(), final_b[name].float(), atol=1e-5), name
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_gloo(chips, tmp_path):
+def _torchrun_two_processes(args: list[str], timeout: int) -> None:
+    """``engine.train`` with ``args`` on two gloo processes (torchrun, one thread each); it must succeed."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = [*_overrides(chips, tmp_path, "optim.epochs=1", "data.batch_size=4")]
-    started = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          "-m", "engine.train", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_gloo(chips, tmp_path):
+    args = [*_overrides(chips, tmp_path, "optim.epochs=1", "data.batch_size=4")]
+    started = time.time()
+    _torchrun_two_processes(args, timeout=600)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 3
     assert time.time() - started < 600
@@ -647,9 +652,9 @@ def test_each_teacher_sees_its_own_bands_and_normalisation(chips, small_teachers
             fed[self.bands] = x
             return super().predict(x, heads)
 
-    spies = {task: Spy(t.net, t.bands, t.mean, t.std) for task, t in run.teachers.items()}
+    spies = {task: Spy(t.net, t.bands, t.mean, t.std) for task, t in run.nets.teachers.items()}
     empty = {"boxes": torch.zeros(2, 1, 4), "labels": torch.full((2, 1), -1)}
-    O.batch_objective(run.model, "det", images, empty, spies, run.settings, run.anchors_for, (0.1, 0.2), seen)
+    O.batch_objective(run.nets.model, "det", images, empty, spies, run.settings, run.anchors_for, (0.1, 0.2), seen)
     assert fed == {("red", "green", "blue"): seen["seg"]}
 
 
@@ -820,19 +825,13 @@ def test_unlabelled_stream_works_with_each_distillation(chips, small_teachers, u
 
 @pytest.mark.slow
 def test_torchrun_two_processes_gloo_with_unlabelled_stream(chips, small_teachers, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     target = unlabelled_dataset(chips["det"], tmp_path / "target")
     args = _overrides(
         chips, tmp_path / "run", "optim.epochs=1", "data.batch_size=4", "optim.iters_per_epoch=2", "kd.soft=true",
         f"kd.det_teacher={small_teachers['det']}", f"kd.seg_teacher={small_teachers['seg']}",
         f"data.unlabelled={target}",
     )  # fmt: skip
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "engine.train", *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    _torchrun_two_processes(args, timeout=900)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["step"] == 2
     assert math.isfinite(rows[0]["loss_unlabelled_kd_det_soft_cls"])

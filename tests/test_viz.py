@@ -83,14 +83,14 @@ def test_to_display_rejects_wrong_band_count():
 
 
 def test_mask_rgba_colours_classes_and_clears_ignore():
-    palette = seg_colors_of(MANIFEST)
+    seg_colors = seg_colors_of(MANIFEST)
     mask = np.array([[1, IGNORE_INDEX], [4, 0]], np.uint8)
-    rgba = mask_rgba(mask, palette, IGNORE_INDEX, alpha=0.5)
+    rgba = mask_rgba(mask, seg_colors, IGNORE_INDEX, alpha=0.5)
     np.testing.assert_allclose(rgba[0, 0], [0, 0, 1, 0.5])  # building blue
     np.testing.assert_allclose(rgba[1, 0], [1, 1, 0, 0.5])  # car yellow
     assert rgba[0, 1, 3] == 0.0
     with pytest.raises(InputError, match=r"0\.\.5"):
-        mask_rgba(np.array([[6]], np.uint8), palette)
+        mask_rgba(np.array([[6]], np.uint8), seg_colors)
 
 
 def test_det_colours_follow_the_segmentation_palette():

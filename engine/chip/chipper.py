@@ -323,20 +323,15 @@ def chip_dataset(
     *,
     bands: str | None = None,
     splits: Mapping[str, str | None] | str | os.PathLike[str] | None = None,
-    connectivity: int | None = DEFAULT_CONNECTIVITY,
-    min_area: int | None = DEFAULT_MIN_AREA,
-    scale_max: float | None = None,
-    overwrite: bool = False,
-    progress: Progress | None = None,
+    **options: Any,
 ) -> ChipSummary:
     """Chip an ISPRS dataset (``vaihingen`` or ``potsdam``) found under ``root`` in its real layout.
 
     ``bands``: Potsdam "RGB" (default) / "IRRG" / "RGBIR"; Vaihingen "IRRG". ``splits``: override of the standard
-    train/val tile split (dict or JSON file). Other parameters as :func:`chip_tiles`.
+    train/val tile split (dict or JSON file). ``options``: the other keyword arguments of :func:`chip_tiles`
+    (``connectivity``, ``min_area``, ``scale_max``, ``overwrite``, ``progress``).
     """
     chosen = _resolve_bands(dataset, bands)
     tiles = find_isprs_tiles(dataset, root, chosen, splits)
-    return chip_tiles(
-        tiles, out_dir, size=size, stride=stride, dataset=dataset, band_names=BAND_NAMES[(dataset, chosen)],
-        connectivity=connectivity, min_area=min_area, scale_max=scale_max, overwrite=overwrite, progress=progress,
-    )  # fmt: skip
+    names = BAND_NAMES[(dataset, chosen)]
+    return chip_tiles(tiles, out_dir, size=size, stride=stride, dataset=dataset, band_names=names, **options)

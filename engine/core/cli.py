@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.core.errors import PmtlError, error_event, render_message
+from engine.core.errors import PmtlError, cli_message, error_event, render_message
 from engine.core.progress import Cancelled, JsonLinesProgress, Progress, TqdmProgress
 
 EXIT_OK = 0
@@ -61,7 +61,7 @@ def run_cli(
         return EXIT_CANCELLED
     except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         _close(progress)
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {cli_message(exc)}", file=sys.stderr)
         if json_errors:
             JsonLinesProgress().emit("error", **error_event(exc))
         return EXIT_ERROR

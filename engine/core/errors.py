@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import re
 import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ _REFERENCE = re.compile(r"\[\[([a-z][a-z0-9_]*)\]\]")
 def param_ref(name: str) -> str:
     """A reference to the user-facing parameter ``name`` inside an error message (the command-line flag, ``_`` for
     ``-``). Each front door renders it in its own words: the CLI as the flag (``--value-max``), the QGIS
-    algorithms as the dialog field's label."""
+    algorithms as the dialog field's label, the Python API as the keyword argument (``'value_max'``)."""
     return f"[[{name}]]"
 
 
@@ -28,11 +29,20 @@ def cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def python_keyword(name: str) -> str:
+    """How the Python API names a parameter: the keyword argument of the same name, quoted (``'value_max'``)."""
+    return f"'{name}'"
+
+
 class PmtlError(Exception):
     """Base class for every error the engine raises on purpose (bad input, bad config, missing data).
 
-    Its message may name parameters with :func:`param_ref`; ``str()`` renders them as command-line flags,
-    :meth:`render` in any other front door's words."""
+    Its message may name parameters with :func:`param_ref`; ``str()`` renders them as command-line flags, or as
+    keyword arguments when a public Python function raised it (:func:`python_api`), :meth:`render` in any other
+    front door's words."""
+
+    words: Callable[[str], str] | None = None
+    """How ``str()`` names parameters; None: as command-line flags."""
 
     @property
     def template(self) -> str:
@@ -49,7 +59,7 @@ class PmtlError(Exception):
         return render_message(self.template, words)
 
     def __str__(self) -> str:
-        return self.render()
+        return self.render(self.words or cli_flag)
 
 
 def render_message(template: str, words: Callable[[str], str] = cli_flag) -> str:
@@ -83,6 +93,45 @@ def log_params_as_flags() -> None:
     """For the CLIs, after ``logging.basicConfig``: log messages name parameters as command-line flags."""
     for handler in logging.getLogger().handlers:
         handler.addFilter(ParamWords())
+
+
+def _front_door_renders() -> bool:
+    """True when a front door names parameters in its own words: a handler on the ``engine`` logger (the QGIS
+    plugin's, while an algorithm runs) or a CLI's :func:`log_params_as_flags` filter on the root handlers."""
+    if logging.getLogger("engine").handlers:
+        return True
+    return any(isinstance(f, ParamWords) for handler in logging.getLogger().handlers for f in handler.filters)
+
+
+class KeywordNames(ParamWords):
+    """A filter on an engine logger that a public Python function logs on: with no front door rendering
+    parameters in its own words, each message names them as the function's keyword arguments."""
+
+    def __init__(self) -> None:
+        super().__init__(python_keyword)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return True if _front_door_renders() else super().filter(record)
+
+
+def keyword_logger(name: str) -> logging.Logger:
+    """The engine logger ``name`` with a :class:`KeywordNames` filter (added once): for a Python caller, its
+    warnings name parameters as keyword arguments, never as ``[[name]]`` templates."""
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, KeywordNames) for f in logger.filters):
+        logger.addFilter(KeywordNames())
+    return logger
+
+
+@contextlib.contextmanager
+def python_api() -> Iterator[None]:
+    """Around the body of a public Python function: the :class:`PmtlError` it raises names parameters as its
+    keyword arguments in ``str()`` (front doors keep rendering ``error.template`` in their own words)."""
+    try:
+        yield
+    except PmtlError as error:
+        error.words = python_keyword
+        raise
 
 
 class OutputError(PmtlError, OSError):
@@ -139,5 +188,9 @@ def quiet_gdal_close_errors() -> None:
 def error_event(error: BaseException) -> dict[str, str]:
     """The fields of a CLI's JSON ``error`` event: the message as the CLI prints it and, for a front door that
     renders parameters in its own words (the QGIS plugin), the unrendered ``template``."""
-    template = error.template if isinstance(error, PmtlError) else str(error)
-    return {"message": str(error), "template": template}
+    return {"message": cli_message(error), "template": error.template if isinstance(error, PmtlError) else str(error)}
+
+
+def cli_message(error: BaseException) -> str:
+    """The error as a CLI prints it: parameters named as command-line flags, whoever raised it."""
+    return error.render(cli_flag) if isinstance(error, PmtlError) else str(error)

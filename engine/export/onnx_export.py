@@ -24,7 +24,7 @@ from engine.core.atomic import atomic_path
 from engine.core.errors import ConfigError, InputError, param_ref
 from engine.core.options import ChipOptions, default_of
 from engine.core.progress import Progress
-from engine.export.quantize import ChipSource, check_precision, convert_precision
+from engine.export.quantize import ChipSource, check_precision, convert_precision, store_metadata
 from engine.models.anchors import DEFAULT_VARIANCES, decode
 
 VARIANTS: tuple[str, ...] = ("full", "deepness")
@@ -285,11 +285,7 @@ def _write_graph(
             _torch_export(wrapper, torch.zeros(2, channels, tile, tile), tmp, list(specs), opset, dynamo)
         proto = onnx.load(str(tmp))
         declare_output_shapes(proto, specs)
-        del proto.metadata_props[:]
-        for key, value in md.to_props(meta).items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.checker.check_model(proto)
+        store_metadata(proto, meta)
         onnx.save(proto, str(tmp))
         check_output_shapes(tmp, specs, channels, tile)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,12 +266,20 @@ def write_metadata(graph_path: Path, out_path: Path, meta: dict[str, Any]) -> No
 
     md.validate_metadata(meta, "export")
     proto = onnx.load(str(graph_path))
+    store_metadata(proto, meta)
+    onnx.save(proto, str(out_path))
+
+
+def store_metadata(proto: Any, meta: Mapping[str, Any]) -> None:
+    """Replace the ``metadata_props`` of the ONNX model ``proto`` by ``meta`` (one JSON string per key), then check
+    the model."""
+    import onnx
+
     del proto.metadata_props[:]
     for key, value in md.to_props(meta).items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(proto)
-    onnx.save(proto, str(out_path))
 
 
 def convert_precision(

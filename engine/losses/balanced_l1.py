@@ -12,7 +12,8 @@ because the reference implementation most likely used it.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 
@@ -61,17 +62,15 @@ def detection_box_loss(
     box_deltas: torch.Tensor,
     target_deltas: torch.Tensor,
     labels: torch.Tensor,
-    alpha: float = _LOSS.bl1_alpha,
-    gamma: float = _LOSS.bl1_gamma,
-    beta: float = _LOSS.bl1_beta,
-    form: BalancedL1Form = "paper",
+    box_loss: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Supervised box regression: Balanced L1 averaged over the positive anchors' 4 deltas (labels ≥ 0).
 
-    ``box_deltas``/``target_deltas`` (B, A, 4), ``labels`` (B, A). The reduction is the mean over the positive
-    anchors and their 4 coordinates (sum / (4·num_pos)), as the reference's ``loss.mean()`` over (num_pos, 4).
-    Non-positive anchors are masked before the loss (their targets may be garbage, even inf), so they give neither
-    value nor gradient; with no positives the loss is 0 (with a zero, finite gradient).
+    ``box_deltas``/``target_deltas`` (B, A, 4), ``labels`` (B, A); ``box_loss``: Balanced L1 parameters (``alpha``,
+    ``gamma``, ``beta``, ``form`` of :func:`balanced_l1`; its defaults where not given). The reduction is the mean
+    over the positive anchors and their 4 coordinates (sum / (4·num_pos)), as the reference's ``loss.mean()`` over
+    (num_pos, 4). Non-positive anchors are masked before the loss (their targets may be garbage, even inf), so they
+    give neither value nor gradient; with no positives the loss is 0 (with a zero, finite gradient).
     """
     require_dims("box_deltas", box_deltas, 3, "(B, A, 4)")
     require_same_shape("box_deltas", box_deltas, "target_deltas", target_deltas)
@@ -79,5 +78,5 @@ def detection_box_loss(
     require_same_shape("labels", labels, "box_deltas[..., 0]", box_deltas[..., 0])
     positive = (labels >= 0).unsqueeze(-1)
     diff = torch.where(positive, fp32(box_deltas) - fp32(target_deltas), torch.zeros((), device=labels.device))
-    loss = balanced_l1_of_abs(diff.abs(), alpha, gamma, beta, form)
+    loss = balanced_l1_of_abs(diff.abs(), **{**_LOSS.box_loss, **(box_loss or {})})
     return loss.sum() / (positive.sum() * box_deltas.shape[-1]).clamp(min=1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -16,7 +15,7 @@ import numpy as np
 from osgeo import gdal
 
 from engine.core.atomic import atomic_path, temporary_sibling
-from engine.core.errors import ConfigError, param_ref
+from engine.core.errors import ConfigError, keyword_logger, param_ref, python_api
 from engine.core.options import PredictOptions
 from engine.core.progress import Progress, check_cancel
 from engine.predict import outputs as out
@@ -32,7 +31,7 @@ from engine.predict.model import OnnxModel
 from engine.predict.raster import MAX_GSD_RATIO, Source, WindowReader, grid_dataset, load_aoi, open_source
 from engine.predict.tiling import Blender, FinalBlock, TileGrid
 
-log = logging.getLogger("engine.predict")
+log = keyword_logger("engine.predict")
 
 PathLike = Union[str, os.PathLike]
 
@@ -494,21 +493,22 @@ def predict_raster(
     an open :class:`OnnxModel` (then ``device`` and ``threads`` are the ones it was opened with). A raster whose
     GSD is more than ``max_gsd_ratio`` times away from the model's is refused.
     """
-    settings = RasterSettings(
-        aoi=None if aoi is None else str(aoi),
-        bands=None if bands is None else tuple(int(b) for b in bands),
-        overlap=overlap,
-        batch_size=4 if batch_size is None else int(batch_size),
-        score_thresh=score_thresh,
-        value_max=value_max,
-        gsd_tolerance=gsd_tolerance,
-        max_gsd_ratio=max_gsd_ratio,
-        cache_mb=cache_mb,
-    )
-    outputs = {"raster": out_raster, "probs": out_probs, "vector": out_vector, "polygons": out_polygons}
-    return run_prediction(
-        model_path, input_path, outputs, settings, device=device, threads=threads, progress=progress
-    ).summary
+    with python_api():
+        settings = RasterSettings(
+            aoi=None if aoi is None else str(aoi),
+            bands=None if bands is None else tuple(int(b) for b in bands),
+            overlap=overlap,
+            batch_size=4 if batch_size is None else int(batch_size),
+            score_thresh=score_thresh,
+            value_max=value_max,
+            gsd_tolerance=gsd_tolerance,
+            max_gsd_ratio=max_gsd_ratio,
+            cache_mb=cache_mb,
+        )
+        outputs = {"raster": out_raster, "probs": out_probs, "vector": out_vector, "polygons": out_polygons}
+        return run_prediction(
+            model_path, input_path, outputs, settings, device=device, threads=threads, progress=progress
+        ).summary
 
 
 @dataclasses.dataclass

@@ -13,7 +13,6 @@ and the outputs are the same code for both.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import re
@@ -24,14 +23,14 @@ import numpy as np
 from osgeo import gdal, ogr, osr
 
 from engine.core.bands import check_against_any, mapping_hint, range_warning, raster_band_names
-from engine.core.errors import ConfigError, InputError, param_ref
+from engine.core.errors import ConfigError, InputError, keyword_logger, param_ref
 from engine.core.modelio import ModelInfo
 
 gdal.UseExceptions()
 ogr.UseExceptions()
 osr.UseExceptions()
 
-log = logging.getLogger("engine.predict")
+log = keyword_logger("engine.predict")
 
 _DTYPES = {gdal.GDT_Byte: "uint8", gdal.GDT_UInt16: "uint16"}
 

@@ -10,6 +10,7 @@ import sys
 from functools import partial
 
 from engine.core.cli import EXIT_CANCELLED, EXIT_OK, cli_progress, run_cli
+from engine.core.cli import options as cli_options
 from engine.core.control import STDIN_FLAG, watch
 from engine.core.errors import quiet_gdal_close_errors
 from engine.core.options import WorkerOptions, add_options
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 CANCELLED = "region job cancelled; finished rasters are kept (--resume goes on)"
 EXIT_SOME_FAILED = 1
 """Some rasters failed (each with its one-line error), the others finished."""
+_SAME_NAMES = ("model", "workers", "threads_per_worker", "scheduler", "resume", "device", "max_tiles_per_task")
+""":class:`RegionOptions` fields given by the command-line options of the same names."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,16 +71,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _region(args: argparse.Namespace, progress) -> int:
     options = RegionOptions(
-        model=args.model,
-        inputs=tuple(args.input),
-        out_dir=args.out,
-        workers=args.workers,
-        threads_per_worker=args.threads_per_worker,
-        scheduler=args.scheduler,
-        resume=args.resume,
-        device=args.device,
-        settings=raster_settings(args),
-        max_tiles_per_task=args.max_tiles_per_task,
+        inputs=tuple(args.input), out_dir=args.out, settings=raster_settings(args), **cli_options(args, _SAME_NAMES)
     )
     summary = run_region(options, progress)
     progress.close()

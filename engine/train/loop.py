@@ -160,18 +160,18 @@ def train_step(
     for index, stream in enumerate(run.streams):
         images, batch, teacher_images = prepare_batch(run, stream, next(streams[stream]))
         last = index == len(run.streams) - 1
-        sync = contextlib.nullcontext() if not run.info.enabled or last else run.model.no_sync()
+        sync = contextlib.nullcontext() if not run.info.enabled or last else run.nets.model.no_sync()
         with sync:
             with run.autocast():
                 stream_terms = O.batch_objective(
-                    run.model,
+                    run.nets.model,
                     stream,
                     images,
                     batch,
-                    run.teachers,
+                    run.nets.teachers,
                     run.settings,
                     run.anchors_for,
-                    tuple(run.model_cfg.box_variances),
+                    tuple(run.nets.model_cfg.box_variances),
                     teacher_images,
                 )
             sum(stream_terms.values()).backward()
@@ -179,10 +179,10 @@ def train_step(
         seen += images.shape[0]
     grad_clip = run.cfg["optim"]["grad_clip"]
     if grad_clip:
-        torch.nn.utils.clip_grad_norm_(run.wrapped.parameters(), grad_clip)
+        torch.nn.utils.clip_grad_norm_(run.nets.wrapped.parameters(), grad_clip)
     run.optimizer.step()
     if run.ema is not None:
-        run.ema.update(run.student)
+        run.ema.update(run.nets.student)
     return terms, seen
 
 
@@ -225,9 +225,9 @@ def train_epoch(
     progress: Progress | None,
 ) -> EpochLosses:
     """``run.iters`` optimizer steps; advances ``state.step``; returns the epoch's summed loss terms."""
-    run.wrapped.train()
+    run.nets.wrapped.train()
     if epoch >= run.cfg["optim"]["epochs"] - run.cfg["optim"]["freeze_encoder_bn_epochs"]:
-        freeze_encoder_norms(run.student)
+        freeze_encoder_norms(run.nets.student)
     for aug in run.device_aug.values():
         aug.train(run.cfg["data"]["augment"])
     run.aug_generator.manual_seed(run.stream_seed[run.streams[0]] * 7919 + epoch)
@@ -302,10 +302,10 @@ def record_epoch(run: Run, state: RunState, row: dict[str, Any], metrics: dict[s
 def checkpoint_payload(run: Run, state: RunState, row: dict[str, Any]) -> dict[str, Any]:
     """last.pt: everything a resumed run needs (weights, EMA, adapters, optimiser, RNGs, progress, config)."""
     return {
-        "model_config": run.model_cfg.to_dict(),
-        "model": run.student.state_dict(),
+        "model_config": run.nets.model_cfg.to_dict(),
+        "model": run.nets.student.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,
-        "adapters": run.adapters.state_dict(),
+        "adapters": run.nets.adapters.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "rng": capture_rng(),
         "epoch": state.epoch,
@@ -313,7 +313,7 @@ def checkpoint_payload(run: Run, state: RunState, row: dict[str, Any]) -> dict[s
         "best": {"score": state.best_score, "metrics": state.best_metrics},
         "history": state.history,
         "config": run.cfg,
-        "metadata": {**checkpoint_metadata(run.cfg, run.manifests, row, run.norm), **run.init_metadata},
+        "metadata": {**checkpoint_metadata(run.cfg, run.manifests, row, run.norm), **run.nets.init_metadata},
     }
 
 

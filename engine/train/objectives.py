@@ -115,7 +115,7 @@ def detection_supervised(
         alpha=loss.focal_alpha,
         gamma=loss.focal_gamma,
     )
-    box = L.detection_box_loss(out["box_deltas"].float(), target_deltas, assigned, **loss.box_loss)
+    box = L.detection_box_loss(out["box_deltas"].float(), target_deltas, assigned, loss.box_loss)
     return {"det_cls": loss.det_weight * cls, "det_box": loss.det_weight * box}
 
 

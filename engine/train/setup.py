@@ -55,13 +55,7 @@ class Run:
     """Chip dataset manifest of each trained task."""
     norm: Normalization
     settings: Objectives
-    model_cfg: ModelConfig
-    student: nn.Module
-    wrapped: O.StudentWithAdapters
-    model: nn.Module
-    """``wrapped``, or its DDP wrapper: what the forward passes call."""
-    adapters: nn.ModuleDict
-    teachers: dict[str, O.Teacher]
+    nets: Networks
     optimizer: torch.optim.Optimizer
     ema: ModelEMA | None
     datasets: dict[str, Any]
@@ -75,8 +69,6 @@ class Run:
     channels_last: bool
     amp: bool
     anchors: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
-    init_metadata: dict[str, Any] = field(default_factory=dict)
-    """Checkpoint metadata from ``init.checkpoint`` (provenance, kept heads' classes); empty for a fresh run."""
 
     @property
     def total_steps(self) -> int:
@@ -85,13 +77,13 @@ class Run:
     @property
     def eval_net(self) -> nn.Module:
         """The weights validation and checkpoints use: the EMA when kept."""
-        return self.ema.module if self.ema is not None else self.student
+        return self.ema.module if self.ema is not None else self.nets.student
 
     def anchors_for(self, images: torch.Tensor) -> torch.Tensor:
         """The student's anchors for an input size (cached: every batch of a run has the chip size)."""
         key = (int(images.shape[-2]), int(images.shape[-1]))
         if key not in self.anchors:
-            self.anchors[key] = self.student.anchors_for(key, device=self.device)
+            self.anchors[key] = self.nets.student.anchors_for(key, device=self.device)
         return self.anchors[key]
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -196,15 +188,20 @@ def head_sizes(manifests: dict[str, Any]) -> dict[str, int]:
 
 
 @dataclass
-class _Networks:
+class Networks:
+    """The networks of a run: the student, its feature adapters, the frozen teachers (built by
+    :func:`build_networks`)."""
+
     model_cfg: ModelConfig
     student: nn.Module
     wrapped: O.StudentWithAdapters
     model: nn.Module
+    """``wrapped``, or its DDP wrapper: what the forward passes call."""
     adapters: nn.ModuleDict
     teachers: dict[str, O.Teacher]
     start: W.WarmStart | None = None
     init_metadata: dict[str, Any] = field(default_factory=dict)
+    """Checkpoint metadata from ``init.checkpoint`` (provenance, kept heads' classes); empty for a fresh run."""
 
 
 def student_network(
@@ -232,7 +229,7 @@ def build_networks(
     info: DistInfo,
     device: torch.device,
     channels_last: bool,
-) -> _Networks:
+) -> Networks:
     """Student (seeded: same initial weights on every rank; heads sized from the chip datasets' class tables),
     adaptation layers, frozen teachers, DDP wrapper."""
     model_cfg, student, start, init_metadata = student_network(cfg, manifests)
@@ -257,10 +254,10 @@ def build_networks(
         model = DistributedDataParallel(
             wrapped, device_ids=[device.index] if use_cuda else None, find_unused_parameters=True
         )
-    return _Networks(model_cfg, student, wrapped, model, adapters, teachers, start, init_metadata)
+    return Networks(model_cfg, student, wrapped, model, adapters, teachers, start, init_metadata)
 
 
-def optimizer_groups(nets: _Networks, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+def optimizer_groups(nets: Networks, cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Parameter groups; a run from ``init.checkpoint`` trains its encoder at ``init.encoder_lr`` × the rate."""
     decay = cfg["optim"]["weight_decay"]
     if nets.start is None:
@@ -422,12 +419,7 @@ def build_run(cfg: dict[str, Any]) -> Run:
         manifests=manifests,
         norm=norm,
         settings=settings,
-        model_cfg=nets.model_cfg,
-        student=nets.student,
-        wrapped=nets.wrapped,
-        model=nets.model,
-        adapters=nets.adapters,
-        teachers=nets.teachers,
+        nets=nets,
         optimizer=optimizer,
         ema=ema,
         datasets=datasets,
@@ -439,7 +431,6 @@ def build_run(cfg: dict[str, Any]) -> Run:
         iters=iters,
         channels_last=channels_last,
         amp=bool(rt["amp"]) and (device.type == "cuda" or (bool(rt["cpu_bf16"]) and cpu_has_fast_bf16())),
-        init_metadata=nets.init_metadata,
     )
 
 
@@ -452,9 +443,9 @@ def restore_state(run: Run, resume: bool) -> RunState:
         raise ConfigError(f"{param_ref('resume')}: no checkpoint at '{last_path}' to resume from")
     saved = load_checkpoint(last_path, map_location="cpu")
     check_resume_config(saved.get("config") or {}, run.cfg, last_path)
-    run.student.load_state_dict(saved["model"])
+    run.nets.student.load_state_dict(saved["model"])
     if saved.get("adapters"):
-        run.adapters.load_state_dict(saved["adapters"])
+        run.nets.adapters.load_state_dict(saved["adapters"])
     run.optimizer.load_state_dict(saved["optimizer"])
     if run.ema is not None and saved.get("ema"):
         run.ema.load_state_dict(saved["ema"])

@@ -1,7 +1,7 @@
 """Preview of a chip dataset: the first picture a user sees after chipping (``make demo``).
 
 Randomly chosen chips of one split, each as a pair of panels — the (false-)colour imagery with its detection boxes,
-and the same imagery with its class mask blended in the ISPRS palette — so a user checks at a glance that the
+and the same imagery with its class mask blended in the ISPRS colours — so a user checks at a glance that the
 labels sit on the right objects and what the imagery really looks like under them.
 """
 
@@ -85,7 +85,7 @@ def preview_figure(chip_root: str | os.PathLike[str], split: str = "train", coun
     picks = pick_chips(total, count, seed)
     rgb = to_display([np.asarray(dataset.images(split)[i]) for i in picks], manifest)
     masks, boxes, chips = dataset.masks(split), dataset.boxes(split), dataset.chips(split)
-    palette, colours = seg_colors_of(manifest), det_colors_of(manifest)
+    seg_colors, det_colors = seg_colors_of(manifest), det_colors_of(manifest)
 
     per_row = pairs_per_row(len(picks))
     rows = math.ceil(len(picks) / per_row)
@@ -105,9 +105,9 @@ def preview_figure(chip_root: str | os.PathLike[str], split: str = "train", coun
     for slot, (index, image) in enumerate(zip(picks, rgb)):
         inner = outer[slot // per_row, slot % per_row].subgridspec(1, 2, wspace=0.03)
         left, right = fig.add_subplot(inner[0]), fig.add_subplot(inner[1])
-        show_chip(left, image, None, palette, dataset.ignore_index)
-        drawn = draw_boxes(left, *boxes[index], dataset.det_classes, colours)
-        show_chip(right, image, np.asarray(masks[index]), palette, dataset.ignore_index, alpha=PAIR_ALPHA)
+        show_chip(left, image, None, seg_colors, dataset.ignore_index)
+        drawn = draw_boxes(left, *boxes[index], dataset.det_classes, det_colors)
+        show_chip(right, image, np.asarray(masks[index]), seg_colors, dataset.ignore_index, alpha=PAIR_ALPHA)
         a, b = left.get_position(), right.get_position()
         fig.text(
             (a.x0 + b.x1) / 2,
@@ -140,7 +140,7 @@ def preview_chips(
     """Write a PNG of ``count`` random chips of ``split`` and return its path (written atomically).
 
     Each chip is a pair of panels: the imagery (false colour for NIR-R-G, true colour when R, G, B exist) with its
-    detection boxes, and the imagery with its class mask blended in the ISPRS palette (unlabelled pixels clear),
+    detection boxes, and the imagery with its class mask blended in the ISPRS colours (unlabelled pixels clear),
     titled by source tile and window; the heading names dataset, GSD and bands, a legend explains the colours.
     """
     return save_figure(preview_figure(chip_root, split, count, seed), out_png)

@@ -110,7 +110,7 @@ def predictions_figure(
     axes = fig.subplots(count, 3, squeeze=False)
     for i in range(count):
         meta = manifests[i]
-        palette, colours = seg_colors_of(meta), det_colors_of(meta)
+        seg_colors, det_colors = seg_colors_of(meta), det_colors_of(meta)
         ignore = int(meta.get("ignore_index", IGNORE_INDEX))
         names = list(meta["det_classes"])
         scores = None if pr_s[i] is None else np.asarray(pr_s[i], dtype=np.float64).reshape(-1)
@@ -121,11 +121,11 @@ def predictions_figure(
             keep = np.ones(total, bool) if scores is None else scores >= score_min
             boxes, labels = np.asarray(boxes).reshape(-1, 4)[keep], np.asarray(labels).reshape(-1)[keep]
             scores = None if scores is None else scores[keep]
-        show_chip(axes[i, 0], rgb[i], None, palette, ignore)
-        show_chip(axes[i, 1], rgb[i], gt_m[i], palette, ignore)
-        draw_boxes(axes[i, 1], gt_b[i], gt_l[i], names, colours)
-        show_chip(axes[i, 2], rgb[i], pr_m[i], palette, ignore)
-        shown = draw_boxes(axes[i, 2], boxes, labels, names, colours, scores)
+        show_chip(axes[i, 0], rgb[i], None, seg_colors, ignore)
+        show_chip(axes[i, 1], rgb[i], gt_m[i], seg_colors, ignore)
+        draw_boxes(axes[i, 1], gt_b[i], gt_l[i], names, det_colors)
+        show_chip(axes[i, 2], rgb[i], pr_m[i], seg_colors, ignore)
+        shown = draw_boxes(axes[i, 2], boxes, labels, names, det_colors, scores)
         axes[i, 0].set_ylabel(str(row_titles[i]), fontsize=8)
         gt_text = "no mask" if gt_m[i] is None else "mask"
         gt_text += f" + {boxes_text(_count(gt_l[i]))}" if gt_b[i] is not None else ""

@@ -91,13 +91,13 @@ def _dtype_max(images: Sequence[np.ndarray]) -> float:
 
 
 def seg_colors_of(manifest: Mapping[str, Any]) -> np.ndarray:
-    """(n_seg_classes, 3) float palette in [0, 1]: the manifest's, else the ISPRS one."""
-    colors = recorded(manifest, "seg_colors")
-    palette = np.asarray(colors or PALETTE, dtype=np.float32) / 255.0
+    """(n_seg_classes, 3) float colours in [0, 1]: the manifest's ``seg_colors``, else the ISPRS ones."""
+    recorded_colors = recorded(manifest, "seg_colors")
+    colors = np.asarray(recorded_colors or PALETTE, dtype=np.float32) / 255.0
     n = len(manifest.get("seg_classes") or SEG_CLASSES)
-    if palette.ndim != 2 or palette.shape[1] != 3 or palette.shape[0] < n:
-        raise InputError(f"chip manifest 'seg_colors': expected {n} RGB triples, found {colors!r}")
-    return palette[:n]
+    if colors.ndim != 2 or colors.shape[1] != 3 or colors.shape[0] < n:
+        raise InputError(f"chip manifest 'seg_colors': expected {n} RGB triples, found {recorded_colors!r}")
+    return colors[:n]
 
 
 def det_colors_of(manifest: Mapping[str, Any]) -> np.ndarray:
@@ -107,15 +107,15 @@ def det_colors_of(manifest: Mapping[str, Any]) -> np.ndarray:
     if own:
         return np.asarray(own, dtype=np.float32).reshape(-1, 3) / 255.0
     seg = list(manifest.get("seg_classes") or SEG_CLASSES)
-    palette = seg_colors_of(manifest)
-    colours = []
+    seg_colors = seg_colors_of(manifest)
+    colors = []
     for i, name in enumerate(manifest.get("det_classes") or DET_CLASSES):
-        colours.append(palette[seg.index(name)] if name in seg else np.asarray(_FALLBACK_COLORS[i % 6]) / 255.0)
-    return np.asarray(colours, dtype=np.float32).reshape(-1, 3)
+        colors.append(seg_colors[seg.index(name)] if name in seg else np.asarray(_FALLBACK_COLORS[i % 6]) / 255.0)
+    return np.asarray(colors, dtype=np.float32).reshape(-1, 3)
 
 
 def mask_rgba(
-    mask: np.ndarray, palette: np.ndarray, ignore_index: int = IGNORE_INDEX, alpha: float = MASK_ALPHA
+    mask: np.ndarray, colors: np.ndarray, ignore_index: int = IGNORE_INDEX, alpha: float = MASK_ALPHA
 ) -> np.ndarray:
     """(H, W) class ids → (H, W, 4) RGBA overlay; ignore pixels fully transparent."""
     mask = np.asarray(mask)
@@ -123,14 +123,14 @@ def mask_rgba(
         raise InputError(f"class mask to display: expected (H, W) class ids, found shape {mask.shape}")
     ignore = mask == ignore_index
     valid = mask[~ignore]
-    if valid.size and (valid.min() < 0 or valid.max() >= len(palette)):
+    if valid.size and (valid.min() < 0 or valid.max() >= len(colors)):
         raise InputError(
-            f"class mask to display: expected ids 0..{len(palette) - 1} or {ignore_index} (ignore), "
+            f"class mask to display: expected ids 0..{len(colors) - 1} or {ignore_index} (ignore), "
             f"found {int(valid.min())}..{int(valid.max())}"
         )
     rgba = np.zeros((*mask.shape, 4), np.float32)
     ids = np.where(ignore, 0, mask).astype(np.int64)
-    rgba[..., :3] = palette[ids]
+    rgba[..., :3] = colors[ids]
     rgba[..., 3] = np.where(ignore, 0.0, alpha)
     return rgba
 
@@ -158,7 +158,7 @@ def draw_boxes(
     boxes: np.ndarray | None,
     labels: np.ndarray | None,
     class_names: Sequence[str],
-    colours: np.ndarray,
+    colors: np.ndarray,
     scores: np.ndarray | None = None,
     fontsize: float = 6.5,
 ) -> int:
@@ -179,7 +179,7 @@ def draw_boxes(
             continue
         if label >= len(class_names):
             raise InputError(f"boxes to display: label {label} outside the {len(class_names)} detection classes")
-        colour = colours[label]
+        colour = colors[label]
         rect = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.3)
         rect.set_path_effects(_halo(colour, 2.6))
         ax.add_patch(rect)
@@ -204,7 +204,7 @@ def show_chip(
     ax: Axes,
     rgb: np.ndarray,
     mask: np.ndarray | None,
-    palette: np.ndarray,
+    colors: np.ndarray,
     ignore_index: int,
     title: str = "",
     alpha: float = MASK_ALPHA,
@@ -212,7 +212,7 @@ def show_chip(
     """Image, optional class overlay, no ticks, small title."""
     ax.imshow(rgb, interpolation="nearest")
     if mask is not None:
-        ax.imshow(mask_rgba(mask, palette, ignore_index, alpha), interpolation="nearest")
+        ax.imshow(mask_rgba(mask, colors, ignore_index, alpha), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -226,10 +226,10 @@ def class_legend(
     fig: Figure, manifest: Mapping[str, Any], extra: Sequence[Any] = (), bottom_inches: float = 0.08
 ) -> None:
     """Two one-row legends under the panels: mask colours (+ 'no label'), then box colours (+ ``extra`` handles)."""
-    palette = seg_colors_of(manifest)
+    seg_colors = seg_colors_of(manifest)
     classes: list[Any] = [
         Patch(facecolor=colour, edgecolor="#555555", linewidth=0.5, label=name.replace("_", " "))
-        for name, colour in zip(manifest.get("seg_classes") or SEG_CLASSES, palette)
+        for name, colour in zip(manifest.get("seg_classes") or SEG_CLASSES, seg_colors)
     ]
     classes.append(Patch(facecolor="none", edgecolor="#555555", linewidth=0.5, hatch="////", label="no label"))
     boxes: list[Any] = []
