@@ -32,7 +32,10 @@ pytestmark = pytest.mark.qgis
 
 STABLE_IDS = {
     "generate_synthetic",
-    "chip_tiles",
+    "chip_isprs",
+    "chip_isprs_raster",
+    "chip_own_labels",
+    "chip_unlabelled",
     "train",
     "finetune",
     "export_onnx",
@@ -70,9 +73,10 @@ def test_expert_parameters_are_advanced_and_main_ones_are_not(qgis_processing):
 
 def test_invalid_combination_gives_processing_error_naming_parameters(qgis_processing, tmp_path):
     feedback = CapturingFeedback()
+    image = write_geotiff(tmp_path / "ortho.tif", np.full((3, 32, 32), 90, np.uint8))
     with pytest.raises(QgsProcessingException):
-        run_algorithm("pmtl:chip_tiles", {"OUTPUT": str(tmp_path / "chips")}, feedback)
-    assert any("Give either 'ISPRS dataset folder'" in e for e in feedback.errors)
+        run_algorithm("pmtl:chip_own_labels", {"IMAGES": [str(image)], "OUTPUT": str(tmp_path / "chips")}, feedback)
+    assert any("Give exactly one of 'Label polygons' or 'Class raster'" in e for e in feedback.errors)
     assert "Traceback" not in feedback.text()
     feedback = CapturingFeedback()
     with pytest.raises(QgsProcessingException):

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
     QgsProperty,
+    QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
@@ -59,6 +60,18 @@ def _is_empty(value: Any) -> bool:
     if isinstance(value, QVariant):
         return value.isNull() or not value.isValid() or _is_empty(value.value())
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def raster_path(layer: QgsRasterLayer | None, what: str) -> str | None:
+    """File path behind a raster layer; the engine reads files with GDAL, so other providers are refused."""
+    if layer is None:
+        return None
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{what}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; pmtl needs a raster "
+            f"file GDAL can read (save the layer as GeoTIFF first)."
+        )
+    return layer.source().split("|")[0]
 
 
 class EngineWarnings(logging.Handler):

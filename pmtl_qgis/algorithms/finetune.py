@@ -16,8 +16,7 @@ from qgis.core import (
 )
 
 from ..engine_process import ProcessResult
-from .base import PmtlAlgorithm, is_unset
-from .chip_tiles import raster_path
+from .base import PmtlAlgorithm, is_unset, raster_path
 from .params import ADVANCED_OPTIONAL, Spec, spec
 from .train import runs_root
 

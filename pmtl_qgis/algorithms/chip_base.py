@@ -1,0 +1,197 @@
+"""What the chip algorithms share (one algorithm per data kind: chip_isprs, chip_isprs_raster, chip_own_labels,
+chip_unlabelled): chip size and stride (defaults from ``engine.core.options.ChipOptions``), how blobs become boxes,
+value scaling, overwrite and the output folder; for the algorithms that chip your own rasters, the split into
+train/val and the area of interest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+from qgis.core import QgsProcessing, QgsProcessingContext, QgsProcessingException, QgsProcessingFeedback
+
+from ..layer_reader import is_temporary_output
+from .base import PmtlAlgorithm, is_unset, raster_path
+from .params import ADVANCED_OPTIONAL, Spec, spec
+
+CONNECTIVITY = (4, 8)
+SPLIT_BY = ("block", "tile")
+POLYGON_LAYERS = {"types": [QgsProcessing.TypeVectorPolygon]}
+
+
+class ChipAlgorithm(PmtlAlgorithm):
+    """A chip algorithm: its own inputs (:meth:`inputs`), the shared chip parameters, then the output folder; its
+    :meth:`chip` calls the engine with the shared options of :meth:`chip_options`."""
+
+    GROUP_ID = "data"
+    REQUIRED_MODULES = ("numpy", "osgeo.gdal")
+    ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX"}
+    MAKES_BOXES = True
+    """Whether its chips get detection boxes (the box parameters are shown)."""
+
+    def parameters(self) -> list[Spec]:
+        return [*self.inputs(), *self._chip_specs(), *self._box_specs(), *self.extra(), *self._output_specs()]
+
+    def inputs(self) -> list[Spec]:
+        """The data this kind chips (first in the dialog)."""
+        return []
+
+    def extra(self) -> list[Spec]:
+        """Parameters of this kind after the shared ones (splits, band names …)."""
+        return []
+
+    def _chip_specs(self) -> list[Spec]:
+        value_max = "Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors."
+        chip_options = self.engine_options().ChipOptions
+        return [
+            self.option_spec("integer", "SIZE", "Chip size (px)", chip_options, "size", minValue=16),
+            self.option_spec("integer", "STRIDE", "Stride (px)", chip_options, "stride", minValue=1),
+            spec(
+                "double",
+                "VALUE_MAX",
+                "Value scaling maximum (uint16 imagery)",
+                value_max,
+                **ADVANCED_OPTIONAL,
+                minValue=1.0,
+            ),
+        ]
+
+    def _box_specs(self) -> list[Spec]:
+        if not self.MAKES_BOXES:
+            return []
+        connectivity = "Pixel connectivity of the blobs that become boxes (empty: the engine's default)."
+        min_area = "Blobs smaller than this give no box (empty: the engine's default)."
+        choices = [str(c) for c in CONNECTIVITY]
+        return [
+            spec("enum", "CONNECTIVITY", "Box connectivity", connectivity, options=choices, **ADVANCED_OPTIONAL),
+            spec("integer", "MIN_AREA", "Minimum box area (px)", min_area, **ADVANCED_OPTIONAL, minValue=0),
+        ]
+
+    @staticmethod
+    def _output_specs() -> list[Spec]:
+        overwrite = "Without it, an output folder that already has files is refused."
+        output = "Written with manifest.json last: an interrupted run never looks complete."
+        return [
+            spec("boolean", "OVERWRITE", "Overwrite an existing chip dataset", overwrite, True, defaultValue=False),
+            spec("folder_out", "OUTPUT", "Chip dataset folder", output),
+        ]
+
+    def process(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> dict[str, Any]:
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
+        options = {"out_dir": out_dir, **self.chip_options(parameters, context), "progress": self.progress(feedback)}
+        self.chip(parameters, context, feedback, options)
+        return {"OUTPUT": str(out_dir)}
+
+    def chip_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """The engine's keyword arguments for the shared parameters (None: the engine's default; no progress)."""
+        connectivity = None
+        if not is_unset(parameters, "CONNECTIVITY"):
+            connectivity = CONNECTIVITY[self.parameterAsEnum(parameters, "CONNECTIVITY", context)]
+        return {
+            "size": self.parameterAsInt(parameters, "SIZE", context),
+            "stride": self.parameterAsInt(parameters, "STRIDE", context),
+            "overwrite": self.parameterAsBool(parameters, "OVERWRITE", context),
+            "connectivity": connectivity,
+            "min_area": self.optional_number(parameters, "MIN_AREA", context, integer=True),
+            "scale_max": self.optional_number(parameters, "VALUE_MAX", context),
+        }
+
+    def chip(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+        options: dict[str, Any],
+    ) -> None:
+        """Call the engine for this kind with ``options`` (out_dir, the shared parameters, progress) plus its own."""
+        raise NotImplementedError
+
+
+class ImageChipAlgorithm(ChipAlgorithm):
+    """Chips your own rasters (``engine.chip.userdata.chip_images``): image layers, an area of interest and a split
+    of the chips into train/val by blocks or by raster."""
+
+    ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "IMAGES", "labels": "POLYGONS"}
+    IMAGES_HELP = "Your orthophotos (1 to N bands, same bands in each)."
+
+    def image_specs(self) -> list[Spec]:
+        """The image layers (first in the dialog)."""
+        rasters = {"layerType": QgsProcessing.TypeRaster}
+        return [spec("layers", "IMAGES", "Image rasters", self.IMAGES_HELP, **rasters)]
+
+    def aoi_spec(self, help: str) -> Spec:
+        """The optional area of interest polygon layer."""
+        return spec("source", "AOI", "Area of interest", help, **POLYGON_LAYERS, optional=True)
+
+    def extra(self) -> list[Spec]:
+        split_by = (
+            "block: square blocks of twice the chip size; tile: whole rasters. Chips never share pixels across splits."
+        )
+        share = {"minValue": 0.0, "maxValue": 0.9, "advanced": True}
+        chip_options = self.engine_options().ChipOptions
+        return [
+            self.option_spec("double", "VAL_FRACTION", "Validation fraction", chip_options, "val_fraction", **share),
+            spec("enum", "SPLIT_BY", "Split by", split_by, options=SPLIT_BY, defaultValue=0, advanced=True),
+            self.option_spec("integer", "SEED", "Split seed", chip_options, "seed", advanced=True),
+        ]
+
+    def label_source(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> Any:
+        """The engine's ``LabelSource`` for this kind (with the area of interest)."""
+        raise NotImplementedError
+
+    def chip(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        feedback: QgsProcessingFeedback,
+        options: dict[str, Any],
+    ) -> None:
+        userdata = self.engine("engine.chip.userdata")
+        layers = self.parameterAsLayerList(parameters, "IMAGES", context)
+        images = [raster_path(layer, "Image rasters") for layer in layers]
+        labels = self.label_source(parameters, context, feedback)
+        plan = self._split_plan(parameters, context, options["size"])
+        feedback.pushInfo(f"Chipping {len(images)} raster(s) for task '{labels.task}' with labels {labels.path}")
+        # chip_images has plain defaults for connectivity / min_area: leave out what the user left empty
+        given = {k: v for k, v in options.items() if v is not None}
+        self.call_engine(userdata.chip_images, feedback, images=images, labels=labels, plan=plan, **given)
+        self.keep_temporary_sources(options["out_dir"], {"source": labels.path, "aoi": labels.aoi}, feedback)
+
+    def _split_plan(self, parameters: dict[str, Any], context: QgsProcessingContext, size: int) -> Any:
+        splits = self.engine("engine.chip.splits")
+        try:
+            return splits.SplitPlan(
+                SPLIT_BY[self.parameterAsEnum(parameters, "SPLIT_BY", context)],
+                self.parameterAsDouble(parameters, "VAL_FRACTION", context), 0.0,
+                self.parameterAsInt(parameters, "SEED", context), 2 * size,
+            )  # fmt: skip
+        except self.engine("engine.core.errors").PmtlError as exc:
+            raise QgsProcessingException(exc.render(self.param_words)) from exc
+
+    def keep_temporary_sources(
+        self, out_dir: Path, sources: dict[str, str | None], feedback: QgsProcessingFeedback
+    ) -> None:
+        """Copy label / AOI files that live in Processing's temporary folder (memory layers, selections, temporary
+        outputs: gone when QGIS closes) into ``out_dir/labels``; the manifest's ``labels`` entries name the copies."""
+        manifest_path = out_dir / "manifest.json"
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        changed = False
+        for key, source in sources.items():
+            path, _, layer = (source or "").partition("|")
+            if not path or not is_temporary_output(path):
+                continue
+            (out_dir / "labels").mkdir(exist_ok=True)
+            for part in Path(path).parent.glob(Path(path).stem + ".*"):  # a shapefile's sidecars too
+                shutil.copy2(part, out_dir / "labels" / part.name)
+            copy = str((out_dir / "labels" / Path(path).name).resolve()) + (f"|{layer}" if layer else "")
+            manifest["labels"][key] = copy
+            changed = True
+            feedback.pushInfo(f"Labels from a temporary layer kept with the chips: {copy}")
+        if changed:
+            self.engine("engine.core.atomic").write_json_atomic(manifest_path, manifest)
