@@ -81,7 +81,27 @@ def test_invalid_combination_gives_processing_error_naming_parameters(qgis_proce
     feedback = CapturingFeedback()
     with pytest.raises(QgsProcessingException):
         run_algorithm("pmtl:train", {"KD": 6, "OUTPUT": str(tmp_path / "run"), "DET_DATA": str(tmp_path)}, feedback)
-    assert any("missing: Segmentation chip dataset, Detection teacher checkpoint" in e for e in feedback.errors)
+    assert any(
+        "'Knowledge distillation' (config key kd): distillation fills the missing task" in e for e in feedback.errors
+    )
+
+
+def test_a_distillation_run_without_a_teacher_names_the_dialog_field(qgis_processing, tmp_path):
+    """Train validates through the engine's config (no copy of its checks); the config key it names becomes the
+    dialog's label, in one line."""
+    teacher = tmp_path / "seg_teacher.pt"
+    teacher.write_bytes(b"")
+    params = {"DET_DATA": str(tmp_path), "SEG_DATA": str(tmp_path), "KD": 6, "SEG_TEACHER": str(teacher),
+              "OUTPUT": str(tmp_path / "run")}  # fmt: skip
+    feedback = CapturingFeedback()
+    with pytest.raises(QgsProcessingException):
+        run_algorithm("pmtl:train", params, feedback)
+    expected = (
+        "'Detection teacher checkpoint' (config key kd.det_teacher): distillation is on, so a teacher checkpoint "
+        "is needed"
+    )
+    assert expected in [line for error in feedback.errors for line in error.splitlines()]
+    assert "Traceback" not in feedback.text() and not (tmp_path / "run").exists()
 
 
 def test_missing_dependency_says_what_to_install_instead_of_crashing(qgis_processing, tmp_path):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qgis.core import (
     QgsProcessing,
@@ -22,7 +23,7 @@ from qgis.core import (
 
 from ..engine_process import ProcessResult, engine_command
 from ..environment import engine_root, install_message
-from ..scope import import_engine
+from ..scope import engine_scope, import_engine
 from .base import PmtlAlgorithm, is_unset
 from .params import ADVANCED_OPTIONAL, Spec, spec
 
@@ -155,6 +156,20 @@ class Train(PmtlAlgorithm):
         (SEED, "runtime.seed", True),
     )
     """Number parameters and the config key each one overrides (when set)."""
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {
+        **{key: name for name, key, _ in NUMBERS},
+        "data.det": DET_DATA,
+        "data.seg": SEG_DATA,
+        "data.unlabelled": UNLABELLED,
+        "model": MODEL,
+        "kd": KD,
+        "kd.det_teacher": DET_TEACHER,
+        "kd.seg_teacher": SEG_TEACHER,
+        "runtime.device": "DEVICE",
+        "runtime.out": OUTPUT,
+    }
+    """Config keys the dialog sets, and the parameter that sets each: the engine's config errors name the key, the
+    dialog's errors name the field."""
 
     def parameters(self) -> list[Spec]:
         return [*self._data_and_model(), *self._schedule(), *self._run()]
@@ -232,23 +247,39 @@ class Train(PmtlAlgorithm):
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         if all(is_unset(parameters, name) for name in (self.DET_DATA, self.SEG_DATA, self.CONFIG)):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
-        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
-        if self._has_unlabelled(parameters) and kd == (False, "none"):
-            return (
-                "Unlabelled imagery is learnt by distillation only: choose a distillation variant (e.g. soft + pdf) "
-                "and give both teacher checkpoints, or leave 'Unlabelled imagery' empty."
-            )
-        if kd not in (None, (False, "none")):
-            needed = (
-                (self.DET_DATA, "Detection chip dataset"),
-                (self.SEG_DATA, "Segmentation chip dataset"),
-                (self.DET_TEACHER, "Detection teacher checkpoint"),
-                (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
-            )
-            missing = [label for name, label in needed if is_unset(parameters, name)]
-            if missing:
-                return f"Distillation needs both datasets and both teachers; missing: {', '.join(missing)}."
+        try:
+            with engine_scope():
+                self.validate(parameters, context)
+        except QgsProcessingException as exc:
+            return str(exc)
         return self._check_output(parameters, context)
+
+    def validate(self, parameters: dict[str, Any], context: QgsProcessingContext) -> None:
+        """The engine's own config validator on the config these parameters make, in-process (no torch): a wrong
+        value fails in a second, not after torch loads (and before any unlabelled raster is chipped). Its errors
+        name the dialog's fields."""
+        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()
+        config = self.optional_file(parameters, self.CONFIG, context)
+        pending = ['data.unlabelled=["(chipped next)"]'] if self._has_unlabelled(parameters) else []
+        overrides = self.overrides(parameters, context, out_dir) + pending
+        load_config = self.engine("engine.train.config").load_config
+        try:
+            load_config(None if config is None else str(config.resolve()), overrides)
+        except self.engine("engine.core.errors").PmtlError as exc:
+            raise QgsProcessingException(self.config_text(exc.render(self.param_words))) from exc
+
+    def config_text(self, message: str) -> str:
+        """An engine config error in the dialog's words: the config key it starts with becomes the field's label
+        (the key kept in brackets, for a config file); teacher keys named later on become their labels too."""
+        labels = {key: self.parameterDefinition(name).description() for key, name in self.CONFIG_KEYS.items()}
+        if message.startswith("override '"):
+            return f"'{self.parameterDefinition(self.OVERRIDES).description()}': {message}"
+        lead = re.match(r"config key '([\w.]+)'", message)
+        if lead is None or lead.group(1) not in labels:
+            return message
+        key = lead.group(1)
+        rest = re.sub(r"\bkd\.(det|seg)_teacher\b", lambda m: f"'{labels[m.group(0)]}'", message[lead.end() :])
+        return f"'{labels[key]}' (config key {key}){rest}"
 
     def _has_unlabelled(self, parameters: dict[str, Any]) -> bool:
         return not is_unset(parameters, self.UNLABELLED) and bool(parameters.get(self.UNLABELLED))
@@ -304,18 +335,12 @@ class Train(PmtlAlgorithm):
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
+        self.validate(parameters, context)  # again: a model's child step may skip the dialog's check
         out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()
         config = self.optional_file(parameters, self.CONFIG, context)
         config_path = None if config is None else str(config.resolve())
         overrides = self.overrides(parameters, context, out_dir)
-        unlabelled = self._has_unlabelled(parameters)
-        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads (and
-        # before any unlabelled raster is chipped).
-        pending = ['data.unlabelled=["(chipped next)"]'] if unlabelled else []
-        self.call_engine(
-            self.engine("engine.train.config").load_config, feedback, path=config_path, overrides=overrides + pending
-        )
-        if unlabelled:
+        if self._has_unlabelled(parameters):
             roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
             overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
         env = self.engine_env()
