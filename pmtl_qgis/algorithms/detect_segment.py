@@ -153,16 +153,46 @@ class DetectSegment(PmtlAlgorithm):
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        predict = self.engine("engine.predict")
         layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        onnx_model = self._open_model(parameters, context, feedback)
+        aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
+        raster_input = self._raster_input(layer, onnx_model.info.gsd, aoi_geometries, feedback)
+        paths = self._output_paths(parameters, context, onnx_model.info, feedback)
+        summary = self.call_engine(
+            self.engine("engine.predict").predict_raster,
+            feedback,
+            model_path=onnx_model,  # opened once: its metadata decided the outputs above
+            input_path=raster_input,
+            out_raster=paths["raster"],
+            out_vector=paths["detections"],
+            aoi=self._aoi_file(aoi_geometries, layer.crs(), context),
+            bands=self.parameterAsInts(parameters, self.BANDS, context) or None,
+            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
+            batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
+            out_probs=paths["probs"],
+            out_polygons=paths["polygons"],
+            device=self.device(parameters, context),
+            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
+            value_max=self.optional_number(parameters, self.VALUE_MAX, context),
+            **self._gsd_limit(parameters, context),
+            progress=self.progress(feedback),
+        )
+        results = self._layers(parameters, context, paths, onnx_model.info, layer)
+        summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
+        feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
+        results[self.SUMMARY] = json.dumps(summary, default=str)
+        return results
+
+    def _open_model(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> Any:
+        """The ONNX model, opened once, checked to have the precision the user asked for."""
         model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
         device = self.device(parameters, context)
         onnx_model = self.call_engine(
             self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device
         )
         info = onnx_model.info
-        aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
-        raster_input = self._raster_input(layer, info.gsd, aoi_geometries, feedback)
         precision = info.raw.get("precision", "fp32") if info.source == "pmtl" else "fp32"
         wanted = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
         if wanted != PRECISIONS[0] and wanted != precision:
@@ -171,66 +201,55 @@ class DetectSegment(PmtlAlgorithm):
                 f"with Precision {wanted} ('Export a checkpoint to ONNX') or set Model precision to 'as exported'"
             )
         feedback.pushInfo(f"Model precision {precision}, onnxruntime provider {onnx_model.provider}")
+        return onnx_model
+
+    def _output_paths(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, info: Any, feedback: QgsProcessingFeedback
+    ) -> dict[str, str | None]:
+        """Where the engine writes each output the model's heads can make (None: not written); the vector outputs
+        go to temporary GeoPackages first, copied into the sinks after."""
         segments, detects = info.seg_output is not None, info.det_scores_output is not None
         if not segments:
             feedback.pushWarning("The model has no segmentation head: no class map, probabilities or polygons.")
         if not detects:
             feedback.pushWarning("The model has no detection head: the detections layer stays empty.")
-        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) if segments else None
-        out_probs = None
-        if segments and not is_unset(parameters, self.OUTPUT_PROBS):
-            out_probs = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBS, context)
-        tmp_vector = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg") if detects else None
-        tmp_polygons = None
-        if segments and not is_unset(parameters, self.OUTPUT_POLYGONS):
-            tmp_polygons = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg")
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-        summary = self.call_engine(
-            predict.predict_raster,
-            feedback,
-            model_path=onnx_model,  # opened once: its metadata decided the outputs above
-            input_path=raster_input,
-            out_raster=out_raster,
-            out_vector=tmp_vector,
-            aoi=self._aoi_file(aoi_geometries, layer.crs(), context),
-            bands=bands,
-            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
-            batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
-            out_probs=out_probs,
-            out_polygons=tmp_polygons,
-            device=device,
-            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
-            value_max=self.optional_number(parameters, self.VALUE_MAX, context),
-            **self._gsd_limit(parameters, context),
-            progress=self.progress(feedback),
-        )
+        paths: dict[str, str | None] = {"raster": None, "probs": None, "polygons": None, "detections": None}
+        if segments:
+            paths["raster"] = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context)
+            if not is_unset(parameters, self.OUTPUT_PROBS):
+                paths["probs"] = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBS, context)
+            if not is_unset(parameters, self.OUTPUT_POLYGONS):
+                paths["polygons"] = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg")
+        if detects:
+            paths["detections"] = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg")
+        return paths
+
+    def _layers(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        paths: dict[str, str | None],
+        info: Any,
+        layer: Any,
+    ) -> dict[str, Any]:
+        """The output layers (vectors copied into their sinks), styled in the model's class colours and named after
+        the input layer when loaded."""
+        seg = (info.head("seg").classes, info.head("seg").colors)
         results: dict[str, Any] = {}
-        if out_raster:
-            results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster", (info.head("seg").classes, info.head("seg").colors))
-        results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
-            parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
-        )
-        style_on_load(
-            context, results[self.OUTPUT_DETECTIONS], "detections", (info.head("det").classes, info.head("det").colors)
-        )
-        if tmp_polygons:
-            results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
-                parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
-            )
-            style_on_load(
-                context,
-                results[self.OUTPUT_POLYGONS],
-                "class_polygons",
-                (info.head("seg").classes, info.head("seg").colors),
-            )
-        if out_probs:
-            results[self.OUTPUT_PROBS] = out_probs
+        if paths["raster"]:
+            results[self.OUTPUT_RASTER] = paths["raster"]
+            style_on_load(context, paths["raster"], "class_raster", seg)
+        detections = self._copy_to_sink(parameters, context, paths["detections"], self.OUTPUT_DETECTIONS, layer.crs())
+        results[self.OUTPUT_DETECTIONS] = detections
+        style_on_load(context, detections, "detections", (info.head("det").classes, info.head("det").colors))
+        if paths["polygons"]:
+            polygons = self._copy_to_sink(parameters, context, paths["polygons"], self.OUTPUT_POLYGONS, layer.crs())
+            results[self.OUTPUT_POLYGONS] = polygons
+            style_on_load(context, polygons, "class_polygons", seg)
+        if paths["probs"]:
+            results[self.OUTPUT_PROBS] = paths["probs"]
         for name, value in results.items():
             name_on_load(context, value, self.parameterDefinition(name).description(), layer)
-        summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
-        feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
-        results[self.SUMMARY] = json.dumps(summary, default=str)
         return results
 
     def _gsd_limit(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, float]:
