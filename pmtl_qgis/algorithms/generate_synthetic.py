@@ -39,7 +39,7 @@ class GenerateSynthetic(PmtlAlgorithm):
         "'noBoundary' labels, in the real ISPRS folder layouts, so every other pmtl tool runs on it as on the "
         "real data. Deterministic per seed.\n\n"
         "Outputs: the dataset folder, plus one held-out image tile and its label raster (to chain into "
-        "'Detect and segment' or 'Chip tiles' in a model).\n\n"
+        "'Detect and segment' or 'Chip an image with an ISPRS label raster' in a model).\n\n"
         "Example (qgis_process): qgis_process run pmtl:generate_synthetic -- DOMAIN=0 SEED=1 TILES=4 "
         "TILE_SIZE_M=40 OUTPUT=/tmp/vaihingen_synth"
     )

@@ -175,7 +175,7 @@ class Train(PmtlAlgorithm):
         return [*self._data_and_model(), *self._schedule(), *self._run()]
 
     def _data_and_model(self) -> list[Spec]:
-        det = "A chip dataset folder ('Chip tiles'); its boxes train the detection head."
+        det = "A chip dataset folder (the 'Chip …' algorithms); its boxes train the detection head."
         seg = "A chip dataset folder; its class masks train the segmentation head."
         network = "The student is what you deploy; teachers (larger) are trained first for distillation."
         kd = "Needs both datasets and both teachers. The paper's best: soft + pdf."
