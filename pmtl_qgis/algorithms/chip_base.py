@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,21 +70,21 @@ class ChipAlgorithm(PmtlAlgorithm):
             spec("integer", "MIN_AREA", "Minimum box area (px)", min_area, **ADVANCED_OPTIONAL, minValue=0),
         ]
 
-    @staticmethod
-    def _output_specs() -> list[Spec]:
-        overwrite = "Without it, an output folder that already has files is refused."
-        output = "Written with manifest.json last: an interrupted run never looks complete."
+    def _output_specs(self) -> list[Spec]:
+        folder = "Written with manifest.json last: an interrupted run never looks complete."
         return [
-            spec("boolean", "OVERWRITE", "Overwrite an existing chip dataset", overwrite, True, defaultValue=False),
-            spec("folder_out", "OUTPUT", "Chip dataset folder", output),
+            self.overwrite_spec("Overwrite an existing chip dataset"),
+            spec("folder_out", "OUTPUT", "Chip dataset folder", folder),
         ]
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
-        options = {"out_dir": out_dir, **self.chip_options(parameters, context), "progress": self.progress(feedback)}
-        self.chip(parameters, context, feedback, options)
+        function, arguments = self.engine_call(parameters, context, feedback)
+        options = {**self.chip_options(parameters, context), "progress": self.progress(feedback)}
+        self.call_engine(function, feedback, out_dir=out_dir, **arguments, **options)
+        self.finish(out_dir, arguments, feedback)
         return {"OUTPUT": str(out_dir)}
 
     def chip_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
@@ -100,15 +101,15 @@ class ChipAlgorithm(PmtlAlgorithm):
             "scale_max": self.optional_number(parameters, "VALUE_MAX", context),
         }
 
-    def chip(
-        self,
-        parameters: dict[str, Any],
-        context: QgsProcessingContext,
-        feedback: QgsProcessingFeedback,
-        options: dict[str, Any],
-    ) -> None:
-        """Call the engine for this kind with ``options`` (out_dir, the shared parameters, progress) plus its own."""
+    def engine_call(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The engine function that chips this kind and its own keyword arguments (besides out_dir, progress and
+        :meth:`chip_options`)."""
         raise NotImplementedError
+
+    def finish(self, out_dir: Path, arguments: dict[str, Any], feedback: QgsProcessingFeedback) -> None:
+        """After the engine wrote the chips into ``out_dir`` (``arguments``: those of :meth:`engine_call`)."""
 
 
 class ImageChipAlgorithm(ChipAlgorithm):
@@ -145,23 +146,23 @@ class ImageChipAlgorithm(ChipAlgorithm):
         """The engine's ``LabelSource`` for this kind (with the area of interest)."""
         raise NotImplementedError
 
-    def chip(
-        self,
-        parameters: dict[str, Any],
-        context: QgsProcessingContext,
-        feedback: QgsProcessingFeedback,
-        options: dict[str, Any],
-    ) -> None:
-        userdata = self.engine("engine.chip.userdata")
+    def engine_call(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
         layers = self.parameterAsLayerList(parameters, "IMAGES", context)
         images = [raster_path(layer, "Image rasters") for layer in layers]
         labels = self.label_source(parameters, context, feedback)
-        plan = self._split_plan(parameters, context, options["size"])
+        plan = self._split_plan(parameters, context, self.parameterAsInt(parameters, "SIZE", context))
         feedback.pushInfo(f"Chipping {len(images)} raster(s) for task '{labels.task}' with labels {labels.path}")
-        # chip_images has plain defaults for connectivity / min_area: leave out what the user left empty
-        given = {k: v for k, v in options.items() if v is not None}
-        self.call_engine(userdata.chip_images, feedback, images=images, labels=labels, plan=plan, **given)
-        self.keep_temporary_sources(options["out_dir"], {"source": labels.path, "aoi": labels.aoi}, feedback)
+        return self.engine("engine.chip.userdata").chip_images, {"images": images, "labels": labels, "plan": plan}
+
+    def chip_options(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, Any]:
+        """chip_images has plain defaults for connectivity / min_area: what the user left empty is left out."""
+        return {k: v for k, v in super().chip_options(parameters, context).items() if v is not None}
+
+    def finish(self, out_dir: Path, arguments: dict[str, Any], feedback: QgsProcessingFeedback) -> None:
+        labels = arguments["labels"]
+        self.keep_temporary_sources(out_dir, {"source": labels.path, "aoi": labels.aoi}, feedback)
 
     def _split_plan(self, parameters: dict[str, Any], context: QgsProcessingContext, size: int) -> Any:
         splits = self.engine("engine.chip.splits")

@@ -3,6 +3,7 @@ data') → a chip dataset folder for training, with the standard train/val split
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from qgis.core import QgsProcessingContext, QgsProcessingFeedback
@@ -49,18 +50,14 @@ class ChipIsprs(ChipAlgorithm):
             ),
         ]
 
-    def chip(
-        self,
-        parameters: dict[str, Any],
-        context: QgsProcessingContext,
-        feedback: QgsProcessingFeedback,
-        options: dict[str, Any],
-    ) -> None:
+    def engine_call(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
         dataset = DATASETS[self.parameterAsEnum(parameters, "DATASET", context)]
         bands = None
         if dataset == "potsdam" and not is_unset(parameters, "POTSDAM_BANDS"):
             bands = POTSDAM_BANDS[self.parameterAsEnum(parameters, "POTSDAM_BANDS", context)]
         root = self.optional_file(parameters, "INPUT_FOLDER", context)
         splits = self.optional_file(parameters, "SPLITS_FILE", context)
-        chip = self.engine("engine.chip")
-        self.call_engine(chip.chip_dataset, feedback, dataset=dataset, root=root, bands=bands, splits=splits, **options)
+        arguments = {"dataset": dataset, "root": root, "bands": bands, "splits": splits}
+        return self.engine("engine.chip").chip_dataset, arguments

@@ -3,6 +3,7 @@ chip in the chosen split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,12 +37,11 @@ class ChipIsprsRaster(ChipAlgorithm):
         image = "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF."
         label = "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …)."
         eroded = "Optional; black boundary pixels are ignored in evaluation. Without it the label is used."
-        split = "Which split the chips belong to."
         return [
             spec("raster", "INPUT", "Image raster", image),
             spec("raster", "LABEL", "Label raster (ISPRS RGB colours)", label),
             spec("raster", "ERODED", "Eroded label raster (noBoundary)", eroded, optional=True),
-            spec("enum", "SPLIT", "Split", split, options=SPLITS, defaultValue=0),
+            spec("enum", "SPLIT", "Split", "Which split the chips belong to.", options=SPLITS, defaultValue=0),
         ]
 
     def extra(self) -> list[Spec]:
@@ -51,19 +51,14 @@ class ChipIsprsRaster(ChipAlgorithm):
         )
         return [spec("text", "BAND_NAMES", "Band names", band_names, **ADVANCED_OPTIONAL)]
 
-    def chip(
-        self,
-        parameters: dict[str, Any],
-        context: QgsProcessingContext,
-        feedback: QgsProcessingFeedback,
-        options: dict[str, Any],
-    ) -> None:
+    def engine_call(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
         tile = self._tile_spec(parameters, context)
         feedback.pushInfo(f"Chipping {tile.image} with labels {tile.label} into split '{tile.split}'")
         text = "" if is_unset(parameters, "BAND_NAMES") else self.parameterAsString(parameters, "BAND_NAMES", context)
         names = [name.strip() for name in text.split(",") if name.strip()]
-        chip = self.engine("engine.chip")
-        self.call_engine(chip.chip_tiles, feedback, tiles=[tile], band_names=names or None, **options)
+        return self.engine("engine.chip").chip_tiles, {"tiles": [tile], "band_names": names or None}
 
     def _tile_spec(self, parameters: dict[str, Any], context: QgsProcessingContext) -> Any:
         isprs = self.engine("engine.data.isprs")
