@@ -34,11 +34,10 @@ class ChipIsprsRaster(ChipAlgorithm):
     )
 
     def inputs(self) -> list[Spec]:
-        image = "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF."
         label = "Same grid as the image; colours as in ISPRS label tiles (white impervious, blue building, …)."
         eroded = "Optional; black boundary pixels are ignored in evaluation. Without it the label is used."
         return [
-            spec("raster", "INPUT", "Image raster", image),
+            spec("raster", "INPUT", "Image raster", "An orthophoto, e.g. a 3-band NIR-R-G or R-G-B GeoTIFF."),
             spec("raster", "LABEL", "Label raster (ISPRS RGB colours)", label),
             spec("raster", "ERODED", "Eroded label raster (noBoundary)", eroded, optional=True),
             spec("enum", "SPLIT", "Split", "Which split the chips belong to.", options=SPLITS, defaultValue=0),
