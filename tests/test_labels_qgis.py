@@ -75,7 +75,8 @@ def test_chip_own_labels_takes_image_layers_a_memory_polygon_layer_and_a_class_f
 def test_chip_own_labels_needs_exactly_one_label_layer(qgis_processing, tmp_path):
     image = write_geotiff(tmp_path / "ortho.tif", np.full((3, 64, 64), 90, np.uint8))
     params = {"IMAGES": [str(image)], "TASK": 1, "OUTPUT": str(tmp_path / "c")}
-    with pytest.raises(QgsProcessingException, match=r"exactly one of 'Label polygons' or 'Class raster' \(found neither\)"):
+    neither = r"Give exactly one of 'Label polygons' or 'Class raster' \(found neither\)"
+    with pytest.raises(QgsProcessingException, match=neither):
         run_algorithm("pmtl:chip_own_labels", params)
     with pytest.raises(QgsProcessingException, match=r"\(found both\)"):
         run_algorithm("pmtl:chip_own_labels", {**params, "POLYGONS": _memory_polygons(), "LABEL": str(image)})
