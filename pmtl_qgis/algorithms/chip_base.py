@@ -23,8 +23,8 @@ POLYGON_LAYERS = {"types": [QgsProcessing.TypeVectorPolygon]}
 
 
 class ChipAlgorithm(PmtlAlgorithm):
-    """A chip algorithm: its own inputs (:meth:`inputs`), the shared chip parameters, then the output folder; its
-    :meth:`chip` calls the engine with the shared options of :meth:`chip_options`."""
+    """A chip algorithm: its own inputs (:meth:`inputs`), the shared chip parameters, then the output folder. It runs
+    the engine function :meth:`engine_call` names with the shared options of :meth:`chip_options`."""
 
     GROUP_ID = "data"
     REQUIRED_MODULES = ("numpy", "osgeo.gdal")
@@ -45,18 +45,11 @@ class ChipAlgorithm(PmtlAlgorithm):
 
     def _chip_specs(self) -> list[Spec]:
         value_max = "Raw value that maps to 1.0 for 16-bit imagery, e.g. 4095 for 12-bit sensors."
-        chip_options = self.engine_options().ChipOptions
+        chip_options, scale = self.engine_options().ChipOptions, {**ADVANCED_OPTIONAL, "minValue": 1.0}
         return [
             self.option_spec("integer", "SIZE", "Chip size (px)", chip_options, "size", minValue=16),
             self.option_spec("integer", "STRIDE", "Stride (px)", chip_options, "stride", minValue=1),
-            spec(
-                "double",
-                "VALUE_MAX",
-                "Value scaling maximum (uint16 imagery)",
-                value_max,
-                **ADVANCED_OPTIONAL,
-                minValue=1.0,
-            ),
+            spec("double", "VALUE_MAX", "Value scaling maximum (uint16 imagery)", value_max, **scale),
         ]
 
     def _box_specs(self) -> list[Spec]:
