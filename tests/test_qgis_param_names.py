@@ -67,3 +67,25 @@ def test_the_shared_chip_code_reads_only_parameters_the_chip_algorithms_declare(
     used = names_used(Path(inspect.getsourcefile(ChipAlgorithm)))
     unknown = set(used) - set.union(*(declared(algorithm) for algorithm in chips))
     assert not unknown, f"chip_base.py names parameters no chip algorithm declares: {unknown}"
+
+
+def test_numbers_become_the_engine_flags_and_config_keys_their_specs_name(qgis_processing, tmp_path) -> None:
+    """export_onnx's command line and Train's config overrides, string for string, in dialog order; numbers left
+    empty are left out (the engine's default applies)."""
+    from qgis.core import QgsProcessingContext
+
+    context, checkpoint, chips = QgsProcessingContext(), tmp_path / "best.pt", tmp_path / "chips"
+    checkpoint.write_bytes(b"")
+    chips.mkdir()
+    export = ensure_provider().algorithm("export_onnx").create()
+    params = {"CHECKPOINT": str(checkpoint), "OPSET": 18, "SCORE_THRESHOLD": 0.4, "TILE_SIZE": 256, "PRECISION": 1}
+    assert export.arguments(params, context, tmp_path / "m.onnx") == [
+        "--checkpoint", str(checkpoint), "--out", str(tmp_path / "m.onnx"), "--variant", "full",
+        "--precision", "int8", "--tile-size", "256", "--score-thresh", "0.4", "--opset", "18",
+    ]  # fmt: skip
+    train = ensure_provider().algorithm("train").create()
+    params = {"SEG_DATA": str(chips), "SEED": 3, "LR": 0.5, "EPOCHS": 2, "DEVICE": 1}
+    assert train.overrides(params, context, tmp_path / "run") == [
+        f'runtime.out="{tmp_path / "run"}"', f'data.seg="{chips.resolve()}"', "tasks=[seg]",
+        "optim.epochs=2", "optim.lr=0.5", "runtime.seed=3", "runtime.device=cpu",
+    ]  # fmt: skip
