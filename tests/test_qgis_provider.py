@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -231,3 +232,21 @@ def test_detections_are_outlined_by_class_and_labelled_with_score(qgis_app):
     from qgis.core import QgsExpression
 
     assert QgsExpression(settings.fieldName).evaluate(context) == "car 0.87"
+
+
+def test_teachers_named_in_the_training_config_satisfy_distillation(qgis_processing, tmp_path):
+    """Fixed with the engine doing Train's checks: the dialog's own copy of them demanded the teacher fields even when
+    the training config names the teachers."""
+    from qgis.core import QgsProcessingContext
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    config = tmp_path / "kd.yaml"
+    config.write_text(f"kd:\n  det_teacher: {json.dumps(str(teacher))}\n  seg_teacher: {json.dumps(str(teacher))}\n")
+    params = {"DET_DATA": str(tmp_path), "SEG_DATA": str(tmp_path), "KD": 6, "CONFIG": str(config),
+              "OUTPUT": str(tmp_path / "run")}  # fmt: skip
+    train = ensure_provider().algorithm("train").create()
+    assert train.checkParameterValues(params, QgsProcessingContext()) == (True, "")
+    del params["CONFIG"]
+    ok, message = train.checkParameterValues(params, QgsProcessingContext())
+    assert not ok and message.startswith("'Detection teacher checkpoint' (config key kd.det_teacher)")
