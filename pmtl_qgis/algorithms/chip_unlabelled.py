@@ -20,7 +20,8 @@ class ChipUnlabelled(ImageChipAlgorithm):
         "Cuts orthophotos that have no labels into square chips and writes a chip dataset folder of imagery only "
         "(task 'none'). 'Train' learns from it by knowledge distillation: give it as 'Unlabelled imagery' with a "
         "distillation variant and both teacher checkpoints; the teachers label every chip. Use the chip size of "
-        "your labelled chips. With an area of interest, only chips inside it are cut.\n\n"
+        "your labelled chips. With an area of interest, only chips inside it are cut. Training reads the chips of "
+        "the train split: set 'Validation fraction' (Advanced) to 0 to use every chip.\n\n"
         "Example (qgis_process): qgis_process run pmtl:chip_unlabelled -- IMAGES=/data/new_area.tif "
         "SIZE=320 STRIDE=320 OUTPUT=/data/chips_unlabelled"
     )

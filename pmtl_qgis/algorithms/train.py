@@ -135,7 +135,7 @@ class Train(PmtlAlgorithm):
         network = "The student is what you deploy; teachers (larger) are trained first for distillation."
         kd = "Needs both datasets and both teachers. The paper's best: soft + pdf."
         unlabelled = (
-            "Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
+            "Chip dataset folders ('Chip unlabelled rasters', or any chip dataset: its labels are ignored) or "
             "raster files, which are chipped first into CHECKPOINT FOLDER/unlabelled/ at the training chip size. "
             "The teachers label them: needs a distillation variant and both teacher checkpoints."
         )
