@@ -11,7 +11,7 @@ from .environment import ENV_VAR, SETTING_NAME
 
 
 class PmtlProvider(QgsProcessingProvider):
-    """Provider id ``pmtl``: algorithms are ``pmtl:generate_synthetic``, ``pmtl:chip_tiles``, ``pmtl:train``, …"""
+    """Provider id ``pmtl``: algorithms are ``pmtl:generate_synthetic``, ``pmtl:chip_isprs``, ``pmtl:train``, …"""
 
     def id(self) -> str:
         return "pmtl"

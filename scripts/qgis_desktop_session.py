@@ -29,7 +29,7 @@ from typing import Any
 
 INSIDE = "PMTL_SESSION_OUT"
 QUICK = "PMTL_SESSION_QUICK"
-MAKES_THE_MODEL = ("generate_synthetic", "chip_tiles", "train", "export_onnx")
+MAKES_THE_MODEL = ("generate_synthetic", "chip_isprs", "train", "export_onnx")
 """The algorithms --quick runs before the batch, modeler and band-check routes (they need the exported model)."""
 REPO = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path(".")  # QGIS exec()s it
 RUN_TIMEOUT_S = 600.0
@@ -82,7 +82,7 @@ def _full_plan(work: Path) -> list[dict[str, Any]]:
     return [
         {"alg": "generate_synthetic", "params": {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 14.0, "OUTPUT": str(synth)},
          "second": {"OVERWRITE": True}},
-        {"alg": "chip_tiles", "params": {"INPUT_FOLDER": str(synth), "DATASET": 0, "SIZE": 64, "STRIDE": 64,
+        {"alg": "chip_isprs", "params": {"INPUT_FOLDER": str(synth), "DATASET": 0, "SIZE": 64, "STRIDE": 64,
                                          "OUTPUT": str(chips)}, "second": {"OVERWRITE": True}},
         {"alg": "train", "params": {"DET_DATA": str(chips), "SEG_DATA": str(chips), "MODEL": 1, "EPOCHS": 1,
                                     "OVERRIDES": TINY_TRAINING, "OUTPUT": str(run)},

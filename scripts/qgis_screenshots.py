@@ -18,7 +18,8 @@ INSIDE = "PMTL_SHOTS_OUT"
 REPO = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path(".")  # QGIS exec()s it: no __file__
 DIALOGS = (
     "generate_synthetic",
-    "chip_tiles",
+    "chip_isprs",
+    "chip_own_labels",
     "train",
     "export_onnx",
     "detect_segment",

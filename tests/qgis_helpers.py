@@ -212,7 +212,7 @@ def build_pipeline_model() -> Any:
         ),
         child(
             "chip",
-            "pmtl:chip_tiles",
+            "pmtl:chip_isprs",
             420,
             200,
             {

@@ -1,4 +1,4 @@
-"""QGIS side of your own labels: chip_tiles with image layers + a polygon layer (memory, other CRS) + an AOI, and
+"""QGIS side of your own labels: chip_own_labels with image layers + a polygon layer (memory, other CRS) + an AOI, and
 render_map drawing a class map in the colours and names it carries."""
 
 from __future__ import annotations
@@ -55,14 +55,14 @@ def _memory_polygons() -> QgsVectorLayer:
     return layer
 
 
-def test_chip_tiles_takes_image_layers_a_memory_polygon_layer_and_a_class_field(qgis_processing, tmp_path):
+def test_chip_own_labels_takes_image_layers_a_memory_polygon_layer_and_a_class_field(qgis_processing, tmp_path):
     # a 2-band image around the polygons (EPSG:4326 (9.0, 48.7488) is (500000, 5399531.7) in UTM 32N)
     image = write_geotiff(tmp_path / "ortho.tif", np.full((2, 96, 96), 90, np.uint8), gsd=1.0,
                           origin=(499990.0, 5399540.0))  # fmt: skip
     out = tmp_path / "chips"
     params = {"IMAGES": [str(image)], "POLYGONS": _memory_polygons(), "CLASS_FIELD": "kind", "TASK": 0,
               "SIZE": 32, "STRIDE": 32, "VAL_FRACTION": 0.0, "OUTPUT": str(out)}  # fmt: skip
-    run_algorithm("pmtl:chip_tiles", params)
+    run_algorithm("pmtl:chip_own_labels", params)
     data = open_chip_dataset(out)
     assert data.det_classes == ["house", "shed"] and data.seg_classes == ["background", "house", "shed"]
     assert data.bands == ["band1", "band2"] and data.task == "both"
@@ -72,10 +72,14 @@ def test_chip_tiles_takes_image_layers_a_memory_polygon_layer_and_a_class_field(
     assert {1, 2} <= set(np.unique(masks).tolist())
 
 
-def test_chip_tiles_own_data_needs_exactly_one_label_layer(qgis_processing, tmp_path):
+def test_chip_own_labels_needs_exactly_one_label_layer(qgis_processing, tmp_path):
     image = write_geotiff(tmp_path / "ortho.tif", np.full((3, 64, 64), 90, np.uint8))
-    with pytest.raises(QgsProcessingException, match="exactly one of 'Label polygons' or 'Label raster'"):
-        run_algorithm("pmtl:chip_tiles", {"IMAGES": [str(image)], "TASK": 1, "OUTPUT": str(tmp_path / "c")})
+    params = {"IMAGES": [str(image)], "TASK": 1, "OUTPUT": str(tmp_path / "c")}
+    neither = r"Give exactly one of 'Label polygons' or 'Class raster' \(found neither\)"
+    with pytest.raises(QgsProcessingException, match=neither):
+        run_algorithm("pmtl:chip_own_labels", params)
+    with pytest.raises(QgsProcessingException, match=r"\(found both\)"):
+        run_algorithm("pmtl:chip_own_labels", {**params, "POLYGONS": _memory_polygons(), "LABEL": str(image)})
 
 
 def test_detections_gpkg_is_styled_in_the_colours_of_the_model_it_carries(qgis_processing, tmp_path):

@@ -100,11 +100,12 @@ def test_an_option_renders_its_default_into_its_help_and_type():
         default_of(ChipOptions, "sise")
 
 
+CHIP_ALGORITHMS = ("pmtl:chip_isprs", "pmtl:chip_isprs_raster", "pmtl:chip_own_labels", "pmtl:chip_unlabelled")
 QGIS_OPTIONS = [
-    ("pmtl:chip_tiles", "SIZE", ChipOptions, "size"),
-    ("pmtl:chip_tiles", "STRIDE", ChipOptions, "stride"),
-    ("pmtl:chip_tiles", "VAL_FRACTION", ChipOptions, "val_fraction"),
-    ("pmtl:chip_tiles", "SEED", ChipOptions, "seed"),
+    *[(alg, "SIZE", ChipOptions, "size") for alg in CHIP_ALGORITHMS],
+    *[(alg, "STRIDE", ChipOptions, "stride") for alg in CHIP_ALGORITHMS],
+    ("pmtl:chip_own_labels", "VAL_FRACTION", ChipOptions, "val_fraction"),
+    ("pmtl:chip_unlabelled", "SEED", ChipOptions, "seed"),
     ("pmtl:detect_segment_region", "WORKERS", WorkerOptions, "workers"),
 ]
 

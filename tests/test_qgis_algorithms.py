@@ -46,7 +46,7 @@ def test_generate_synthetic_returns_a_held_out_tile_and_refuses_to_overwrite(qgi
     assert str(out) in message
 
 
-def test_chip_tiles_from_raster_and_label_layers(qgis_processing, tmp_path):
+def test_chip_isprs_raster_from_raster_and_label_layers(qgis_processing, tmp_path):
     image, mask = scene(96)
     image_path = write_geotiff(tmp_path / "ortho.tif", image)
     label_path = write_geotiff(tmp_path / "label.tif", label_rgb(mask))
@@ -60,7 +60,7 @@ def test_chip_tiles_from_raster_and_label_layers(qgis_processing, tmp_path):
         "BAND_NAMES": "nir, red, green",
         "OUTPUT": str(out),
     }
-    assert run_algorithm("pmtl:chip_tiles", params) == {"OUTPUT": str(out)}
+    assert run_algorithm("pmtl:chip_isprs_raster", params) == {"OUTPUT": str(out)}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] is True and manifest["splits"] == {"val": 9}  # 96 / 32 = 3 chips a side
     assert manifest["bands"] == ["nir", "red", "green"]
@@ -71,17 +71,17 @@ def test_chip_tiles_from_raster_and_label_layers(qgis_processing, tmp_path):
     assert masks.shape == (9, 32, 32) and (masks[first["index"]] == mask[:32, :32]).all()
 
 
-def test_chip_tiles_bad_inputs_are_explained(qgis_processing, tmp_path):
+def test_chip_bad_inputs_are_explained(qgis_processing, tmp_path):
     empty = tmp_path / "not_isprs"
     empty.mkdir()
-    message = _fails("pmtl:chip_tiles", {"INPUT_FOLDER": str(empty), "DATASET": 0, "OUTPUT": str(tmp_path / "c")})
+    message = _fails("pmtl:chip_isprs", {"INPUT_FOLDER": str(empty), "DATASET": 0, "OUTPUT": str(tmp_path / "c")})
     assert str(empty) in message and "top_mosaic_09cm_area" in message
     image, _ = scene(64)
     image_path = write_geotiff(tmp_path / "ortho.tif", image)
     message = _fails(
-        "pmtl:chip_tiles", {"INPUT": str(image_path), "OUTPUT": str(tmp_path / "c")}
-    )  # an image without its label
-    assert "'Image raster' and 'Label raster' go together" in message
+        "pmtl:chip_isprs_raster", {"INPUT": str(image_path), "OUTPUT": str(tmp_path / "c")}
+    )  # an image without its label: a required parameter now, refused by Processing itself
+    assert "LABEL: no value specified" in message
 
 
 def test_detect_segment_rejects_a_file_that_is_not_onnx(qgis_processing, tmp_path):

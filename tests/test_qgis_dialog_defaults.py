@@ -48,11 +48,10 @@ def chain(qgis_processing, tmp_path_factory) -> dict[str, Path]:
         {"DOMAIN": 0, "SEED": 0, "TILES": 2, "TILE_SIZE_M": 12.0, "OVERWRITE": False, "OUTPUT": str(root / "synth")},
     )
     chips = run_as_dialog(
-        "pmtl:chip_tiles",
+        "pmtl:chip_isprs",
         {
             "INPUT_FOLDER": synth["OUTPUT"],
             "DATASET": 0,
-            "SPLIT": 0,
             "SIZE": 64,
             "STRIDE": 64,
             "OUTPUT": str(root / "c"),
@@ -81,11 +80,12 @@ def test_data_and_training_run_with_empty_optional_fields(chain):
     assert Path(chain["CHECKPOINT"]).is_file()
 
 
-def test_chip_tiles_from_layers_with_empty_optional_fields(chain):
+def test_chip_isprs_raster_from_layers_with_empty_optional_fields(chain):
     label = str(chain["image"]).replace("/top/", "/gts_for_participants/")
     out = chain["root"] / "layer_chips"
     run_as_dialog(
-        "pmtl:chip_tiles", {"INPUT": str(chain["image"]), "LABEL": label, "SIZE": 32, "STRIDE": 32, "OUTPUT": str(out)}
+        "pmtl:chip_isprs_raster",
+        {"INPUT": str(chain["image"]), "LABEL": label, "SIZE": 32, "STRIDE": 32, "OUTPUT": str(out)},
     )
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
 

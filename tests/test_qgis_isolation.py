@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
     plugin = PmtlPlugin(None)
     plugin.initProcessing()
     loaded = state()
-    processing.run("pmtl:chip_tiles", CHIP)
+    processing.run("pmtl:chip_isprs_raster", CHIP)
     processing.run("pmtl:detect_segment", DETECT)
     ran = state()
     print("RESULT " + json.dumps({"before": before, "loaded": loaded, "ran": ran, "torch": "torch" in sys.modules}))

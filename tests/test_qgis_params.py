@@ -14,7 +14,7 @@ from qgis.core import (
 from qgis_helpers import ensure_provider
 
 from pmtl_qgis.algorithms.base import PmtlAlgorithm
-from pmtl_qgis.algorithms.params import ADVANCED_OPTIONAL, spec
+from pmtl_qgis.algorithms.params import ADVANCED_OPTIONAL, output, spec
 
 pytestmark = pytest.mark.qgis
 
@@ -33,9 +33,12 @@ def test_every_algorithm_declares_its_parameters_as_specs(qgis_processing):
     assert len(algorithms) >= 8
     for alg in algorithms:
         assert type(alg).initAlgorithm is PmtlAlgorithm.initAlgorithm, alg.id()
-        names = [item.name for item in alg.parameters()]
-        assert names == [d.name() for d in alg.parameterDefinitions()], alg.id()
-        assert all(item.help for item in alg.parameters()), alg.id()
+        parameters = [item for item in alg.parameters() if not item.output]
+        outputs = {item.name for item in alg.parameters() if item.output}
+        assert [item.name for item in parameters] == [d.name() for d in alg.parameterDefinitions()], alg.id()
+        assert all(item.help for item in parameters), alg.id()
+        destinations = {d.name() for d in alg.destinationParameterDefinitions()}
+        assert outputs == {o.name() for o in alg.outputDefinitions()} - destinations, alg.id()
 
 
 def test_a_spec_builds_its_qgis_parameter(qgis_processing):
@@ -47,6 +50,7 @@ def test_a_spec_builds_its_qgis_parameter(qgis_processing):
                 spec("folder", "DATA", "Data", "A folder.", optional=True),
                 spec("double", "RATE", "Rate", "A rate.", **ADVANCED_OPTIONAL, minValue=0.5),
                 spec("enum", "MODE", "Mode", "A mode.", options=("a", "b"), defaultValue=1),
+                output("number", "SCORE", "Score"),
             ]
 
     probe = Probe()
@@ -58,6 +62,10 @@ def test_a_spec_builds_its_qgis_parameter(qgis_processing):
     assert rate.minimum() == 0.5 and rate.flags() & QgsProcessingParameterDefinition.FlagAdvanced
     assert isinstance(mode, QgsProcessingParameterEnum) and mode.options() == ["a", "b"] and mode.defaultValue() == 1
     assert probe.group() == "" and Probe.GROUP_ID == ""
+    score = probe.outputDefinition("SCORE")
+    assert (
+        score.type() == "outputNumber" and score.description() == "Score" and probe.parameterDefinition("SCORE") is None
+    )
 
 
 def test_a_groups_name_is_its_id_capitalised(qgis_processing):

@@ -80,7 +80,7 @@ def test_shipped_model_is_the_documented_chain(qgis_processing):
     assert chain == {cid: child.algorithmId() for cid, child in expected.childAlgorithms().items()}
     assert chain == {
         "generate": "pmtl:generate_synthetic",
-        "chip": "pmtl:chip_tiles",
+        "chip": "pmtl:chip_isprs",
         "train": "pmtl:train",
         "export": "pmtl:export_onnx",
         "detect": "pmtl:detect_segment",
@@ -161,7 +161,7 @@ def test_evaluate_writes_the_report_and_returns_its_numbers(pipeline, tmp_path):
 def test_qgis_process_enables_the_packaged_plugin_and_runs_it(pipeline, tmp_path):
     env = installed_plugin_env(tmp_path, VENV_PYTHON)
     listing = qgis_process(["list"], env)
-    for name in ("generate_synthetic", "chip_tiles", "train", "export_onnx", "detect_segment", "evaluate"):
+    for name in ("generate_synthetic", "chip_isprs", "train", "export_onnx", "detect_segment", "evaluate"):
         assert f"pmtl:{name}" in listing.stdout
     args = ["DOMAIN=1", "TILES=2", "TILE_SIZE_M=4", f"OUTPUT={tmp_path / 's'}"]
     synth = qgis_process(["--json", "run", "pmtl:generate_synthetic", "--", *args], env)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -32,7 +33,10 @@ pytestmark = pytest.mark.qgis
 
 STABLE_IDS = {
     "generate_synthetic",
-    "chip_tiles",
+    "chip_isprs",
+    "chip_isprs_raster",
+    "chip_own_labels",
+    "chip_unlabelled",
     "train",
     "finetune",
     "export_onnx",
@@ -70,14 +74,35 @@ def test_expert_parameters_are_advanced_and_main_ones_are_not(qgis_processing):
 
 def test_invalid_combination_gives_processing_error_naming_parameters(qgis_processing, tmp_path):
     feedback = CapturingFeedback()
+    image = write_geotiff(tmp_path / "ortho.tif", np.full((3, 32, 32), 90, np.uint8))
     with pytest.raises(QgsProcessingException):
-        run_algorithm("pmtl:chip_tiles", {"OUTPUT": str(tmp_path / "chips")}, feedback)
-    assert any("Give either 'ISPRS dataset folder'" in e for e in feedback.errors)
+        run_algorithm("pmtl:chip_own_labels", {"IMAGES": [str(image)], "OUTPUT": str(tmp_path / "chips")}, feedback)
+    assert any("Give exactly one of 'Label polygons' or 'Class raster'" in e for e in feedback.errors)
     assert "Traceback" not in feedback.text()
     feedback = CapturingFeedback()
     with pytest.raises(QgsProcessingException):
         run_algorithm("pmtl:train", {"KD": 6, "OUTPUT": str(tmp_path / "run"), "DET_DATA": str(tmp_path)}, feedback)
-    assert any("missing: Segmentation chip dataset, Detection teacher checkpoint" in e for e in feedback.errors)
+    assert any(
+        "'Knowledge distillation' (config key kd): distillation fills the missing task" in e for e in feedback.errors
+    )
+
+
+def test_a_distillation_run_without_a_teacher_names_the_dialog_field(qgis_processing, tmp_path):
+    """Train validates through the engine's config (no copy of its checks); the config key it names becomes the
+    dialog's label, in one line."""
+    teacher = tmp_path / "seg_teacher.pt"
+    teacher.write_bytes(b"")
+    params = {"DET_DATA": str(tmp_path), "SEG_DATA": str(tmp_path), "KD": 6, "SEG_TEACHER": str(teacher),
+              "OUTPUT": str(tmp_path / "run")}  # fmt: skip
+    feedback = CapturingFeedback()
+    with pytest.raises(QgsProcessingException):
+        run_algorithm("pmtl:train", params, feedback)
+    expected = (
+        "'Detection teacher checkpoint' (config key kd.det_teacher): distillation is on, so a teacher checkpoint "
+        "is needed"
+    )
+    assert expected in [line for error in feedback.errors for line in error.splitlines()]
+    assert "Traceback" not in feedback.text() and not (tmp_path / "run").exists()
 
 
 def test_missing_dependency_says_what_to_install_instead_of_crashing(qgis_processing, tmp_path):
@@ -207,3 +232,21 @@ def test_detections_are_outlined_by_class_and_labelled_with_score(qgis_app):
     from qgis.core import QgsExpression
 
     assert QgsExpression(settings.fieldName).evaluate(context) == "car 0.87"
+
+
+def test_teachers_named_in_the_training_config_satisfy_distillation(qgis_processing, tmp_path):
+    """Fixed with the engine doing Train's checks: the dialog's own copy of them demanded the teacher fields even when
+    the training config names the teachers."""
+    from qgis.core import QgsProcessingContext
+
+    teacher = tmp_path / "teacher.pt"
+    teacher.write_bytes(b"")
+    config = tmp_path / "kd.yaml"
+    config.write_text(f"kd:\n  det_teacher: {json.dumps(str(teacher))}\n  seg_teacher: {json.dumps(str(teacher))}\n")
+    params = {"DET_DATA": str(tmp_path), "SEG_DATA": str(tmp_path), "KD": 6, "CONFIG": str(config),
+              "OUTPUT": str(tmp_path / "run")}  # fmt: skip
+    train = ensure_provider().algorithm("train").create()
+    assert train.checkParameterValues(params, QgsProcessingContext()) == (True, "")
+    del params["CONFIG"]
+    ok, message = train.checkParameterValues(params, QgsProcessingContext())
+    assert not ok and message.startswith("'Detection teacher checkpoint' (config key kd.det_teacher)")

@@ -41,7 +41,7 @@ def chips(qgis_processing, tmp_path_factory) -> Path:
         "pmtl:generate_synthetic", {"DOMAIN": 0, "TILES": 2, "TILE_SIZE_M": 12.0, "OUTPUT": str(root / "synth")}
     )
     out = run_algorithm(
-        "pmtl:chip_tiles", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 64, "STRIDE": 64, "OUTPUT": str(root / "chips")}
+        "pmtl:chip_isprs", {"INPUT_FOLDER": synth["OUTPUT"], "SIZE": 64, "STRIDE": 64, "OUTPUT": str(root / "chips")}
     )
     return Path(out["OUTPUT"])
 

@@ -62,7 +62,12 @@ def test_unlabelled_imagery_needs_distillation_and_real_inputs(qgis_processing, 
     params = {"SEG_DATA": str(chips), "KD": 1, "UNLABELLED": [str(chips)], "OUTPUT": str(tmp_path / "r")}
     with pytest.raises(QgsProcessingException):
         run_algorithm("pmtl:train", params, feedback)
-    assert any("Unlabelled imagery is learnt by distillation only" in e for e in feedback.errors)
+    expected = (
+        "'Unlabelled imagery (distillation only)' (config key data.unlabelled): unlabelled imagery is trained by "
+        "distillation only; turn on kd.soft and/or kd.feature (with 'Detection teacher checkpoint' and "
+        "'Segmentation teacher checkpoint')"
+    )
+    assert any(expected in e for e in feedback.errors)
     context = QgsProcessingContext()
     with pytest.raises(QgsProcessingException, match="neither a chip dataset folder"):
         _train().unlabelled_roots({"UNLABELLED": [str(tmp_path / "missing.tif")]}, context, tmp_path, feedback)

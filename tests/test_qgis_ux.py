@@ -90,7 +90,7 @@ def model(qgis_processing, tmp_path_factory) -> Path:
 @pytest.mark.parametrize("form", sorted(EMPTY_FORMS))
 def test_every_algorithm_takes_every_empty_form_of_an_optional_value_as_unset(qgis_processing, form):
     algorithms = _algorithms()
-    assert {a.name() for a in algorithms} >= {"detect_segment", "chip_tiles", "train", "export_onnx"}
+    assert {a.name() for a in algorithms} >= {"detect_segment", "chip_isprs", "train", "export_onnx"}
     for algorithm in algorithms:
         for definition in algorithm.parameterDefinitions():
             if not definition.flags() & QgsProcessingParameterDefinition.FlagOptional:
@@ -233,9 +233,9 @@ def test_unnamed_bands_and_resampling_are_warnings_in_the_log_once(qgis_processi
 
 def test_a_chip_dataset_in_the_way_names_the_overwrite_checkbox(qgis_processing, tmp_path):
     raster = write_geotiff(tmp_path / "ortho.tif", scene(64)[0])
-    params = {"IMAGES": [str(raster)], "TASK": 3, "SIZE": 32, "STRIDE": 32, "OUTPUT": str(tmp_path / "chips")}
-    run_algorithm("pmtl:chip_tiles", params)
-    message = _fails("pmtl:chip_tiles", params)
+    params = {"IMAGES": [str(raster)], "SIZE": 32, "STRIDE": 32, "OUTPUT": str(tmp_path / "chips")}
+    run_algorithm("pmtl:chip_unlabelled", params)
+    message = _fails("pmtl:chip_unlabelled", params)
     assert "set 'Overwrite an existing chip dataset' to replace it" in message
 
 
@@ -245,13 +245,13 @@ def test_chip_band_names_that_contradict_the_rasters_own_are_refused(qgis_proces
     label = write_geotiff(tmp_path / "label.tif", label_rgb(mask))
     params = {"INPUT": str(raster), "LABEL": str(label), "SIZE": 32, "STRIDE": 32, "BAND_NAMES": "red, green, blue",
               "OUTPUT": str(tmp_path / "chips")}  # fmt: skip
-    message = _fails("pmtl:chip_tiles", params)
+    message = _fails("pmtl:chip_isprs_raster", params)
     assert (
         "its bands are ['nir', 'red', 'green']" in message
         and "the band names given are ['red', 'green', 'blue']" in message
     )
-    assert "in 'Band names (raster layers)', e.g. nir,red,green" in message
-    run_algorithm("pmtl:chip_tiles", {**params, "BAND_NAMES": ""})  # no names given: the raster's own are kept
+    assert "in 'Band names', e.g. nir,red,green" in message
+    run_algorithm("pmtl:chip_isprs_raster", {**params, "BAND_NAMES": ""})  # no names given: the raster's own are kept
     assert json.loads((tmp_path / "chips" / "manifest.json").read_text())["bands"] == ["nir", "red", "green"]
 
 
@@ -260,13 +260,13 @@ def test_16_bit_imagery_without_a_value_maximum_warns_with_its_range(qgis_proces
     data[0, 0, 0] = 6615
     raster = write_geotiff(tmp_path / "ortho16.tif", data)
     feedback = CapturingFeedback()
-    params = {"IMAGES": [str(raster)], "TASK": 3, "SIZE": 32, "STRIDE": 32, "OUTPUT": str(tmp_path / "chips")}
-    run_algorithm("pmtl:chip_tiles", params, feedback)
+    params = {"IMAGES": [str(raster)], "SIZE": 32, "STRIDE": 32, "OUTPUT": str(tmp_path / "chips")}
+    run_algorithm("pmtl:chip_unlabelled", params, feedback)
     warning = next(w for w in feedback.warnings if "uint16 values" in w)
     assert "..6615 but are scaled by a maximum of 65535" in warning and "10 % of the range" in warning
     assert "set 'Value scaling maximum (uint16 imagery)' to" in warning and "--" not in warning
     feedback = CapturingFeedback()
-    run_algorithm("pmtl:chip_tiles", {**params, "VALUE_MAX": 8191, "OVERWRITE": True}, feedback)
+    run_algorithm("pmtl:chip_unlabelled", {**params, "VALUE_MAX": 8191, "OVERWRITE": True}, feedback)
     assert not any("uint16 values" in w for w in feedback.warnings)
 
 
@@ -316,7 +316,7 @@ def test_labels_from_a_memory_layer_are_copied_into_the_chip_dataset(qgis_proces
     out = tmp_path / "chips"
     params = {"IMAGES": [str(image)], "POLYGONS": layer, "CLASS_FIELD": "kind", "TASK": 0, "SIZE": 32,
               "STRIDE": 32, "VAL_FRACTION": 0.0, "OUTPUT": str(out)}  # fmt: skip
-    run_algorithm("pmtl:chip_tiles", params)
+    run_algorithm("pmtl:chip_own_labels", params)
     source = json.loads((out / "manifest.json").read_text())["labels"]["source"]
     path = Path(source.split("|")[0])
     assert path.parent == (out / "labels").resolve() and path.is_file()
@@ -349,8 +349,8 @@ def test_train_runs_the_command_training_command_builds(qgis_processing, tmp_pat
     monkeypatch.setattr(train_module.Train, "_results", lambda self, result, out_dir, feedback: {})
     chips = tmp_path / "chips"
     raster = write_geotiff(tmp_path / "ortho.tif", scene(64)[0])
-    run_algorithm("pmtl:chip_tiles", {"INPUT": str(raster), "LABEL": str(raster), "SIZE": 32, "STRIDE": 32,
-                                      "OUTPUT": str(chips)})  # fmt: skip
+    run_algorithm("pmtl:chip_isprs_raster", {"INPUT": str(raster), "LABEL": str(raster), "SIZE": 32, "STRIDE": 32,
+                                              "OUTPUT": str(chips)})  # fmt: skip
     run_algorithm("pmtl:train", {"SEG_DATA": str(chips), "MODEL": 0, "RESUME": False, "OUTPUT": str(tmp_path / "r")})
     assert len(built) == 1 and ran == built
     assert "--resume" not in ran[0] and any(a.startswith("data.seg=") for a in ran[0])

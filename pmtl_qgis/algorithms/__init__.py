@@ -1,6 +1,9 @@
 """One Processing algorithm per module; ALGORITHMS lists them for the provider."""
 
-from .chip_tiles import ChipTiles
+from .chip_isprs import ChipIsprs
+from .chip_isprs_raster import ChipIsprsRaster
+from .chip_own_labels import ChipOwnLabels
+from .chip_unlabelled import ChipUnlabelled
 from .detect_segment import DetectSegment
 from .detect_segment_region import DetectSegmentRegion
 from .evaluate import Evaluate
@@ -13,7 +16,10 @@ from .train import Train
 
 ALGORITHMS = (
     GenerateSynthetic,
-    ChipTiles,
+    ChipIsprs,
+    ChipIsprsRaster,
+    ChipOwnLabels,
+    ChipUnlabelled,
     Train,
     Finetune,
     ExportOnnx,
@@ -26,7 +32,10 @@ ALGORITHMS = (
 
 __all__ = [
     "ALGORITHMS",
-    "ChipTiles",
+    "ChipIsprs",
+    "ChipIsprsRaster",
+    "ChipOwnLabels",
+    "ChipUnlabelled",
     "DetectSegment",
     "DetectSegmentRegion",
     "Evaluate",

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingOutputLayerDefinition,
     QgsProcessingParameterDefinition,
     QgsProperty,
+    QgsRasterLayer,
 )
 from qgis.PyQt.QtCore import QCoreApplication, QVariant
 from qgis.PyQt.QtGui import QIcon
@@ -59,6 +60,18 @@ def _is_empty(value: Any) -> bool:
     if isinstance(value, QVariant):
         return value.isNull() or not value.isValid() or _is_empty(value.value())
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def raster_path(layer: QgsRasterLayer | None, what: str) -> str | None:
+    """File path behind a raster layer; the engine reads files with GDAL, so other providers are refused."""
+    if layer is None:
+        return None
+    if layer.providerType() != "gdal":
+        raise QgsProcessingException(
+            f"{what}: layer '{layer.name()}' comes from the '{layer.providerType()}' provider; pmtl needs a raster "
+            f"file GDAL can read (save the layer as GeoTIFF first)."
+        )
+    return layer.source().split("|")[0]
 
 
 class EngineWarnings(logging.Handler):
@@ -138,11 +151,12 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         return parameter
 
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
-        """The parameters that :meth:`parameters` lists, then the outputs :meth:`outputs` lists."""
+        """The parameters and outputs that :meth:`parameters` lists."""
         for item in self.parameters():
-            self.add_spec(item)
-        for kind, name, label in self.outputs():
-            self.addOutput(kind(name, self.tr(label)))
+            if item.output:
+                self.addOutput(item.build()[0](item.name, self.tr(item.label)))
+            else:
+                self.add_spec(item)
 
     def add_spec(self, item: Spec) -> None:
         """Add the parameter ``item`` describes."""
@@ -150,11 +164,8 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
         self.param(kind, item.name, item.label, help=item.help, advanced=item.advanced, **options)
 
     def parameters(self) -> list[Spec]:
-        """The algorithm's parameters, in dialog order, one :func:`~pmtl_qgis.algorithms.params.spec` each."""
-        return []
-
-    def outputs(self) -> list[tuple[type, str, str]]:
-        """Outputs besides the destination parameters: ``(QgsProcessingOutput… class, name, label)``."""
+        """The algorithm's parameters, in dialog order, one :func:`~pmtl_qgis.algorithms.params.spec` each; then
+        its other outputs, one :func:`~pmtl_qgis.algorithms.params.output` each."""
         return []
 
     def option_spec(self, kind: str, name: str, label: str, options: type, field: str, **extra: Any) -> Spec:
@@ -171,6 +182,12 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
     def device_spec(self, help: str) -> Spec:
         """The advanced 'Device' choice (auto, cpu, cuda) under the name DEVICE."""
         return spec("enum", self.DEVICE, "Device", help, advanced=True, options=DEVICES, defaultValue=0)
+
+    @staticmethod
+    def overwrite_spec(label: str) -> Spec:
+        """The advanced 'overwrite' checkbox (OVERWRITE, off) of the algorithms that fill an output folder."""
+        help = "Without it, an output folder that already has files is refused."
+        return spec("boolean", "OVERWRITE", label, help, advanced=True, defaultValue=False)
 
     @staticmethod
     def onnx_model_spec(name: str) -> Spec:
@@ -301,17 +318,19 @@ class PmtlAlgorithm(QgsProcessingAlgorithm):
             return self.parameterAsInt(parameters, name, context)
         return self.parameterAsDouble(parameters, name, context)
 
-    def number_flags(
-        self, parameters: dict[str, Any], context: QgsProcessingContext, options: Sequence[tuple[str, str, bool]]
-    ) -> list[str]:
-        """Command-line flags ``[flag, value, …]`` for the optional Number parameters ``(name, flag, integer)``
-        that were given (left empty: the engine's default applies)."""
-        arguments: list[str] = []
-        for name, flag, integer in options:
-            value = self.optional_number(parameters, name, context, integer=integer)
-            if value is not None:
-                arguments += [flag, str(value)]
-        return arguments
+    def engine_numbers(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[tuple[str, Any]]:
+        """``(engine word, value)`` for the Number parameters whose spec names the engine's word and that were
+        given, in dialog order (left empty: the engine's default applies)."""
+        values: list[tuple[str, Any]] = []
+        for item in self.parameters():
+            if item.engine and item.kind in ("integer", "double"):
+                value = self.optional_number(parameters, item.name, context, integer=item.kind == "integer")
+                values += [] if value is None else [(item.engine, value)]
+        return values
+
+    def number_flags(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
+        """Command-line flags ``[flag, value, …]`` for the given Number parameters (see :meth:`engine_numbers`)."""
+        return [part for flag, value in self.engine_numbers(parameters, context) for part in (flag, str(value))]
 
     def optional_file(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext) -> Path | None:
         """An optional file/folder parameter as an existing path, or None when left empty."""

@@ -18,7 +18,6 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputString,
     QgsProcessingUtils,
     QgsRasterLayer,
     QgsRectangle,
@@ -31,7 +30,7 @@ from qgis.PyQt.QtCore import QVariant
 from ..layer_reader import LayerError, prediction_input
 from ..styling import name_on_load, style_on_load
 from .base import PmtlAlgorithm, is_unset
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 
 PRECISIONS = ("as exported", "fp32", "int8", "fp16")
 
@@ -66,24 +65,6 @@ class DetectSegment(PmtlAlgorithm):
         "MODEL=/models/student.onnx OUTPUT_RASTER=/out/classes.tif OUTPUT_DETECTIONS=/out/detections.gpkg"
     )
 
-    INPUT = "INPUT"
-    MODEL = "MODEL"
-    BANDS = "BANDS"
-    AOI = "AOI"
-    EXTENT = "EXTENT"
-    OVERLAP = "OVERLAP"
-    BATCH_SIZE = "BATCH_SIZE"
-    SCORE_THRESHOLD = "SCORE_THRESHOLD"
-    VALUE_MAX = "VALUE_MAX"
-    MAX_GSD_RATIO = "MAX_GSD_RATIO"
-    DEVICE = "DEVICE"
-    PRECISION = "PRECISION"
-    OUTPUT_RASTER = "OUTPUT_RASTER"
-    OUTPUT_DETECTIONS = "OUTPUT_DETECTIONS"
-    OUTPUT_POLYGONS = "OUTPUT_POLYGONS"
-    OUTPUT_PROBS = "OUTPUT_PROBS"
-    SUMMARY = "SUMMARY"
-
     def parameters(self) -> list[Spec]:
         return [*self._inputs(), *self._tuning(), *self._destinations()]
 
@@ -96,11 +77,11 @@ class DetectSegment(PmtlAlgorithm):
         aoi = "Only pixels inside these polygons are processed; outside is nodata."
         polygons, several = [QgsProcessing.TypeVectorPolygon], {"optional": True, "allowMultiple": True}
         return [
-            spec("raster", self.INPUT, "Input raster", raster),
-            self.onnx_model_spec(self.MODEL),
-            spec("band", self.BANDS, "Bands (model order)", bands, parentLayerParameterName=self.INPUT, **several),
-            spec("source", self.AOI, "Area of interest (polygons)", aoi, types=polygons, optional=True),
-            spec("extent", self.EXTENT, "Area of interest (extent)", "A rectangle instead of polygons.", optional=True),
+            spec("raster", "INPUT", "Input raster", raster),
+            self.onnx_model_spec("MODEL"),
+            spec("band", "BANDS", "Bands (model order)", bands, parentLayerParameterName="INPUT", **several),
+            spec("source", "AOI", "Area of interest (polygons)", aoi, types=polygons, optional=True),
+            spec("extent", "EXTENT", "Area of interest (extent)", "A rectangle instead of polygons.", optional=True),
         ]
 
     def _tuning(self) -> list[Spec]:
@@ -117,15 +98,13 @@ class DetectSegment(PmtlAlgorithm):
         )
         optional, probability = ADVANCED_OPTIONAL, {"minValue": 0.0, "maxValue": 1.0}
         return [
-            spec("integer", self.OVERLAP, "Tile overlap (px)", overlap, **optional, minValue=0),
-            spec("integer", self.BATCH_SIZE, "Batch size", batch, **optional, minValue=1),
-            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **optional, **probability),
-            spec("double", self.VALUE_MAX, "Input value maximum", value_max, **optional, minValue=1.0),
-            spec("double", self.MAX_GSD_RATIO, "Largest GSD ratio", gsd, **optional, minValue=1.0),
+            spec("integer", "OVERLAP", "Tile overlap (px)", overlap, **optional, minValue=0),
+            spec("integer", "BATCH_SIZE", "Batch size", batch, **optional, minValue=1),
+            spec("double", "SCORE_THRESHOLD", "Detection score threshold", score, **optional, **probability),
+            spec("double", "VALUE_MAX", "Input value maximum", value_max, **optional, minValue=1.0),
+            spec("double", "MAX_GSD_RATIO", "Largest GSD ratio", gsd, **optional, minValue=1.0),
             self.device_spec("auto: CUDA when onnxruntime has it, else the CPU (the log says which ran)."),
-            spec(
-                "enum", self.PRECISION, "Model precision", precision, options=PRECISIONS, defaultValue=0, advanced=True
-            ),
+            spec("enum", "PRECISION", "Model precision", precision, options=PRECISIONS, defaultValue=0, advanced=True),
         ]
 
     def _destinations(self) -> list[Spec]:
@@ -136,106 +115,123 @@ class DetectSegment(PmtlAlgorithm):
         vector = QgsProcessing.TypeVectorPolygon
         later = {"optional": True, "createByDefault": False}
         return [
-            spec("raster_out", self.OUTPUT_RASTER, "Class map", classes),
-            spec("sink", self.OUTPUT_DETECTIONS, "Detections", boxes, type=vector),
-            spec("sink", self.OUTPUT_POLYGONS, "Class polygons", polygons, type=vector, **later),
-            spec("raster_out", self.OUTPUT_PROBS, "Class probabilities", probs, **later, advanced=True),
+            spec("raster_out", "OUTPUT_RASTER", "Class map", classes),
+            spec("sink", "OUTPUT_DETECTIONS", "Detections", boxes, type=vector),
+            spec("sink", "OUTPUT_POLYGONS", "Class polygons", polygons, type=vector, **later),
+            spec("raster_out", "OUTPUT_PROBS", "Class probabilities", probs, **later, advanced=True),
+            output("string", "SUMMARY", "Run summary (JSON)"),
         ]
 
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [(QgsProcessingOutputString, self.SUMMARY, "Run summary (JSON)")]
-
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if not is_unset(parameters, self.AOI) and not is_unset(parameters, self.EXTENT):
+        if not is_unset(parameters, "AOI") and not is_unset(parameters, "EXTENT"):
             return "Give the area of interest as polygons or as an extent, not both."
         return None
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        predict = self.engine("engine.predict")
-        layer = self.parameterAsRasterLayer(parameters, self.INPUT, context)
-        model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
+        layer = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        onnx_model = self._open_model(parameters, context, feedback)
+        aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
+        raster_input = self._raster_input(layer, onnx_model.info.gsd, aoi_geometries, feedback)
+        paths = self._output_paths(parameters, context, onnx_model.info, feedback)
+        summary = self.call_engine(
+            self.engine("engine.predict").predict_raster,
+            feedback,
+            model_path=onnx_model,  # opened once: its metadata decided the outputs above
+            input_path=raster_input,
+            out_raster=paths["raster"],
+            out_vector=paths["detections"],
+            aoi=self._aoi_file(aoi_geometries, layer.crs(), context),
+            bands=self.parameterAsInts(parameters, "BANDS", context) or None,
+            overlap=self.optional_number(parameters, "OVERLAP", context, integer=True),
+            batch_size=self.optional_number(parameters, "BATCH_SIZE", context, integer=True),
+            out_probs=paths["probs"],
+            out_polygons=paths["polygons"],
+            device=self.device(parameters, context),
+            score_thresh=self.optional_number(parameters, "SCORE_THRESHOLD", context),
+            value_max=self.optional_number(parameters, "VALUE_MAX", context),
+            **self._gsd_limit(parameters, context),
+            progress=self.progress(feedback),
+        )
+        results = self._layers(parameters, context, paths, onnx_model.info, layer)
+        summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
+        feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
+        results["SUMMARY"] = json.dumps(summary, default=str)
+        return results
+
+    def _open_model(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
+    ) -> Any:
+        """The ONNX model, opened once, checked to have the precision the user asked for."""
+        model = self.existing_path(self.parameterAsFile(parameters, "MODEL", context), "ONNX model")
         device = self.device(parameters, context)
         onnx_model = self.call_engine(
             self.engine("engine.predict.model").OnnxModel, feedback, path=model, device=device
         )
         info = onnx_model.info
-        aoi_geometries = self._aoi_geometries(parameters, context, layer.crs())
-        raster_input = self._raster_input(layer, info.gsd, aoi_geometries, feedback)
         precision = info.raw.get("precision", "fp32") if info.source == "pmtl" else "fp32"
-        wanted = PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]
+        wanted = PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]
         if wanted != PRECISIONS[0] and wanted != precision:
             raise QgsProcessingException(
                 f"ONNX model: expected precision {wanted}, {model} is {precision}; export the checkpoint again "
                 f"with Precision {wanted} ('Export a checkpoint to ONNX') or set Model precision to 'as exported'"
             )
         feedback.pushInfo(f"Model precision {precision}, onnxruntime provider {onnx_model.provider}")
+        return onnx_model
+
+    def _output_paths(
+        self, parameters: dict[str, Any], context: QgsProcessingContext, info: Any, feedback: QgsProcessingFeedback
+    ) -> dict[str, str | None]:
+        """Where the engine writes each output the model's heads can make (None: not written); the vector outputs
+        go to temporary GeoPackages first, copied into the sinks after."""
         segments, detects = info.seg_output is not None, info.det_scores_output is not None
         if not segments:
             feedback.pushWarning("The model has no segmentation head: no class map, probabilities or polygons.")
         if not detects:
             feedback.pushWarning("The model has no detection head: the detections layer stays empty.")
-        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT_RASTER, context) if segments else None
-        out_probs = None
-        if segments and not is_unset(parameters, self.OUTPUT_PROBS):
-            out_probs = self.parameterAsOutputLayer(parameters, self.OUTPUT_PROBS, context)
-        tmp_vector = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg") if detects else None
-        tmp_polygons = None
-        if segments and not is_unset(parameters, self.OUTPUT_POLYGONS):
-            tmp_polygons = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg")
-        bands = self.parameterAsInts(parameters, self.BANDS, context) or None
-        summary = self.call_engine(
-            predict.predict_raster,
-            feedback,
-            model_path=onnx_model,  # opened once: its metadata decided the outputs above
-            input_path=raster_input,
-            out_raster=out_raster,
-            out_vector=tmp_vector,
-            aoi=self._aoi_file(aoi_geometries, layer.crs(), context),
-            bands=bands,
-            overlap=self.optional_number(parameters, self.OVERLAP, context, integer=True),
-            batch_size=self.optional_number(parameters, self.BATCH_SIZE, context, integer=True),
-            out_probs=out_probs,
-            out_polygons=tmp_polygons,
-            device=device,
-            score_thresh=self.optional_number(parameters, self.SCORE_THRESHOLD, context),
-            value_max=self.optional_number(parameters, self.VALUE_MAX, context),
-            **self._gsd_limit(parameters, context),
-            progress=self.progress(feedback),
-        )
+        paths: dict[str, str | None] = {"raster": None, "probs": None, "polygons": None, "detections": None}
+        if segments:
+            paths["raster"] = self.parameterAsOutputLayer(parameters, "OUTPUT_RASTER", context)
+            if not is_unset(parameters, "OUTPUT_PROBS"):
+                paths["probs"] = self.parameterAsOutputLayer(parameters, "OUTPUT_PROBS", context)
+            if not is_unset(parameters, "OUTPUT_POLYGONS"):
+                paths["polygons"] = QgsProcessingUtils.generateTempFilename("pmtl_polygons.gpkg")
+        if detects:
+            paths["detections"] = QgsProcessingUtils.generateTempFilename("pmtl_detections.gpkg")
+        return paths
+
+    def _layers(
+        self,
+        parameters: dict[str, Any],
+        context: QgsProcessingContext,
+        paths: dict[str, str | None],
+        info: Any,
+        layer: Any,
+    ) -> dict[str, Any]:
+        """The output layers (vectors copied into their sinks), styled in the model's class colours and named after
+        the input layer when loaded."""
+        seg = (info.head("seg").classes, info.head("seg").colors)
         results: dict[str, Any] = {}
-        if out_raster:
-            results[self.OUTPUT_RASTER] = out_raster
-            style_on_load(context, out_raster, "class_raster", (info.head("seg").classes, info.head("seg").colors))
-        results[self.OUTPUT_DETECTIONS] = self._copy_to_sink(
-            parameters, context, tmp_vector, self.OUTPUT_DETECTIONS, layer.crs()
-        )
-        style_on_load(
-            context, results[self.OUTPUT_DETECTIONS], "detections", (info.head("det").classes, info.head("det").colors)
-        )
-        if tmp_polygons:
-            results[self.OUTPUT_POLYGONS] = self._copy_to_sink(
-                parameters, context, tmp_polygons, self.OUTPUT_POLYGONS, layer.crs()
-            )
-            style_on_load(
-                context,
-                results[self.OUTPUT_POLYGONS],
-                "class_polygons",
-                (info.head("seg").classes, info.head("seg").colors),
-            )
-        if out_probs:
-            results[self.OUTPUT_PROBS] = out_probs
+        if paths["raster"]:
+            results["OUTPUT_RASTER"] = paths["raster"]
+            style_on_load(context, paths["raster"], "class_raster", seg)
+        detections = self._copy_to_sink(parameters, context, paths["detections"], "OUTPUT_DETECTIONS", layer.crs())
+        results["OUTPUT_DETECTIONS"] = detections
+        style_on_load(context, detections, "detections", (info.head("det").classes, info.head("det").colors))
+        if paths["polygons"]:
+            polygons = self._copy_to_sink(parameters, context, paths["polygons"], "OUTPUT_POLYGONS", layer.crs())
+            results["OUTPUT_POLYGONS"] = polygons
+            style_on_load(context, polygons, "class_polygons", seg)
+        if paths["probs"]:
+            results["OUTPUT_PROBS"] = paths["probs"]
         for name, value in results.items():
             name_on_load(context, value, self.parameterDefinition(name).description(), layer)
-        summary = summary.as_dict() if hasattr(summary, "as_dict") else summary
-        feedback.pushInfo(f"Summary: {json.dumps({k: v for k, v in summary.items() if k != 'warnings'}, default=str)}")
-        results[self.SUMMARY] = json.dumps(summary, default=str)
         return results
 
     def _gsd_limit(self, parameters: dict[str, Any], context: QgsProcessingContext) -> dict[str, float]:
         """``max_gsd_ratio`` when given (else the engine's default applies)."""
-        ratio = self.optional_number(parameters, self.MAX_GSD_RATIO, context)
+        ratio = self.optional_number(parameters, "MAX_GSD_RATIO", context)
         return {} if ratio is None else {"max_gsd_ratio": ratio}
 
     @staticmethod
@@ -267,8 +263,8 @@ class DetectSegment(PmtlAlgorithm):
     ) -> list[QgsGeometry]:
         """The area of interest (polygons or extent) in the raster's CRS; empty when none was given."""
         geometries: list[QgsGeometry] = []
-        if not is_unset(parameters, self.AOI):
-            source = self.parameterAsSource(parameters, self.AOI, context)
+        if not is_unset(parameters, "AOI"):
+            source = self.parameterAsSource(parameters, "AOI", context)
             transform = QgsCoordinateTransform(source.sourceCrs(), crs, context.transformContext())
             for feature in source.getFeatures():
                 geometry = QgsGeometry(feature.geometry())
@@ -277,8 +273,8 @@ class DetectSegment(PmtlAlgorithm):
                     geometries.append(geometry)
             if not geometries:
                 raise QgsProcessingException("Area of interest (polygons): the layer has no polygon to process.")
-        elif not is_unset(parameters, self.EXTENT):
-            geometries.append(self.parameterAsExtentGeometry(parameters, self.EXTENT, context, crs))
+        elif not is_unset(parameters, "EXTENT"):
+            geometries.append(self.parameterAsExtentGeometry(parameters, "EXTENT", context, crs))
         return geometries
 
     @staticmethod

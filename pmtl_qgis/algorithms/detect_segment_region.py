@@ -12,14 +12,11 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputFile,
-    QgsProcessingOutputRasterLayer,
-    QgsProcessingOutputVectorLayer,
 )
 
 from ..styling import style_on_load
 from .base import PmtlAlgorithm, is_unset
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 
 
 class DetectSegmentRegion(PmtlAlgorithm):
@@ -41,29 +38,6 @@ class DetectSegmentRegion(PmtlAlgorithm):
         "MODEL=/models/student.onnx WORKERS=2 OUTPUT=/out/region"
     )
 
-    INPUTS = "INPUTS"
-    FOLDER = "FOLDER"
-    MODEL = "MODEL"
-    WORKERS = "WORKERS"
-    THREADS_PER_WORKER = "THREADS_PER_WORKER"
-    SCHEDULER = "SCHEDULER"
-    RESUME = "RESUME"
-    BANDS = "BANDS"
-    SCORE_THRESHOLD = "SCORE_THRESHOLD"
-    VALUE_MAX = "VALUE_MAX"
-    MAX_GSD_RATIO = "MAX_GSD_RATIO"
-    OUTPUT = "OUTPUT"
-    CLASSES = "CLASSES"
-    DETECTIONS = "DETECTIONS"
-    REPORT = "REPORT"
-    NUMBER_FLAGS = (
-        (THREADS_PER_WORKER, "--threads-per-worker", True),
-        (SCORE_THRESHOLD, "--score-thresh", False),
-        (VALUE_MAX, "--value-max", False),
-        (MAX_GSD_RATIO, "--max-gsd-ratio", False),
-    )
-    """Optional numbers → engine.region flags: (parameter, flag, integer)."""
-
     def parameters(self) -> list[Spec]:
         inputs = "Raster layers read from files (GDAL); with the folder below, or alone."
         folder = "Every .tif / .tiff / .vrt / .jp2 / .img raster in this folder."
@@ -75,41 +49,40 @@ class DetectSegmentRegion(PmtlAlgorithm):
             "Raw value that maps to 1.0 (empty: the model's).",
             "Refuse rasters further from the model's GSD.",
         )
-        output = "classes/, classes.vrt, detections.gpkg and region.json are written here."
+        destination = "classes/, classes.vrt, detections.gpkg and region.json are written here."
         workers, optional = self.engine_options().WorkerOptions, ADVANCED_OPTIONAL
+        counts, scores, ratios = ({**optional, "minValue": low} for low in (1, 0.0, 1.0))
         return [
-            spec("layers", self.INPUTS, "Input rasters", inputs, layerType=QgsProcessing.TypeRaster, optional=True),
-            spec("folder", self.FOLDER, "Folder of rasters", folder, optional=True),
-            self.onnx_model_spec(self.MODEL),
-            self.option_spec("integer", self.WORKERS, "Local workers", workers, "workers", minValue=1),
-            spec("text", self.SCHEDULER, "Dask scheduler address", scheduler, **optional),
-            spec("boolean", self.RESUME, "Resume", resume, defaultValue=False),
-            spec("text", self.BANDS, "Bands (model order)", bands, **optional),
-            spec("integer", self.THREADS_PER_WORKER, "Threads per worker", threads, **optional, minValue=1),
-            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **optional, minValue=0.0),
-            spec("double", self.VALUE_MAX, "Input value maximum", value_max, **optional, minValue=1.0),
-            spec("double", self.MAX_GSD_RATIO, "Largest GSD ratio", gsd, **optional, minValue=1.0),
+            spec("layers", "INPUTS", "Input rasters", inputs, layerType=QgsProcessing.TypeRaster, optional=True),
+            spec("folder", "FOLDER", "Folder of rasters", folder, optional=True),
+            self.onnx_model_spec("MODEL"),
+            self.option_spec("integer", "WORKERS", "Local workers", workers, "workers", minValue=1),
+            spec("text", "SCHEDULER", "Dask scheduler address", scheduler, **optional),
+            spec("boolean", "RESUME", "Resume", resume, defaultValue=False),
+            spec("text", "BANDS", "Bands (model order)", bands, **optional),
+            spec(
+                "integer", "THREADS_PER_WORKER", "Threads per worker", threads, **counts, engine="--threads-per-worker"
+            ),
+            spec("double", "SCORE_THRESHOLD", "Detection score threshold", score, **scores, engine="--score-thresh"),
+            spec("double", "VALUE_MAX", "Input value maximum", value_max, **ratios, engine="--value-max"),
+            spec("double", "MAX_GSD_RATIO", "Largest GSD ratio", gsd, **ratios, engine="--max-gsd-ratio"),
             self.device_spec("auto: CUDA when onnxruntime has it, else the CPU."),
-            spec("folder_out", self.OUTPUT, "Output folder", output),
-        ]
-
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [
-            (QgsProcessingOutputRasterLayer, self.CLASSES, "Class map (VRT over every raster)"),
-            (QgsProcessingOutputVectorLayer, self.DETECTIONS, "Detections"),
-            (QgsProcessingOutputFile, self.REPORT, "Region report (region.json)"),
+            spec("folder_out", "OUTPUT", "Output folder", destination),
+            output("raster", "CLASSES", "Class map (VRT over every raster)"),
+            output("vector", "DETECTIONS", "Detections"),
+            output("file", "REPORT", "Region report (region.json)"),
         ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if is_unset(parameters, self.INPUTS) and is_unset(parameters, self.FOLDER):
+        if is_unset(parameters, "INPUTS") and is_unset(parameters, "FOLDER"):
             return "Give input raster layers, a folder of rasters, or both (found neither)."
         return None
 
     def input_paths(self, parameters: dict[str, Any], context: QgsProcessingContext) -> list[str]:
         """The rasters as the engine opens them: each layer's file, and the folder."""
         paths = []
-        unset = is_unset(parameters, self.INPUTS)
-        layers = [] if unset else self.parameterAsLayerList(parameters, self.INPUTS, context)
+        unset = is_unset(parameters, "INPUTS")
+        layers = [] if unset else self.parameterAsLayerList(parameters, "INPUTS", context)
         for layer in layers:
             source = layer.source().split("|", 1)[0]
             if layer.providerType() != "gdal" or not Path(source).is_file():
@@ -118,30 +91,30 @@ class DetectSegmentRegion(PmtlAlgorithm):
                     "use 'Detect and segment' for web and virtual layers"
                 )
             paths.append(source)
-        folder = self.optional_file(parameters, self.FOLDER, context)
+        folder = self.optional_file(parameters, "FOLDER", context)
         return paths + ([str(folder)] if folder is not None else [])
 
     def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_dir: str) -> list[str]:
         """The ``python -m engine.region`` arguments for these parameters (what the tests compare)."""
-        model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "ONNX model")
+        model = self.existing_path(self.parameterAsFile(parameters, "MODEL", context), "ONNX model")
         arguments = ["--model", str(model)]
         for path in self.input_paths(parameters, context):
             arguments += ["--input", path]
         arguments += ["--out", out_dir, "--device", self.device(parameters, context)]
-        if is_unset(parameters, self.SCHEDULER):
-            arguments += ["--workers", str(self.parameterAsInt(parameters, self.WORKERS, context))]
+        if is_unset(parameters, "SCHEDULER"):
+            arguments += ["--workers", str(self.parameterAsInt(parameters, "WORKERS", context))]
         else:
-            arguments += ["--scheduler", self.parameterAsString(parameters, self.SCHEDULER, context).strip()]
-        if self.parameterAsBool(parameters, self.RESUME, context):
+            arguments += ["--scheduler", self.parameterAsString(parameters, "SCHEDULER", context).strip()]
+        if self.parameterAsBool(parameters, "RESUME", context):
             arguments.append("--resume")
-        if not is_unset(parameters, self.BANDS):
-            arguments += ["--bands", self.parameterAsString(parameters, self.BANDS, context).replace(" ", "")]
-        return arguments + self.number_flags(parameters, context, self.NUMBER_FLAGS)
+        if not is_unset(parameters, "BANDS"):
+            arguments += ["--bands", self.parameterAsString(parameters, "BANDS", context).replace(" ", "")]
+        return arguments + self.number_flags(parameters, context)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        out_dir = self.parameterAsString(parameters, self.OUTPUT, context)
+        out_dir = self.parameterAsString(parameters, "OUTPUT", context)
         result = self.run_engine("engine.region", self.arguments(parameters, context, out_dir), feedback)
         done = result.last_event("done")
         if result.canceled:
@@ -155,10 +128,10 @@ class DetectSegmentRegion(PmtlAlgorithm):
             feedback.reportError(f"{source}: {error}")
         feedback.pushInfo(f"Summary: {json.dumps(done, default=str)}")
         outputs = done.get("outputs") or {}
-        results: dict[str, Any] = {self.REPORT: outputs.get("report")}
+        results: dict[str, Any] = {"REPORT": outputs.get("report")}
         for name, key, kind, title in (
-            (self.CLASSES, "classes", "class_raster", "Region classes"),
-            (self.DETECTIONS, "detections", "detections", "Region detections"),
+            ("CLASSES", "classes", "class_raster", "Region classes"),
+            ("DETECTIONS", "detections", "detections", "Region detections"),
         ):
             path = outputs.get(key)
             results[name] = path

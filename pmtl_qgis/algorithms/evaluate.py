@@ -9,11 +9,10 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputNumber,
 )
 
 from .base import PmtlAlgorithm, is_unset
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 from .train import CHECKPOINT_FILTER
 
 NUMBERS = (
@@ -40,14 +39,6 @@ class Evaluate(PmtlAlgorithm):
         "DET_DATA=/data/chips_potsdam SEG_DATA=/data/chips_vaihingen SPLIT=val OUTPUT=/runs/student/eval.json"
     )
 
-    CHECKPOINT = "CHECKPOINT"
-    DET_DATA = "DET_DATA"
-    SEG_DATA = "SEG_DATA"
-    SPLIT = "SPLIT"
-    BATCH_SIZE = "BATCH_SIZE"
-    MAX_CHIPS = "MAX_CHIPS"
-    OUTPUT = "OUTPUT"
-
     def parameters(self) -> list[Spec]:
         split = "Name of the split in the chip datasets (val; test if your datasets have one)."
         det, seg = (
@@ -56,14 +47,14 @@ class Evaluate(PmtlAlgorithm):
         )
         report = "Every metric: per-class AP / IoU / F1, mAP, AP50, mIoU, overall accuracy."
         return [
-            spec("file", self.CHECKPOINT, "Checkpoint", "best.pt or last.pt of 'Train'.", fileFilter=CHECKPOINT_FILTER),
-            spec("folder", self.DET_DATA, "Detection chip dataset", det, optional=True),
-            spec("folder", self.SEG_DATA, "Segmentation chip dataset", seg, optional=True),
-            spec("text", self.SPLIT, "Split", split, defaultValue="val"),
+            spec("file", "CHECKPOINT", "Checkpoint", "best.pt or last.pt of 'Train'.", fileFilter=CHECKPOINT_FILTER),
+            spec("folder", "DET_DATA", "Detection chip dataset", det, optional=True),
+            spec("folder", "SEG_DATA", "Segmentation chip dataset", seg, optional=True),
+            spec("text", "SPLIT", "Split", split, defaultValue="val"),
             self.device_spec("auto: the GPU when PyTorch sees one, else the CPU."),
             spec(
                 "integer",
-                self.BATCH_SIZE,
+                "BATCH_SIZE",
                 "Batch size",
                 "Chips per forward pass.",
                 defaultValue=8,
@@ -72,48 +63,46 @@ class Evaluate(PmtlAlgorithm):
             ),
             spec(
                 "integer",
-                self.MAX_CHIPS,
+                "MAX_CHIPS",
                 "At most this many chips",
                 "For a quick look; empty: all chips of the split.",
                 **ADVANCED_OPTIONAL,
                 minValue=1,
             ),
-            spec("file_out", self.OUTPUT, "Report (JSON)", report, fileFilter="JSON (*.json)"),
+            spec("file_out", "OUTPUT", "Report (JSON)", report, fileFilter="JSON (*.json)"),
+            *[output("number", name, description) for name, _, description in NUMBERS],
         ]
 
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [(QgsProcessingOutputNumber, name, description) for name, _, description in NUMBERS]
-
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if is_unset(parameters, self.DET_DATA) and is_unset(parameters, self.SEG_DATA):
+        if is_unset(parameters, "DET_DATA") and is_unset(parameters, "SEG_DATA"):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
         return None
 
     def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_path: Path) -> list[str]:
         """The ``python -m engine.evaluate`` arguments for these parameters (no sample picture)."""
-        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
+        checkpoint = self.existing_path(self.parameterAsFile(parameters, "CHECKPOINT", context), "Checkpoint")
         arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path), "--samples", "0"]
-        for flag, name in (("--det-chips", self.DET_DATA), ("--seg-chips", self.SEG_DATA)):
+        for flag, name in (("--det-chips", "DET_DATA"), ("--seg-chips", "SEG_DATA")):
             path = self.optional_file(parameters, name, context)
             if path is not None:
                 arguments += [flag, str(path)]
-        arguments += ["--split", self.parameterAsString(parameters, self.SPLIT, context)]
-        arguments += ["--batch-size", str(self.parameterAsInt(parameters, self.BATCH_SIZE, context))]
+        arguments += ["--split", self.parameterAsString(parameters, "SPLIT", context)]
+        arguments += ["--batch-size", str(self.parameterAsInt(parameters, "BATCH_SIZE", context))]
         arguments += ["--device", self.device(parameters, context)]
-        max_chips = self.optional_number(parameters, self.MAX_CHIPS, context, integer=True)
+        max_chips = self.optional_number(parameters, "MAX_CHIPS", context, integer=True)
         return arguments + (["--max-chips", str(max_chips)] if max_chips is not None else [])
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        out_path = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
         result = self.run_engine("engine.evaluate", self.arguments(parameters, context, out_path), feedback)
         self.check_engine_result(result)
         done = result.last_event("done")
         if done is None or not out_path.is_file():
             raise QgsProcessingException(f"Evaluation ended without a report at {out_path}:\n{result.error_text()}")
         metrics = done.get("metrics") or {}
-        results: dict[str, Any] = {self.OUTPUT: str(out_path)}
+        results: dict[str, Any] = {"OUTPUT": str(out_path)}
         for name, key, _ in NUMBERS:
             value = metrics.get(key)
             results[name] = float(value) if isinstance(value, (int, float)) else None

@@ -39,23 +39,6 @@ class ExportOnnx(PmtlAlgorithm):
         "OUTPUT=/models/student.onnx"
     )
 
-    CHECKPOINT = "CHECKPOINT"
-    TILE_SIZE = "TILE_SIZE"
-    OVERLAP = "OVERLAP"
-    SCORE_THRESHOLD = "SCORE_THRESHOLD"
-    VARIANT = "VARIANT"
-    PRECISION = "PRECISION"
-    OPSET = "OPSET"
-    OUTPUT = "OUTPUT"
-
-    OPTIONS = (
-        (TILE_SIZE, "--tile-size", True),
-        (OVERLAP, "--overlap", True),
-        (SCORE_THRESHOLD, "--score-thresh", False),
-        (OPSET, "--opset", True),
-    )
-    """Optional numbers and the engine.export flag each one sets (left out when empty: the engine's default)."""
-
     def parameters(self) -> list[Spec]:
         checkpoint, output = "best.pt or last.pt written by 'Train'.", "ONNX models (*.onnx)"
         tile, overlap = "Inference tile side (empty: the chip size).", "Stored for inference (empty: engine)."
@@ -67,31 +50,32 @@ class ExportOnnx(PmtlAlgorithm):
         precision = (
             "fp32; int8: quantized for CPUs, calibrated on the checkpoint's training chips; fp16: for CUDA GPUs."
         )
+        optional, scores = ADVANCED_OPTIONAL, {**ADVANCED_OPTIONAL, "minValue": 0.0}
         return [
-            spec("file", self.CHECKPOINT, "Checkpoint", checkpoint, fileFilter=CHECKPOINT_FILTER),
-            spec("integer", self.TILE_SIZE, "Tile size (px)", tile, **ADVANCED_OPTIONAL, minValue=16),
-            spec("integer", self.OVERLAP, "Recommended overlap (px)", overlap, **ADVANCED_OPTIONAL, minValue=0),
-            spec("double", self.SCORE_THRESHOLD, "Detection score threshold", score, **ADVANCED_OPTIONAL, minValue=0.0),
-            spec("enum", self.VARIANT, "Graph outputs", variant, options=VARIANTS, defaultValue=0, advanced=True),
-            spec("enum", self.PRECISION, "Precision", precision, options=PRECISIONS, defaultValue=0),
-            spec("integer", self.OPSET, "ONNX opset", opset, **ADVANCED_OPTIONAL, minValue=18),
-            spec("file_out", self.OUTPUT, "ONNX model", OUTPUT_HELP, fileFilter=output),
+            spec("file", "CHECKPOINT", "Checkpoint", checkpoint, fileFilter=CHECKPOINT_FILTER),
+            spec("integer", "TILE_SIZE", "Tile size (px)", tile, **optional, minValue=16, engine="--tile-size"),
+            spec("integer", "OVERLAP", "Recommended overlap (px)", overlap, **optional, minValue=0, engine="--overlap"),
+            spec("double", "SCORE_THRESHOLD", "Detection score threshold", score, **scores, engine="--score-thresh"),
+            spec("enum", "VARIANT", "Graph outputs", variant, options=VARIANTS, defaultValue=0, advanced=True),
+            spec("enum", "PRECISION", "Precision", precision, options=PRECISIONS, defaultValue=0),
+            spec("integer", "OPSET", "ONNX opset", opset, **optional, minValue=18, engine="--opset"),
+            spec("file_out", "OUTPUT", "ONNX model", OUTPUT_HELP, fileFilter=output),
         ]
 
     def arguments(self, parameters: dict[str, Any], context: QgsProcessingContext, out_path: Path) -> list[str]:
         """The ``python -m engine.export`` arguments for these parameters."""
-        checkpoint = self.existing_path(self.parameterAsFile(parameters, self.CHECKPOINT, context), "Checkpoint")
+        checkpoint = self.existing_path(self.parameterAsFile(parameters, "CHECKPOINT", context), "Checkpoint")
         arguments = ["--checkpoint", str(checkpoint), "--out", str(out_path)]
-        arguments += ["--variant", VARIANTS[self.parameterAsEnum(parameters, self.VARIANT, context)]]
-        arguments += ["--precision", PRECISIONS[self.parameterAsEnum(parameters, self.PRECISION, context)]]
-        return arguments + self.number_flags(parameters, context, self.OPTIONS)
+        arguments += ["--variant", VARIANTS[self.parameterAsEnum(parameters, "VARIANT", context)]]
+        arguments += ["--precision", PRECISIONS[self.parameterAsEnum(parameters, "PRECISION", context)]]
+        return arguments + self.number_flags(parameters, context)
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        out_path = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        out_path = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
         result = self.run_engine("engine.export", self.arguments(parameters, context, out_path), feedback)
         self.check_engine_result(result)
         if not out_path.is_file():
             raise QgsProcessingException(f"Export ended without writing {out_path}:\n{result.error_text()}")
-        return {self.OUTPUT: str(out_path)}
+        return {"OUTPUT": str(out_path)}

@@ -11,14 +11,11 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputFile,
-    QgsProcessingOutputString,
 )
 
 from ..engine_process import ProcessResult
-from .base import PmtlAlgorithm, is_unset
-from .chip_tiles import raster_path
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .base import PmtlAlgorithm, is_unset, raster_path
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 from .train import runs_root
 
 TASKS = ("det", "seg", "both")
@@ -67,19 +64,6 @@ class Finetune(PmtlAlgorithm):
         "LABELS=/data/detections.gpkg CLASS_FIELD=class MODEL=/models/model.onnx STEPS=150 OUTPUT=/runs/improved"
     )
 
-    INPUT = "INPUT"
-    LABELS = "LABELS"
-    CLASS_FIELD = "CLASS_FIELD"
-    TASK = "TASK"
-    MODEL = "MODEL"
-    STEPS = "STEPS"
-    AOI = "AOI"
-    SIZE = "SIZE"
-    OUTPUT = "OUTPUT"
-    OUTPUT_MODEL = "OUTPUT_MODEL"
-    CHECKPOINT = "CHECKPOINT"
-    SCORES = "SCORES"
-
     def parameters(self) -> list[Spec]:
         labels = "Polygons or boxes of the objects, typically the edited Detections layer of 'Detect and segment'."
         field = (
@@ -91,38 +75,34 @@ class Finetune(PmtlAlgorithm):
         task = "det: boxes for the detection head; seg: polygons as a class mask; both."
         aoi = "Where the labels are complete (default: the extent of the labels)."
         size = "Chip side at the model's GSD (empty: the model's training chip size)."
-        output = "Receives model.onnx, best.pt, finetune.json and the chips. Must not hold an earlier run."
+        folder = "Receives model.onnx, best.pt, finetune.json and the chips. Must not hold an earlier run."
         polygons, default_steps = {"types": [QgsProcessing.TypeVectorPolygon]}, option_default("steps")
         return [
-            spec("raster", self.INPUT, "Raster", "The orthophoto the labels are on."),
-            spec("source", self.LABELS, "Corrected labels", labels, **polygons),
+            spec("raster", "INPUT", "Raster", "The orthophoto the labels are on."),
+            spec("source", "LABELS", "Corrected labels", labels, **polygons),
             spec(
                 "field",
-                self.CLASS_FIELD,
+                "CLASS_FIELD",
                 "Class field",
                 field,
-                parentLayerParameterName=self.LABELS,
+                parentLayerParameterName="LABELS",
                 optional=True,
                 defaultValue="class",
             ),
-            spec("file", self.MODEL, "Model to improve", model, fileFilter=MODEL_FILTER),
-            spec("integer", self.STEPS, "Training steps", steps, minValue=1, defaultValue=default_steps, optional=True),
-            spec("enum", self.TASK, "Labels are for", task, options=TASKS, defaultValue=0),
-            spec("source", self.AOI, "Area of interest", aoi, **polygons, optional=True),
-            spec("integer", self.SIZE, "Chip size (px)", size, minValue=32, **ADVANCED_OPTIONAL),
+            spec("file", "MODEL", "Model to improve", model, fileFilter=MODEL_FILTER),
+            spec("integer", "STEPS", "Training steps", steps, minValue=1, defaultValue=default_steps, optional=True),
+            spec("enum", "TASK", "Labels are for", task, options=TASKS, defaultValue=0),
+            spec("source", "AOI", "Area of interest", aoi, **polygons, optional=True),
+            spec("integer", "SIZE", "Chip size (px)", size, minValue=32, **ADVANCED_OPTIONAL),
             self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."),
-            spec("folder_out", self.OUTPUT, "Output folder", output, defaultValue=str(runs_root() / "finetune")),
-        ]
-
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [
-            (QgsProcessingOutputFile, self.OUTPUT_MODEL, "Improved model (model.onnx)"),
-            (QgsProcessingOutputFile, self.CHECKPOINT, "Improved checkpoint (best.pt)"),
-            (QgsProcessingOutputString, self.SCORES, "Scores before / after (JSON)"),
+            spec("folder_out", "OUTPUT", "Output folder", folder, defaultValue=str(runs_root() / "finetune")),
+            output("file", "OUTPUT_MODEL", "Improved model (model.onnx)"),
+            output("file", "CHECKPOINT", "Improved checkpoint (best.pt)"),
+            output("string", "SCORES", "Scores before / after (JSON)"),
         ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
         if (out_dir / "last.pt").exists():
             return f"Output folder: {out_dir} already holds a fine-tuning run; choose another folder."
         return None
@@ -131,24 +111,22 @@ class Finetune(PmtlAlgorithm):
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         """The engine options the parameters give (None: the engine's default)."""
-        model = self.existing_path(self.parameterAsFile(parameters, self.MODEL, context), "Model to improve")
+        model = self.existing_path(self.parameterAsFile(parameters, "MODEL", context), "Model to improve")
         field = (
-            None
-            if is_unset(parameters, self.CLASS_FIELD)
-            else self.parameterAsString(parameters, self.CLASS_FIELD, context)
+            None if is_unset(parameters, "CLASS_FIELD") else self.parameterAsString(parameters, "CLASS_FIELD", context)
         )
         device = self.device(parameters, context)
         return {
             "checkpoint": str(model.resolve()),
-            "images": raster_path(self.parameterAsRasterLayer(parameters, self.INPUT, context), "Raster"),
-            "labels": self.vector_path(parameters, self.LABELS, context, feedback),
+            "images": raster_path(self.parameterAsRasterLayer(parameters, "INPUT", context), "Raster"),
+            "labels": self.vector_path(parameters, "LABELS", context, feedback),
             "class_field": field or None,
-            "task": TASKS[self.parameterAsEnum(parameters, self.TASK, context)],
-            "aoi": self.vector_path(parameters, self.AOI, context, feedback),
-            "steps": self.optional_number(parameters, self.STEPS, context, integer=True),
-            "size": self.optional_number(parameters, self.SIZE, context, integer=True),
+            "task": TASKS[self.parameterAsEnum(parameters, "TASK", context)],
+            "aoi": self.vector_path(parameters, "AOI", context, feedback),
+            "steps": self.optional_number(parameters, "STEPS", context, integer=True),
+            "size": self.optional_number(parameters, "SIZE", context, integer=True),
             "device": None if device == "auto" else device,
-            "out": str(Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()),
+            "out": str(Path(self.parameterAsFileOutput(parameters, "OUTPUT", context)).resolve()),
         }
 
     def process(
@@ -172,8 +150,8 @@ class Finetune(PmtlAlgorithm):
                     f"{key} on the held-out labels: {before:.3f} before, {scores['after'][key]:.3f} after"
                 )
         return {
-            self.OUTPUT: str(out_dir),
-            self.OUTPUT_MODEL: str(model),
-            self.CHECKPOINT: str(checkpoint),
-            self.SCORES: json.dumps(scores),
+            "OUTPUT": str(out_dir),
+            "OUTPUT_MODEL": str(model),
+            "CHECKPOINT": str(checkpoint),
+            "SCORES": json.dumps(scores),
         }

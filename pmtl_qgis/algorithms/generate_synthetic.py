@@ -8,12 +8,10 @@ from typing import Any
 from qgis.core import (
     QgsProcessingContext,
     QgsProcessingFeedback,
-    QgsProcessingOutputRasterLayer,
-    QgsProcessingOutputString,
 )
 
 from .base import PmtlAlgorithm
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 
 DOMAINS = ("vaihingen", "potsdam")
 
@@ -39,65 +37,48 @@ class GenerateSynthetic(PmtlAlgorithm):
         "'noBoundary' labels, in the real ISPRS folder layouts, so every other pmtl tool runs on it as on the "
         "real data. Deterministic per seed.\n\n"
         "Outputs: the dataset folder, plus one held-out image tile and its label raster (to chain into "
-        "'Detect and segment' or 'Chip tiles' in a model).\n\n"
+        "'Detect and segment' or 'Chip an image with an ISPRS label raster' in a model).\n\n"
         "Example (qgis_process): qgis_process run pmtl:generate_synthetic -- DOMAIN=0 SEED=1 TILES=4 "
         "TILE_SIZE_M=40 OUTPUT=/tmp/vaihingen_synth"
     )
-
-    DOMAIN = "DOMAIN"
-    SEED = "SEED"
-    TILES = "TILES"
-    TILE_SIZE_M = "TILE_SIZE_M"
-    OVERWRITE = "OVERWRITE"
-    OUTPUT = "OUTPUT"
-    IMAGE = "IMAGE"
-    LABEL = "LABEL"
-    DATASET = "DATASET"
 
     def parameters(self) -> list[Spec]:
         domain = "vaihingen: NIR-R-G, 9 cm, small red-roof houses; potsdam: R-G-B, 5 cm, large grey flat-roof blocks."
         tiles = "How many tiles to write (empty: the engine's default, the benchmark's tile count)."
         side = "Side of each square tile on the ground; pixels = metres / GSD (empty: benchmark-like sizes)."
-        overwrite = "Without it, an output folder that already has files is refused."
-        output = "Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …)."
+        folder = "Receives the ISPRS folders (top/, gts_for_participants/, … or 2_Ortho_RGB/, 5_Labels_all/, …)."
         return [
-            spec("enum", self.DOMAIN, "Domain", domain, options=DOMAINS, defaultValue=0),
-            spec("integer", self.SEED, "Random seed", "Same seed, same scenes.", defaultValue=0, minValue=0),
-            spec("integer", self.TILES, "Number of tiles", tiles, **ADVANCED_OPTIONAL, minValue=1),
-            spec("double", self.TILE_SIZE_M, "Tile side (metres)", side, **ADVANCED_OPTIONAL, minValue=3.0),
-            spec(
-                "boolean", self.OVERWRITE, "Overwrite a non-empty folder", overwrite, defaultValue=False, advanced=True
-            ),
-            spec("folder_out", self.OUTPUT, "Output dataset folder", output),
-        ]
-
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [
-            (QgsProcessingOutputRasterLayer, self.IMAGE, "Sample image tile (held out)"),
-            (QgsProcessingOutputRasterLayer, self.LABEL, "Label of the sample tile"),
-            (QgsProcessingOutputString, self.DATASET, "Dataset kind (vaihingen|potsdam)"),
+            spec("enum", "DOMAIN", "Domain", domain, options=DOMAINS, defaultValue=0),
+            spec("integer", "SEED", "Random seed", "Same seed, same scenes.", defaultValue=0, minValue=0),
+            spec("integer", "TILES", "Number of tiles", tiles, **ADVANCED_OPTIONAL, minValue=1),
+            spec("double", "TILE_SIZE_M", "Tile side (metres)", side, **ADVANCED_OPTIONAL, minValue=3.0),
+            self.overwrite_spec("Overwrite a non-empty folder"),
+            spec("folder_out", "OUTPUT", "Output dataset folder", folder),
+            output("raster", "IMAGE", "Sample image tile (held out)"),
+            output("raster", "LABEL", "Label of the sample tile"),
+            output("string", "DATASET", "Dataset kind (vaihingen|potsdam)"),
         ]
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         synth = self.engine("engine.synth")
-        domain = DOMAINS[self.parameterAsEnum(parameters, self.DOMAIN, context)]
-        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        domain = DOMAINS[self.parameterAsEnum(parameters, "DOMAIN", context)]
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
         self.call_engine(
             synth.generate,
             feedback,
             domain=domain,
             out_dir=out_dir,
-            seed=self.parameterAsInt(parameters, self.SEED, context),
-            tiles=self.optional_number(parameters, self.TILES, context, integer=True),
-            tile_size_m=self.optional_number(parameters, self.TILE_SIZE_M, context),
-            overwrite=self.parameterAsBool(parameters, self.OVERWRITE, context),
+            seed=self.parameterAsInt(parameters, "SEED", context),
+            tiles=self.optional_number(parameters, "TILES", context, integer=True),
+            tile_size_m=self.optional_number(parameters, "TILE_SIZE_M", context),
+            overwrite=self.parameterAsBool(parameters, "OVERWRITE", context),
             progress=self.progress(feedback),
         )
-        results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.DATASET: domain}
+        results: dict[str, Any] = {"OUTPUT": str(out_dir), "DATASET": domain}
         sample = sample_tile(out_dir, domain)
         if sample is not None:
-            results[self.IMAGE], results[self.LABEL] = str(sample[0]), str(sample[1])
+            results["IMAGE"], results["LABEL"] = str(sample[0]), str(sample[1])
             feedback.pushInfo(f"Sample tile: {sample[0]}")
         return results

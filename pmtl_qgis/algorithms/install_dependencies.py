@@ -36,24 +36,20 @@ class InstallDependencies(PmtlAlgorithm):
         "Example (qgis_process): qgis_process run pmtl:install_dependencies -- PROFILE=0"
     )
 
-    PROFILE = "PROFILE"
-    FOLDER = "FOLDER"
-    INSTALLED = "INSTALLED"
-
     def initAlgorithm(self, config: dict[str, Any] | None = None) -> None:
         profile = QgsProcessingParameterEnum(
-            self.PROFILE, self.tr("Profile"), [self.tr(name) for name in PROFILE_NAMES], defaultValue=0
+            "PROFILE", self.tr("Profile"), [self.tr(name) for name in PROFILE_NAMES], defaultValue=0
         )
         profile.setHelp(self.tr("inference: run models (onnxruntime); training: also train them (PyTorch)."))
         self.addParameter(profile)
-        self.addOutput(QgsProcessingOutputFolder(self.FOLDER, self.tr("Package folder")))
-        self.addOutput(QgsProcessingOutputString(self.INSTALLED, self.tr("Installed requirements")))
+        self.addOutput(QgsProcessingOutputFolder("FOLDER", self.tr("Package folder")))
+        self.addOutput(QgsProcessingOutputString("INSTALLED", self.tr("Installed requirements")))
 
     def processAlgorithm(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         """Outside the engine's scope on purpose: it must work when the engine cannot be imported yet."""
-        profile = PROFILE_NAMES[self.parameterAsEnum(parameters, self.PROFILE, context)]
+        profile = PROFILE_NAMES[self.parameterAsEnum(parameters, "PROFILE", context)]
         folder = installer.managed_dir()
         if folder is None:
             raise QgsProcessingException("Install Python dependencies: no QGIS profile folder to install into.")
@@ -74,4 +70,4 @@ class InstallDependencies(PmtlAlgorithm):
             feedback.pushInfo(f"Installed: {', '.join(result.installed)}")
         if result.already_there:
             feedback.pushInfo(f"Already available: {', '.join(result.already_there)}")
-        return {self.FOLDER: str(folder), self.INSTALLED: ", ".join(result.installed)}
+        return {"FOLDER": str(folder), "INSTALLED": ", ".join(result.installed)}

@@ -10,6 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qgis.core import (
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingOutputRasterLayer,
+    QgsProcessingOutputString,
+    QgsProcessingOutputVectorLayer,
     QgsProcessingParameterBand,
     QgsProcessingParameterBoolean,
     QgsProcessingParameterEnum,
@@ -50,6 +55,15 @@ KINDS: dict[str, tuple[type, dict[str, Any]]] = {
 }
 """Parameter kinds by the word a spec names them with: the QGIS class and the constructor options the word implies."""
 
+OUTPUT_KINDS: dict[str, type] = {
+    "file": QgsProcessingOutputFile,
+    "number": QgsProcessingOutputNumber,
+    "raster": QgsProcessingOutputRasterLayer,
+    "string": QgsProcessingOutputString,
+    "vector": QgsProcessingOutputVectorLayer,
+}
+"""Output kinds (see :func:`output`) by the word that names them."""
+
 ADVANCED_OPTIONAL: dict[str, Any] = {"advanced": True, "optional": True}
 """``**ADVANCED_OPTIONAL``: a field under Advanced Parameters that may stay empty (the engine's default applies)."""
 
@@ -57,7 +71,10 @@ ADVANCED_OPTIONAL: dict[str, Any] = {"advanced": True, "optional": True}
 @dataclass(frozen=True)
 class Spec:
     """One parameter: its kind (a word of :data:`KINDS`), name, label, help text, QGIS constructor options (``enum``
-    takes its choices as ``options``) and whether it sits under Advanced Parameters."""
+    takes its choices as ``options``), whether it sits under Advanced Parameters and the engine's word for it (a
+    command-line flag such as ``--tile-size`` or a config key such as ``optim.epochs``: numbers that name one become
+    engine arguments by themselves, see :meth:`~pmtl_qgis.algorithms.base.PmtlAlgorithm.engine_numbers`); or, with
+    ``output``, one output (a word of :data:`OUTPUT_KINDS`, no help)."""
 
     kind: str
     name: str
@@ -65,16 +82,26 @@ class Spec:
     help: str
     options: Mapping[str, Any] = field(default_factory=dict)
     advanced: bool = False
+    output: bool = False
+    engine: str = ""
 
     def build(self) -> tuple[type, dict[str, Any]]:
         """The QGIS class and its keyword arguments (besides name and description)."""
+        if self.output:
+            return OUTPUT_KINDS[self.kind], {}
         kind, implied = KINDS[self.kind]
         return kind, {**implied, **self.options}
 
 
-def spec(kind: str, name: str, label: str, help: str, advanced: bool = False, **options: Any) -> Spec:
-    """A parameter spec, one line in an algorithm's list: ``spec("integer", SIZE, "Chip size (px)", "…", minValue=16)``.
-    For ``enum``, ``options`` is the list of choices (any sequence)."""
+def spec(kind: str, name: str, label: str, help: str, advanced: bool = False, engine: str = "", **options: Any) -> Spec:
+    """A parameter spec, one line in an algorithm's list: ``spec("integer", "SIZE", "Chip size (px)", "…",
+    minValue=16)``. For ``enum``, ``options`` is the list of choices (any sequence)."""
     if kind == "enum":
         options["options"] = list(options["options"])
-    return Spec(kind, name, label, help, options, advanced)
+    return Spec(kind, name, label, help, options, advanced, engine=engine)
+
+
+def output(kind: str, name: str, label: str) -> Spec:
+    """An output besides the destination parameters (what a model chains on): ``output("file", "CHECKPOINT",
+    "Best checkpoint (best.pt)")``; ``kind`` is a word of :data:`OUTPUT_KINDS`."""
+    return Spec(kind, name, label, "", output=True)

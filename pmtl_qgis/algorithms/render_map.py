@@ -80,55 +80,47 @@ class RenderMap(PmtlAlgorithm):
         "CLASS_MAP=/out/classes.tif DETECTIONS=/out/detections.gpkg WIDTH=1600 OUTPUT=/out/map.png"
     )
 
-    INPUT = "INPUT"
-    CLASS_MAP = "CLASS_MAP"
-    DETECTIONS = "DETECTIONS"
-    OPACITY = "OPACITY"
-    WIDTH = "WIDTH"
-    LEGEND = "LEGEND"
-    OUTPUT = "OUTPUT"
-
     def parameters(self) -> list[Spec]:
         class_map = "The class raster of 'Detect and segment', drawn with its class colours."
         detections = "The detections layer (fields class and score), drawn on top."
         width = "The height follows the orthophoto's aspect ratio."
         return [
-            spec("raster", self.INPUT, "Orthophoto", "Drawn at the bottom."),
-            spec("raster", self.CLASS_MAP, "Class map", class_map, optional=True),
-            spec("vector", self.DETECTIONS, "Detections", detections, optional=True),
+            spec("raster", "INPUT", "Orthophoto", "Drawn at the bottom."),
+            spec("raster", "CLASS_MAP", "Class map", class_map, optional=True),
+            spec("vector", "DETECTIONS", "Detections", detections, optional=True),
             spec(
                 "double",
-                self.OPACITY,
+                "OPACITY",
                 "Class map opacity",
                 "0: invisible, 1: opaque.",
                 defaultValue=0.45,
                 minValue=0.0,
                 maxValue=1.0,
             ),
-            spec("integer", self.WIDTH, "Image width (px)", width, defaultValue=1200, minValue=64, maxValue=20000),
+            spec("integer", "WIDTH", "Image width (px)", width, defaultValue=1200, minValue=64, maxValue=20000),
             spec(
                 "boolean",
-                self.LEGEND,
+                "LEGEND",
                 "Add a legend",
                 "Class colours and box colours under the map.",
                 defaultValue=True,
             ),
-            spec("file_out", self.OUTPUT, "Map image", "PNG file.", fileFilter="PNG (*.png)"),
+            spec("file_out", "OUTPUT", "Map image", "PNG file.", fileFilter="PNG (*.png)"),
         ]
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
         # New layers from the sources: never restyle the user's layers, and safe in a worker thread.
-        ortho_in = self.parameterAsRasterLayer(parameters, self.INPUT, context)
+        ortho_in = self.parameterAsRasterLayer(parameters, "INPUT", context)
         ortho = QgsRasterLayer(ortho_in.source(), "ortho", ortho_in.providerType())
         layers: list[QgsMapLayer] = [ortho]
         classes, boxes = None, None
-        classes_in = self.parameterAsRasterLayer(parameters, self.CLASS_MAP, context)
+        classes_in = self.parameterAsRasterLayer(parameters, "CLASS_MAP", context)
         if classes_in is not None:
             classes = QgsRasterLayer(classes_in.source(), "classes", classes_in.providerType())
             layers.insert(0, classes)
-        boxes_in = self.parameterAsVectorLayer(parameters, self.DETECTIONS, context)
+        boxes_in = self.parameterAsVectorLayer(parameters, "DETECTIONS", context)
         if boxes_in is not None:
             boxes = QgsVectorLayer(boxes_in.source(), "detections", boxes_in.providerType())
             layers.insert(0, boxes)
@@ -137,11 +129,11 @@ class RenderMap(PmtlAlgorithm):
             raise QgsProcessingException(f"Could not open the layer(s) {', '.join(bad)} for rendering.")
         if classes is not None:
             apply_class_palette(classes)
-            classes.renderer().setOpacity(self.parameterAsDouble(parameters, self.OPACITY, context))
+            classes.renderer().setOpacity(self.parameterAsDouble(parameters, "OPACITY", context))
         if boxes is not None:
             apply_detection_style(boxes)
         extent = ortho.extent()
-        width = self.parameterAsInt(parameters, self.WIDTH, context)
+        width = self.parameterAsInt(parameters, "WIDTH", context)
         height = max(1, round(width * extent.height() / extent.width()))
         settings = QgsMapSettings()
         settings.setLayers(layers)
@@ -152,7 +144,7 @@ class RenderMap(PmtlAlgorithm):
         settings.setFlag(QgsMapSettings.Antialiasing, True)
         settings.setTransformContext(context.transformContext())
         entries = legend_entries(classes, boxes)
-        legend = self.parameterAsBool(parameters, self.LEGEND, context) and bool(entries)
+        legend = self.parameterAsBool(parameters, "LEGEND", context) and bool(entries)
         extra = legend_height(entries, width) if legend else 0
         image = QImage(QSize(width, height + extra), QImage.Format_ARGB32_Premultiplied)
         image.fill(QColor(255, 255, 255))
@@ -162,8 +154,8 @@ class RenderMap(PmtlAlgorithm):
         if extra:
             draw_legend(painter, entries, height, width)
         painter.end()
-        out_path = self.parameterAsFileOutput(parameters, self.OUTPUT, context)
+        out_path = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         if not image.save(out_path, "PNG"):
             raise QgsProcessingException(f"Map image: could not write {out_path}.")
         feedback.pushInfo(f"Rendered {width}×{height} px: {out_path}")
-        return {self.OUTPUT: out_path}
+        return {"OUTPUT": out_path}

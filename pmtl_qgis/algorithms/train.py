@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -14,17 +15,15 @@ from qgis.core import (
     QgsProcessingContext,
     QgsProcessingException,
     QgsProcessingFeedback,
-    QgsProcessingOutputFile,
-    QgsProcessingOutputString,
     QgsProcessingUtils,
     QgsRasterLayer,
 )
 
 from ..engine_process import ProcessResult, engine_command
 from ..environment import engine_root, install_message
-from ..scope import import_engine
+from ..scope import engine_scope, import_engine
 from .base import PmtlAlgorithm, is_unset
-from .params import ADVANCED_OPTIONAL, Spec, spec
+from .params import ADVANCED_OPTIONAL, Spec, output, spec
 
 MODELS = (
     ("as in the config (student without a config)", None),
@@ -127,45 +126,16 @@ class Train(PmtlAlgorithm):
         "EPOCHS=70 OUTPUT=/runs/student"
     )
 
-    CONFIG = "CONFIG"
-    MODEL = "MODEL"
-    DET_DATA = "DET_DATA"
-    SEG_DATA = "SEG_DATA"
-    KD = "KD"
-    DET_TEACHER = "DET_TEACHER"
-    SEG_TEACHER = "SEG_TEACHER"
-    EPOCHS = "EPOCHS"
-    BATCH_SIZE = "BATCH_SIZE"
-    LR = "LR"
-    ITERS = "ITERS_PER_EPOCH"
-    SEED = "SEED"
-    RESUME = "RESUME"
-    UNLABELLED = "UNLABELLED"
-    OVERRIDES = "OVERRIDES"
-    OUTPUT = "OUTPUT"
-    CHECKPOINT = "CHECKPOINT"
-    LAST_CHECKPOINT = "LAST_CHECKPOINT"
-    METRICS = "METRICS"
-
-    NUMBERS = (
-        (EPOCHS, "optim.epochs", True),
-        (BATCH_SIZE, "data.batch_size", True),
-        (LR, "optim.lr", False),
-        (ITERS, "optim.iters_per_epoch", True),
-        (SEED, "runtime.seed", True),
-    )
-    """Number parameters and the config key each one overrides (when set)."""
-
     def parameters(self) -> list[Spec]:
         return [*self._data_and_model(), *self._schedule(), *self._run()]
 
     def _data_and_model(self) -> list[Spec]:
-        det = "A chip dataset folder ('Chip tiles'); its boxes train the detection head."
+        det = "A chip dataset folder (the 'Chip …' algorithms); its boxes train the detection head."
         seg = "A chip dataset folder; its class masks train the segmentation head."
         network = "The student is what you deploy; teachers (larger) are trained first for distillation."
         kd = "Needs both datasets and both teachers. The paper's best: soft + pdf."
         unlabelled = (
-            "Chip dataset folders (engine.chip --task none, or any chip dataset: its labels are ignored) or "
+            "Chip dataset folders ('Chip unlabelled rasters', or any chip dataset: its labels are ignored) or "
             "raster files, which are chipped first into CHECKPOINT FOLDER/unlabelled/ at the training chip size. "
             "The teachers label them: needs a distillation variant and both teacher checkpoints."
         )
@@ -173,13 +143,37 @@ class Train(PmtlAlgorithm):
         files = {"layerType": QgsProcessing.TypeFile, "optional": True}
         checkpoints = {"fileFilter": CHECKPOINT_FILTER, "optional": True}
         return [
-            spec("folder", self.DET_DATA, "Detection chip dataset", det, optional=True),
-            spec("folder", self.SEG_DATA, "Segmentation chip dataset", seg, optional=True),
-            spec("enum", self.MODEL, "Network", network, options=[m[0] for m in MODELS], defaultValue=0),
-            spec("enum", self.KD, "Knowledge distillation", kd, options=[k[0] for k in KD_VARIANTS], defaultValue=0),
-            spec("layers", self.UNLABELLED, "Unlabelled imagery (distillation only)", unlabelled, **files),
-            spec("file", self.DET_TEACHER, "Detection teacher checkpoint", teacher, **checkpoints),
-            spec("file", self.SEG_TEACHER, "Segmentation teacher checkpoint", teacher, **checkpoints),
+            spec("folder", "DET_DATA", "Detection chip dataset", det, optional=True, engine="data.det"),
+            spec("folder", "SEG_DATA", "Segmentation chip dataset", seg, optional=True, engine="data.seg"),
+            spec("enum", "MODEL", "Network", network, options=[m[0] for m in MODELS], defaultValue=0, engine="model"),
+            spec(
+                "enum",
+                "KD",
+                "Knowledge distillation",
+                kd,
+                options=[k[0] for k in KD_VARIANTS],
+                defaultValue=0,
+                engine="kd",
+            ),
+            spec(
+                "layers",
+                "UNLABELLED",
+                "Unlabelled imagery (distillation only)",
+                unlabelled,
+                **files,
+                engine="data.unlabelled",
+            ),
+            spec(
+                "file", "DET_TEACHER", "Detection teacher checkpoint", teacher, **checkpoints, engine="kd.det_teacher"
+            ),
+            spec(
+                "file",
+                "SEG_TEACHER",
+                "Segmentation teacher checkpoint",
+                teacher,
+                **checkpoints,
+                engine="kd.seg_teacher",
+            ),
         ]
 
     def _schedule(self) -> list[Spec]:
@@ -198,13 +192,21 @@ class Train(PmtlAlgorithm):
         batch, iters = "Images per batch and task (empty: config).", "Empty: one pass over the larger dataset."
         optional, yaml_files = ADVANCED_OPTIONAL, "YAML (*.yaml *.yml)"
         return [
-            spec("integer", self.EPOCHS, "Epochs", epochs, optional=True, minValue=1),
-            spec("boolean", self.RESUME, "Resume the run in the checkpoint folder", resume, defaultValue=False),
-            spec("file", self.CONFIG, "Training config (YAML)", config, fileFilter=yaml_files, **optional),
-            spec("integer", self.BATCH_SIZE, "Batch size", batch, **optional, minValue=1),
-            spec("double", self.LR, "Learning rate", lr, **optional, minValue=0.0),
-            spec("integer", self.ITERS, "Iterations per epoch", iters, **optional, minValue=1),
-            spec("integer", self.SEED, "Random seed", seed, **optional, minValue=0),
+            spec("integer", "EPOCHS", "Epochs", epochs, optional=True, minValue=1, engine="optim.epochs"),
+            spec("boolean", "RESUME", "Resume the run in the checkpoint folder", resume, defaultValue=False),
+            spec("file", "CONFIG", "Training config (YAML)", config, fileFilter=yaml_files, **optional),
+            spec("integer", "BATCH_SIZE", "Batch size", batch, **optional, minValue=1, engine="data.batch_size"),
+            spec("double", "LR", "Learning rate", lr, **optional, minValue=0.0, engine="optim.lr"),
+            spec(
+                "integer",
+                "ITERS_PER_EPOCH",
+                "Iterations per epoch",
+                iters,
+                **optional,
+                minValue=1,
+                engine="optim.iters_per_epoch",
+            ),
+            spec("integer", "SEED", "Random seed", seed, **optional, minValue=0, engine="runtime.seed"),
         ]
 
     def _run(self) -> list[Spec]:
@@ -212,56 +214,77 @@ class Train(PmtlAlgorithm):
             "Extra dotted key=value pairs, space separated, e.g. 'optim.warmup_iters=100 loss.focal_gamma=1' "
             '(quote a value with spaces: "data.det=C:\\My chips").'
         )
-        output = (
+        folder = (
             "Receives best.pt, last.pt, the effective config, metrics per epoch and training curves. Default: "
             "a new folder under ~/pmtl/runs ($PMTL_RUNS), kept after QGIS exits."
         )
         return [
             self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."),
-            spec("text", self.OVERRIDES, "Config overrides", overrides, **ADVANCED_OPTIONAL),
-            spec("folder_out", self.OUTPUT, "Checkpoint folder", output, defaultValue=str(new_run_folder())),
-        ]
-
-    def outputs(self) -> list[tuple[type, str, str]]:
-        return [
-            (QgsProcessingOutputFile, self.CHECKPOINT, "Best checkpoint (best.pt)"),
-            (QgsProcessingOutputFile, self.LAST_CHECKPOINT, "Last checkpoint (last.pt)"),
-            (QgsProcessingOutputString, self.METRICS, "Best validation metrics (JSON)"),
+            spec("text", "OVERRIDES", "Config overrides", overrides, **ADVANCED_OPTIONAL),
+            spec(
+                "folder_out",
+                "OUTPUT",
+                "Checkpoint folder",
+                folder,
+                defaultValue=str(new_run_folder()),
+                engine="runtime.out",
+            ),
+            output("file", "CHECKPOINT", "Best checkpoint (best.pt)"),
+            output("file", "LAST_CHECKPOINT", "Last checkpoint (last.pt)"),
+            output("string", "METRICS", "Best validation metrics (JSON)"),
         ]
 
     def check_values(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
-        if all(is_unset(parameters, name) for name in (self.DET_DATA, self.SEG_DATA, self.CONFIG)):
+        if all(is_unset(parameters, name) for name in ("DET_DATA", "SEG_DATA", "CONFIG")):
             return "Give a detection chip dataset, a segmentation chip dataset, or both (found neither)."
-        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
-        if self._has_unlabelled(parameters) and kd == (False, "none"):
-            return (
-                "Unlabelled imagery is learnt by distillation only: choose a distillation variant (e.g. soft + pdf) "
-                "and give both teacher checkpoints, or leave 'Unlabelled imagery' empty."
-            )
-        if kd not in (None, (False, "none")):
-            needed = (
-                (self.DET_DATA, "Detection chip dataset"),
-                (self.SEG_DATA, "Segmentation chip dataset"),
-                (self.DET_TEACHER, "Detection teacher checkpoint"),
-                (self.SEG_TEACHER, "Segmentation teacher checkpoint"),
-            )
-            missing = [label for name, label in needed if is_unset(parameters, name)]
-            if missing:
-                return f"Distillation needs both datasets and both teachers; missing: {', '.join(missing)}."
+        try:
+            with engine_scope():
+                self.validate(parameters, context)
+        except QgsProcessingException as exc:
+            return str(exc)
         return self._check_output(parameters, context)
 
+    def validate(self, parameters: dict[str, Any], context: QgsProcessingContext) -> None:
+        """The engine's own config validator on the config these parameters make, in-process (no torch): a wrong
+        value fails in a second, not after torch loads (and before any unlabelled raster is chipped). Its errors
+        name the dialog's fields."""
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context)).resolve()
+        config = self.optional_file(parameters, "CONFIG", context)
+        pending = ['data.unlabelled=["(chipped next)"]'] if self._has_unlabelled(parameters) else []
+        overrides = self.overrides(parameters, context, out_dir) + pending
+        load_config = self.engine("engine.train.config").load_config
+        try:
+            load_config(None if config is None else str(config.resolve()), overrides)
+        except self.engine("engine.core.errors").PmtlError as exc:
+            raise QgsProcessingException(self.config_text(exc.render(self.param_words))) from exc
+
+    def config_text(self, message: str) -> str:
+        """An engine config error in the dialog's words: the config key it starts with becomes the label of the field
+        that sets it (its spec's ``engine`` word; the key kept in brackets, for a config file); teacher keys named
+        later on become their labels too."""
+        labels = {s.engine: self.parameterDefinition(s.name).description() for s in self.parameters() if s.engine}
+        labels["runtime.device"] = self.parameterDefinition("DEVICE").description()
+        if message.startswith("override '"):
+            return f"'{self.parameterDefinition('OVERRIDES').description()}': {message}"
+        lead = re.match(r"config key '([\w.]+)'", message)
+        if lead is None or lead.group(1) not in labels:
+            return message
+        key = lead.group(1)
+        rest = re.sub(r"\bkd\.(det|seg)_teacher\b", lambda m: f"'{labels[m.group(0)]}'", message[lead.end() :])
+        return f"'{labels[key]}' (config key {key}){rest}"
+
     def _has_unlabelled(self, parameters: dict[str, Any]) -> bool:
-        return not is_unset(parameters, self.UNLABELLED) and bool(parameters.get(self.UNLABELLED))
+        return not is_unset(parameters, "UNLABELLED") and bool(parameters.get("UNLABELLED"))
 
     def _check_output(self, parameters: dict[str, Any], context: QgsProcessingContext) -> str | None:
         """Resume needs a run to continue; a new run must not overwrite one."""
-        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context))
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context))
         last = out_dir / "last.pt"
-        if self.parameterAsBool(parameters, self.RESUME, context) and not last.is_file():
+        if self.parameterAsBool(parameters, "RESUME", context) and not last.is_file():
             runs = resumable_runs(runs_root())
             hint = f" Runs that can be resumed: {', '.join(map(str, runs))}." if runs else ""
             return f"Resume: the checkpoint folder {out_dir} holds no last.pt to continue from.{hint}"
-        if not self.parameterAsBool(parameters, self.RESUME, context) and last.is_file():
+        if not self.parameterAsBool(parameters, "RESUME", context) and last.is_file():
             return (
                 f"Checkpoint folder: {out_dir} already holds a training run (last.pt). Tick 'Resume' to continue "
                 "it, or choose another folder."
@@ -273,53 +296,44 @@ class Train(PmtlAlgorithm):
         root = engine_root() or Path.cwd()
         items = [f"runtime.out={yaml_path(out_dir)}"]
         datasets = {}
-        for task, name in (("det", self.DET_DATA), ("seg", self.SEG_DATA)):
+        for task, name in (("det", "DET_DATA"), ("seg", "SEG_DATA")):
             path = self.optional_file(parameters, name, context)
             if path is not None:
                 datasets[task] = path.resolve()
                 items.append(f"data.{task}={yaml_path(datasets[task])}")
         if datasets:
             items.append(f"tasks=[{','.join(datasets)}]")
-        model = MODELS[self.parameterAsEnum(parameters, self.MODEL, context)][1]
+        model = MODELS[self.parameterAsEnum(parameters, "MODEL", context)][1]
         if model:
             items.append(f"model={yaml_path((root / model).resolve())}")
-        kd = KD_VARIANTS[self.parameterAsEnum(parameters, self.KD, context)][1]
+        kd = KD_VARIANTS[self.parameterAsEnum(parameters, "KD", context)][1]
         if kd is not None:
             items += [f"kd.soft={'true' if kd[0] else 'false'}", f"kd.feature={kd[1]}"]
-        for task, name in (("det", self.DET_TEACHER), ("seg", self.SEG_TEACHER)):
+        for task, name in (("det", "DET_TEACHER"), ("seg", "SEG_TEACHER")):
             path = self.optional_file(parameters, name, context)
             if path is not None:
                 items.append(f"kd.{task}_teacher={yaml_path(path.resolve())}")
-        for name, key, integer in self.NUMBERS:
-            value = self.optional_number(parameters, name, context, integer=integer)
-            if value is not None:
-                items.append(f"{key}={value}")
+        items += [f"{key}={value}" for key, value in self.engine_numbers(parameters, context)]
         device = self.device(parameters, context)
         if device != "auto":
             items.append(f"runtime.device={device}")
-        if is_unset(parameters, self.OVERRIDES):
+        if is_unset(parameters, "OVERRIDES"):
             return items
-        return items + split_overrides(self.parameterAsString(parameters, self.OVERRIDES, context))
+        return items + split_overrides(self.parameterAsString(parameters, "OVERRIDES", context))
 
     def process(
         self, parameters: dict[str, Any], context: QgsProcessingContext, feedback: QgsProcessingFeedback
     ) -> dict[str, Any]:
-        out_dir = Path(self.parameterAsFileOutput(parameters, self.OUTPUT, context)).resolve()
-        config = self.optional_file(parameters, self.CONFIG, context)
+        self.validate(parameters, context)  # again: a model's child step may skip the dialog's check
+        out_dir = Path(self.parameterAsFileOutput(parameters, "OUTPUT", context)).resolve()
+        config = self.optional_file(parameters, "CONFIG", context)
         config_path = None if config is None else str(config.resolve())
         overrides = self.overrides(parameters, context, out_dir)
-        unlabelled = self._has_unlabelled(parameters)
-        # The engine's own validator, in-process (no torch): a typo fails in a second, not after torch loads (and
-        # before any unlabelled raster is chipped).
-        pending = ['data.unlabelled=["(chipped next)"]'] if unlabelled else []
-        self.call_engine(
-            self.engine("engine.train.config").load_config, feedback, path=config_path, overrides=overrides + pending
-        )
-        if unlabelled:
+        if self._has_unlabelled(parameters):
             roots = self.unlabelled_roots(parameters, context, out_dir, feedback)
             overrides.append(f"data.unlabelled={json.dumps([str(root) for root in roots])}")
         env = self.engine_env()
-        resume = self.parameterAsBool(parameters, self.RESUME, context)
+        resume = self.parameterAsBool(parameters, "RESUME", context)
         result = self.run_command(training_command(env.python, config_path, overrides, resume), env, feedback)
         return self._results(result, out_dir, feedback)
 
@@ -332,10 +346,10 @@ class Train(PmtlAlgorithm):
     ) -> list[Path]:
         """Chip dataset folders for ``data.unlabelled``: folders as given, rasters chipped (task none) into
         ``out_dir/unlabelled/NAME`` first — reused when already complete, so a resumed run does not chip again."""
-        labelled = [self.optional_file(parameters, name, context) for name in (self.DET_DATA, self.SEG_DATA)]
+        labelled = [self.optional_file(parameters, name, context) for name in ("DET_DATA", "SEG_DATA")]
         size = chip_size_of([root for root in labelled if root is not None])
         roots: list[Path] = []
-        for entry in self.parameterAsFileList(parameters, self.UNLABELLED, context):
+        for entry in self.parameterAsFileList(parameters, "UNLABELLED", context):
             path = Path(entry)
             if path.is_dir() and (path / "manifest.json").is_file():
                 roots.append(path.resolve())
@@ -398,14 +412,14 @@ class Train(PmtlAlgorithm):
                 f"Training failed (exit code {result.returncode}):\n{self.engine_text(result.error_text())}"
             )
         metrics = done.get("metrics", {}) if done else {}
-        results: dict[str, Any] = {self.OUTPUT: str(out_dir), self.METRICS: json.dumps(metrics, default=str)}
+        results: dict[str, Any] = {"OUTPUT": str(out_dir), "METRICS": json.dumps(metrics, default=str)}
         if best.exists():
-            results[self.CHECKPOINT] = str(best)
+            results["CHECKPOINT"] = str(best)
         elif last.exists():
-            results[self.CHECKPOINT] = str(last)
+            results["CHECKPOINT"] = str(last)
         if last.exists():
-            results[self.LAST_CHECKPOINT] = str(last)
-        if self.CHECKPOINT not in results:
+            results["LAST_CHECKPOINT"] = str(last)
+        if "CHECKPOINT" not in results:
             raise QgsProcessingException(f"Training ended but wrote no checkpoint in {out_dir}.")
         return results
 
