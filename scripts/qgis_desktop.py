@@ -69,5 +69,6 @@ def quit_qgis() -> None:
     from qgis.PyQt.QtWidgets import QApplication
 
     QgsProject.instance().setDirty(False)
+    QgsProject.instance().clear()  # layers removed while QGIS is whole: QGIS 3.22 can crash removing them at exit
     QApplication.exit(0)
     QTimer.singleShot(5000, lambda: os._exit(0))
