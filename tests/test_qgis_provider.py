@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +56,8 @@ def test_provider_registers_the_algorithms_with_help_and_typed_parameters(qgis_p
     for name, alg in algorithms.items():
         assert alg.id() == f"pmtl:{name}"
         assert "Example (qgis_process): qgis_process run pmtl:" + name in alg.shortHelpString()
+        # the help panel renders HTML: a bare '<' swallows the rest of the text ("stride < size" did)
+        assert not re.search(r"<(?![a-zA-Z/!])", alg.shortHelpString()), f"{alg.id()}: a bare '<' in its help"
         for parameter in alg.parameterDefinitions():
             assert parameter.help(), f"{alg.id()} {parameter.name()} has no help string"
         assert alg.outputDefinitions(), f"{alg.id()} declares no outputs for the modeler"

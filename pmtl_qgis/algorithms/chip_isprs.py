@@ -25,8 +25,8 @@ class ChipIsprs(ChipAlgorithm):
         "chips, and writes a chip dataset folder: images, class masks, eroded (noBoundary) masks, detection boxes "
         "from connected blobs of building / tree / car, and a manifest with every chip's source tile, pixel window "
         "and georeferencing. Tiles go to the standard train/val split (or to the split a JSON override names).\n\n"
-        "The stride is a real stride: stride < size makes overlapping chips; the last chip of a row is aligned to "
-        "the tile border.\n\n"
+        "The stride is a real stride: a stride smaller than the chip size makes overlapping chips; the last chip "
+        "of a row is aligned to the tile border.\n\n"
         "Example (qgis_process): qgis_process run pmtl:chip_isprs -- INPUT_FOLDER=/data/vaihingen DATASET=0 "
         "SIZE=320 STRIDE=320 OUTPUT=/data/chips_vaihingen"
     )

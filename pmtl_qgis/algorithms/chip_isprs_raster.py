@@ -27,8 +27,8 @@ class ChipIsprsRaster(ChipAlgorithm):
         "boxes from connected blobs of building / tree / car, and a manifest with every chip's pixel window and "
         "georeferencing. All chips go to the chosen split; chip more rasters into other folders for other splits. "
         "For labels of your own (polygons or a class raster) use 'Chip rasters with your own labels'.\n\n"
-        "The stride is a real stride: stride < size makes overlapping chips; the last chip of a row is aligned to "
-        "the tile border.\n\n"
+        "The stride is a real stride: a stride smaller than the chip size makes overlapping chips; the last chip "
+        "of a row is aligned to the tile border.\n\n"
         "Example (qgis_process): qgis_process run pmtl:chip_isprs_raster -- INPUT=/data/area1.tif "
         "LABEL=/data/area1_label.tif SPLIT=0 SIZE=320 STRIDE=320 OUTPUT=/data/chips_area1"
     )
