@@ -96,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    log_params_as_flags()
     progress = cli_progress("chipping")
     cancelled = "chipping interrupted; the output is not marked complete"
-    return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)
+    with log_params_as_flags():
+        return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)
 
 
 def _chip_and_report(args: argparse.Namespace, progress: Progress) -> None:

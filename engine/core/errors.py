@@ -89,10 +89,18 @@ class ParamWords(logging.Filter):
         return True
 
 
-def log_params_as_flags() -> None:
-    """For the CLIs, after ``logging.basicConfig``: log messages name parameters as command-line flags."""
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(ParamWords())
+@contextlib.contextmanager
+def log_params_as_flags() -> Iterator[None]:
+    """Around a CLI's run, after ``logging.basicConfig``: log messages name parameters as command-line flags. The
+    filters go when the run ends (a CLI called in-process, e.g. by a test, leaves the Python API's words alone)."""
+    handlers, words = list(logging.getLogger().handlers), ParamWords()
+    for handler in handlers:
+        handler.addFilter(words)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(words)
 
 
 def _front_door_renders() -> bool:

@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_gdal_close_errors()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    log_params_as_flags()
 
     progress = cli_progress("predict", json_lines=args.json_progress)
     cancelled = "prediction cancelled; no output written"
-    return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
+    with log_params_as_flags():
+        return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
 
 
 def _predict(args: argparse.Namespace, progress: Progress) -> None:
