@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent if "__file__" in globals() else Path(".")
-LOOP_STEPS = 30
-"""Fine-tuning steps shown in the pictures: enough to run the loop, not to improve a model (a minute on 2 cores)."""
+LOOP_STEPS = 10
+"""Fine-tuning steps shown in the pictures: enough to run the loop, not to improve a model."""
 LOOP_CHIP = 96
 """Chip side of the fine-tuning in the pictures: the tile is small (64 m), 96 px chips leave some to hold out."""
 ORTHO_NAME = "ortho (R-G-B, Potsdam-like)"

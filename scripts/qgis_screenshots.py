@@ -53,7 +53,7 @@ def orchestrate(out: Path, loop_model: Path | None) -> int:
         env = {INSIDE: str(out.resolve()), "PMTL_SHOTS_ORTHO": str(_ortho(work / "synth"))}
         return {**env, **(prepare(loop_model, work / "loop") if loop_model else {})}
 
-    return run_in_fresh_qgis(__file__, extra_env, timeout=600 if loop_model else 240)
+    return run_in_fresh_qgis(__file__, extra_env, timeout=1200 if loop_model else 240)
 
 
 class Shooter:
