@@ -68,6 +68,8 @@ def quit_qgis() -> None:
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
-    QgsProject.instance().setDirty(False)
+    project = QgsProject.instance()
+    project.removeAllMapLayers()  # while the docks live: at exit, a current-layer change reached a deleted style dock
+    project.setDirty(False)
     QApplication.exit(0)
     QTimer.singleShot(5000, lambda: os._exit(0))

@@ -20,6 +20,9 @@ LOOP_STEPS = 10
 """Fine-tuning steps shown in the pictures: enough to run the loop, not to improve a model."""
 LOOP_CHIP = 96
 """Chip side of the fine-tuning in the pictures: the tile is small (64 m), 96 px chips leave some to hold out."""
+SCORE = 0.3
+"""One score threshold for both detections layers, so that the two pictures compare (else each model shows its
+boxes at the thresholds recorded in it)."""
 ORTHO_NAME = "ortho (R-G-B, Potsdam-like)"
 
 
@@ -121,7 +124,7 @@ class LoopSteps:
             "pmtl:detect_segment",
             {"INPUT": self._ortho_layer().id(), "MODEL": model or self.model,
              "OUTPUT_RASTER": str(self.work / f"classes_{tag}.tif"),
-             "OUTPUT_DETECTIONS": str(self.work / f"detections_{tag}.gpkg")},
+             "OUTPUT_DETECTIONS": str(self.work / f"detections_{tag}.gpkg"), "SCORE_THRESHOLD": SCORE},
         )  # fmt: skip
         if self.detections is not None:
             QgsProject.instance().layerTreeRoot().findLayer(self.detections.id()).setItemVisibilityChecked(False)
