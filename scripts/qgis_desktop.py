@@ -68,7 +68,8 @@ def quit_qgis() -> None:
     from qgis.PyQt.QtCore import QTimer
     from qgis.PyQt.QtWidgets import QApplication
 
-    QgsProject.instance().setDirty(False)
-    QgsProject.instance().clear()  # layers removed while QGIS is whole: QGIS 3.22 can crash removing them at exit
+    project = QgsProject.instance()
+    project.clear()  # layers removed while QGIS is whole: at exit, QGIS 3.22 crashed removing them (deleted docks)
+    project.setDirty(False)
     QApplication.exit(0)
     QTimer.singleShot(5000, lambda: os._exit(0))

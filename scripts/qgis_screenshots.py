@@ -5,6 +5,8 @@
 builds the plugin zip, installs it into a fresh QGIS profile (recording .venv/bin/python for torch and
 onnxruntime), starts ``qgis`` with this file as its startup code, opens the Processing toolbox and every pmtl
 algorithm's dialog as a user would, and saves each window with QGIS's own widget grab (PNG, 256 colours).
+With ``--loop-model CKPT`` (a pmtl checkpoint trained on the synthetic Potsdam-like twin at 20 cm, e.g. the
+``make demo`` map model's ``best.pt``) it then shoots the correct-and-retrain loop (scripts/qgis_loop_shots.py).
 """
 
 from __future__ import annotations
@@ -39,17 +41,19 @@ def _ortho(path: Path) -> Path:
     return next(path.rglob("top/*.tif"))
 
 
-def orchestrate(out: Path) -> int:
-    """Outside QGIS: the screenshots taken in a fresh QGIS."""
-    sys.path.insert(0, str(REPO / "scripts"))
+def orchestrate(out: Path, loop_model: Path | None) -> int:
+    """Outside QGIS: the screenshots taken in a fresh QGIS (with the loop's when ``loop_model`` is given)."""
+    sys.path[:0] = [str(REPO / "scripts"), str(REPO)]  # this script's helpers, the engine (the loop's model)
     from qgis_desktop import run_in_fresh_qgis
+    from qgis_loop_shots import prepare
 
     out.mkdir(parents=True, exist_ok=True)
 
     def extra_env(work: Path) -> dict[str, str]:
-        return {INSIDE: str(out.resolve()), "PMTL_SHOTS_ORTHO": str(_ortho(work / "synth"))}
+        env = {INSIDE: str(out.resolve()), "PMTL_SHOTS_ORTHO": str(_ortho(work / "synth"))}
+        return {**env, **(prepare(loop_model, work / "loop") if loop_model else {})}
 
-    return run_in_fresh_qgis(__file__, extra_env, timeout=240)
+    return run_in_fresh_qgis(__file__, extra_env, timeout=1200 if loop_model else 240)
 
 
 class Shooter:
@@ -62,6 +66,10 @@ class Shooter:
         self.steps = [self.load_ortho, self.toolbox, self.open_plugin_menu, self.save_plugin_menu]
         for alg in DIALOGS:
             self.steps += [lambda alg=alg: self.open_dialog(alg), lambda alg=alg: self.save_dialog(alg)]
+        if os.environ.get("PMTL_LOOP_MODEL"):
+            from qgis_loop_shots import LoopSteps
+
+            self.steps += LoopSteps(iface, out, dict(os.environ)).steps()
         self.steps.append(self.quit)
         self.dialog = None
 
@@ -161,4 +169,7 @@ if os.environ.get(INSIDE):
 elif __name__ == "__main__":
     from qgis_desktop import out_parser
 
-    sys.exit(orchestrate(Path(out_parser(__doc__, REPO / "docs" / "img").parse_args().out)))
+    parser = out_parser(__doc__, REPO / "docs" / "img")
+    parser.add_argument("--loop-model", type=Path, help="checkpoint for the correct-and-retrain loop's pictures")
+    args = parser.parse_args()
+    sys.exit(orchestrate(Path(args.out), args.loop_model))
