@@ -170,3 +170,19 @@ def test_synth_cli_in_a_log_file(tmp_path: Path) -> None:
     assert again.returncode == EXIT_ERROR
     assert again.stderr.strip().splitlines()[-1].startswith("error: output folder")
     assert "Traceback" not in again.stderr
+
+
+@pytest.mark.parametrize("json_errors, expected", [(False, "set --value-max"), (True, "set [[value_max]]")])
+def test_a_cli_names_parameters_in_warnings_as_flags_and_leaves_them_to_a_parent(json_errors, expected) -> None:
+    """A CLI process (no logging configured: Python's last-resort handler would print the raw template)."""
+    code = (
+        "import logging\n"
+        "from engine.core.cli import run_cli\n"
+        "from engine.core.errors import param_ref\n"
+        "job = lambda: logging.getLogger('engine.chip').warning('scaled by 65535; set %s', param_ref('value_max'))\n"
+        f"raise SystemExit(run_cli(job, json_errors={json_errors}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert expected in done.stderr

@@ -10,7 +10,7 @@ import sys
 from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
-from engine.core.errors import ConfigError, log_params_as_flags, quiet_gdal_close_errors
+from engine.core.errors import ConfigError, quiet_gdal_close_errors
 from engine.core.options import ChipOptions, add_options
 from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     progress = cli_progress("chipping")
     cancelled = "chipping interrupted; the output is not marked complete"
-    with log_params_as_flags():
-        return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)
+    return run_cli(partial(_chip_and_report, args, progress), cancelled=cancelled, progress=progress)
 
 
 def _chip_and_report(args: argparse.Namespace, progress: Progress) -> None:

@@ -14,11 +14,12 @@ A ``__main__`` parses its arguments, then hands the work to :func:`run_cli`:
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from engine.core.errors import PmtlError, cli_message, error_event, render_message
+from engine.core.errors import PmtlError, cli_message, error_event, log_params_as_flags, render_message
 from engine.core.progress import Cancelled, JsonLinesProgress, Progress, TqdmProgress
 
 EXIT_OK = 0
@@ -51,7 +52,17 @@ def run_cli(
     """Run ``job()`` and turn its outcome into an exit status: :data:`EXIT_OK` (or the int the job returns),
     :data:`EXIT_ERROR` or :data:`EXIT_CANCELLED`. ``cancelled`` is the line printed on a cancel (or a function that
     says it, e.g. which checkpoint is kept); ``progress`` is closed on every path; ``json_errors`` also writes the
-    error as a JSON ``error`` event on stdout."""
+    error as a JSON ``error`` event on stdout. Warnings name parameters as command-line flags, except for a parent
+    program (``json_errors``), which names them in its own words."""
+    if json_errors:
+        return _outcome(job, cancelled, progress, json_errors)
+    if not logging.getLogger().handlers:  # a CLI process: warnings to stderr, one line each
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    with log_params_as_flags():
+        return _outcome(job, cancelled, progress, json_errors)
+
+
+def _outcome(job: Callable[[], Any], cancelled: str | Callable[[], str], progress: Any, json_errors: bool) -> int:
     try:
         code = job()
     except (Cancelled, KeyboardInterrupt):

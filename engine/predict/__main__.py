@@ -10,7 +10,7 @@ import sys
 from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
-from engine.core.errors import log_params_as_flags, quiet_gdal_close_errors
+from engine.core.errors import quiet_gdal_close_errors
 from engine.core.progress import Progress
 from engine.predict.options import add_raster_options, raster_settings
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = cli_progress("predict", json_lines=args.json_progress)
     cancelled = "prediction cancelled; no output written"
-    with log_params_as_flags():
-        return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
+    return run_cli(partial(_predict, args, progress), cancelled=cancelled, progress=progress)
 
 
 def _predict(args: argparse.Namespace, progress: Progress) -> None:
