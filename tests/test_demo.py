@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine.demo.__main__ import compose_map
-from engine.demo.quality import TARGETS, format_quality
+from engine.demo.quality import TARGETS, format_quality, format_students, pick_map_model, student_summary
 
 
 def _png(path, colour):
@@ -59,3 +59,35 @@ def test_cpu_presets_work_at_the_working_gsd_with_the_lite_student(preset):
     spec = load_preset(preset)
     assert spec["chips"]["gsd"] == pytest.approx(0.2)
     assert spec["models"]["student"] == {"demo": "models/student_map.yaml", "cpu": "models/student_lite.yaml"}[preset]
+
+
+def _fresh_result(det_p, seg_v, det_v, seg_p, met=True):
+    return {
+        "met": {"vaihingen_seg_miou": met, "potsdam_building_ap50": True},
+        "details": {
+            "potsdam": {"det": {"ap50": det_p}, "seg": {"miou": seg_p}},
+            "vaihingen": {"det": {"ap50": det_v}, "seg": {"miou": seg_v}},
+        },
+    }
+
+
+def test_student_summary_splits_in_domain_from_cross_domain_by_direction():
+    result = _fresh_result(det_p=0.6, seg_v=0.5, det_v=0.1, seg_p=None)
+    p2v = student_summary(result, "potsdam", "vaihingen")
+    assert p2v["in_domain"] == {"det_ap50": 0.6, "seg_miou": 0.5}
+    assert p2v["cross_domain"] == {"det_ap50": 0.1, "seg_miou": None}
+    assert p2v["score"] == pytest.approx((0.6 + 0.5 + 0.1 + 0.0) / 4)
+    v2p = student_summary(result, "vaihingen", "potsdam")
+    assert v2p["in_domain"] == {"det_ap50": 0.1, "seg_miou": None}
+    assert v2p["cross_domain"] == {"det_ap50": 0.6, "seg_miou": 0.5}
+
+
+def test_the_map_model_meets_the_targets_first_then_scores_best():
+    plain = student_summary(_fresh_result(0.6, 0.6, 0.1, 0.1), "potsdam", "vaihingen")  # mean 0.35
+    distilled = student_summary(_fresh_result(0.6, 0.6, 0.3, 0.3), "potsdam", "vaihingen")  # mean 0.45
+    assert pick_map_model({"mtl": plain, "mtl_soft_pdf": distilled}) == "mtl_soft_pdf"
+    short = student_summary(_fresh_result(0.9, 0.9, 0.9, 0.9, met=False), "potsdam", "vaihingen")
+    assert pick_map_model({"mtl": plain, "mtl_soft_pdf": short}) == "mtl"
+    text = format_students({"mtl": plain, "mtl_soft_pdf": distilled}, {"mtl": "Partial MTL"}, "mtl_soft_pdf")
+    assert "Partial MTL      in-domain det 0.600 seg 0.600 | cross-domain det 0.100 seg 0.100" in text
+    assert text.splitlines()[-1].endswith("mean 0.450, targets met  <- map model")

@@ -48,6 +48,13 @@ def test_selected_runs_add_the_teachers_distillation_needs():
         selected_runs({"runs": ["mtl_typo"]})
 
 
+def test_students_as_teachers_replace_the_teacher_runs():
+    preset = {"runs": ["mtl", "mtl_soft_pdf"], "kd_teachers": "students"}
+    assert [r.name for r in selected_runs(preset)] == ["single_det", "single_seg", "mtl", "mtl_soft_pdf"]
+    with pytest.raises(ConfigError, match=r"'kd_teachers': expected one of \['teachers', 'students'\], found 'mine'"):
+        selected_runs({"runs": ["mtl_soft"], "kd_teachers": "mine"})
+
+
 def test_holdout_moves_every_fifth_train_tile_to_val_and_standard_val_to_test():
     tiles = [SimpleNamespace(name=f"t{i}", split="train") for i in range(10)]
     tiles += [SimpleNamespace(name="v0", split="val")]
@@ -140,6 +147,26 @@ def test_tiny_preset_end_to_end(tmp_path):
     assert main([*args, "--seeds", "3", "--report-only"]) == 0
     assert json.loads((out / "tables.json").read_text())["tables"] == tables["tables"]
     assert not (out / "v2p" / "seed2").exists()
+
+
+def test_each_seed_distils_from_its_own_single_task_students(tmp_path):
+    """kd_teachers: students (the demo): no teacher runs; seed N's distilled run reads seed N's single-task bests,
+    each fed its own inputs (the teacher's normalisation comes from its checkpoint)."""
+    preset = tiny_preset(
+        tmp_path,
+        chips={"size": 64, "stride": 64, "potsdam_bands": "RGB", "gsd": 0.1},
+        runs=["mtl_soft_pdf"],
+        kd_teachers="students",
+    )
+    out = tmp_path / "exp"
+    assert main(["--preset", str(preset), "--direction", "p2v", "--out", str(out), "--seeds", "2"]) == 0
+    assert sorted(p.name for p in (out / "p2v").iterdir()) == ["seed0", "seed1"]
+    for seed in (0, 1):
+        kd = json.loads((out / "p2v" / f"seed{seed}" / "mtl_soft_pdf" / "config.json").read_text())["kd"]
+        assert kd["det_teacher"] == str(out / "p2v" / f"seed{seed}" / "single_det" / "best.pt")
+        assert kd["seg_teacher"] == str(out / "p2v" / f"seed{seed}" / "single_seg" / "best.pt")
+    labels = [r["label"] for r in json.loads((out / "tables.json").read_text())["tables"]["p2v"]]
+    assert labels == ["Single task", "+ soft + PDF"]
 
 
 def test_prepared_chips_are_used_without_gdal(tmp_path, monkeypatch):

@@ -1,10 +1,14 @@
 """``python -m engine.demo --out DIR``: synthetic data → chips → students → ONNX → fresh-tile scores → QGIS maps.
 
 Synthetic twin of both domains resampled to a 20 cm working GSD and chipped; single-task students and the partial
-multi-task student (detection labels from the Potsdam-like domain, segmentation labels from the Vaihingen-like one)
-trained for the same steps and tested (``tables.md``); the partial-MTL student exported to ONNX is the map model,
+multi-task students (detection labels from the Potsdam-like domain, segmentation labels from the Vaihingen-like one)
+trained for the same steps and tested (``tables.md``); the map model, exported to ONNX, is
 scored on fresh tiles of both domains predicted whole through ``engine.predict`` (``quality.json``), and run through
 ``qgis_process`` (detect_segment + render_map) on one fresh tile of each domain, side by side in ``map.png``.
+
+The table also has the distilled partial-MTL student (the paper's best, + soft + PDF), taught by this run's two
+single-task students (``kd_teachers: students`` in the preset: no ResNet50 teachers to train). Both partial-MTL
+students are exported and scored on the fresh tiles; the better one is the map model (``quality.json``).
 
 Each step reuses what an earlier run finished, so a re-run after an interruption continues.
 """
@@ -24,7 +28,7 @@ from typing import Any
 from engine.core.atomic import write_json_atomic
 from engine.core.cli import run_cli
 from engine.core.errors import PmtlError
-from engine.demo.quality import format_quality
+from engine.demo.quality import format_quality, format_students
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,13 +101,13 @@ def _run_demo(args: argparse.Namespace) -> None:
     summarise_chips(chips, out)
     timings["data"] = time.perf_counter() - t
 
-    t = _step("2/5 single-task students vs the partial multi-task student (same steps; the map model)")
-    best = run_table(preset, chips, out, args.direction)
+    t = _step("2/5 single-task students vs the partial multi-task students, plain and distilled (same steps)")
+    candidates = run_table(preset, chips, out, args.direction)
     timings["training"] = time.perf_counter() - t
 
-    t = _step("3/5 ONNX export, then the map model on fresh tiles it never saw (new seed, whole rasters)")
-    model = export_map_model(best, out / "model.onnx", preset["map_model"])
-    quality = score_fresh_tiles(model, out)
+    t = _step("3/5 ONNX export, then both partial-MTL students on fresh tiles they never saw (the better: map model)")
+    quality = score_students(candidates, out, preset["map_model"], args.direction)
+    model = out / "model.onnx"
     timings["fresh_tiles"] = time.perf_counter() - t
 
     t = _step("4/5 detection + segmentation of a fresh tile of each domain through qgis_process")
@@ -126,21 +130,57 @@ def print_outputs(out: Path, png: Path, timings: dict[str, float], quality: dict
     print(f"\n=== done in {timings['total']:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ")")
     print(f"  chip previews:  {out}/preview_*.png")
     print(f"  table:          {out}/tables.md (+ tables.json, tables.png); curves: {out}/runs/*/seed0/*/curves.png")
-    print(f"  ONNX model:     {out}/model.onnx")
+    print(f"  ONNX model:     {out}/model.onnx (the map model: {quality['map_model']}; both in {out}/students/)")
     print(f"  fresh tiles:    {out}/quality.json")
     print(f"  map layers:     {out}/map_*/classes.tif, {out}/map_*/detections.gpkg")
     print(f"  rendered map:   {png}")
     print("\n" + format_quality(quality))
+    print(format_students(quality["students"], run_labels(), quality["map_model"]))
 
 
-def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> Path:
-    """Train the preset's runs (1 seed), print and write their table; returns the map model's best checkpoint."""
+def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> dict[str, Path]:
+    """Train the preset's runs (1 seed), print and write their table; returns each map-model candidate's best
+    checkpoint (``map_model.candidates``)."""
     from engine.experiments.__main__ import run_tables
     from engine.experiments.tables import build_table, write_tables
 
     results = run_tables([direction], preset, chips, out / "runs", 1, None)[direction]
     print(write_tables(out, {direction: build_table(results)}, 1))
-    return out / "runs" / direction / "seed0" / preset["map_model"]["run"] / "best.pt"
+    seed_dir = out / "runs" / direction / "seed0"
+    return {run: seed_dir / run / "best.pt" for run in preset["map_model"]["candidates"]}
+
+
+def score_students(candidates: dict[str, Path], out: Path, spec: dict[str, Any], direction: str) -> dict[str, Any]:
+    """Export and score each candidate on the fresh tiles; the better one becomes ``model.onnx``. Writes
+    ``quality.json``: the map model's figures, ``map_model`` (its run) and ``students`` (each one's in-domain and
+    cross-domain figures)."""
+    import shutil
+
+    from engine.core.atomic import atomic_path
+    from engine.demo.quality import fresh_tile_quality, pick_map_model, student_summary
+    from engine.experiments.plan import DIRECTIONS
+
+    results, summaries = {}, {}
+    for run, best in candidates.items():
+        print(f"--- {run}")
+        onnx = export_map_model(best, out / "students" / f"{run}.onnx", spec)
+        results[run] = fresh_tile_quality(onnx, out / "fresh")
+        summaries[run] = student_summary(results[run], *DIRECTIONS[direction])
+    chosen = pick_map_model(summaries)
+    with atomic_path(out / "model.onnx") as tmp:
+        shutil.copyfile(out / "students" / f"{chosen}.onnx", tmp)
+    quality = {**results[chosen], "map_model": chosen, "students": summaries}
+    write_json_atomic(out / "quality.json", quality)
+    print(format_quality(quality))
+    print(format_students(summaries, run_labels(), chosen))
+    return quality
+
+
+def run_labels() -> dict[str, str]:
+    """Each partial-MTL run's label in the tables (``mtl`` → ``Partial MTL``)."""
+    from engine.experiments.plan import ROWS
+
+    return {row.det_run: row.label for row in ROWS if row.det_run == row.seg_run}
 
 
 def export_map_model(best: Path, model: Path, spec: dict[str, Any]) -> Path:
@@ -155,16 +195,6 @@ def export_map_model(best: Path, model: Path, spec: dict[str, Any]) -> Path:
     shown = "n/a" if agreement is None else f"{100 * agreement:.1f} %"
     print(f"model: {model} ({meta['precision']}; int8 vs fp32 class-map agreement on validation chips {shown})")
     return model
-
-
-def score_fresh_tiles(model: Path, out: Path) -> dict[str, Any]:
-    """Score the model on new-seed tiles of both domains (see engine.demo.quality); writes quality.json."""
-    from engine.demo.quality import fresh_tile_quality
-
-    result = fresh_tile_quality(model, out / "fresh")
-    write_json_atomic(out / "quality.json", result)
-    print(format_quality(result))
-    return result
 
 
 def first_scene_per_domain(fresh: Path) -> dict[str, Any]:

@@ -55,6 +55,50 @@ def fresh_tile_quality(
     return {"headline": headline, "targets": TARGETS, "met": met, "tiles_per_domain": tiles, "details": details}
 
 
+def student_summary(result: dict[str, Any], det_domain: str, seg_domain: str) -> dict[str, Any]:
+    """One student's fresh-tile figures split by where its labels came from: ``in_domain`` (detection where the
+    detection labels were, segmentation where the segmentation labels were) and ``cross_domain`` (each task in the
+    other domain, learned there through the shared encoder only); ``score`` = their mean (AP50 and mIoU, None as 0)."""
+    details = result["details"]
+    cross_det, cross_seg = seg_domain, det_domain
+
+    def figure(domain: str, task: str, key: str) -> float | None:
+        return details.get(domain, {}).get(task, {}).get(key)
+
+    in_domain = {"det_ap50": figure(det_domain, "det", "ap50"), "seg_miou": figure(seg_domain, "seg", "miou")}
+    cross = {"det_ap50": figure(cross_det, "det", "ap50"), "seg_miou": figure(cross_seg, "seg", "miou")}
+    values = [v or 0.0 for v in (*in_domain.values(), *cross.values())]
+    return {
+        "in_domain": in_domain,
+        "cross_domain": cross,
+        "score": sum(values) / len(values),
+        "targets_met": all(result["met"].values()),
+    }
+
+
+def pick_map_model(summaries: dict[str, dict[str, Any]]) -> str:
+    """The student that becomes the map model: one that meets every target if any does, then the best ``score``."""
+    return max(summaries, key=lambda run: (summaries[run]["targets_met"], summaries[run]["score"]))
+
+
+def format_students(summaries: dict[str, dict[str, Any]], labels: dict[str, str], chosen: str) -> str:
+    """The students side by side, in-domain and cross-domain, and which one is the map model."""
+    lines = ["students on the same fresh tiles (AP50 / mIoU; cross-domain: the task where it had no labels):"]
+    for run, summary in summaries.items():
+        own, cross = summary["in_domain"], summary["cross_domain"]
+        mark = "  <- map model" if run == chosen else ""
+        lines.append(
+            f"  {labels.get(run, run):<16} in-domain det {_shown(own['det_ap50'])} seg {_shown(own['seg_miou'])}"
+            f" | cross-domain det {_shown(cross['det_ap50'])} seg {_shown(cross['seg_miou'])}"
+            f" | mean {summary['score']:.3f}, targets {'met' if summary['targets_met'] else 'NOT met'}{mark}"
+        )
+    return "\n".join(lines)
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def format_quality(result: dict[str, Any]) -> str:
     """A few lines a user reads at the end of ``make demo``."""
     lines = [f"map model on {result['tiles_per_domain']} fresh tiles per domain (new seed, whole rasters, predict):"]

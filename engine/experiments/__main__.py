@@ -24,7 +24,7 @@ from engine.core.cli import cli_progress, run_cli
 from engine.core.errors import ConfigError
 from engine.core.progress import Progress
 from engine.experiments.data import prepare_chips
-from engine.experiments.plan import DIRECTIONS, RunSpec, run_overrides, selected_runs
+from engine.experiments.plan import DIRECTIONS, STUDENT_TEACHERS, RunSpec, kd_teachers, run_overrides, selected_runs
 from engine.experiments.tables import build_table, write_tables
 from engine.experiments.target import run_target_experiment
 
@@ -105,7 +105,8 @@ def run_tables(
     """Train and test every run of the tables; returns results[direction][run][seed] = test metrics.
 
     The teachers are trained once per direction (seed 0, under ``DIR/teachers``) and shared by every seed's
-    students, as the paper's teachers are fixed networks. Students go seed by seed, both directions within a seed,
+    students, as the paper's teachers are fixed networks; with ``kd_teachers: students`` each seed's single-task
+    students teach that seed's distilled runs instead. Students go seed by seed, both directions within a seed,
     so an experiment stopped early still has complete tables for its first seeds.
     """
     runs = selected_runs(preset)
@@ -120,13 +121,22 @@ def run_tables(
             teachers[direction][spec.tasks[0]] = str(run_dir / "best.pt")
     for seed in range(seeds):
         for direction in directions:
+            seed_dir = out / direction / f"seed{seed}"
+            seed_teachers = _seed_teachers(preset, seed_dir, teachers[direction])
             for spec in (s for s in runs if not s.teacher):
-                run_dir = out / direction / f"seed{seed}" / spec.name
+                run_dir = seed_dir / spec.name
                 pair = _pair(chips, direction)
-                metrics = _run_once(spec, run_dir, preset, pair, seed, teachers[direction], progress, train)
+                metrics = _run_once(spec, run_dir, preset, pair, seed, seed_teachers, progress, train)
                 if metrics is not None:
                     results[direction].setdefault(spec.name, {})[seed] = metrics
     return results
+
+
+def _seed_teachers(preset: dict[str, Any], seed_dir: Path, shared: dict[str, str]) -> dict[str, str]:
+    """Who teaches this seed's distilled runs: the direction's teachers, or the seed's own single-task students."""
+    if kd_teachers(preset) == "teachers":
+        return shared
+    return {task: str(seed_dir / run / "best.pt") for task, run in STUDENT_TEACHERS.items()}
 
 
 def _pair(chips: dict[str, Path], direction: str) -> tuple[Path, Path]:

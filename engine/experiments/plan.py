@@ -62,6 +62,15 @@ ROWS: tuple[Row, ...] = (
 )
 
 
+KD_TEACHERS = ("teachers", "students")
+"""Preset key ``kd_teachers``: who teaches the distilled runs. ``teachers`` (default, the paper): the two
+ResNet50-PAFPN teachers, trained once per direction. ``students``: the same seed's single-task students (no teacher
+runs: what fits ``make demo``'s time on a CPU)."""
+
+STUDENT_TEACHERS = {"det": "single_det", "seg": "single_seg"}
+"""With ``kd_teachers: students``, the run whose best checkpoint teaches each task."""
+
+
 def selected_runs(preset: dict[str, Any]) -> tuple[RunSpec, ...]:
     """The runs a preset asks for (``runs:``, default all), plus the teachers any distilled run needs."""
     names = preset.get("runs") or [spec.name for spec in RUNS]
@@ -70,8 +79,17 @@ def selected_runs(preset: dict[str, Any]) -> tuple[RunSpec, ...]:
     if unknown:
         raise ConfigError(f"preset key 'runs': unknown run(s) {unknown}; expected names from {list(known)}")
     if any(known[name].uses_kd for name in names):
-        names = [*names, "teacher_det", "teacher_seg"]
+        extra = list(STUDENT_TEACHERS.values()) if kd_teachers(preset) == "students" else ["teacher_det", "teacher_seg"]
+        names = [*names, *extra]
     return tuple(spec for spec in RUNS if spec.name in names)
+
+
+def kd_teachers(preset: dict[str, Any]) -> str:
+    """The preset's ``kd_teachers`` (see :data:`KD_TEACHERS`), checked."""
+    value = preset.get("kd_teachers", "teachers")
+    if value not in KD_TEACHERS:
+        raise ConfigError(f"preset key 'kd_teachers': expected one of {list(KD_TEACHERS)}, found {value!r}")
+    return value
 
 
 def run_overrides(
