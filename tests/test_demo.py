@@ -63,6 +63,7 @@ def test_cpu_presets_work_at_the_working_gsd_with_the_lite_student(preset):
 
 def _fresh_result(det_p, seg_v, det_v, seg_p, met=True):
     return {
+        "headline": {},
         "met": {"vaihingen_seg_miou": met, "potsdam_building_ap50": True},
         "details": {
             "potsdam": {"det": {"ap50": det_p}, "seg": {"miou": seg_p}},
@@ -88,6 +89,6 @@ def test_the_map_model_meets_the_targets_first_then_scores_best():
     assert pick_map_model({"mtl": plain, "mtl_soft_pdf": distilled}) == "mtl_soft_pdf"
     short = student_summary(_fresh_result(0.9, 0.9, 0.9, 0.9, met=False), "potsdam", "vaihingen")
     assert pick_map_model({"mtl": plain, "mtl_soft_pdf": short}) == "mtl"
-    text = format_students({"mtl": plain, "mtl_soft_pdf": distilled}, {"mtl": "Partial MTL"}, "mtl_soft_pdf")
+    text = format_students({"mtl": {**plain, "label": "Partial MTL"}, "mtl_soft_pdf": distilled}, "mtl_soft_pdf")
     assert "Partial MTL      in-domain det 0.600 seg 0.600 | cross-domain det 0.100 seg 0.100" in text
     assert text.splitlines()[-1].endswith("mean 0.450, targets met  <- map model")

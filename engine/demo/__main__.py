@@ -16,7 +16,6 @@ Each step reuses what an earlier run finished, so a re-run after an interruption
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -91,7 +90,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    from engine.experiments.__main__ import load_preset
+    from engine.experiments.__main__ import load_preset, machine_info
     from engine.experiments.data import prepare_chips
 
     preset = load_preset(args.preset)
@@ -121,7 +120,7 @@ def _run_demo(args: argparse.Namespace) -> None:
     png = compose_map(panels, out / "map.png", args.direction)
     timings["compose"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - started
-    (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    write_json_atomic(out / "timings.json", {**timings, "machine": machine_info()})
     print_outputs(out, png, timings, quality)
 
 
@@ -135,7 +134,7 @@ def print_outputs(out: Path, png: Path, timings: dict[str, float], quality: dict
     print(f"  map layers:     {out}/map_*/classes.tif, {out}/map_*/detections.gpkg")
     print(f"  rendered map:   {png}")
     print("\n" + format_quality(quality))
-    print(format_students(quality["students"], run_labels(), quality["map_model"]))
+    print(format_students(quality["students"], quality["map_model"]))
 
 
 def run_table(preset: dict[str, Any], chips: dict[str, Path], out: Path, direction: str) -> dict[str, Path]:
@@ -165,14 +164,14 @@ def score_students(candidates: dict[str, Path], out: Path, spec: dict[str, Any],
         print(f"--- {run}")
         onnx = export_map_model(best, out / "students" / f"{run}.onnx", spec)
         results[run] = fresh_tile_quality(onnx, out / "fresh")
-        summaries[run] = student_summary(results[run], *DIRECTIONS[direction])
+        summaries[run] = {"label": run_labels().get(run, run), **student_summary(results[run], *DIRECTIONS[direction])}
     chosen = pick_map_model(summaries)
     with atomic_path(out / "model.onnx") as tmp:
         shutil.copyfile(out / "students" / f"{chosen}.onnx", tmp)
     quality = {**results[chosen], "map_model": chosen, "students": summaries}
     write_json_atomic(out / "quality.json", quality)
     print(format_quality(quality))
-    print(format_students(summaries, run_labels(), chosen))
+    print(format_students(summaries, chosen))
     return quality
 
 

@@ -69,6 +69,7 @@ def student_summary(result: dict[str, Any], det_domain: str, seg_domain: str) ->
     cross = {"det_ap50": figure(cross_det, "det", "ap50"), "seg_miou": figure(cross_seg, "seg", "miou")}
     values = [v or 0.0 for v in (*in_domain.values(), *cross.values())]
     return {
+        "headline": result["headline"],
         "in_domain": in_domain,
         "cross_domain": cross,
         "score": sum(values) / len(values),
@@ -81,14 +82,14 @@ def pick_map_model(summaries: dict[str, dict[str, Any]]) -> str:
     return max(summaries, key=lambda run: (summaries[run]["targets_met"], summaries[run]["score"]))
 
 
-def format_students(summaries: dict[str, dict[str, Any]], labels: dict[str, str], chosen: str) -> str:
+def format_students(summaries: dict[str, dict[str, Any]], chosen: str) -> str:
     """The students side by side, in-domain and cross-domain, and which one is the map model."""
     lines = ["students on the same fresh tiles (AP50 / mIoU; cross-domain: the task where it had no labels):"]
     for run, summary in summaries.items():
         own, cross = summary["in_domain"], summary["cross_domain"]
         mark = "  <- map model" if run == chosen else ""
         lines.append(
-            f"  {labels.get(run, run):<16} in-domain det {_shown(own['det_ap50'])} seg {_shown(own['seg_miou'])}"
+            f"  {summary.get('label', run):<16} in-domain det {_shown(own['det_ap50'])} seg {_shown(own['seg_miou'])}"
             f" | cross-domain det {_shown(cross['det_ap50'])} seg {_shown(cross['seg_miou'])}"
             f" | mean {summary['score']:.3f}, targets {'met' if summary['targets_met'] else 'NOT met'}{mark}"
         )

@@ -146,25 +146,33 @@ def _pair(chips: dict[str, Path], direction: str) -> tuple[Path, Path]:
 
 def run_info(argv: list[str], started: float) -> dict[str, Any]:
     """What a reader needs to reproduce a table: the command, the machine and the wall time."""
+    return {
+        "command": "python -m engine.experiments " + " ".join(argv),
+        "machine": machine_info(),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+    }
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU (and whether it has native bf16: about twice the training speed), cores, GPU, Python and torch."""
     import platform
 
     import torch
+
+    from engine.train.schedule import cpu_has_fast_bf16
 
     cpu = next(
         (line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo") if line.startswith("model name")),
         platform.processor(),
     )
     return {
-        "command": "python -m engine.experiments " + " ".join(argv),
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-        },
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "cpu": cpu,
+        "cpu_native_bf16": cpu_has_fast_bf16(),
+        "cores": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }
 
 
