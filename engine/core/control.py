@@ -32,7 +32,7 @@ CANCEL_LINE = "cancel"
 STDIN_FLAG = "--control-stdin"
 PARENT_POLL_S = 0.5
 """Seconds between two looks at whether the parent process is still there."""
-PARENT_GRACE_S = 20.0
+PARENT_GRACE_S = 5.0
 """Once the parent is gone: seconds for the job to reach a safe point before it is interrupted where it is, and as
 many again before the process exits without cleanup."""
 STARTED_BY = os.getppid()
