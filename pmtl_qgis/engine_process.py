@@ -7,8 +7,9 @@ as console output.
 
 Cancel works the same on every OS (see engine/core/control.py): the child is started with ``--control-stdin`` and
 the plugin writes ``cancel`` on its stdin; the child stops at its next safe point (training: after the current
-step, checkpoints intact). A child still running after ``cancel_grace_s`` is terminated, then killed. On Windows
-the child gets no console window (CREATE_NO_WINDOW).
+step, checkpoints intact). A child still running after ``cancel_grace_s`` is terminated, then killed. A child
+whose QGIS is gone (killed, crashed) stops by itself: end of its stdin, or its parent pid changing (ParentWatch). On
+Windows the child gets no console window (CREATE_NO_WINDOW).
 """
 
 from __future__ import annotations

@@ -194,6 +194,24 @@ def test_stale_partials_of_a_killed_prediction_are_removed_next_run(model, tmp_p
     assert hidden_partials(out, "classes.tif") == [live] and other.exists()
 
 
+def test_sigterm_cancels_a_prediction_as_ctrl_c_does(model, tmp_path):
+    """A scheduler's time limit or a parent's terminate sends SIGTERM: the CLI stops as on Ctrl-C, with its cancel
+    line and exit code 130, and its atomic writer removes the partial output (SIGKILL above leaves one)."""
+    raster = write_raster(tmp_path / "ortho.tif", 1200)
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "engine.predict", "--json-progress", "--batch-size", "1"]
+    command += ["--model", str(model), "--input", str(raster), "--out-raster", str(out / "classes.tif")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # the first tile's progress: the output is being written
+        if '"tile' in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and err.strip() == "prediction cancelled; no output written"
+    assert list(out.iterdir()) == []
+
+
 def test_remove_stale_partials_rules(tmp_path):
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(finished.stdout)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from osgeo import gdal, ogr
 from engine.core.errors import ConfigError
 from engine.data.chipstore import open_chip_dataset
 from engine.finetune.__main__ import main as finetune_main
+from engine.finetune.options import from_namespace
 from engine.finetune.prepare import extent_aoi
 from engine.models import build_model
 from engine.models.checkpoint import load_checkpoint
@@ -165,11 +168,14 @@ def _map(x: float, y: float) -> tuple[float, float]:
     return ORIGIN[0] + x * RASTER_GSD, ORIGIN[1] - y * RASTER_GSD
 
 
-def _raster(path: Path, size: int = 128) -> Path:
-    image = np.full((3, size, size), 60, np.uint8)
+def _raster(path: Path, size: int = 128, gain: int = 1) -> Path:
+    """Houses bright on dark ground; ``gain`` 16 gives 12-bit values in uint16."""
+    dtype = np.uint8 if gain == 1 else np.uint16
+    image = np.full((3, size, size), 60 * gain, dtype)
     for x0, y0, x1, y1 in HOUSES:
-        image[:, y0:y1, x0:x1] = 200
-    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal.GDT_Byte)
+        image[:, y0:y1, x0:x1] = 200 * gain
+    gdal_type = gdal.GDT_Byte if gain == 1 else gdal.GDT_UInt16
+    ds = gdal.GetDriverByName("GTiff").Create(str(path), size, size, 3, gdal_type)
     ds.SetGeoTransform((ORIGIN[0], RASTER_GSD, 0, ORIGIN[1], 0, -RASTER_GSD))
     ds.SetProjection(utm().ExportToWkt())
     for b in range(3):
@@ -233,6 +239,34 @@ def test_cli_fine_tunes_at_the_model_gsd_inside_the_labelled_extent(start, tmp_p
     again = finetune_main(["--checkpoint", str(out / "model.onnx"), "--image", str(raster), "--labels",
                            str(labels), "--task", "det", "--out", str(out)])  # fmt: skip
     assert again == 2 and "already holds a training run" in capsys.readouterr().err
+
+
+def test_the_16_bit_warning_names_an_option_of_finetune_and_the_option_scales_the_chips(tmp_path: Path, caplog):
+    from engine.core.errors import log_params_as_flags
+    from engine.finetune.__main__ import build_parser
+    from engine.finetune.options import FinetuneOptions
+    from engine.finetune.prepare import chip_labels
+
+    raster = _raster(tmp_path / "ortho12bit.tif", gain=16)  # values up to 3200 in uint16
+    labels = _polygons(tmp_path / "edited.gpkg", HOUSES, ["building"] * len(HOUSES))
+    common = {"checkpoint": "best.pt", "images": [str(raster)], "labels": str(labels), "size": 64, "holdout": 0.3}
+    with log_params_as_flags(), caplog.at_level(logging.WARNING):  # parameters named as the finetune CLI names them
+        chip_labels(FinetuneOptions(**common, out=str(tmp_path / "a")), START_GSD, 64, "building", None)
+    named = re.findall(r"set (--[a-z-]+)", caplog.text)
+    assert named == ["--scale-max"], caplog.text
+    assert set(named) <= {flag for action in build_parser()._actions for flag in action.option_strings}
+    caplog.clear()
+    given = {
+        "--checkpoint": "best.pt",
+        "--image": raster,
+        "--labels": labels,
+        "--out": tmp_path / "b",
+        "--holdout": 0.3,
+    }
+    args = build_parser().parse_args([str(x) for item in given.items() for x in item] + ["--scale-max", "4095"])
+    chips, _ = chip_labels(from_namespace(args), START_GSD, 64, "building", None)
+    assert "scaled by a maximum" not in caplog.text
+    assert open_chip_dataset(chips).manifest["value_scaling"] == {"dtype": "uint16", "max": 4095.0}
 
 
 def _error(capsys, *argv: str) -> str:

@@ -238,6 +238,26 @@ def test_imagery_only_chips_of_a_folder_skip_nodata(tmp_path: Path):
     assert data.images("train").shape == (55, 16, 16, 4)
 
 
+def test_imagery_only_chips_all_go_to_train_unless_a_share_is_asked_for(tmp_path: Path):
+    """Training reads only the train split of unlabelled chips: by default none is held out (CLI and Python API),
+    where labelled chips keep ChipOptions.val_fraction for validation; a share the caller gives is honoured."""
+    image = str(write_image(tmp_path / "a.tif", seed=1))
+    grid = ["--size", "16", "--stride", "16"]
+
+    def splits(out: Path) -> dict[str, int]:
+        manifest = open_chip_dataset(out).manifest
+        return {s: sum(c["split"] == s for c in manifest["chips"]) for s in {c["split"] for c in manifest["chips"]}}
+
+    assert chip_main(["--image", image, "--task", "none", "--out", str(tmp_path / "cli"), *grid]) == 0
+    assert list(splits(tmp_path / "cli")) == ["train"]
+    assert open_chip_dataset(tmp_path / "cli").manifest["split"]["val_fraction"] == 0.0
+    chip_images([image], tmp_path / "api", LabelSource("none"), size=16, stride=16)
+    assert list(splits(tmp_path / "api")) == ["train"]
+    asked = ["--val-fraction", "0.3", "--block", "16"]
+    assert chip_main(["--image", image, "--task", "none", "--out", str(tmp_path / "asked"), *grid, *asked]) == 0
+    assert splits(tmp_path / "asked")["val"] > 0
+
+
 def test_imagery_at_two_gsds_is_refused_before_chipping_with_how_to_resample(tmp_path: Path, capsys):
     folder = tmp_path / "orthos"
     folder.mkdir()

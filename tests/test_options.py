@@ -76,7 +76,11 @@ def test_the_command_lines_take_their_defaults_from_the_options():
 
     chip = chip_parser().parse_args(["--out", "x"])
     assert (chip.size, chip.stride) == (ChipOptions.size, ChipOptions.stride) == (320, 320)
-    assert (chip.val_fraction, chip.seed) == (ChipOptions.val_fraction, ChipOptions.seed) == (0.2, 0)
+    assert (chip.val_fraction, chip.seed) == (None, ChipOptions.seed) == (None, 0)  # None: by task, below
+    from engine.chip.splits import default_val_fraction
+
+    assert default_val_fraction("det") == ChipOptions.val_fraction == 0.2
+    assert default_val_fraction("none") == ChipOptions.unlabelled_val_fraction == 0.0  # training reads train only
     predict = predict_parser().parse_args(["--model", "m.onnx", "--input", "in.tif"])
     assert (predict.batch_size, predict.device) == (PredictOptions.batch_size, PredictOptions.device) == (4, "auto")
     region = region_parser().parse_args(["--model", "m.onnx", "--input", "in.tif", "--out", "o"])
@@ -105,6 +109,7 @@ QGIS_OPTIONS = [
     *[(alg, "SIZE", ChipOptions, "size") for alg in CHIP_ALGORITHMS],
     *[(alg, "STRIDE", ChipOptions, "stride") for alg in CHIP_ALGORITHMS],
     ("pmtl:chip_own_labels", "VAL_FRACTION", ChipOptions, "val_fraction"),
+    ("pmtl:chip_unlabelled", "VAL_FRACTION", ChipOptions, "unlabelled_val_fraction"),
     ("pmtl:chip_unlabelled", "SEED", ChipOptions, "seed"),
     ("pmtl:detect_segment_region", "WORKERS", WorkerOptions, "workers"),
 ]

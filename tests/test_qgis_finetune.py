@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from qgis.core import QgsProcessingException
-from qgis_helpers import CapturingFeedback, run_algorithm
+from qgis_helpers import CapturingFeedback, ensure_provider, run_algorithm
 
 from pmtl_qgis.algorithms.finetune import finetune_arguments, option_default
 from tests.test_finetune import HOUSES, _polygons, _raster, start  # noqa: F401  (start: the module fixture)
@@ -18,14 +18,25 @@ pytestmark = pytest.mark.qgis
 
 def test_the_command_has_a_flag_per_given_option_and_leaves_defaults_to_the_engine():
     values = {"checkpoint": "/m/best.pt", "images": "/d/a b.tif", "labels": "/d/l.gpkg", "class_field": None,
-              "task": "det", "steps": 20, "size": None, "device": None, "out": "/o"}  # fmt: skip
+              "task": "det", "steps": 20, "size": None, "scale_max": 4095.0, "device": None, "out": "/o"}  # fmt: skip
     assert finetune_arguments(values) == [
         "--checkpoint", "/m/best.pt", "--image", "/d/a b.tif", "--labels", "/d/l.gpkg", "--task", "det",
-        "--steps", "20", "--out", "/o",
+        "--steps", "20", "--scale-max", "4095.0", "--out", "/o",
     ]  # fmt: skip
     from engine.finetune.options import FinetuneOptions
 
     assert option_default("steps") == FinetuneOptions().steps
+
+
+def test_what_the_engine_tells_names_fields_of_the_dialog(qgis_processing):
+    """Fine-tuning chips the labels: the chipper's warnings and errors name scale_max (16-bit imagery), image,
+    labels … and the dialog names each by one of its own fields (not 'scale max', which it would not have)."""
+    algorithm = ensure_provider().algorithm("finetune")
+    labels = {f"'{p.description()}'" for p in algorithm.parameterDefinitions()}
+    for name in ("scale_max", "image", "labels", "class_field", "aoi", "size", "task"):
+        assert algorithm.param_words(name) in labels, name
+    warning = "raster 'a.tif': uint16 values range over 0..4095 … set [[scale_max]] to the sensor's maximum"
+    assert algorithm.engine_text(warning).endswith("set 'Value scaling maximum' to the sensor's maximum")
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ from functools import partial
 
 from engine.core.cli import cli_progress, run_cli
 from engine.core.errors import ConfigError, quiet_gdal_close_errors
-from engine.core.options import ChipOptions, add_options
+from engine.core.options import ChipOptions, add_options, help_of
 from engine.core.progress import Progress
 from engine.data.boxes import DEFAULT_CONNECTIVITY, DEFAULT_MIN_AREA
 
@@ -45,7 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--class-name", help="name of the single class when there is no class field (default object)")
     own.add_argument("--classes", help="class file (YAML/JSON list of {name, value, colour})")
     own.add_argument("--aoi", help="polygon layer of the area where labels are valid (outside: ignored)")
-    add_options(own, ChipOptions, "val_fraction")
+    own.add_argument(
+        "--val-fraction",
+        type=float,
+        help=f"{help_of(ChipOptions, 'val_fraction')}; with --task none: "
+        f"{help_of(ChipOptions, 'unlabelled_val_fraction')}",
+    )
     own.add_argument("--test-fraction", type=float, default=0.0, help="share of tiles/blocks for test (default 0)")
     own.add_argument("--split-by", choices=["tile", "block"], default="block", help="split unit (default block)")
     own.add_argument("--block", type=int, help="block side in px for --split-by block (default 2 × size)")
@@ -80,10 +85,11 @@ def _run(args: argparse.Namespace, progress: Progress):
         raise ConfigError("expected --image IMG (your own rasters) or --dataset/--root (an ISPRS layout)")
     if not args.task:
         raise ConfigError("--task: expected det, seg, both or none with --image")
-    from engine.chip.splits import SplitPlan
+    from engine.chip.splits import SplitPlan, default_val_fraction
     from engine.chip.userdata import LabelSource, chip_images
 
-    plan = SplitPlan(args.split_by, args.val_fraction, args.test_fraction, args.seed, args.block or 2 * args.size)
+    val = default_val_fraction(args.task) if args.val_fraction is None else args.val_fraction
+    plan = SplitPlan(args.split_by, val, args.test_fraction, args.seed, args.block or 2 * args.size)
     labels = LabelSource(args.task, args.labels, args.class_field, args.class_name, args.classes, args.aoi)
     return chip_images(
         args.image, args.out, labels, size=args.size, stride=args.stride, plan=plan, dataset=args.name,

@@ -46,6 +46,13 @@ class SplitPlan:
                 "block": self.block if self.mode == "block" else None}  # fmt: skip
 
 
+def default_val_fraction(task: str) -> float:
+    """The validation share when the caller gives none: ``ChipOptions.unlabelled_val_fraction`` for imagery-only
+    chips (task ``none``: training reads only the train split of unlabelled chips, so none is held out), else
+    ``ChipOptions.val_fraction``."""
+    return ChipOptions.unlabelled_val_fraction if task == "none" else ChipOptions.val_fraction
+
+
 def group_of(plan: SplitPlan, tile: int, window: Sequence[int]) -> tuple[int, int, int]:
     """The group a chip belongs to: its tile, or (tile, block row, block column) of its centre."""
     if plan.mode == "tile":

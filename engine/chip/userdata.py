@@ -22,7 +22,7 @@ import numpy as np
 
 from engine.chip import classtable as ct
 from engine.chip import sources as src
-from engine.chip.splits import SplitPlan, assign_groups, drop_overlaps, group_of
+from engine.chip.splits import SplitPlan, assign_groups, default_val_fraction, drop_overlaps, group_of
 from engine.chip.stats import ChipSummary, TileStats
 from engine.chip.windows import chip_windows, one_gsd
 from engine.core.bands import StatedBands, approx_range, check_band_names, range_warning
@@ -411,7 +411,8 @@ def chip_images(
     """Chip ``images`` (files or folders of rasters) labelled by ``labels`` into a chip dataset in ``out_dir``.
 
     ``labels.task``: det, seg, both, or none (imagery only: images array only, no boxes). ``plan``: the split
-    (default: blocks of twice the chip size, 20 % val, seed 0). Boxes smaller than ``min_area`` px² after
+    (default: blocks of twice the chip size, seed 0, :func:`~engine.chip.splits.default_val_fraction` held out for
+    validation: 20 %, none for imagery only). Boxes smaller than ``min_area`` px² after
     clipping at the chip border are dropped (``connectivity`` joins class-raster blobs).
     """
     start = time.perf_counter()
@@ -421,7 +422,7 @@ def chip_images(
         raise ConfigError(
             f"{param_ref('size')}/{param_ref('stride')}: expected positive integers, found {size} and {stride}"
         )
-    plan = plan or SplitPlan(block=2 * size)
+    plan = plan or SplitPlan(val=default_val_fraction(labels.task), block=2 * size)
     params = BoxParams(connectivity, min_area)
     paths = find_images(images)
     grids = [src.image_grid(p) for p in paths]

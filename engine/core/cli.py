@@ -6,17 +6,21 @@ A ``__main__`` parses its arguments, then hands the work to :func:`run_cli`:
   written) and any other ``OSError`` become one line ``error: …`` on stderr and exit status :data:`EXIT_ERROR`
   (plus an ``error`` event on stdout with ``--json-progress``, whose ``template`` leaves the parameters it names
   for the parent program to name in its own words), never a traceback;
-* a cancel (:class:`~engine.core.progress.Cancelled`, ``cancel`` on stdin, SIGTERM) or Ctrl-C exits with
-  :data:`EXIT_CANCELLED` after one line saying what was kept;
+* a cancel (:class:`~engine.core.progress.Cancelled`, ``cancel`` on stdin, the parent's end) or Ctrl-C exits with
+  :data:`EXIT_CANCELLED` after one line saying what was kept; SIGTERM (a scheduler's time limit, a parent's
+  terminate) does what Ctrl-C does, in every CLI, and both handlers are as they were after the job;
 * the progress reporter is closed on every path, before the last line is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from engine.core.errors import PmtlError, cli_message, error_event, log_params_as_flags, render_message
@@ -54,12 +58,38 @@ def run_cli(
     says it, e.g. which checkpoint is kept); ``progress`` is closed on every path; ``json_errors`` also writes the
     error as a JSON ``error`` event on stdout. Warnings name parameters as command-line flags, except for a parent
     program (``json_errors``), which names them in its own words."""
-    if json_errors:
-        return _outcome(job, cancelled, progress, json_errors)
-    if not logging.getLogger().handlers:  # a CLI process: warnings to stderr, one line each
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    with log_params_as_flags():
-        return _outcome(job, cancelled, progress, json_errors)
+    with terminate_as_interrupt():
+        if json_errors:
+            return _outcome(job, cancelled, progress, json_errors)
+        if not logging.getLogger().handlers:  # a CLI process: warnings to stderr, one line each
+            logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+        with log_params_as_flags():
+            return _outcome(job, cancelled, progress, json_errors)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While the job runs, SIGTERM does what SIGINT does (KeyboardInterrupt, or the job's cancel watch once it has
+    one); then both handlers are put back. Only the main thread can set handlers: elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGTERM, _as_interrupt)
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(number, handler)
+
+
+def _as_interrupt(signum: int, frame: Any) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signum, frame)
+    elif handler != signal.SIG_IGN:
+        raise KeyboardInterrupt
 
 
 def _outcome(job: Callable[[], Any], cancelled: str | Callable[[], str], progress: Any, json_errors: bool) -> int:
@@ -68,16 +98,23 @@ def _outcome(job: Callable[[], Any], cancelled: str | Callable[[], str], progres
     except (Cancelled, KeyboardInterrupt):
         _close(progress)
         line = cancelled() if callable(cancelled) else cancelled
-        print(line if json_errors else render_message(line), file=sys.stderr)  # a parent program names parameters
+        _say(line if json_errors else render_message(line))  # a parent program names parameters
         return EXIT_CANCELLED
     except (PmtlError, OSError) as exc:  # OSError: what no writer named (its message has the path when known)
         _close(progress)
-        print(f"error: {cli_message(exc)}", file=sys.stderr)
+        _say(f"error: {cli_message(exc)}")
         if json_errors:
-            JsonLinesProgress().emit("error", **error_event(exc))
+            with contextlib.suppress(OSError):
+                JsonLinesProgress().emit("error", **error_event(exc))
         return EXIT_ERROR
     _close(progress)
     return code if isinstance(code, int) else EXIT_OK
+
+
+def _say(line: str) -> None:
+    """The last line on stderr; a pipe whose reader is gone (a parent that died) is no reason to fail."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _close(progress: Any) -> None:

@@ -27,6 +27,11 @@ class ChipOptions:
     size: int = option(320, "side of the square chips in pixels, as in the paper")
     stride: int = option(320, "step between chips in pixels; smaller than the size gives overlapping chips")
     val_fraction: float = option(0.2, "share of blocks (or rasters) held out for validation")
+    unlabelled_val_fraction: float = option(
+        0.0,
+        "share of blocks (or rasters) held out for validation from imagery-only chips; training reads only the "
+        "train split of unlabelled chips",
+    )
     seed: int = option(0, "seed of the split: the same seed gives the same split")
 
 

@@ -77,6 +77,13 @@ class FinetuneOptions:
             "train at this GSD in m instead of the model's (default: the model's; the rasters are resampled to it)"
         ),
     )
+    scale_max: float | None = field(
+        default=None,
+        metadata=_help(
+            "raw value mapped to 1.0, for 16-bit or float rasters (e.g. 4095 for 12-bit data; default: the dtype's "
+            "maximum, as engine.chip)"
+        ),
+    )
     holdout: float = field(
         default=0.25,
         metadata=_help("share of the labelled area held out (blocks of 2 chips) for the before/after scores"),
@@ -102,6 +109,7 @@ class FinetuneOptions:
             ("--steps", self.steps >= 1, "an integer >= 1", self.steps),
             ("--size", self.size is None or self.size >= 32, "an integer >= 32", self.size),
             ("--gsd", self.gsd is None or self.gsd > 0, "a positive number of metres", self.gsd),
+            ("--scale-max", self.scale_max is None or self.scale_max > 0, "a positive raw value", self.scale_max),
             ("--holdout", 0 < self.holdout < 1, "a fraction between 0 and 1", self.holdout),
             ("--batch-size", self.batch_size >= 1, "an integer >= 1", self.batch_size),
             ("--lr", self.lr > 0, "a positive number", self.lr),

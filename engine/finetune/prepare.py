@@ -109,7 +109,7 @@ def chip_labels(
     plan = SplitPlan("block", opts.holdout, 0.0, opts.seed, 2 * size)
     summary = chip_images(
         [str(r) for r in rasters], out / "chips", labels, size=size, stride=max(1, size // 2), plan=plan,
-        dataset="finetune", overwrite=True, progress=progress,
+        dataset="finetune", scale_max=opts.scale_max, overwrite=True, progress=progress,
     )  # fmt: skip
     splits = summary.chips_per_split
     if not splits.get("train") or not splits.get("val"):

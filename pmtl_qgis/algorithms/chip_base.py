@@ -111,6 +111,8 @@ class ImageChipAlgorithm(ChipAlgorithm):
 
     ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "IMAGES", "labels": "POLYGONS"}
     IMAGES_HELP = "Your orthophotos (1 to N bands, same bands in each)."
+    VAL_FRACTION = "val_fraction"
+    """The ChipOptions field whose default and help the 'Validation fraction' parameter shows."""
 
     def image_specs(self) -> list[Spec]:
         """The image layers (first in the dialog)."""
@@ -128,7 +130,7 @@ class ImageChipAlgorithm(ChipAlgorithm):
         share = {"minValue": 0.0, "maxValue": 0.9, "advanced": True}
         chip_options = self.engine_options().ChipOptions
         return [
-            self.option_spec("double", "VAL_FRACTION", "Validation fraction", chip_options, "val_fraction", **share),
+            self.option_spec("double", "VAL_FRACTION", "Validation fraction", chip_options, self.VAL_FRACTION, **share),
             spec("enum", "SPLIT_BY", "Split by", split_by, options=SPLIT_BY, defaultValue=0, advanced=True),
             self.option_spec("integer", "SEED", "Split seed", chip_options, "seed", advanced=True),
         ]

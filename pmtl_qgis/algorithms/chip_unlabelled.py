@@ -15,13 +15,14 @@ class ChipUnlabelled(ImageChipAlgorithm):
     ALG_ID = "chip_unlabelled"
     DISPLAY_NAME = "Chip unlabelled rasters (for distillation)"
     MAKES_BOXES = False
+    VAL_FRACTION = "unlabelled_val_fraction"
     IMAGES_HELP = "Your orthophotos (1 to N bands, same bands as the labelled chips you train with)."
     HELP = (
         "Cuts orthophotos that have no labels into square chips and writes a chip dataset folder of imagery only "
         "(task 'none'). 'Train' learns from it by knowledge distillation: give it as 'Unlabelled imagery' with a "
         "distillation variant and both teacher checkpoints; the teachers label every chip. Use the chip size of "
         "your labelled chips. With an area of interest, only chips inside it are cut. Training reads the chips of "
-        "the train split: set 'Validation fraction' (Advanced) to 0 to use every chip.\n\n"
+        "the train split, and every chip goes there unless 'Validation fraction' (Advanced) holds some out.\n\n"
         "Example (qgis_process): qgis_process run pmtl:chip_unlabelled -- IMAGES=/data/new_area.tif "
         "SIZE=320 STRIDE=320 OUTPUT=/data/chips_unlabelled"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from qgis.core import (
     QgsProcessing,
@@ -49,6 +49,7 @@ class Finetune(PmtlAlgorithm):
     DISPLAY_NAME = "Improve a model with corrected labels"
     GROUP_ID = "model"
     REQUIRED_MODULES = ("torch", "torchvision", "onnx", "osgeo.gdal")
+    ENGINE_PARAMS: ClassVar[dict[str, str]] = {"scale_max": "VALUE_MAX", "image": "INPUT"}
     HELP = (
         "Fine-tunes a pmtl model on labels you corrected: run 'Detect and segment', edit its Detections layer "
         "(delete false boxes, draw missed ones, change classes in the class field), save the edits, then run this "
@@ -75,6 +76,7 @@ class Finetune(PmtlAlgorithm):
         task = "det: boxes for the detection head; seg: polygons as a class mask; both."
         aoi = "Where the labels are complete (default: the extent of the labels)."
         size = "Chip side at the model's GSD (empty: the model's training chip size)."
+        value_max = "Raw value that maps to 1.0 for 16-bit or float rasters, e.g. 4095 for 12-bit sensors."
         folder = "Receives model.onnx, best.pt, finetune.json and the chips. Must not hold an earlier run."
         polygons, default_steps = {"types": [QgsProcessing.TypeVectorPolygon]}, option_default("steps")
         return [
@@ -94,6 +96,7 @@ class Finetune(PmtlAlgorithm):
             spec("enum", "TASK", "Labels are for", task, options=TASKS, defaultValue=0),
             spec("source", "AOI", "Area of interest", aoi, **polygons, optional=True),
             spec("integer", "SIZE", "Chip size (px)", size, minValue=32, **ADVANCED_OPTIONAL),
+            spec("double", "VALUE_MAX", "Value scaling maximum", value_max, minValue=1.0, **ADVANCED_OPTIONAL),
             self.device_spec("auto: CUDA when PyTorch sees a GPU, else the CPU."),
             spec("folder_out", "OUTPUT", "Output folder", folder, defaultValue=str(runs_root() / "finetune")),
             output("file", "OUTPUT_MODEL", "Improved model (model.onnx)"),
@@ -125,6 +128,7 @@ class Finetune(PmtlAlgorithm):
             "aoi": self.vector_path(parameters, "AOI", context, feedback),
             "steps": self.optional_number(parameters, "STEPS", context, integer=True),
             "size": self.optional_number(parameters, "SIZE", context, integer=True),
+            "scale_max": self.optional_number(parameters, "VALUE_MAX", context),
             "device": None if device == "auto" else device,
             "out": str(Path(self.parameterAsFileOutput(parameters, "OUTPUT", context)).resolve()),
         }

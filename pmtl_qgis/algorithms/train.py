@@ -381,7 +381,8 @@ class Train(PmtlAlgorithm):
         except (OSError, ValueError):
             pass
         userdata = self.engine("engine.chip.userdata")
-        plan = self.engine("engine.chip.splits").SplitPlan(mode="tile", val=0.0)
+        splits = self.engine("engine.chip.splits")
+        plan = splits.SplitPlan(mode="tile", val=splits.default_val_fraction("none"))
         feedback.pushInfo(f"Unlabelled imagery: chipping {raster} into {out} ({size} px chips)")
         self.call_engine(
             userdata.chip_images,
