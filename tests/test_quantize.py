@@ -208,7 +208,7 @@ def test_evaluate_cli_scores_an_onnx_model(setup, tmp_path, capsys):
 
 
 def test_export_cli_int8_with_calibration_dir(setup, tmp_path, capsys):
-    out = tmp_path / "cli_int8.onnx"
+    out = tmp_path / "new_folder" / "cli_int8.onnx"  # a folder that does not exist yet is made (int8 failed there)
     argv = ["--checkpoint", str(setup["moved"]), "--out", str(out), "--precision", "int8"]
     options = ["--calibration", str(setup["chips"]), "--calibration-chips", "3", "--eval-chips", "2"]
     assert export_main([*argv, *options]) == 0

@@ -318,6 +318,7 @@ def export_checkpoint(
 
     options = {k: v for k, v in options.items() if v is not None}  # None = "the default" (QGIS optional params)
     payload = load_checkpoint(ckpt_path)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)  # `--out new_folder/model.onnx` as a user writes it
     cfg = dataclasses.replace(load_model_config(payload["model_config"]), pretrained=None)
     model = build_model(cfg)
     try:
