@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = finetune(opts)
     rows["finetuned"] = {"seconds": round(time.perf_counter() - started, 1)}
     results["finetune_holdout"] = {"before": result.before, "after": result.after, "chips": result.chips}
+    results["training"] = {"finetuned": training_summary(Path(opts.out))}
     cfg = training_config(opts, checkpoint, payload, Path(opts.out) / "chips")
     net, norm = start_network(cfg)
     rows["start"] = {"seconds": 0.0, **score(net, held_out, norm)}
@@ -135,8 +136,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         begun = time.perf_counter()
         best = train_fresh(cfg, payload["model_config"], pretrained, args.out / name)
         rows[name] = {"seconds": round(time.perf_counter() - begun, 1), **score_checkpoint(best, held_out)}
+        results["training"][name] = training_summary(best.parent)
         save(args.out, results)
     return results
+
+
+def training_summary(run_dir: Path) -> dict[str, Any]:
+    """Throughput, the score on the run's own validation chips, and the first and last logged loss terms."""
+    row = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    first, last = row["steps"][0], row["steps"][-1]
+    losses = {k: [round(first[k], 3), round(last[k], 3)] for k in first if k != "step"}
+    return {"train_img_per_s": round(row["train_img_per_s"], 3), "own_val_ap50": row.get("det_ap50"),
+            "loss_first_last": losses}  # fmt: skip
 
 
 def save(out: Path, results: dict[str, Any]) -> None:

@@ -4,13 +4,14 @@ georeference, and the areas that train and score (west/east halves of one raster
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from osgeo import gdal, ogr
 
-from bench.bench_finetune import areas, main
+from bench.bench_finetune import areas, main, training_summary
 from bench.prepare_deepforest import prepare
 
 gdal.UseExceptions()
@@ -80,3 +81,13 @@ def test_an_eval_image_needs_its_labels(tmp_path, capsys):
         main(["--checkpoint", "x.pt", "--image", "a.tif", "--labels", "a.gpkg", "--out", str(tmp_path),
               "--eval-image", "b.tif"])  # fmt: skip
     assert stop.value.code == 2 and "--eval-labels" in capsys.readouterr().err
+
+
+def test_training_summary_reads_the_last_metrics_line(tmp_path):
+    steps = [{"step": 1, "det_cls": 0.86, "det_box": 1.5921}, {"step": 150, "det_cls": 0.3214, "det_box": 1.15}]
+    lines = [{"epoch": 0, "steps": []}, {"train_img_per_s": 0.7756, "det_ap50": 0.25, "steps": steps}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert training_summary(tmp_path) == {
+        "train_img_per_s": 0.776, "own_val_ap50": 0.25,
+        "loss_first_last": {"det_cls": [0.86, 0.321], "det_box": [1.592, 1.15]},
+    }  # fmt: skip
