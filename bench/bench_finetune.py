@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.eval_image) != bool(args.eval_labels):
         parser.error("--eval-image and --eval-labels: give both (a raster to score and its labels) or neither")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the training losses
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")  # the engine's info lines
     results = run(args)
     print(table(results))
     return 0
