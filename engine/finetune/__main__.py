@@ -1,7 +1,7 @@
 """``python -m engine.finetune``: improve a pmtl model with corrected labels (e.g. the edited Detections layer).
 
 The labels are chipped at the model's GSD (rasters resampled to it), the model is trained from its checkpoint for a
-few minutes (AdamW, short schedule, first ResNet stages frozen, encoder at a tenth of the rate, augmentation), and
+few minutes (AdamW, short schedule, the whole network at one rate, augmentation), and
 OUT/model.onnx (+ OUT/best.pt) is written. Before/after scores on a held-out part of the labelled area are printed.
 
 Where labels count: only inside --aoi or, without it, inside the extent (bounding rectangle) of the label

@@ -90,9 +90,11 @@ class FinetuneOptions:
     )
     batch_size: int = field(default=4, metadata=_help("chips per batch"))
     lr: float = field(default=0.001, metadata=_help("AdamW learning rate of the heads"))
-    encoder_lr: float = field(default=0.1, metadata=_help("learning rate of the encoder, × --lr"))
+    # Whole network at one rate by default: from the synthetic demo model to real NEON crowns, one tile → another,
+    # +13.2 AP50 points vs +5.3 with stem + layer1 frozen and the encoder at 0.1× (docs/results/finetune/)
+    encoder_lr: float = field(default=1.0, metadata=_help("learning rate of the encoder, × --lr"))
     frozen_stages: int = field(
-        default=2, metadata=_help("first ResNet stages kept frozen (0 none, 1 stem, 2 stem + layer1, … 5)")
+        default=0, metadata=_help("first ResNet stages kept frozen (0 none, 1 stem, 2 stem + layer1, … 5)")
     )
     untrained_heads: str = field(
         default="drop",
