@@ -159,12 +159,12 @@ def score_students(candidates: dict[str, Path], out: Path, spec: dict[str, Any],
     from engine.demo.quality import fresh_tile_quality, pick_map_model, student_summary
     from engine.experiments.plan import DIRECTIONS
 
-    results, summaries = {}, {}
+    results, summaries, labels = {}, {}, run_labels()
     for run, best in candidates.items():
         print(f"--- {run}")
         onnx = export_map_model(best, out / "students" / f"{run}.onnx", spec)
         results[run] = fresh_tile_quality(onnx, out / "fresh")
-        summaries[run] = {"label": run_labels().get(run, run), **student_summary(results[run], *DIRECTIONS[direction])}
+        summaries[run] = {"label": labels.get(run, run), **student_summary(results[run], *DIRECTIONS[direction])}
     chosen = pick_map_model(summaries)
     with atomic_path(out / "model.onnx") as tmp:
         shutil.copyfile(out / "students" / f"{chosen}.onnx", tmp)
