@@ -274,12 +274,77 @@ def render_region(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _pct(cell: list[float] | None, spread: bool) -> str:
+    """A [mean, std] fraction as points ("–" for a run not made); the spread is left out for one-run rows."""
+    if cell is None:
+        return "–"
+    mean, std = cell
+    return f"{100 * mean:.1f} ± {100 * std:.1f}" if spread else f"{100 * mean:.1f}"
+
+
+METHOD_COLUMNS = (("p2v", "det_ap50"), ("p2v", "seg_miou"), ("v2p", "det_ap50"), ("v2p", "seg_miou"))
+"""The README's method table: each direction's in-domain score of each task."""
+
+
+def _is_teacher(row: dict[str, Any]) -> bool:
+    return row["label"].startswith("Teacher")
+
+
+def render_method(root: Path) -> str:
+    """The paper's comparison at CPU scale (``docs/results/cpu/tables.json``) and the held-out town's distillation
+    (``docs/results/unlabelled/unlabelled.json``): the best student of each column in bold."""
+    cpu = load(root, "cpu/tables.json")
+    tables, seeds = cpu["tables"], cpu["seeds"]
+    best = {
+        (d, key): max((row[key][0] for row in tables[d] if row[key] and not _is_teacher(row)), default=None)
+        for d, key in METHOD_COLUMNS
+    }
+    spread = f"mean ± sample std over {seeds} seeds" if seeds > 1 else "one seed"
+    lines = [
+        f"`cpu` preset, {spread}, test split (`docs/results/cpu/tables.md`):",
+        "",
+        "| | p2v det AP50 | p2v seg mIoU | v2p det AP50 | v2p seg mIoU |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    by_label = {d: {row["label"]: row for row in rows} for d, rows in tables.items()}
+    labels = list(dict.fromkeys(label for rows in by_label.values() for label in rows))
+    for label in labels:
+        cells = []
+        for direction, key in METHOD_COLUMNS:
+            row = by_label[direction].get(label, {"label": label, "runs": 0, key: None})
+            text = _pct(row[key], spread=row["runs"] > 1)
+            bold = row[key] is not None and not _is_teacher(row) and row[key][0] == best[direction, key]
+            cells.append(f"**{text}**" if bold else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", _unlabelled_line(load(root, "unlabelled/unlabelled.json"))]
+    return "\n".join(lines) + "\n"
+
+
+def _unlabelled_line(unlabelled: dict[str, Any]) -> str:
+    """Sources only → + the held-out town's unlabelled imagery, per direction, on that town's test labels."""
+    parts = []
+    for direction, rows in unlabelled["tables"].items():
+        by_row = {row["row"]: row for row in rows}
+        before, after = by_row["student"], by_row["student_unlabelled"]
+        changes = [
+            f"{name} {100 * before[key][0]:.1f} → {100 * after[key][0]:.1f} "
+            f"({100 * (after[key][0] - before[key][0]):+.1f})"
+            for name, key in (("mIoU", "target_seg_miou"), ("AP50", "target_det_ap50"))
+        ]
+        parts.append(f"{direction} {', '.join(changes)}")
+    return (
+        f"Distilling onto the unlabelled held-out town `{unlabelled['target']}` (+ soft + PDF, "
+        f"{unlabelled['seeds']} seeds, its test labels; `docs/results/unlabelled/`): " + "; ".join(parts) + "."
+    )
+
+
 RENDERERS: dict[str, Callable[[Path], str]] = {
     "demo-run": render_demo_run,
     "demo-quality": render_demo_quality,
     "bench": render_bench,
     "quant": render_quant,
     "region": render_region,
+    "method": render_method,
 }
 
 

@@ -20,6 +20,8 @@ def _load_renderer():
 
 
 render = _load_renderer()
+RESULTS_CPU = Path("docs/results/cpu")
+RESULTS_UNLABELLED = Path("docs/results/unlabelled")
 
 
 @pytest.fixture
@@ -121,3 +123,37 @@ def test_records_the_benches_write_render(tree: Path) -> None:
     assert f"1 tiles × 160², {fresh['bench.bench_synth']['mpx']:.0f} Mpx" in table
     assert f"= **{fresh['bench.bench_chip']['ratio']:.2f}** | ≥ 0.5 |" in table
     assert f"**{fresh['bench.bench_labels']['ratio_vector_over_raster']:.2f}** (load average" in table
+
+
+def test_method_table_renders_what_the_experiments_write(tmp_path: Path) -> None:
+    """The tables and unlabelled-target writers of engine.experiments, fed by hand; means and spreads by hand."""
+    from engine.experiments.tables import build_table, write_tables
+    from engine.experiments.target import build_target_table, write_target_tables
+
+    cpu, unlabelled = tmp_path / RESULTS_CPU, tmp_path / RESULTS_UNLABELLED
+    cpu.mkdir(parents=True)
+    unlabelled.mkdir(parents=True)
+    teacher = {"det_ap50": 0.5, "det_map": 0.2, "seg_miou": 0.6, "seg_oa": 0.9}
+    results = {
+        "teacher_det": {0: teacher},
+        "teacher_seg": {0: teacher},
+        "single_det": {0: {"det_ap50": 0.20, "det_map": 0.1}, 1: {"det_ap50": 0.30, "det_map": 0.1}},
+        "single_seg": {0: {"seg_miou": 0.40, "seg_oa": 0.8}, 1: {"seg_miou": 0.44, "seg_oa": 0.8}},
+        "mtl": {0: {"det_ap50": 0.10, "seg_miou": 0.50}, 1: {"det_ap50": 0.20, "seg_miou": 0.50}},
+    }
+    write_tables(cpu, {"p2v": build_table(results), "v2p": build_table({"single_det": results["single_det"]})}, 2)
+    scores = {"target_seg_miou": 0.10, "target_det_ap50": 0.30}
+    target = {
+        "student": {0: scores, 1: {**scores, "target_seg_miou": 0.12}},
+        "student_unlabelled": {0: {"target_seg_miou": 0.17, "target_det_ap50": 0.40}},
+    }
+    write_target_tables(unlabelled, "suburb", {"p2v": build_target_table(target)}, 2)
+
+    text = render.render_method(tmp_path)
+    # single task det: mean 25.0, sample std sqrt(((0.05)^2 + (0.05)^2) / 1) = 0.0707 → 7.1; teachers: no spread
+    assert "| Teacher (R50-PAFPN) | 50.0 | 60.0 | – | – |" in text
+    assert "| Single task | **25.0 ± 7.1** | 42.0 ± 2.8 | **25.0 ± 7.1** | – |" in text
+    assert "| Partial MTL | 15.0 ± 7.1 | **50.0 ± 0.0** | – | – |" in text
+    # sources only 11.0 mIoU (mean of 10 and 12) → 17.0: +6.0; AP50 30.0 → 40.0
+    assert "p2v mIoU 11.0 → 17.0 (+6.0), AP50 30.0 → 40.0 (+10.0)." in text
+    assert "mean ± sample std over 2 seeds" in text

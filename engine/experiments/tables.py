@@ -17,7 +17,10 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation over seeds (0 for one seed); None when no run was made."""
+    if not values:
+        return None
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)
@@ -31,7 +34,7 @@ def build_table(results: dict[str, dict[int, dict[str, Any]]]) -> list[dict[str,
         for task, key, _ in COLUMNS:
             run = row.det_run if task == "det" else row.seg_run
             values = [r[key] for r in results.get(run, {}).values() if r.get(key) is not None]
-            cells[key] = _mean_std(values) if values else None
+            cells[key] = mean_std(values)
             cells["runs"] = max(cells["runs"], len(values))
         if cells["runs"]:  # rows a preset did not run are left out
             table.append(cells)

@@ -11,7 +11,6 @@ same ``--out`` a tables run's teachers and sources-only students are reused; the
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from engine.core.errors import ConfigError
 from engine.core.progress import Progress
 from engine.experiments.data import chip_geometry, holdout_splits, resample_layout
 from engine.experiments.plan import DIRECTIONS, RUNS, RunSpec, run_overrides
+from engine.experiments.tables import mean_std
 
 TARGET_DEFAULTS: dict[str, Any] = {
     "variant": "mtl_soft_pdf",
@@ -201,14 +201,6 @@ def run_target_direction(
     return results
 
 
-def _mean_std(values: list[float]) -> tuple[float, float] | None:
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
-
-
 def build_target_table(results: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
     """Rows of mean ± std (sample std over seeds) per column; the teachers' row is the same every seed."""
     table = []
@@ -216,7 +208,7 @@ def build_target_table(results: dict[str, dict[int, dict[str, float]]]) -> list[
         per_seed = list(results.get(name, {}).values())[: 1 if name == "teachers" else None]
         cells: dict[str, Any] = {"row": name, "label": label}
         for key, _ in COLUMNS:
-            cells[key] = _mean_std([r[key] for r in per_seed if r.get(key) is not None])
+            cells[key] = mean_std([r[key] for r in per_seed if r.get(key) is not None])
         table.append(cells)
     return table
 
