@@ -286,6 +286,10 @@ METHOD_COLUMNS = (("p2v", "det_ap50"), ("p2v", "seg_miou"), ("v2p", "det_ap50"),
 """The README's method table: each direction's in-domain score of each task."""
 
 
+def _seeds(count: int) -> str:
+    return "one seed" if count == 1 else f"{count} seeds"
+
+
 def _is_teacher(row: dict[str, Any]) -> bool:
     return row["label"].startswith("Teacher")
 
@@ -334,7 +338,7 @@ def _unlabelled_line(unlabelled: dict[str, Any]) -> str:
         parts.append(f"{direction} {', '.join(changes)}")
     return (
         f"Distilling onto the unlabelled held-out town `{unlabelled['target']}` (+ soft + PDF, "
-        f"{unlabelled['seeds']} seeds, its test labels; `docs/results/unlabelled/`): " + "; ".join(parts) + "."
+        f"{_seeds(unlabelled['seeds'])}, its test labels; `docs/results/unlabelled/`): " + "; ".join(parts) + "."
     )
 
 
