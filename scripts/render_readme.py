@@ -324,6 +324,13 @@ def render_method(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _change(name: str, before: list[float] | None, after: list[float] | None) -> str:
+    """``name before → after (±delta)`` in points, from two [mean, std] cells ("–" for a run not made)."""
+    if before is None or after is None:
+        return f"{name} –"
+    return f"{name} {100 * before[0]:.1f} → {100 * after[0]:.1f} ({100 * (after[0] - before[0]):+.1f})"
+
+
 def _unlabelled_line(unlabelled: dict[str, Any]) -> str:
     """Sources only → + the held-out town's unlabelled imagery, per direction, on that town's test labels."""
     parts = []
@@ -331,8 +338,7 @@ def _unlabelled_line(unlabelled: dict[str, Any]) -> str:
         by_row = {row["row"]: row for row in rows}
         before, after = by_row["student"], by_row["student_unlabelled"]
         changes = [
-            f"{name} {100 * before[key][0]:.1f} → {100 * after[key][0]:.1f} "
-            f"({100 * (after[key][0] - before[key][0]):+.1f})"
+            _change(name, before[key], after[key])
             for name, key in (("mIoU", "target_seg_miou"), ("AP50", "target_det_ap50"))
         ]
         parts.append(f"{direction} {', '.join(changes)}")

@@ -148,7 +148,7 @@ def test_method_table_renders_what_the_experiments_write(tmp_path: Path) -> None
         "student": {0: scores, 1: {**scores, "target_seg_miou": 0.12}},
         "student_unlabelled": {0: {"target_seg_miou": 0.17, "target_det_ap50": 0.40}},
     }
-    write_target_tables(unlabelled, "suburb", {"p2v": build_target_table(target)}, 2)
+    write_target_tables(unlabelled, "suburb", {"p2v": build_target_table(target), "v2p": build_target_table({})}, 2)
 
     text = render.render_method(tmp_path)
     # single task det: mean 25.0, sample std sqrt(((0.05)^2 + (0.05)^2) / 1) = 0.0707 → 7.1; teachers: no spread
@@ -156,5 +156,5 @@ def test_method_table_renders_what_the_experiments_write(tmp_path: Path) -> None
     assert "| Single task | **25.0 ± 7.1** | 42.0 ± 2.8 | **25.0 ± 7.1** | – |" in text
     assert "| Partial MTL | 15.0 ± 7.1 | **50.0 ± 0.0** | – | – |" in text
     # sources only 11.0 mIoU (mean of 10 and 12) → 17.0: +6.0; AP50 30.0 → 40.0
-    assert "p2v mIoU 11.0 → 17.0 (+6.0), AP50 30.0 → 40.0 (+10.0)." in text
+    assert "p2v mIoU 11.0 → 17.0 (+6.0), AP50 30.0 → 40.0 (+10.0); v2p mIoU –, AP50 –." in text
     assert "mean ± sample std over 2 seeds" in text
