@@ -132,6 +132,48 @@ def test_partial_mtl_with_kd_trains_and_writes_outputs(chips, teachers, tmp_path
     assert saved["epoch"] == 2 and saved["ema"] is not None and saved["metadata"]["bands"] == ["nir", "red", "green"]
 
 
+def _kd_gradients_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kd_gradients", REPO / "scripts" / "kd_gradients.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kd_gradients_reports_each_term_on_the_parts_it_reaches(chips, teachers, tmp_path):
+    """scripts/kd_gradients.py: a term's gradient reaches only the head it trains and the shared encoder."""
+    script = _kd_gradients_script()
+    assert [script.part_of(n) for n in ("det_head.cls.weight", "seg_head.out.bias", "backbone.conv1.weight")] == [
+        "det_head",
+        "seg_head",
+        "encoder+neck",
+    ]
+    out = tmp_path / "untouched"
+    cfg = load_config(
+        None,
+        _overrides(
+            chips, out, f"kd.det_teacher={teachers['det']}", f"kd.seg_teacher={teachers['seg']}", "kd.soft=true"
+        ),
+    )
+    rows = {(r["stream"], r["term"]): r for r in script.term_gradient_norms(cfg, batches=2)}
+    assert set(rows) == {
+        ("det", "det_cls"),
+        ("det", "det_box"),
+        ("det", "kd_seg_soft"),
+        ("seg", "seg_ce"),
+        ("seg", "kd_det_soft_cls"),
+        ("seg", "kd_det_soft_box"),
+    }
+    for stream, term in rows:
+        row = rows[(stream, term)]
+        trained_head = "det_head" if term.startswith(("det_", "kd_det")) else "seg_head"
+        other_head = "seg_head" if trained_head == "det_head" else "det_head"
+        assert row[trained_head] > 0 and row["encoder+neck"] > 0 and row[other_head] == 0.0, (stream, term)
+        assert math.isfinite(row["value"]) and row["value"] > 0
+    assert not out.exists()  # the run's own folder is not written
+
+
 def test_class_balance_weights_come_from_the_seg_training_labels(chips, tmp_path):
     import numpy as np
 
