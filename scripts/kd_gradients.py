@@ -64,21 +64,10 @@ def _stream_terms(run: Any, stream: str, raw_batch: dict[str, Any], params: list
     """Each loss term of one batch: its value and its gradient norm on each of :data:`PARTS`."""
     import torch
 
-    from engine.train import objectives as O
-    from engine.train.loop import prepare_batch
+    from engine.train.loop import prepare_batch, stream_loss_terms
 
     images, batch, teacher_images = prepare_batch(run, stream, raw_batch)
-    terms = O.batch_objective(
-        run.nets.model,
-        stream,
-        images,
-        batch,
-        run.nets.teachers,
-        run.settings,
-        run.anchors_for,
-        tuple(run.nets.model_cfg.box_variances),
-        teacher_images,
-    )
+    terms = stream_loss_terms(run, stream, images, batch, teacher_images)
     rows = {}
     for name, value in terms.items():
         grads = torch.autograd.grad(value, [p for _, p in params], retain_graph=True, allow_unused=True)

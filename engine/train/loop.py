@@ -136,6 +136,24 @@ def prepare_batch(
     return images, batch, seen
 
 
+def stream_loss_terms(
+    run: Run, stream: str, images: torch.Tensor, batch: dict[str, Any], teacher_images: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one prepared batch of ``stream`` (:func:`prepare_batch`), under the run's autocast."""
+    with run.autocast():
+        return O.batch_objective(
+            run.nets.model,
+            stream,
+            images,
+            batch,
+            run.nets.teachers,
+            run.settings,
+            run.anchors_for,
+            tuple(run.nets.model_cfg.box_variances),
+            teacher_images,
+        )
+
+
 def set_learning_rate(run: Run, step: int) -> None:
     optim_cfg = run.cfg["optim"]
     factor = lr_factor(
@@ -162,18 +180,7 @@ def train_step(
         last = index == len(run.streams) - 1
         sync = contextlib.nullcontext() if not run.info.enabled or last else run.nets.model.no_sync()
         with sync:
-            with run.autocast():
-                stream_terms = O.batch_objective(
-                    run.nets.model,
-                    stream,
-                    images,
-                    batch,
-                    run.nets.teachers,
-                    run.settings,
-                    run.anchors_for,
-                    tuple(run.nets.model_cfg.box_variances),
-                    teacher_images,
-                )
+            stream_terms = stream_loss_terms(run, stream, images, batch, teacher_images)
             sum(stream_terms.values()).backward()
         terms |= stream_terms
         seen += images.shape[0]
